@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set everything up (.venv at the repo root) and run the test suite.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$root/scripts/setup.sh"
+cd "$root"
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,3 @@
+"""mmdisco: joint audio-video generation from two frozen single-modal diffusion models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,76 @@
+"""The black-box interface through which the sampler and the trainer see a base model.
+
+MMDisCo never looks inside a base model: it needs its noise-model output for ``x_t`` and
+``t`` (in the model's own parameterisation), the scheduler it was trained with, and ways in
+and out of its space (latents). Adapters for diffusers pipelines implement this class.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from diffusers import SchedulerMixin
+from torch import Tensor
+
+from mmdisco.diffusion import NoiseSchedule, prediction_type_of, schedule_from_scheduler_config
+
+
+class BaseModel(ABC):
+    """A frozen single-modal diffusion model.
+
+    Subclasses set ``modality`` ("audio" or "video") and ``scheduler_config`` (a diffusers
+    scheduler config dict) and implement :meth:`predict` and :meth:`latent_shape`.
+    """
+
+    modality: str
+    scheduler_config: dict[str, Any]
+
+    @property
+    def prediction_type(self) -> str:
+        return prediction_type_of(self.scheduler_config)
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return schedule_from_scheduler_config(self.scheduler_config)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @abstractmethod
+    def predict(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        """The model's raw output for ``x_t`` at timestep ``t`` in :attr:`prediction_type`."""
+
+    @abstractmethod
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one sample in the model's space (no batch axis)."""
+
+    def make_scheduler(
+        self, cls: type[SchedulerMixin] | None = None, **overrides: Any
+    ) -> SchedulerMixin:
+        """A fresh diffusers scheduler of class ``cls`` (default: the configured one)."""
+        import diffusers
+
+        config = dict(self.scheduler_config)
+        name = config.pop("_class_name", "DDPMScheduler")
+        config.pop("_diffusers_version", None)
+        cls = cls or getattr(diffusers, name)
+        return cls.from_config({**config, **overrides})
+
+    def encode(self, media: Tensor) -> Tensor:
+        """Media (waveform or frames) to the model's space. Identity for pixel/waveform models."""
+        return media
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """The model's space back to media. Identity for pixel/waveform models."""
+        return latents
+
+    def encode_prompt(self, prompts: list[str]) -> Any:
+        """Conditioning for ``predict`` from text prompts ("" is the unconditional prompt)."""
+        raise NotImplementedError(f"{type(self).__name__} takes no text prompt")
+
+    def pooled_text_embedding(self, cond: Any) -> Tensor | None:
+        """One vector per sample summarising ``cond``, for the discriminator's text input."""
+        return None

@@ -1,0 +1,182 @@
+"""Joint sampling: two base models stepped in lockstep by their own diffusers schedulers.
+
+At every step each base model predicts (with classifier-free guidance when it has a
+prompt), the prediction is converted to epsilon, the discriminator's correction
+``-scale * sigma * grad h`` is added, the sum is converted back to the scheduler's
+``prediction_type`` and ``scheduler.step`` takes it from there. With no discriminator this is
+exactly each modality's own diffusers sampling loop.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mmdisco.base_models.base import BaseModel
+from mmdisco.diffusion import from_epsilon, to_epsilon
+from mmdisco.guidance import DiscriminatorFn, guidance_correction
+
+
+@dataclass
+class Stream:
+    """One modality's share of a joint sampling run."""
+
+    model: BaseModel
+    scheduler: SchedulerMixin
+    cond: Any = None  # from model.encode_prompt([...]); None for an unconditional model
+    uncond: Any = None  # the empty prompt's conditioning, for classifier-free guidance
+    cfg_scale: float = 1.0
+    guidance_scale: float = 1.0  # lambda: the weight of the discriminator term
+    generator: torch.Generator | None = None
+    latents: Tensor | None = None  # initial noise; drawn from ``generator`` when None
+    disc_text: Tensor | None = None  # pooled text embedding for the discriminator
+    disc_text_uncond: Tensor | None = None
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.uncond is not None and self.cfg_scale != 1.0
+
+    def predict(self, x: Tensor, t: Tensor) -> Tensor:
+        out = self.model.predict(x, t, self.cond)
+        if self.uses_cfg:
+            out_uncond = self.model.predict(x, t, self.uncond)
+            out = out_uncond + self.cfg_scale * (out - out_uncond)
+        return out
+
+
+@dataclass
+class GuidanceOptions:
+    """How the discriminator term is applied."""
+
+    window: tuple[float, float] = (0.0, 1.0)  # guide only while t / T lies in this range
+    cfg_on_discriminator: bool = False  # the reference release's choice: CFG on grad h too
+    chunk_size: int | None = None  # bound memory: discriminator gradient chunk by chunk
+    extra: dict[str, Any] = field(default_factory=dict)  # further discriminator kwargs
+
+
+def _noise_level(stream: Stream, t: Tensor) -> float:
+    return float(t) / stream.model.schedule.num_train_timesteps
+
+
+def _correction(
+    disc: DiscriminatorFn,
+    audio: Stream,
+    video: Stream,
+    a: Tensor,
+    v: Tensor,
+    t_a: Tensor,
+    t_v: Tensor,
+    options: GuidanceOptions,
+    conditional: bool,
+) -> tuple[Tensor, Tensor]:
+    kwargs = dict(options.extra)
+    text_a = audio.disc_text if conditional else audio.disc_text_uncond
+    text_v = video.disc_text if conditional else video.disc_text_uncond
+    if text_a is not None:
+        kwargs["text_audio"] = text_a
+    if text_v is not None:
+        kwargs["text_video"] = text_v
+    chunk = options.chunk_size or a.shape[0]
+    deltas_a, deltas_v = [], []
+    for start in range(0, a.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        chunk_kwargs = {
+            k: (x[sl] if torch.is_tensor(x) and x.ndim > 0 else x) for k, x in kwargs.items()
+        }
+        d_a, d_v = guidance_correction(
+            disc,
+            a[sl],
+            v[sl],
+            t_a,
+            t_v,
+            audio.model.schedule,
+            video.model.schedule,
+            audio.guidance_scale,
+            video.guidance_scale,
+            **chunk_kwargs,
+        )
+        deltas_a.append(d_a)
+        deltas_v.append(d_v)
+    return torch.cat(deltas_a), torch.cat(deltas_v)
+
+
+def _initial_latents(stream: Stream, batch_size: int) -> Tensor:
+    if stream.latents is not None:
+        return stream.latents
+    shape = (batch_size, *stream.model.latent_shape())
+    noise = randn_tensor(shape, generator=stream.generator, device=stream.model.device)
+    return noise * stream.scheduler.init_noise_sigma
+
+
+@torch.no_grad()
+def joint_sample(
+    audio: Stream,
+    video: Stream,
+    discriminator: DiscriminatorFn | None = None,
+    *,
+    batch_size: int = 1,
+    num_inference_steps: int = 50,
+    options: GuidanceOptions | None = None,
+    progress: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Sample ``batch_size`` audio-video pairs; returns both modalities' final latents."""
+    options = options or GuidanceOptions()
+    audio.scheduler.set_timesteps(num_inference_steps, device=audio.model.device)
+    video.scheduler.set_timesteps(num_inference_steps, device=video.model.device)
+    steps_a: Sequence[Tensor] = audio.scheduler.timesteps
+    steps_v: Sequence[Tensor] = video.scheduler.timesteps
+    if len(steps_a) != len(steps_v):
+        raise ValueError(
+            f"the schedulers disagree on the number of steps ({len(steps_a)} for audio, "
+            f"{len(steps_v)} for video); use schedulers that take {num_inference_steps} steps"
+        )
+    a = _initial_latents(audio, batch_size)
+    v = _initial_latents(video, batch_size)
+    lo, hi = options.window
+    for t_a, t_v in tqdm(
+        list(zip(steps_a, steps_v, strict=True)), disable=not progress, desc="sampling"
+    ):
+        in_a = audio.scheduler.scale_model_input(a, t_a)
+        in_v = video.scheduler.scale_model_input(v, t_v)
+        out_a, out_v = audio.predict(in_a, t_a), video.predict(in_v, t_v)
+        if discriminator is not None and lo <= _noise_level(audio, t_a) <= hi:
+            delta_a, delta_v = _correction(
+                discriminator, audio, video, in_a, in_v, t_a, t_v, options, True
+            )
+            if options.cfg_on_discriminator:
+                # Same mixing as the base models' CFG, each modality with its own scale.
+                un_a, un_v = _correction(
+                    discriminator, audio, video, in_a, in_v, t_a, t_v, options, False
+                )
+                delta_a = un_a + audio.cfg_scale * (delta_a - un_a)
+                delta_v = un_v + video.cfg_scale * (delta_v - un_v)
+            out_a = _apply(audio, out_a, delta_a, in_a, t_a)
+            out_v = _apply(video, out_v, delta_v, in_v, t_v)
+        a = _step(audio, out_a, t_a, a)
+        v = _step(video, out_v, t_v, v)
+    return a, v
+
+
+def _step(stream: Stream, out: Tensor, t: Tensor, x: Tensor) -> Tensor:
+    # Stochastic schedulers take a generator; deterministic ones (UniPC, PNDM) reject it.
+    kwargs = {}
+    if "generator" in inspect.signature(stream.scheduler.step).parameters:
+        kwargs["generator"] = stream.generator
+    return stream.scheduler.step(out, t, x, **kwargs).prev_sample
+
+
+def _apply(stream: Stream, out: Tensor, delta_eps: Tensor, x: Tensor, t: Tensor) -> Tensor:
+    """Add an epsilon-space correction to a prediction in the stream's own parameterisation."""
+    ptype = stream.model.prediction_type
+    alpha, sigma = stream.model.schedule.alpha_sigma(torch.as_tensor(t).expand(x.shape[0]))
+    alpha, sigma = alpha.to(x.device), sigma.to(x.device)
+    eps = to_epsilon(out, x, alpha, sigma, ptype) + delta_eps
+    return from_epsilon(eps, x, alpha, sigma, ptype)

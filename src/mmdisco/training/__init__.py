@@ -1,0 +1,1 @@
+"""Training the MMDisCo discriminator: losses, fake pairs and the trainer."""

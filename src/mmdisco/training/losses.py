@@ -1,0 +1,151 @@
+"""MMDisCo's training objective: L = L_D + dlsm_weight * L_DLSM (METHOD.md, eqs. 9-15).
+
+Normalisation (it sets the balance between the terms):
+
+* ``L_D`` is the binary cross-entropy per *sample*, averaged over the real and over the fake
+  batch and summed: ``mean(softplus(-h_real)) + mean(softplus(h_fake))``.
+* ``L_DLSM`` is the squared residual per *element*: for each modality the mean over all
+  elements and samples of ``(eps_theta - sigma * grad h - eps)^2``; the two modalities are
+  summed. A perfect base model and a zero gradient give ``L_DLSM = 0``; a base model that
+  predicts zeros gives about 1 per modality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmdisco.diffusion import NoiseSchedule, _broadcast
+from mmdisco.guidance import DiscriminatorFn, discriminator_gradients
+
+EpsFn = Callable[[Tensor, Tensor], Tensor]
+"""A frozen base model in epsilon form: ``eps_fn(x_t, t) -> eps`` (conditioning closed over)."""
+
+
+def discriminator_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
+    """Numerically stable BCE: real pairs labelled 1, fake pairs labelled 0."""
+    return F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean()
+
+
+def dlsm_loss(
+    grad_audio: Tensor,
+    grad_video: Tensor,
+    eps_pred_audio: Tensor,
+    eps_pred_video: Tensor,
+    noise_audio: Tensor,
+    noise_video: Tensor,
+    sigma_audio: Tensor,
+    sigma_video: Tensor,
+) -> Tensor:
+    """Denoising regularisation: the guided prediction ``eps_theta - sigma grad h`` must denoise."""
+    residual_audio = eps_pred_audio - _broadcast(sigma_audio, grad_audio) * grad_audio - noise_audio
+    residual_video = eps_pred_video - _broadcast(sigma_video, grad_video) * grad_video - noise_video
+    return residual_audio.pow(2).mean() + residual_video.pow(2).mean()
+
+
+@dataclass
+class LossOutput:
+    total: Tensor
+    d: Tensor
+    dlsm: Tensor
+    logits_real: Tensor
+    logits_fake: Tensor
+    extras: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        """Fraction of pairs the discriminator classifies correctly (threshold logit 0)."""
+        correct = (self.logits_real > 0).float().sum() + (self.logits_fake <= 0).float().sum()
+        return (correct / (len(self.logits_real) + len(self.logits_fake))).item()
+
+
+def _noise(
+    x0: Tensor, schedule: NoiseSchedule, u: Tensor, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    t = schedule.timesteps_from_fraction(u)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    return schedule.add_noise(x0, noise, t), noise, t
+
+
+def mmdisco_loss(
+    disc: DiscriminatorFn,
+    real_audio: Tensor,
+    real_video: Tensor,
+    fake_audio: Tensor,
+    fake_video: Tensor,
+    schedule_audio: NoiseSchedule,
+    schedule_video: NoiseSchedule,
+    *,
+    eps_audio: EpsFn | None = None,
+    eps_video: EpsFn | None = None,
+    dlsm_weight: float = 1.0,
+    use_d: bool = True,
+    use_dlsm: bool = True,
+    shared_timesteps: bool = True,
+    cond_real: Mapping[str, Any] | None = None,
+    cond_fake: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+) -> LossOutput:
+    """One evaluation of the MMDisCo objective on a batch of real and of fake pairs.
+
+    Each pair gets one noise level shared by both modalities (``shared_timesteps``, as in
+    the paper), mapped onto each modality's own schedule, and independent noise.
+    ``eps_audio`` / ``eps_video`` are the frozen base models in epsilon form; they are
+    called under ``torch.no_grad()`` and are needed only when ``use_dlsm``.
+    """
+    if not (use_d or use_dlsm):
+        raise ValueError("at least one of use_d and use_dlsm must be set")
+    if use_dlsm and (eps_audio is None or eps_video is None):
+        raise ValueError("L_DLSM needs the base models: pass eps_audio and eps_video")
+    for name, a, v in (("real", real_audio, real_video), ("fake", fake_audio, fake_video)):
+        if a.shape[0] != v.shape[0]:
+            raise ValueError(
+                f"{name} audio and video batch sizes differ: {a.shape[0]} vs {v.shape[0]}"
+            )
+    device = real_audio.device
+
+    def fractions(n: int) -> tuple[Tensor, Tensor]:
+        u_a = torch.rand(n, generator=generator, device=device)
+        u_v = u_a if shared_timesteps else torch.rand(n, generator=generator, device=device)
+        return u_a, u_v
+
+    u_a, u_v = fractions(real_audio.shape[0])
+    a_t, noise_a, t_a = _noise(real_audio, schedule_audio, u_a, generator)
+    v_t, noise_v, t_v = _noise(real_video, schedule_video, u_v, generator)
+    cond_real = dict(cond_real or {})
+    snr_a, snr_v = schedule_audio.log_snr(t_a).to(device), schedule_video.log_snr(t_v).to(device)
+
+    zero = real_audio.new_zeros(())
+    if use_dlsm:
+        out = discriminator_gradients(disc, a_t, v_t, snr_a, snr_v, create_graph=True, **cond_real)
+        logits_real = out.logits
+        with torch.no_grad():
+            pred_a, pred_v = eps_audio(a_t, t_a), eps_video(v_t, t_v)  # type: ignore[misc]
+        sigma_a = schedule_audio.alpha_sigma(t_a)[1].to(device)
+        sigma_v = schedule_video.alpha_sigma(t_v)[1].to(device)
+        l_dlsm = dlsm_loss(
+            out.grad_audio, out.grad_video, pred_a, pred_v, noise_a, noise_v, sigma_a, sigma_v
+        )
+    else:
+        logits_real = disc(a_t, v_t, snr_a, snr_v, **cond_real)
+        l_dlsm = zero
+
+    if use_d:
+        u_a, u_v = fractions(fake_audio.shape[0])
+        fa_t, _, ft_a = _noise(fake_audio, schedule_audio, u_a, generator)
+        fv_t, _, ft_v = _noise(fake_video, schedule_video, u_v, generator)
+        snr_fa = schedule_audio.log_snr(ft_a).to(device)
+        snr_fv = schedule_video.log_snr(ft_v).to(device)
+        logits_fake = disc(fa_t, fv_t, snr_fa, snr_fv, **dict(cond_fake or {}))
+        l_d = discriminator_loss(logits_real, logits_fake)
+    else:
+        logits_fake, l_d = real_audio.new_zeros(0), zero
+    total = l_d + dlsm_weight * l_dlsm
+    return LossOutput(
+        total, l_d.detach(), l_dlsm.detach(), logits_real.detach(), logits_fake.detach()
+    )
