@@ -89,14 +89,19 @@ class DiscreteSchedule(NoiseSchedule):
 
     def __init__(self, alphas_cumprod: Tensor) -> None:
         alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-        if alphas_cumprod.ndim != 1 or not ((alphas_cumprod > 0) & (alphas_cumprod <= 1)).all():
-            raise ValueError("alphas_cumprod must be a 1-D tensor with values in (0, 1]")
+        # 0 is allowed: zero-terminal-SNR schedules end in pure noise (alpha = 0).
+        if alphas_cumprod.ndim != 1 or not ((alphas_cumprod >= 0) & (alphas_cumprod <= 1)).all():
+            raise ValueError("alphas_cumprod must be a 1-D tensor with values in [0, 1]")
         self.alphas_cumprod = alphas_cumprod
         self.num_train_timesteps = len(alphas_cumprod)
+        self._on_device: dict[torch.device, Tensor] = {}
 
     @classmethod
-    def from_betas(cls, betas: Tensor) -> DiscreteSchedule:
-        return cls(torch.cumprod(1.0 - torch.as_tensor(betas, dtype=torch.float64), dim=0))
+    def from_betas(cls, betas: Tensor, rescale_zero_terminal_snr: bool = False) -> DiscreteSchedule:
+        betas = torch.as_tensor(betas, dtype=torch.float64)
+        if rescale_zero_terminal_snr:
+            betas = _rescale_zero_terminal_snr(betas)
+        return cls(torch.cumprod(1.0 - betas, dim=0))
 
     @classmethod
     def linear(cls, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
@@ -128,10 +133,19 @@ class DiscreteSchedule(NoiseSchedule):
         # Fractional timesteps (some samplers) interpolate alphas_cumprod linearly.
         lo = t.floor().long().clamp(max=self.num_train_timesteps - 1)
         hi = (lo + 1).clamp(max=self.num_train_timesteps - 1)
-        w = (t.double() - lo.double()).to(self.alphas_cumprod.device)
-        acp = self.alphas_cumprod.to(t.device) if t.device.type != "cpu" else self.alphas_cumprod
+        acp = self._table(t.device)
+        w = (t.to(acp.dtype) - lo.to(acp.dtype)).clamp(0, 1)
         abar = (1 - w) * acp[lo] + w * acp[hi]
         return abar.sqrt().float(), (1 - abar).sqrt().float()
+
+    def _table(self, device: torch.device) -> Tensor:
+        """``alphas_cumprod`` on ``device``, copied once per device (not once per step)."""
+        if device.type == "cpu":
+            return self.alphas_cumprod
+        if device not in self._on_device:
+            dtype = torch.float32 if device.type == "mps" else torch.float64
+            self._on_device[device] = self.alphas_cumprod.to(device, dtype)
+        return self._on_device[device]
 
 
 class FlowSchedule(NoiseSchedule):
@@ -153,35 +167,75 @@ class FlowSchedule(NoiseSchedule):
 
 
 def schedule_from_scheduler_config(config: Mapping[str, Any]) -> NoiseSchedule:
-    """Build the schedule a diffusers scheduler uses, from its ``config`` (a dict or FrozenDict)."""
-    config = dict(config)
+    """Build the schedule a diffusers scheduler uses, from its ``config`` (a dict or FrozenDict).
+
+    A scheduler instance is accepted too. Note that ``scheduler.config`` carries no
+    ``_class_name``; flow-matching configs are then recognised by their keys.
+    """
+    config = _config_dict(config)
     name = str(config.get("_class_name", ""))
     steps = int(config.get("num_train_timesteps", 1000))
-    if name.startswith("FlowMatch"):
+    if _is_flow(config):
         return FlowSchedule(steps)
+    rescale = bool(config.get("rescale_betas_zero_snr", False))
     if config.get("trained_betas") is not None:
-        return DiscreteSchedule.from_betas(
-            torch.tensor(config["trained_betas"], dtype=torch.float32)
-        )
+        betas = torch.tensor(config["trained_betas"], dtype=torch.float32)
+        return DiscreteSchedule.from_betas(betas.double(), rescale)
     kind = config.get("beta_schedule", "linear")
     start = float(config.get("beta_start", 1e-4))
     end = float(config.get("beta_end", 0.02))
     if kind == "linear":
-        return DiscreteSchedule.linear(steps, start, end)
-    if kind == "scaled_linear":
-        return DiscreteSchedule.scaled_linear(steps, start, end)
-    if kind == "squaredcos_cap_v2":
-        return DiscreteSchedule.cosine(steps)
-    raise ValueError(
-        f"unsupported beta_schedule {kind!r} in scheduler config {name or '(unnamed)'}"
-    )
+        schedule = DiscreteSchedule.linear(steps, start, end)
+    elif kind == "scaled_linear":
+        schedule = DiscreteSchedule.scaled_linear(steps, start, end)
+    elif kind == "squaredcos_cap_v2":
+        schedule = DiscreteSchedule.cosine(steps)
+    else:
+        raise ValueError(
+            f"unsupported beta_schedule {kind!r} in scheduler config {name or '(unnamed)'}"
+        )
+    if rescale:
+        betas = 1.0 - schedule.alphas_cumprod / torch.cat(
+            [schedule.alphas_cumprod.new_ones(1), schedule.alphas_cumprod[:-1]]
+        )
+        schedule = DiscreteSchedule.from_betas(
+            betas.float().double(), rescale_zero_terminal_snr=True
+        )
+    return schedule
+
+
+def _rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
+    """Lin et al. (2024), Algorithm 1, as diffusers' ``rescale_zero_terminal_snr``."""
+    alphas_bar_sqrt = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = alphas_bar_sqrt[0].clone(), alphas_bar_sqrt[-1].clone()
+    alphas_bar_sqrt = (alphas_bar_sqrt - last) * first / (first - last)
+    alphas_bar = alphas_bar_sqrt**2
+    alphas = torch.cat([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])
+    return 1.0 - alphas
 
 
 def prediction_type_of(scheduler_config: Mapping[str, Any]) -> str:
-    """The parameterisation a diffusers scheduler expects from its model."""
-    if str(scheduler_config.get("_class_name", "")).startswith("FlowMatch"):
+    """The parameterisation a diffusers scheduler (or its config) expects from its model."""
+    config = _config_dict(scheduler_config)
+    if _is_flow(config):
         return "flow"
-    return str(scheduler_config.get("prediction_type", "epsilon"))
+    return str(config.get("prediction_type", "epsilon"))
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    """A plain dict from a config mapping or from a scheduler instance (adds ``_class_name``)."""
+    if hasattr(config, "config") and not isinstance(config, Mapping):
+        return {**dict(config.config), "_class_name": type(config).__name__}
+    return dict(config)
+
+
+def _is_flow(config: Mapping[str, Any]) -> bool:
+    name = str(config.get("_class_name", ""))
+    if name:
+        return name.startswith("FlowMatch")
+    # An instance's ``config`` has no class name: flow-matching schedulers have a time shift
+    # and no beta schedule.
+    return "beta_schedule" not in config and "trained_betas" not in config and "shift" in config
 
 
 def _check_prediction_type(prediction_type: str) -> None:
@@ -224,3 +278,32 @@ def from_epsilon(
     if prediction_type == "v_prediction":
         return a * eps - s * x0
     return eps - x0  # flow
+
+
+ALPHA_MIN = 1e-4
+"""Below this alpha (pure noise) a correction cannot be expressed outside epsilon space."""
+
+
+def epsilon_delta_to_prediction(
+    delta_eps: Tensor, alpha: Tensor, sigma: Tensor, prediction_type: str
+) -> Tensor:
+    """The change of a ``prediction_type`` output that shifts its implied epsilon by ``delta_eps``.
+
+    Every conversion in :func:`from_epsilon` is affine in epsilon for fixed ``x_t``, so the
+    change is linear (METHOD.md): ``dv = de (a^2 + s^2) / a`` (``de / a`` for VP),
+    ``dx0 = -s de / a`` and, on the flow path, ``du = de (a + s) / a = de / (1 - t)``.
+    Adding it to the raw prediction avoids a round trip through ``x_0`` that divides by
+    ``alpha``. All of them diverge as ``alpha -> 0`` (pure noise, e.g. the first step of a
+    flow sampler); there the correction is dropped (set to zero) rather than made infinite.
+    """
+    _check_prediction_type(prediction_type)
+    if prediction_type == "epsilon":
+        return delta_eps
+    a, s = _broadcast(alpha, delta_eps), _broadcast(sigma, delta_eps)
+    safe = a >= ALPHA_MIN
+    inv_a = torch.where(safe, 1.0 / a.clamp_min(ALPHA_MIN), torch.zeros_like(a))
+    if prediction_type == "sample":
+        return -s * inv_a * delta_eps
+    if prediction_type == "v_prediction":
+        return (a**2 + s**2) * inv_a * delta_eps
+    return (a + s) * inv_a * delta_eps  # flow

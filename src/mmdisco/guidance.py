@@ -34,8 +34,12 @@ class DiscriminatorOutput:
 
 def _check_inputs(audio_t: Tensor, video_t: Tensor, t_audio: Tensor, t_video: Tensor) -> None:
     batch = audio_t.shape[0]
-    for name, x in (("video_t", video_t), ("t_audio", t_audio), ("t_video", t_video)):
-        if x.ndim > 0 and x.shape[0] != batch:
+    for name, x, ok in (
+        ("video_t", video_t, (batch,)),
+        ("t_audio", t_audio, (batch, 1)),  # one timestep may serve the whole batch
+        ("t_video", t_video, (batch, 1)),
+    ):
+        if x.ndim > 0 and x.shape[0] not in ok:
             raise ValueError(
                 f"batch size mismatch: audio_t has {batch} samples but {name} has shape "
                 f"{tuple(x.shape)}"
@@ -73,8 +77,11 @@ def discriminator_gradients(
             )
         # Samples are independent, so the gradient of the sum is each sample's own gradient.
         grad_audio, grad_video = torch.autograd.grad(
-            logits.sum(), (audio, video), create_graph=create_graph
+            logits.sum(), (audio, video), create_graph=create_graph, allow_unused=True
         )
+    # A logit that ignores one modality (e.g. a constant or a one-sided head) has zero gradient.
+    grad_audio = torch.zeros_like(audio) if grad_audio is None else grad_audio
+    grad_video = torch.zeros_like(video) if grad_video is None else grad_video
     if not create_graph:
         logits, grad_audio, grad_video = logits.detach(), grad_audio.detach(), grad_video.detach()
     return DiscriminatorOutput(logits, grad_audio, grad_video)

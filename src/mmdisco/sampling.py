@@ -21,7 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mmdisco.base_models.base import BaseModel
-from mmdisco.diffusion import from_epsilon, to_epsilon
+from mmdisco.diffusion import NoiseSchedule, epsilon_delta_to_prediction
 from mmdisco.guidance import DiscriminatorFn, guidance_correction
 
 
@@ -62,8 +62,8 @@ class GuidanceOptions:
     extra: dict[str, Any] = field(default_factory=dict)  # further discriminator kwargs
 
 
-def _noise_level(stream: Stream, t: Tensor) -> float:
-    return float(t) / stream.model.schedule.num_train_timesteps
+def _noise_level(schedule: NoiseSchedule, t: Tensor) -> float:
+    return float(t) / schedule.num_train_timesteps
 
 
 def _correction(
@@ -76,6 +76,7 @@ def _correction(
     t_v: Tensor,
     options: GuidanceOptions,
     conditional: bool,
+    schedules: tuple[NoiseSchedule, NoiseSchedule],
 ) -> tuple[Tensor, Tensor]:
     kwargs = dict(options.extra)
     text_a = audio.disc_text if conditional else audio.disc_text_uncond
@@ -97,8 +98,8 @@ def _correction(
             v[sl],
             t_a,
             t_v,
-            audio.model.schedule,
-            video.model.schedule,
+            schedules[0],
+            schedules[1],
             audio.guidance_scale,
             video.guidance_scale,
             **chunk_kwargs,
@@ -113,7 +114,8 @@ def _initial_latents(stream: Stream, batch_size: int) -> Tensor:
         return stream.latents
     shape = (batch_size, *stream.model.latent_shape())
     noise = randn_tensor(shape, generator=stream.generator, device=stream.model.device)
-    return noise * stream.scheduler.init_noise_sigma
+    # Flow-matching schedulers have no init_noise_sigma: their pipelines use unit noise.
+    return noise * getattr(stream.scheduler, "init_noise_sigma", 1.0)
 
 
 @torch.no_grad()
@@ -140,43 +142,51 @@ def joint_sample(
         )
     a = _initial_latents(audio, batch_size)
     v = _initial_latents(video, batch_size)
+    # Built once per run: schedules, prediction types and scheduler-step kwargs are constant.
+    schedules = (audio.model.schedule, video.model.schedule)
+    ptypes = (audio.model.prediction_type, video.model.prediction_type)
+    step_kwargs = (_step_kwargs(audio), _step_kwargs(video))
     lo, hi = options.window
     for t_a, t_v in tqdm(
         list(zip(steps_a, steps_v, strict=True)), disable=not progress, desc="sampling"
     ):
-        in_a = audio.scheduler.scale_model_input(a, t_a)
-        in_v = video.scheduler.scale_model_input(v, t_v)
+        in_a, in_v = _model_input(audio.scheduler, a, t_a), _model_input(video.scheduler, v, t_v)
         out_a, out_v = audio.predict(in_a, t_a), video.predict(in_v, t_v)
-        if discriminator is not None and lo <= _noise_level(audio, t_a) <= hi:
+        if discriminator is not None and lo <= _noise_level(schedules[0], t_a) <= hi:
             delta_a, delta_v = _correction(
-                discriminator, audio, video, in_a, in_v, t_a, t_v, options, True
+                discriminator, audio, video, in_a, in_v, t_a, t_v, options, True, schedules
             )
             if options.cfg_on_discriminator:
                 # Same mixing as the base models' CFG, each modality with its own scale.
                 un_a, un_v = _correction(
-                    discriminator, audio, video, in_a, in_v, t_a, t_v, options, False
+                    discriminator, audio, video, in_a, in_v, t_a, t_v, options, False, schedules
                 )
                 delta_a = un_a + audio.cfg_scale * (delta_a - un_a)
                 delta_v = un_v + video.cfg_scale * (delta_v - un_v)
-            out_a = _apply(audio, out_a, delta_a, in_a, t_a)
-            out_v = _apply(video, out_v, delta_v, in_v, t_v)
-        a = _step(audio, out_a, t_a, a)
-        v = _step(video, out_v, t_v, v)
+            out_a = _apply(schedules[0], ptypes[0], out_a, delta_a, t_a)
+            out_v = _apply(schedules[1], ptypes[1], out_v, delta_v, t_v)
+        a = audio.scheduler.step(out_a, t_a, a, **step_kwargs[0]).prev_sample
+        v = video.scheduler.step(out_v, t_v, v, **step_kwargs[1]).prev_sample
     return a, v
 
 
-def _step(stream: Stream, out: Tensor, t: Tensor, x: Tensor) -> Tensor:
-    # Stochastic schedulers take a generator; deterministic ones (UniPC, PNDM) reject it.
-    kwargs = {}
+def _model_input(scheduler: SchedulerMixin, x: Tensor, t: Tensor) -> Tensor:
+    """``scheduler.scale_model_input``; flow-matching schedulers have none (identity)."""
+    scale = getattr(scheduler, "scale_model_input", None)
+    return x if scale is None else scale(x, t)
+
+
+def _step_kwargs(stream: Stream) -> dict[str, Any]:
+    """Stochastic schedulers take a generator; deterministic ones (UniPC, PNDM) reject it."""
     if "generator" in inspect.signature(stream.scheduler.step).parameters:
-        kwargs["generator"] = stream.generator
-    return stream.scheduler.step(out, t, x, **kwargs).prev_sample
+        return {"generator": stream.generator}
+    return {}
 
 
-def _apply(stream: Stream, out: Tensor, delta_eps: Tensor, x: Tensor, t: Tensor) -> Tensor:
-    """Add an epsilon-space correction to a prediction in the stream's own parameterisation."""
-    ptype = stream.model.prediction_type
-    alpha, sigma = stream.model.schedule.alpha_sigma(torch.as_tensor(t).expand(x.shape[0]))
-    alpha, sigma = alpha.to(x.device), sigma.to(x.device)
-    eps = to_epsilon(out, x, alpha, sigma, ptype) + delta_eps
-    return from_epsilon(eps, x, alpha, sigma, ptype)
+def _apply(
+    schedule: NoiseSchedule, prediction_type: str, out: Tensor, delta_eps: Tensor, t: Tensor
+) -> Tensor:
+    """Add an epsilon-space correction to a prediction in its own parameterisation."""
+    alpha, sigma = schedule.alpha_sigma(torch.as_tensor(t).expand(out.shape[0]))
+    alpha, sigma = alpha.to(out.device), sigma.to(out.device)
+    return out + epsilon_delta_to_prediction(delta_eps, alpha, sigma, prediction_type).to(out.dtype)

@@ -8,6 +8,7 @@ and out of its space (latents). Adapters for diffusers pipelines implement this 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -74,3 +75,21 @@ class BaseModel(ABC):
     def pooled_text_embedding(self, cond: Any) -> Tensor | None:
         """One vector per sample summarising ``cond``, for the discriminator's text input."""
         return None
+
+
+@dataclass
+class PromptEmbeds:
+    """A text encoder's output for a batch of prompts, as an adapter's ``cond``.
+
+    ``hidden_states`` is what the denoiser attends to (``(B, L, D)``, or ``(B, D)`` for models
+    conditioned on one vector); ``pooled`` is one vector per prompt for the discriminator;
+    ``extra`` carries model-specific inputs (e.g. Stable Audio's duration embedding).
+    """
+
+    hidden_states: Tensor
+    pooled: Tensor
+    attention_mask: Tensor | None = None
+    extra: dict[str, Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.hidden_states.shape[0]

@@ -1,0 +1,164 @@
+"""`mmdisco generate-fakes`, `mmdisco train`, `mmdisco sample`: the MMDisCo training workflow.
+
+The base models default to the shipped synthetic-world models; ``--audio-model`` /
+``--video-model`` take directories written by their ``save_pretrained``. ``train`` runs
+through Hugging Face Accelerate, so ``accelerate launch -m mmdisco.cli train ...`` (or
+``accelerate launch $(which mmdisco) train ...``) spreads it over several processes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mmdisco.cli import app
+
+
+def load_base_models(audio_dir: Path | None, video_dir: Path | None, device: str = "cpu"):
+    """The two frozen base models: the shipped world models unless directories are given."""
+    from mmdisco.world.models import WorldAudioModel, WorldVideoModel, load_world_models
+
+    audio, video = load_world_models(device)
+    if audio_dir is not None:
+        audio = WorldAudioModel.from_pretrained(audio_dir, device)
+    if video_dir is not None:
+        video = WorldVideoModel.from_pretrained(video_dir, device)
+    return audio, video
+
+
+@app.command("generate-fakes")
+def generate_fakes_cmd(
+    out: Annotated[Path, typer.Option(help="cache directory (resumed if it exists)")],
+    n: Annotated[int, typer.Option(help="number of independent pairs")] = 2048,
+    seed: Annotated[int, typer.Option()] = 0,
+    shard_size: Annotated[int, typer.Option(help="pairs per safetensors shard")] = 256,
+    steps: Annotated[int, typer.Option(help="sampler steps")] = 25,
+    scheduler: Annotated[
+        str, typer.Option(help="default, ddpm, ddim, dpm, unipc or euler")
+    ] = "dpm",
+    audio_model: Annotated[Path | None, typer.Option(help="audio base model directory")] = None,
+    video_model: Annotated[Path | None, typer.Option(help="video base model directory")] = None,
+) -> None:
+    """Sample N pairs independently from the two base models into a resumable cache."""
+    from mmdisco.training.fakes import generate_fakes
+
+    audio, video = load_base_models(audio_model, video_model)
+    start = time.perf_counter()
+    manifest = generate_fakes(
+        audio,
+        video,
+        n,
+        out,
+        seed=seed,
+        shard_size=shard_size,
+        num_inference_steps=steps,
+        scheduler=scheduler,
+    )
+    typer.echo(
+        f"{manifest['n']} fake pairs in {len(manifest['shards'])} shards at {out} "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
+
+
+@app.command("train")
+def train_cmd(
+    fakes: Annotated[Path, typer.Option(help="cache written by generate-fakes")],
+    out: Annotated[Path, typer.Option(help="run directory: checkpoints/, logs/, discriminator/")],
+    head: Annotated[
+        str, typer.Option(help="fusion head: mlp, time_aligned, separable, ...")
+    ] = "time_aligned",
+    real: Annotated[
+        Path | None,
+        typer.Option(
+            help="safetensors file with real 'audio' / 'video' latents (default: world clips)"
+        ),
+    ] = None,
+    n_real: Annotated[
+        int, typer.Option(help="world clips used as real pairs (when no --real)")
+    ] = 4096,
+    steps: Annotated[int, typer.Option()] = 2000,
+    batch_size: Annotated[int, typer.Option()] = 64,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    dlsm_weight: Annotated[float, typer.Option()] = 1.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    config: Annotated[
+        Path | None, typer.Option(help="TrainConfig JSON (overrides the options)")
+    ] = None,
+    audio_model: Annotated[Path | None, typer.Option()] = None,
+    video_model: Annotated[Path | None, typer.Option()] = None,
+) -> None:
+    """Train a discriminator on real pairs vs cached fakes (L_D + dlsm_weight * L_DLSM)."""
+    from accelerate import Accelerator
+    from safetensors.torch import load_file
+
+    from mmdisco.demo import DemoSettings, build_discriminator, world_real_pairs
+    from mmdisco.training.data import PairData, fake_pairs
+    from mmdisco.training.trainer import TrainConfig, train_discriminator
+
+    if config is not None:
+        cfg = TrainConfig.from_dict(json.loads(config.read_text()))
+    else:
+        cfg = TrainConfig(
+            steps=steps, batch_size=batch_size, lr=lr, dlsm_weight=dlsm_weight, seed=seed
+        )
+    accelerator = Accelerator(cpu=not __import__("torch").cuda.is_available())
+    audio, video = load_base_models(audio_model, video_model, str(accelerator.device))
+    if real is not None:
+        tensors = load_file(real)
+        real_data = PairData(tensors["audio"], tensors["video"])
+    else:
+        real_data = world_real_pairs(audio, video, n_real, seed=seed)
+    disc = build_discriminator(
+        head,
+        audio.latent_shape(),
+        video.latent_shape(),
+        seed=seed,
+        **DemoSettings().disc_kwargs,  # the small world discriminator
+    )
+    result = train_discriminator(
+        disc, audio, video, real_data, fake_pairs(fakes), cfg, out, accelerator=accelerator
+    )
+    if accelerator.is_main_process:
+        disc.save_pretrained(out / "discriminator")
+        last = result.history[-1] if result.history else {}
+        typer.echo(f"trained in {result.seconds:.0f} s; last {last}; saved {out / 'discriminator'}")
+
+
+@app.command("sample")
+def sample_cmd(
+    discriminator: Annotated[
+        Path, typer.Option(help="directory from Discriminator.save_pretrained")
+    ],
+    out: Annotated[Path, typer.Option(help="where the .mp4 files go")],
+    n: Annotated[int, typer.Option(help="pairs per variant")] = 4,
+    seed: Annotated[int, typer.Option()] = 0,
+    steps: Annotated[int, typer.Option()] = 25,
+    scheduler: Annotated[str, typer.Option()] = "dpm",
+    scale_audio: Annotated[
+        float, typer.Option(help="joint guidance scale of the audio model")
+    ] = 1.0,
+    scale_video: Annotated[
+        float, typer.Option(help="joint guidance scale of the video model")
+    ] = 1.0,
+    upscale: Annotated[int, typer.Option(help="pixel upscaling of the written video")] = 8,
+    audio_model: Annotated[Path | None, typer.Option()] = None,
+    video_model: Annotated[Path | None, typer.Option()] = None,
+) -> None:
+    """Joint generation with the discriminator, and without it from the same seeds."""
+    from mmdisco.demo import load_discriminator, write_videos
+    from mmdisco.training.fakes import SampleSettings, sample_pairs
+
+    audio, video = load_base_models(audio_model, video_model)
+    disc = load_discriminator(discriminator).eval()
+    settings = SampleSettings(steps, scheduler, scale_audio, scale_video)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, d in (("independent", None), ("guided", disc)):
+        a, v = sample_pairs(
+            audio, video, n, seed, settings=settings, discriminator=d, progress=True
+        )
+        paths = write_videos(out, name, audio.decode(a), video.decode(v), range(n), upscale)
+        typer.echo("\n".join(str(p) for p in paths))

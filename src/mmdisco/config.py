@@ -1,0 +1,244 @@
+"""YAML experiment configs: base models, data, discriminator, training and sampling in one file.
+
+A config is a tree of dataclasses. :func:`load_experiment` reads YAML, rejects unknown keys,
+missing required keys and values of the wrong type with an error naming the file and the
+dotted field (``audio.cfg_scale``), and builds the library's own config objects on request
+(:class:`~mmdisco.discriminator.DiscriminatorConfig`,
+:class:`~mmdisco.training.trainer.TrainConfig`, :class:`~mmdisco.data.ClipSpec`). Presets for
+the paper's out-of-domain setting (section 4.3, Table 6) live in ``configs/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad experiment config; the message names the file and the field."""
+
+
+@dataclass
+class BaseModelConfig:
+    """One frozen base model: a registered adapter and where its weights are."""
+
+    adapter: str  # a key of mmdisco.base_models.ADAPTERS
+    path: str  # a local folder or a Hugging Face repo id (loaded as diffusers does)
+    cfg_scale: float = 1.0  # classifier-free guidance of the base model itself
+    torch_dtype: str | None = None  # "float16", "bfloat16" or None (float32)
+    options: dict[str, Any] = field(default_factory=dict)  # adapter keyword arguments
+
+
+@dataclass
+class DataConfig:
+    """Real paired data (folder or manifest) and its latent cache."""
+
+    source: str
+    cache_dir: str
+    duration: float = 2.0
+    fps: float = 8.0
+    size: int = 256
+    sample_rate: int = 16000
+    seed: int = 0
+    caption_dropout: float = 0.1  # the paper's text dropout, for classifier-free guidance
+    shard_size: int = 256
+    batch_size: int = 8
+
+
+@dataclass
+class FakesConfig:
+    """Fake pairs sampled from the two base models independently, before training."""
+
+    num_samples: int = 10000
+    out_dir: str = "fakes"
+    batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass
+class SamplingConfig:
+    """Joint sampling. Joint guidance scales are the weights lambda of the discriminator term."""
+
+    scheduler: str = "DPMSolverMultistepScheduler"
+    solver_order: int = 2
+    algorithm_type: str = "dpmsolver++"
+    num_inference_steps: int = 50
+    guidance_scale_audio: float = 1.0
+    guidance_scale_video: float = 1.0
+    window: tuple[float, float] = (0.0, 1.0)
+    cfg_on_discriminator: bool = False
+    batch_size: int = 4
+    seed: int = 0
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    audio: BaseModelConfig
+    video: BaseModelConfig
+    data: DataConfig
+    discriminator: dict[str, Any] = field(default_factory=dict)  # preset + field overrides
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
+    fakes: FakesConfig = field(default_factory=FakesConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    output_dir: str = "runs"
+
+    def __post_init__(self) -> None:
+        from mmdisco.base_models import ADAPTERS
+
+        for name, model in (("audio", self.audio), ("video", self.video)):
+            if model.adapter not in ADAPTERS:
+                raise ConfigError(
+                    f"{name}.adapter: unknown adapter {model.adapter!r}; known: {sorted(ADAPTERS)}"
+                )
+            if model.torch_dtype not in (None, "float32", "float16", "bfloat16"):
+                raise ConfigError(f"{name}.torch_dtype: unsupported {model.torch_dtype!r}")
+        if not 0.0 <= self.data.caption_dropout < 1.0:
+            raise ConfigError(
+                f"data.caption_dropout must lie in [0, 1), got {self.data.caption_dropout}"
+            )
+        lo, hi = self.sampling.window
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ConfigError(f"sampling.window must satisfy 0 <= lo <= hi <= 1, got {(lo, hi)}")
+        self.discriminator_config()  # validate now, not hours into a run
+        self.train_config()
+
+    # -- the library's config objects ------------------------------------------------------
+    def discriminator_config(self) -> Any:
+        from mmdisco.discriminator import DiscriminatorConfig
+
+        spec = dict(self.discriminator)
+        preset = spec.pop("preset", None)
+        try:
+            if preset is None:
+                return DiscriminatorConfig.from_dict(spec)
+            if preset not in ("text_to_av", "mm_diffusion"):
+                raise ConfigError(
+                    f"discriminator.preset: unknown {preset!r}; use 'text_to_av' or 'mm_diffusion'"
+                )
+            return getattr(DiscriminatorConfig, preset)(**spec)
+        except (TypeError, ValueError) as err:
+            if isinstance(err, ConfigError):
+                raise
+            raise ConfigError(f"discriminator: {err}") from err
+
+    def train_config(self) -> Any:
+        from mmdisco.training.trainer import TrainConfig
+
+        try:
+            return TrainConfig.from_dict(dict(self.train))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"train: {err}") from err
+
+    def clip_spec(self) -> Any:
+        from mmdisco.data import ClipSpec
+
+        d = self.data
+        return ClipSpec(d.duration, d.fps, d.size, d.sample_rate)
+
+    def load_base_models(self, device: str = "cpu") -> tuple[Any, Any]:
+        """Both adapters, loaded as diffusers loads their pipelines, moved to ``device``."""
+        import torch
+
+        from mmdisco.base_models import load_base_model
+
+        models = []
+        for spec in (self.audio, self.video):
+            kwargs = dict(spec.options)
+            if spec.torch_dtype:
+                kwargs["torch_dtype"] = getattr(torch, spec.torch_dtype)
+            models.append(load_base_model(spec.adapter, spec.path, **kwargs).to(device))
+        return models[0], models[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["sampling"]["window"] = list(self.sampling.window)
+        return d
+
+
+# -- loading -------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check (and lightly coerce: int -> float, list -> tuple) ``value`` against ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _convert(value, option, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if tp is Any:
+        return value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        pairs = enumerate(zip(value, args, strict=True))
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in pairs)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported field type {tp}")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{where}." if where else ""
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown field; expected one of {sorted(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], prefix + name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{prefix}{name}: required field is missing")
+    return cls(**kwargs)
+
+
+def experiment_from_dict(data: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
+    try:
+        return _build(ExperimentConfig, data, "")
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    """Read and validate a YAML experiment config."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such experiment config: {path}")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    return experiment_from_dict(data or {}, str(path))

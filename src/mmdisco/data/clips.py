@@ -1,0 +1,283 @@
+"""Real audio-video clips: files with sound, decoded into fixed-size training clips.
+
+Sources are a folder of video files (searched recursively) or a CSV / JSONL manifest with a
+``path`` column and optional ``caption`` and ``start`` (seconds). Each item becomes a clip of
+``duration`` seconds: frames resampled to ``fps`` (nearest earlier frame), resized so the
+shorter side is ``size`` and centre-cropped to ``size x size``; audio mixed to mono, placed by
+its timestamps (so AAC priming is dropped) and resampled to ``sample_rate``. Without a
+``start``, the clip's start is drawn from a generator seeded by ``(seed, path)``, so the same
+seed picks the same clips in every run and process.
+
+A file that cannot be used (corrupt, no audio or video track, shorter than ``duration``, not
+a media file) never stops a run: :class:`ClipDataset` returns ``None`` for it, logs its path
+and reason, and counts it in :attr:`ClipDataset.skipped`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import torch
+from scipy.signal import resample_poly
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+
+
+class SkipClip(ValueError):
+    """A file that cannot give a clip; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """What one training clip looks like (match the base models' expectations)."""
+
+    duration: float = 2.0
+    fps: float = 8.0
+    size: int = 256
+    sample_rate: int = 16000
+
+    @property
+    def num_frames(self) -> int:
+        return round(self.duration * self.fps)
+
+    @property
+    def num_samples(self) -> int:
+        return round(self.duration * self.sample_rate)
+
+
+@dataclass(frozen=True)
+class ClipItem:
+    path: Path
+    caption: str = ""
+    start: float | None = None
+
+
+@dataclass
+class Clip:
+    video: Tensor  # (3, F, H, W) float in [-1, 1]
+    audio: Tensor  # (L,) float, mono
+    caption: str
+    path: str
+    start: float
+
+
+def list_items(source: str | Path) -> list[ClipItem]:
+    """Items from a folder (recursively, sorted) or a ``.csv`` / ``.jsonl`` manifest whose
+    relative paths are resolved against the manifest's folder."""
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+        return [ClipItem(p) for p in files]
+    if not source.is_file():
+        raise FileNotFoundError(f"no such folder or manifest: {source}")
+    if source.suffix == ".csv":
+        with open(source, newline="") as f:
+            rows = list(csv.DictReader(f))
+    elif source.suffix in (".jsonl", ".json"):
+        with open(source) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    else:
+        raise ValueError(f"{source}: a manifest must be .csv or .jsonl")
+    items = []
+    for i, row in enumerate(rows):
+        if not row.get("path"):
+            raise ValueError(f"{source}: row {i + 1} has no 'path'")
+        path = Path(row["path"])
+        start = row.get("start")
+        items.append(
+            ClipItem(
+                path if path.is_absolute() else source.parent / path,
+                str(row.get("caption") or ""),
+                float(start) if start not in (None, "") else None,
+            )
+        )
+    return items
+
+
+def clip_start(path: Path, length: float, duration: float, seed: int) -> float:
+    """A start time in ``[0, length - duration]``, a pure function of ``(seed, path)``."""
+    digest = hashlib.sha256(f"{seed}:{path.name}".encode()).digest()
+    u = int.from_bytes(digest[:8], "little") / 2**64
+    return u * max(length - duration, 0.0)
+
+
+def resize_center_crop(frame: np.ndarray, size: int) -> np.ndarray:
+    """Scale so the shorter side is ``size``, then crop the central ``size x size``."""
+    h, w = frame.shape[:2]
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    frame = cv2.resize(frame, (nw, nh), interpolation=interp)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return frame[top : top + size, left : left + size]
+
+
+def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
+    return None if value is None or time_base is None else float(value * time_base)
+
+
+def _audio_mono(frames: list, stream) -> tuple[np.ndarray, int]:
+    """Mono samples placed at their pts from the stream start (priming dropped)."""
+    rate = stream.codec_context.sample_rate
+    start = _seconds(stream.start_time, stream.time_base) or 0.0
+    placed, cursor = [], 0
+    for frame in frames:
+        data = frame.to_ndarray().astype(np.float32)
+        if frame.format.is_packed:
+            data = data.reshape(-1, len(frame.layout.channels)).T
+        t = _seconds(frame.pts, frame.time_base)
+        offset = cursor if t is None else round((t - start) * rate)
+        placed.append((offset, data.mean(0)))
+        cursor = offset + data.shape[1]
+    end = max((o + len(d) for o, d in placed), default=0)
+    out = np.zeros(max(end, 0), np.float32)
+    for offset, data in placed:
+        lo, hi = max(offset, 0), min(offset + len(data), end)
+        if hi > lo:
+            out[lo:hi] = data[lo - offset : hi - offset]
+    return out, rate
+
+
+def read_clip(item: ClipItem, spec: ClipSpec, seed: int = 0) -> Clip:
+    """Decode one clip; raises :class:`SkipClip` with the reason if the file is unusable."""
+    path = item.path
+    if not path.is_file():
+        raise SkipClip("file not found")
+    try:
+        container = av.open(str(path))
+    except av.error.FFmpegError as err:
+        raise SkipClip(f"not a readable media file ({err})") from err
+    with container:
+        if not container.streams.video:
+            raise SkipClip("no video track")
+        if not container.streams.audio:
+            raise SkipClip("no audio track")
+        vstream, astream = container.streams.video[0], container.streams.audio[0]
+        length = container.duration / av.time_base if container.duration else None
+        if length is None:
+            length = _seconds(vstream.duration, vstream.time_base) or 0.0
+        if length + 1e-3 < spec.duration:
+            raise SkipClip(f"too short ({length:.2f} s < {spec.duration} s)")
+        start = (
+            item.start if item.start is not None else clip_start(path, length, spec.duration, seed)
+        )
+        if start + spec.duration > length + 1e-3:
+            raise SkipClip(f"clip [{start}, {start + spec.duration}] s exceeds {length:.2f} s")
+        times = start + np.arange(spec.num_frames) / spec.fps
+        v_start = _seconds(vstream.start_time, vstream.time_base) or 0.0
+        frames: list[np.ndarray | None] = [None] * spec.num_frames
+
+        def place(t: float, frame: av.VideoFrame) -> None:
+            # Nearest earlier frame: this frame serves every target time >= t (later frames,
+            # placed after it, overwrite their own share).
+            image = resize_center_crop(frame.to_ndarray(format="rgb24"), spec.size)
+            for k in np.nonzero(times >= t - 1e-6)[0]:
+                frames[k] = image
+
+        sounds, before = [], None
+        try:
+            for packet in container.demux(vstream, astream):
+                for frame in packet.decode():
+                    if packet.stream is astream:
+                        sounds.append(frame)
+                        continue
+                    t = (_seconds(frame.pts, frame.time_base) or 0.0) - v_start
+                    if t > times[-1] + 1e-6:
+                        continue
+                    if t <= times[0] + 1e-6:  # only the latest of these is used: convert later
+                        before = (t, frame)
+                        continue
+                    if before is not None:
+                        place(*before)
+                        before = None
+                    place(t, frame)
+            if before is not None:
+                place(*before)
+        except av.error.FFmpegError as err:
+            raise SkipClip(f"decoding failed ({err})") from err
+        if any(f is None for f in frames):
+            raise SkipClip("video track has no frames for the clip")
+        audio, rate = _audio_mono(sounds, astream)
+    lo = round(start * rate)
+    need = math.ceil(spec.duration * rate)
+    if len(audio) < lo + need - round(0.05 * rate):  # allow 50 ms of trailing padding
+        raise SkipClip(f"audio track too short ({len(audio) / rate:.2f} s)")
+    audio = np.pad(audio[lo : lo + need], (0, max(0, lo + need - len(audio))))
+    if rate != spec.sample_rate:
+        g = math.gcd(rate, spec.sample_rate)
+        audio = resample_poly(audio, spec.sample_rate // g, rate // g).astype(np.float32)
+    audio = np.pad(audio, (0, max(0, spec.num_samples - len(audio))))[: spec.num_samples]
+    video = torch.from_numpy(np.stack(frames).astype(np.float32) / 127.5 - 1.0)
+    return Clip(
+        video=video.permute(3, 0, 1, 2),
+        audio=torch.from_numpy(np.clip(audio, -1, 1)),
+        caption=item.caption,
+        path=str(path),
+        start=float(start),
+    )
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Clips from a folder or manifest; unusable files give ``None`` (see :func:`collate`)."""
+
+    def __init__(self, source: str | Path, spec: ClipSpec, seed: int = 0) -> None:
+        self.items = list_items(source)
+        self.spec, self.seed = spec, seed
+        self.skipped: dict[str, str] = {}  # path -> reason
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Clip | None:
+        item = self.items[index]
+        try:
+            return read_clip(item, self.spec, self.seed)
+        except SkipClip as err:
+            self.skipped[str(item.path)] = str(err)
+            logger.warning("skipping %s: %s", item.path, err)
+            return None
+
+    def summary(self) -> str:
+        reasons: dict[str, int] = {}
+        for reason in self.skipped.values():
+            key = reason.split(" (")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        detail = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+        return f"{len(self.items) - len(self.skipped)} of {len(self.items)} files used" + (
+            f"; skipped {len(self.skipped)}: {detail}" if self.skipped else ""
+        )
+
+
+def collate(clips: list[Clip | None]) -> dict | None:
+    """Batch the usable clips (``None`` for a batch with none)."""
+    clips = [c for c in clips if c is not None]
+    if not clips:
+        return None
+    return {
+        "video": torch.stack([c.video for c in clips]),
+        "audio": torch.stack([c.audio for c in clips]),
+        "caption": [c.caption for c in clips],
+        "path": [c.path for c in clips],
+        "start": torch.tensor([c.start for c in clips]),
+    }
+
+
+def drop_captions(
+    captions: list[str], probability: float, generator: torch.Generator | None = None
+) -> list[str]:
+    """Replace each caption by "" with ``probability`` (the paper's 10 % text dropout)."""
+    keep = torch.rand(len(captions), generator=generator) >= probability
+    return [c if k else "" for c, k in zip(captions, keep.tolist(), strict=True)]

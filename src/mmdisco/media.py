@@ -1,0 +1,249 @@
+"""Reading and writing paired audio-video files (H.264 + AAC mp4 through PyAV) and wav files.
+
+AAC encoders prepend priming samples (1024 for FFmpeg's encoder) that a naive reader returns
+as a delay of ~64 ms at 16 kHz. :func:`write_mp4` gives every audio frame its sample-exact pts,
+so the muxer records the priming as negative timestamps (and an edit list); :func:`read_mp4`
+then places each decoded frame at its own pts and drops whatever falls before zero, and trims
+to the stream's duration. No delay constant is assumed, so it also holds for files whose
+decoder does not skip the priming itself.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import soundfile
+import torch
+from torch import Tensor
+
+AAC_FRAME = 1024  # samples per AAC frame (used when the encoder does not say)
+
+
+@dataclass
+class MediaClip:
+    """Decoded file: RGB frames, frame rate and (mono) audio."""
+
+    frames: np.ndarray  # (F, H, W, 3) uint8
+    fps: float
+    audio: np.ndarray | None  # (L,) float32 in [-1, 1]
+    sample_rate: int
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def to_uint8_frames(video: Tensor | np.ndarray) -> np.ndarray:
+    """Frames as (F, H, W, 3) uint8 from uint8 (F, H, W, 3), or from float in [-1, 1] laid out
+    as the world's (3, F, H, W) (a leading axis of 3) or as (F, H, W, 3)."""
+    array = video.detach().cpu().numpy() if isinstance(video, Tensor) else np.asarray(video)
+    if array.dtype == np.uint8:
+        if array.ndim != 4 or array.shape[-1] != 3:
+            raise ValueError(f"uint8 frames must have shape (F, H, W, 3), got {array.shape}")
+        return array
+    if array.ndim != 4 or 3 not in (array.shape[0], array.shape[-1]):
+        raise ValueError(
+            f"float video must have shape (3, F, H, W) or (F, H, W, 3), got {array.shape}"
+        )
+    if array.shape[0] == 3:
+        array = array.transpose(1, 2, 3, 0)
+    return np.round((np.clip(array, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+
+
+def to_mono_audio(audio: Tensor | np.ndarray) -> np.ndarray:
+    """(L,) float32 in [-1, 1] from a 1-D tensor or array."""
+    array = audio.detach().cpu().numpy() if isinstance(audio, Tensor) else np.asarray(audio)
+    if array.ndim != 1:
+        raise ValueError(f"audio must have shape (L,), got {array.shape}")
+    return np.clip(array.astype(np.float32), -1.0, 1.0)
+
+
+def _video_stream(container, size: tuple[int, int], fps: Fraction, crf: int):
+    h, w = size
+    if h % 2 or w % 2:
+        raise ValueError(f"H.264 (yuv420p) needs even frame sizes, got {h}x{w}")
+    stream = container.add_stream("libx264", rate=fps)
+    stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+    stream.options = {"crf": str(crf), "preset": "medium"}
+    return stream
+
+
+def _audio_stream(container, sample_rate: int, bitrate: int):
+    stream = container.add_stream("aac", rate=sample_rate, layout="mono")
+    stream.bit_rate = bitrate
+    return stream
+
+
+def _encode_video(container, stream, frames: np.ndarray) -> None:
+    for i, frame in enumerate(frames):
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vf.pts = i
+        container.mux(stream.encode(vf))
+    container.mux(stream.encode())
+
+
+def _encode_audio(container, stream, audio: np.ndarray) -> None:
+    size = stream.codec_context.frame_size or AAC_FRAME
+    for start in range(0, len(audio), size):
+        chunk = np.ascontiguousarray(audio[None, start : start + size])
+        af = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
+        af.sample_rate, af.pts = stream.codec_context.sample_rate, start  # sample-exact pts
+        container.mux(stream.encode(af))
+    container.mux(stream.encode())
+
+
+def write_mp4(
+    path: str | os.PathLike,
+    frames: Tensor | np.ndarray,
+    fps: float,
+    audio: Tensor | np.ndarray | None = None,
+    sample_rate: int = 16000,
+    upscale: int = 1,
+    crf: int = 10,
+    audio_bitrate: int = 128_000,
+) -> Path:
+    """Write H.264 (yuv420p) video, and an AAC mono track if ``audio`` is given, atomically.
+
+    ``frames``: see :func:`to_uint8_frames`. ``upscale`` repeats pixels (nearest neighbour)
+    so that tiny frames are viewable and survive chroma subsampling; undo it with
+    ``read_mp4(..., downscale=upscale)``. ``crf`` is x264's quality (0 = lossless luma).
+    """
+    if upscale < 1:
+        raise ValueError(f"upscale must be >= 1, got {upscale}")
+    pixels = to_uint8_frames(frames)
+    pixels = pixels.repeat(upscale, axis=1).repeat(upscale, axis=2)
+    samples = None if audio is None else to_mono_audio(audio)
+    path = Path(path)
+    with atomic_path(path, ".mp4") as tmp, av.open(str(tmp), "w", format="mp4") as container:
+        # Both streams must exist before the first packet is muxed (that writes the header).
+        rate = Fraction(fps).limit_denominator(1001)
+        vstream = _video_stream(container, pixels.shape[1:3], rate, crf)
+        astream = None if samples is None else _audio_stream(container, sample_rate, audio_bitrate)
+        _encode_video(container, vstream, pixels)
+        if astream is not None:
+            _encode_audio(container, astream, samples)
+    return path
+
+
+def _place_audio(frames: list, stream) -> np.ndarray:
+    """Mono float32 from decoded audio frames, each placed at its own pts relative to the
+    stream's start (samples before it, i.e. encoder priming, are dropped) and trimmed to the
+    stream's duration."""
+    rate = stream.codec_context.sample_rate
+    start = stream.start_time * stream.time_base if stream.start_time is not None else 0
+    placed, cursor = [], 0
+    for frame in frames:
+        data = frame.to_ndarray().astype(np.float32)
+        if frame.format.is_packed:
+            data = data.reshape(-1, len(frame.layout.channels)).T
+        if frame.pts is None:  # no timestamp: follows the previous frame
+            offset = cursor
+        else:
+            offset = round((frame.pts * frame.time_base - start) * rate)
+        placed.append((offset, data.mean(0)))
+        cursor = offset + data.shape[1]
+    end = max((o + len(d) for o, d in placed), default=0)
+    if stream.duration is not None:
+        end = min(end, round(stream.duration * stream.time_base * rate))
+    out = np.zeros(max(end, 0), np.float32)
+    for offset, data in placed:
+        lo, hi = max(offset, 0), min(offset + len(data), end)
+        if hi > lo:
+            out[lo:hi] = data[lo - offset : hi - offset]
+    return out
+
+
+def _decode(path: Path) -> tuple[np.ndarray, float, np.ndarray | None, int]:
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError(f"{path}: no video track")
+        vstream = container.streams.video[0]
+        astream = container.streams.audio[0] if container.streams.audio else None
+        images, sounds = [], []
+        for packet in container.demux(*(s for s in (vstream, astream) if s is not None)):
+            for frame in packet.decode():
+                if packet.stream is vstream:
+                    images.append(frame.to_ndarray(format="rgb24"))
+                else:
+                    sounds.append(frame)
+        if not images:
+            raise ValueError(f"{path}: video track has no frames")
+        fps = float(vstream.average_rate or vstream.guessed_rate or 0)
+        if astream is None:
+            return np.stack(images), fps, None, 0
+        return (
+            np.stack(images),
+            fps,
+            _place_audio(sounds, astream),
+            astream.codec_context.sample_rate,
+        )
+
+
+def read_mp4(path: str | os.PathLike, downscale: int = 1, require_audio: bool = True) -> MediaClip:
+    """Read frames (and the first audio track, as mono) from a video file.
+
+    ``downscale`` averages ``k x k`` pixel blocks (the inverse of ``write_mp4``'s upscale).
+    Raises ``FileNotFoundError`` / ``ValueError`` naming ``path`` if it is missing,
+    unreadable, has no video, or has no audio while ``require_audio``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such video file: {path}")
+    try:
+        frames, fps, audio, rate = _decode(path)
+    except av.error.FFmpegError as err:
+        raise ValueError(f"cannot read video file {path}: {err}") from err
+    if audio is None and require_audio:
+        raise ValueError(f"{path}: no audio track")
+    if downscale > 1:
+        f, h, w, c = frames.shape
+        if h % downscale or w % downscale:
+            raise ValueError(f"{path}: frame size {h}x{w} is not divisible by {downscale}")
+        blocks = frames.reshape(f, h // downscale, downscale, w // downscale, downscale, c)
+        frames = np.round(blocks.mean(axis=(2, 4))).astype(np.uint8)
+    return MediaClip(frames=frames, fps=fps, audio=audio, sample_rate=rate)
+
+
+def frames_to_video(frames: np.ndarray) -> Tensor:
+    """(F, H, W, 3) uint8 -> the world's (3, F, H, W) float video in [-1, 1]."""
+    return torch.from_numpy(frames.astype(np.float32) / 127.5 - 1.0).permute(3, 0, 1, 2)
+
+
+def save_wav(path: str | os.PathLike, audio: Tensor | np.ndarray, sample_rate: int) -> Path:
+    """Write mono float audio as 16-bit PCM wav, atomically."""
+    samples = to_mono_audio(audio)
+    path = Path(path)
+    with atomic_path(path, ".wav") as tmp:
+        soundfile.write(str(tmp), samples, sample_rate, subtype="PCM_16", format="WAV")
+    return path
+
+
+def load_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Read an audio file as mono float32 (channels averaged) and its sample rate."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such audio file: {path}")
+    try:
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError) as err:
+        raise ValueError(f"cannot read audio file {path}: {err}") from err
+    return data.mean(1), int(rate)

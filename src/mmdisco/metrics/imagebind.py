@@ -1,0 +1,194 @@
+"""ImageBind scores (IB-AV, IB-TV, IB-TA): preprocessing + score over any embedding model.
+
+The ImageBind-Huge encoders themselves are NOT implemented here (see docs/metrics.md);
+plug any model exposing ``embed(modality, batch) -> (n, D)`` behind :class:`EmbeddingModel`.
+What is implemented follows facebookresearch/ImageBind ``data.py``:
+
+* audio: mono, resample to 16 kHz, 3 clips of 2 s evenly spaced over the clip
+  (pytorchvideo ``ConstantClipsPerVideoSampler``), waveform minus its mean, Kaldi fbank
+  (128 mel bins, 25 ms Hann window, 10 ms shift, dither 0, pre-emphasis 0.97, DC removal,
+  low 20 Hz, no energy), pad/crop to 204 frames, normalise with mean -4.268 / std 9.138
+  -> (3, 1, 128, 204).
+* vision (video): 5 clips of 2 s evenly spaced, 2 frames uniformly per clip, short side
+  scaled to 224 (bilinear), CLIP mean/std normalisation, 3 spatial crops of 224
+  -> (15, 3, 2, 224, 224).
+* text: passed through as strings; tokenisation belongs to the model.
+
+The score of a pair is the cosine similarity of the clip-averaged embeddings; the reported
+IB score is its mean over pairs (raw cosine in [-1, 1], not multiplied by 100).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmdisco.metrics.base import resample, to_mono
+
+AUDIO_SAMPLE_RATE = 16000
+AUDIO_CLIP_SECONDS = 2.0
+AUDIO_CLIPS = 3
+AUDIO_MEL_BINS = 128
+AUDIO_TARGET_FRAMES = 204
+AUDIO_MEAN, AUDIO_STD = -4.268, 9.138
+VIDEO_CLIP_SECONDS = 2.0
+VIDEO_CLIPS = 5
+VIDEO_FRAMES_PER_CLIP = 2
+VISION_SIZE = 224
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@runtime_checkable
+class EmbeddingModel(Protocol):
+    """A joint embedding model (ImageBind or a stand-in): one embedding per input row."""
+
+    def embed(self, modality: str, inputs: torch.Tensor | Sequence[str]) -> torch.Tensor:
+        """``modality`` in {"audio", "vision", "text"} -> (n, D) embeddings."""
+        ...
+
+
+def clip_starts(duration: float, clip_duration: float, clips: int) -> list[float]:
+    """pytorchvideo ConstantClipsPerVideoSampler: evenly spaced clip start times."""
+    max_start = max(duration - clip_duration, 0.0)
+    step = max_start / max(clips - 1, 1)
+    return [step * i for i in range(clips)]
+
+
+def _kaldi_mel_banks(num_bins: int, fft_size: int, sample_rate: int, low_hz: float) -> np.ndarray:
+    """Kaldi's triangular mel filters (torchaudio.compliance.kaldi.get_mel_banks, no VTLN)."""
+
+    def mel(f):
+        return 1127.0 * np.log(1.0 + np.asarray(f, np.float64) / 700.0)
+
+    high_hz = sample_rate / 2.0
+    delta = (mel(high_hz) - mel(low_hz)) / (num_bins + 1)
+    left = mel(low_hz) + np.arange(num_bins)[:, None] * delta
+    center, right = left + delta, left + 2 * delta
+    bin_mel = mel(sample_rate / fft_size * np.arange(fft_size // 2))[None, :]
+    banks = np.maximum(0.0, np.minimum((bin_mel - left) / (center - left),
+                                       (right - bin_mel) / (right - center)))  # fmt: skip
+    return np.pad(banks, ((0, 0), (0, 1)))  # zero weight on the Nyquist bin
+
+
+def kaldi_fbank(
+    waveform: np.ndarray, sample_rate: int, num_bins: int = AUDIO_MEL_BINS
+) -> np.ndarray:
+    """(N,) float waveform -> (frames, num_bins) log mel energies, Kaldi/ImageBind settings."""
+    window, shift = int(sample_rate * 0.025), int(sample_rate * 0.010)
+    x = np.asarray(waveform, np.float64)
+    if x.shape[0] < window:
+        return np.zeros((0, num_bins))
+    count = 1 + (x.shape[0] - window) // shift  # snip_edges=True
+    frames = x[np.arange(window)[None, :] + shift * np.arange(count)[:, None]]
+    frames = frames - frames.mean(axis=1, keepdims=True)  # remove_dc_offset
+    previous = np.concatenate([frames[:, :1], frames[:, :-1]], axis=1)
+    frames = frames - 0.97 * previous  # preemphasis (first sample uses itself)
+    frames = frames * np.hanning(window)  # symmetric Hann = Kaldi "hanning"
+    fft_size = 2 ** int(np.ceil(np.log2(window)))
+    power = np.abs(np.fft.rfft(frames, fft_size)) ** 2
+    mel = power @ _kaldi_mel_banks(num_bins, fft_size, sample_rate, 20.0).T
+    return np.log(np.maximum(mel, np.finfo(np.float32).eps))
+
+
+def preprocess_audio(samples: np.ndarray, sample_rate: int) -> torch.Tensor:
+    """Audio (N,) or (C, N) -> (3, 1, 128, 204) normalised fbank clips (module docstring)."""
+    mono = resample(to_mono(samples), sample_rate, AUDIO_SAMPLE_RATE)
+    duration = mono.shape[0] / AUDIO_SAMPLE_RATE
+    clips = []
+    for start in clip_starts(duration, AUDIO_CLIP_SECONDS, AUDIO_CLIPS):
+        a = int(start * AUDIO_SAMPLE_RATE)
+        piece = mono[a : a + int(AUDIO_CLIP_SECONDS * AUDIO_SAMPLE_RATE)]
+        fbank = kaldi_fbank(piece - piece.mean(), AUDIO_SAMPLE_RATE).T  # (128, frames)
+        pad = AUDIO_TARGET_FRAMES - fbank.shape[1]
+        fbank = np.pad(fbank, ((0, 0), (0, pad))) if pad > 0 else fbank[:, :AUDIO_TARGET_FRAMES]
+        clips.append(fbank)
+    x = torch.from_numpy(np.stack(clips).astype(np.float32)).unsqueeze(1)
+    return (x - AUDIO_MEAN) / AUDIO_STD
+
+
+def _three_crops(x: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """pytorchvideo SpatialCrop(num_crops=3): start / centre / end along the long side."""
+    h, w = x.shape[-2:]
+    if w >= h:
+        offsets = [0, (w - size) // 2, w - size]
+        return [x[..., (h - size) // 2 : (h - size) // 2 + size, o : o + size] for o in offsets]
+    offsets = [0, (h - size) // 2, h - size]
+    return [x[..., o : o + size, (w - size) // 2 : (w - size) // 2 + size] for o in offsets]
+
+
+def preprocess_video(frames: np.ndarray, fps: float) -> torch.Tensor:
+    """uint8 (F, H, W, 3) -> (15, 3, 2, 224, 224) normalised clips x crops (module docstring)."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"video frames must be (F, H, W, 3), got shape {frames.shape}")
+    count = frames.shape[0]
+    clips = []
+    for start in clip_starts(count / fps, VIDEO_CLIP_SECONDS, VIDEO_CLIPS):
+        first = round(start * fps)
+        last = min(count, first + round(VIDEO_CLIP_SECONDS * fps)) - 1
+        idx = np.linspace(first, max(first, last), VIDEO_FRAMES_PER_CLIP).round().astype(int)
+        clip = torch.from_numpy(frames[idx]).float().permute(0, 3, 1, 2) / 255.0  # (T, 3, H, W)
+        h, w = clip.shape[-2:]
+        scale = VISION_SIZE / min(h, w)
+        size = (max(VISION_SIZE, round(h * scale)), max(VISION_SIZE, round(w * scale)))
+        clip = F.interpolate(clip, size=size, mode="bilinear", align_corners=False)
+        mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
+        clip = ((clip - mean) / std).permute(1, 0, 2, 3)  # (3, T, H, W)
+        clips.extend(_three_crops(clip, VISION_SIZE))
+    return torch.stack(clips)
+
+
+def pooled_embedding(model: EmbeddingModel, modality: str, batch: torch.Tensor) -> torch.Tensor:
+    """Embed all clips/crops of one item, average them (ImageBind's aggregation), L2-normalise."""
+    with torch.no_grad():
+        return F.normalize(model.embed(modality, batch).float().mean(dim=0), dim=-1)
+
+
+def scores_from_embeddings(
+    audio: torch.Tensor | None = None,
+    video: torch.Tensor | None = None,
+    text: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Mean cosine similarity of row-aligned (n, D) embeddings: keys ib_av, ib_tv, ib_ta."""
+    emb = {
+        k: F.normalize(v.float(), dim=-1)
+        for k, v in (("a", audio), ("v", video), ("t", text))
+        if v is not None
+    }
+    sizes = {k: v.shape[0] for k, v in emb.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"ImageBind inputs must be paired, got counts {sizes}")
+    out = {}
+    for key, (p, q) in {"ib_av": ("a", "v"), "ib_tv": ("t", "v"), "ib_ta": ("t", "a")}.items():
+        if p in emb and q in emb:
+            out[key] = float((emb[p] * emb[q]).sum(dim=-1).mean())
+    return out
+
+
+def imagebind_scores(
+    model: EmbeddingModel,
+    audio: Sequence[torch.Tensor] | None = None,
+    video: Sequence[torch.Tensor] | None = None,
+    text: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """IB scores of aligned items given per-item preprocessed batches and/or captions.
+
+    ``audio`` / ``video`` hold :func:`preprocess_audio` / :func:`preprocess_video` outputs;
+    items at the same index belong to the same sample.
+    """
+    a = None if audio is None else torch.stack([pooled_embedding(model, "audio", x) for x in audio])
+    v = (
+        None
+        if video is None
+        else torch.stack([pooled_embedding(model, "vision", x) for x in video])
+    )
+    t = None
+    if text is not None:
+        with torch.no_grad():
+            t = model.embed("text", list(text))
+    return scores_from_embeddings(a, v, t)

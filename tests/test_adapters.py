@@ -1,0 +1,714 @@
+"""Adapters for real diffusers base models, exercised on tiny random components.
+
+The key property: with the discriminator off, mmdisco's joint sampler reproduces each
+adapter's own diffusers pipeline (same seed, scheduler, steps and CFG scale). Components are
+built here (tiny configs, tokenizers from a small vocabulary), saved with ``save_pretrained``
+and loaded back through each adapter's ``from_pretrained``; nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    AnimateDiffPipeline,
+    AudioLDM2Pipeline,
+    AudioLDM2ProjectionModel,
+    AudioLDM2UNet2DConditionModel,
+    AudioLDMPipeline,
+    AutoencoderKL,
+    AutoencoderKLLTXVideo,
+    AutoencoderOobleck,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EDMDPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    LTXPipeline,
+    LTXVideoTransformer3DModel,
+    MotionAdapter,
+    StableAudioDiTModel,
+    StableAudioPipeline,
+    StableAudioProjectionModel,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import (
+    ClapAudioConfig,
+    ClapConfig,
+    ClapFeatureExtractor,
+    ClapModel,
+    ClapTextConfig,
+    ClapTextModelWithProjection,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    RobertaTokenizer,
+    SpeechT5HifiGan,
+    SpeechT5HifiGanConfig,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+)
+
+from mmdisco.base_models import load_base_model
+from mmdisco.base_models.auffusion import (
+    SpectrogramImageConfig,
+    image_to_mel,
+    mel_to_image,
+)
+from mmdisco.base_models.stable_audio import CosineDPMSolverScheduler, CosineSchedule
+from mmdisco.data import ClipDataset, ClipSpec, cache_latents, collate, load_latent_cache
+from mmdisco.media import write_mp4
+from mmdisco.sampling import Stream, joint_sample
+
+WORDS = ["a", "dog", "barks", "hammer", "hits", "wood", "cat", "runs", "loud"]
+PROMPTS = ["a dog barks", "hammer hits wood"]
+STEPS = 3
+
+
+# ---------------------------------------------------------------- tiny tokenizers
+
+
+def _chars() -> list[str]:
+    return sorted(set("".join(WORDS)))
+
+
+def roberta_tokenizer() -> RobertaTokenizer:
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
+    for piece in [*_chars(), "Ġ"]:
+        vocab[piece] = len(vocab)
+    return RobertaTokenizer(vocab=vocab, merges=[], model_max_length=16)
+
+
+def clip_tokenizer() -> CLIPTokenizer:
+    vocab: dict[str, int] = {}
+    for c in _chars():
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=12)
+
+
+def clip_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    torch.manual_seed(0)
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    config = CLIPTextConfig(
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
+        eos_token_id=eos,
+        pad_token_id=eos,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=tokenizer.model_max_length,
+    )
+    return CLIPTextModel(config)
+
+
+def t5_tokenizer(max_length: int) -> T5Tokenizer:
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [("▁" + w, -1.0) for w in WORDS] + [(c, -3.0) for c in _chars()]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
+
+
+def t5_encoder(vocab_size: int) -> T5EncoderModel:
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=vocab_size,
+        d_model=32,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    return T5EncoderModel(config)
+
+
+def hifigan() -> SpeechT5HifiGan:
+    torch.manual_seed(0)
+    config = SpeechT5HifiGanConfig(
+        model_in_dim=8,
+        sampling_rate=16000,
+        upsample_initial_channel=16,
+        upsample_rates=[2, 2],
+        upsample_kernel_sizes=[4, 4],
+        resblock_kernel_sizes=[3],
+        resblock_dilation_sizes=[[1, 3]],
+        normalize_before=False,
+    )
+    return SpeechT5HifiGan(config)
+
+
+def sd_unet(**kwargs) -> UNet2DConditionModel:
+    torch.manual_seed(0)
+    config = dict(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=4,
+    )
+    return UNet2DConditionModel(**{**config, **kwargs})
+
+
+def kl_vae(channels: int) -> AutoencoderKL:
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        block_out_channels=[8, 16],
+        in_channels=channels,
+        out_channels=channels,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=4,
+    )
+
+
+def sd_scheduler() -> DDPMScheduler:
+    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+# ---------------------------------------------------------------- tiny pipelines on disk
+
+
+def save_audioldm(path: Path) -> Path:
+    tokenizer = roberta_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = ClapTextModelWithProjection(
+        ClapTextConfig(
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=1,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=len(tokenizer),
+            projection_dim=32,
+        )
+    )
+    unet = sd_unet(
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=(8, 16),
+        class_embed_type="simple_projection",
+        projection_class_embeddings_input_dim=32,
+        class_embeddings_concat=True,
+    )
+    pipe = AudioLDMPipeline(
+        vae=kl_vae(1),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=sd_scheduler(),
+        vocoder=hifigan(),
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
+def save_audioldm2(path: Path) -> Path:
+    tokenizer, tokenizer_2 = roberta_tokenizer(), t5_tokenizer(max_length=16)
+    torch.manual_seed(0)
+    text = ClapTextConfig(
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+        hidden_size=16,
+        intermediate_size=37,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        vocab_size=len(tokenizer),
+        projection_dim=16,
+    )
+    audio = ClapAudioConfig(
+        spec_size=64,
+        window_size=4,
+        num_mel_bins=64,
+        intermediate_size=37,
+        depths=[2, 2],
+        num_attention_heads=[2, 2],
+        num_hidden_layers=2,
+        hidden_size=192,
+        projection_dim=16,
+        patch_size=2,
+        patch_stride=2,
+        patch_embed_input_channels=4,
+    )
+    clap = ClapModel(
+        ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=16)
+    )
+    language_model = GPT2LMHeadModel(
+        GPT2Config(n_embd=16, n_head=2, n_layer=2, vocab_size=8, n_ctx=99, n_positions=99)
+    )
+    language_model.config.max_new_tokens = 4
+    torch.manual_seed(0)
+    unet = AudioLDM2UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=([None, 16, 32], [None, 16, 32]),
+        attention_head_dim=4,
+        norm_num_groups=4,
+    )
+    pipe = AudioLDM2Pipeline(
+        vae=kl_vae(1),
+        text_encoder=clap,
+        text_encoder_2=t5_encoder(len(tokenizer_2)),
+        projection_model=AudioLDM2ProjectionModel(
+            text_encoder_dim=16, text_encoder_1_dim=32, langauge_model_dim=16
+        ),
+        language_model=language_model,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        feature_extractor=ClapFeatureExtractor(),
+        unet=unet,
+        scheduler=sd_scheduler(),
+        vocoder=hifigan(),
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
+def save_animatediff(path: Path) -> Path:
+    tokenizer = clip_tokenizer()
+    torch.manual_seed(0)
+    adapter = MotionAdapter(
+        block_out_channels=(8, 16),
+        motion_layers_per_block=1,
+        motion_norm_num_groups=4,
+        motion_num_attention_heads=2,
+        motion_max_seq_length=8,
+    )
+    pipe = AnimateDiffPipeline(
+        vae=kl_vae(3),
+        text_encoder=clip_text_encoder(tokenizer),
+        tokenizer=tokenizer,
+        unet=sd_unet(),
+        motion_adapter=adapter,
+        scheduler=sd_scheduler(),
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
+def save_auffusion(path: Path) -> Path:
+    tokenizer = clip_tokenizer()
+    pipe = StableDiffusionPipeline(
+        vae=kl_vae(3),
+        text_encoder=clip_text_encoder(tokenizer),
+        tokenizer=tokenizer,
+        unet=sd_unet(),
+        scheduler=sd_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(path)
+    hifigan().save_pretrained(path / "vocoder")
+    spec = SpectrogramImageConfig(
+        n_fft=16, win_length=16, hop_length=4, n_mels=8, duration=64 / 16000
+    )
+    spec.save(str(path / "spectrogram.json"))
+    return path
+
+
+def save_stable_audio(path: Path) -> Path:
+    tokenizer = t5_tokenizer(max_length=12)
+    text_encoder = t5_encoder(len(tokenizer))
+    torch.manual_seed(0)
+    transformer = StableAudioDiTModel(
+        sample_size=4,
+        in_channels=3,
+        num_layers=2,
+        attention_head_dim=4,
+        num_key_value_attention_heads=2,
+        out_channels=3,
+        cross_attention_dim=4,
+        time_proj_dim=8,
+        global_states_input_dim=8,
+        cross_attention_input_dim=4,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderOobleck(
+        encoder_hidden_size=6,
+        downsampling_ratios=[1, 2],
+        decoder_channels=3,
+        decoder_input_channels=3,
+        audio_channels=2,
+        channel_multiples=[2, 4],
+        sampling_rate=4,
+    )
+    torch.manual_seed(0)
+    projection = StableAudioProjectionModel(
+        text_encoder_dim=32, conditioning_dim=4, min_value=0, max_value=32
+    )
+    # The real checkpoint names CosineDPMSolverMultistepScheduler, which needs torchsde; it
+    # cannot be instantiated here, so write its config under that name by hand.
+    scheduler = EDMDPMSolverMultistepScheduler(
+        sigma_min=0.3,
+        sigma_max=500,
+        solver_order=2,
+        prediction_type="v_prediction",
+        sigma_data=1.0,
+        sigma_schedule="exponential",
+    )
+    pipe = StableAudioPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        projection_model=projection,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        scheduler=scheduler,
+    )
+    pipe.save_pretrained(path)
+    for name in ("model_index.json", "scheduler/scheduler_config.json"):
+        file = path / name
+        text = file.read_text().replace(
+            "EDMDPMSolverMultistepScheduler", "CosineDPMSolverMultistepScheduler"
+        )
+        file.write_text(text)
+    config = json.loads((path / "scheduler/scheduler_config.json").read_text())
+    config["algorithm_type"] = "sde-dpmsolver++"  # as shipped; the adapter makes it an ODE
+    (path / "scheduler/scheduler_config.json").write_text(json.dumps(config))
+    return path
+
+
+def save_ltx(path: Path) -> Path:
+    tokenizer = t5_tokenizer(max_length=16)
+    text_encoder = t5_encoder(len(tokenizer))
+    torch.manual_seed(0)
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8,
+        out_channels=8,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=4,
+        attention_head_dim=8,
+        cross_attention_dim=32,
+        num_layers=1,
+        caption_channels=32,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKLLTXVideo(
+        latent_channels=8,
+        block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False),
+        layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        patch_size=1,
+        patch_size_t=1,
+        encoder_causal=True,
+        decoder_causal=False,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    pipe = LTXPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
+VIDEO = dict(num_frames=4, height=16, width=16)
+LTX_VIDEO = dict(num_frames=9, height=32, width=32, max_sequence_length=16)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models are dominated by thread overhead on a shared machine: run them on one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {
+        "audioldm": save_audioldm(root / "audioldm"),
+        "audioldm2": save_audioldm2(root / "audioldm2"),
+        "animatediff": save_animatediff(root / "animatediff"),
+        "auffusion": save_auffusion(root / "auffusion"),
+        "stable_audio": save_stable_audio(root / "stable_audio"),
+        "ltx_video": save_ltx(root / "ltx_video"),
+    }
+
+
+@pytest.fixture(scope="module")
+def models(folders):
+    opts = {
+        "audioldm": dict(n_fft=16),
+        "audioldm2": dict(n_fft=16),
+        "animatediff": dict(VIDEO),
+        "ltx_video": dict(LTX_VIDEO, fps=25.0),
+    }
+    return {
+        name: load_base_model(name, str(path), **opts.get(name, {}))
+        for name, path in folders.items()
+    }
+
+
+# ---------------------------------------------------------------- pipeline references
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def initial_latents(name: str, model, seed: int) -> torch.Tensor | None:
+    """Auffusion's space is the transpose of its pipeline's latents, so the same noise laid
+    out as the pipeline draws it is handed to both (the other adapters draw their own)."""
+    if name != "auffusion":
+        return None
+    c, t, f = model.latent_shape()
+    noise = torch.randn(len(PROMPTS), c, f, t, generator=generator(seed))
+    return noise * model.make_scheduler(DPMSolverMultistepScheduler).init_noise_sigma
+
+
+def reference(name: str, model, scheduler, cfg: float, seed: int) -> torch.Tensor:
+    """The adapter's own diffusers pipeline, run with ``scheduler``: latents where the pipeline
+    can return them, else its decoded media."""
+    pipe = model.pipe
+    pipe.scheduler = scheduler
+    common = dict(
+        num_inference_steps=STEPS, guidance_scale=cfg, generator=generator(seed), return_dict=False
+    )
+    if name == "audioldm":  # no latent output: catch the final latents in the callback
+        final = []
+        audio = pipe(PROMPTS, callback=lambda i, t, x: final.append(x), callback_steps=1, **common)
+        return final[-1], torch.as_tensor(audio[0])
+    if name == "audioldm2":
+        return pipe(PROMPTS, output_type="latent", **common)[0]
+    if name == "animatediff":
+        return pipe(PROMPTS, output_type="latent", **VIDEO, **common)[0]
+    if name == "auffusion":
+        latents = initial_latents(name, model, seed)
+        out = pipe(PROMPTS, output_type="latent", height=8, width=16, latents=latents, **common)
+        return out[0]
+    if name == "stable_audio":
+        return pipe(PROMPTS, output_type="latent", **common)[0]
+    if name == "ltx_video":
+        return pipe(PROMPTS, negative_prompt="", output_type="latent", **LTX_VIDEO, **common)[0]
+    raise AssertionError(name)
+
+
+def stream(model, scheduler, cfg: float, seed: int, scale: float = 1.0) -> Stream:
+    cond, uncond = model.encode_prompt_pair(PROMPTS)
+    return Stream(
+        model=model,
+        scheduler=scheduler,
+        cond=cond,
+        uncond=uncond,
+        cfg_scale=cfg,
+        guidance_scale=scale,
+        generator=generator(seed),
+        disc_text=model.pooled_text_embedding(cond),
+        disc_text_uncond=model.pooled_text_embedding(uncond),
+    )
+
+
+def comparable(name: str, model, latents: torch.Tensor) -> torch.Tensor:
+    if name == "ltx_video":
+        return model.pack(latents)
+    if name == "auffusion":
+        return latents.transpose(-1, -2)
+    return latents
+
+
+PAIRS = [
+    # (audio, scheduler class or None = the model's own, cfg), (video, ..., cfg)
+    (("audioldm", DPMSolverMultistepScheduler, 2.5), ("animatediff", DDPMScheduler, 7.5)),
+    (("auffusion", DPMSolverMultistepScheduler, 8.0), ("ltx_video", None, 3.0)),
+    (("stable_audio", None, 7.0), ("animatediff", DPMSolverMultistepScheduler, 1.0)),
+    (("audioldm2", DPMSolverMultistepScheduler, 3.5), ("ltx_video", None, 1.0)),
+]
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: f"{p[0][0]}+{p[1][0]}")
+def test_unguided_joint_sampling_reproduces_each_pipeline(models, pair):
+    runs = {}
+    for (name, cls, cfg), seed in zip(pair, (0, 1), strict=True):
+        model = models[name]
+        s = stream(model, model.make_scheduler(cls), cfg, seed)
+        noise = initial_latents(name, model, seed)
+        s.latents = None if noise is None else noise.transpose(-1, -2)
+        runs[name] = (model, cls, cfg, seed, s)
+    (a_name, a_run), (v_name, v_run) = runs.items()
+    a, v = joint_sample(
+        a_run[4], v_run[4], None, batch_size=len(PROMPTS), num_inference_steps=STEPS, progress=False
+    )
+    for name, latents in ((a_name, a), (v_name, v)):
+        model, cls, cfg, seed, _ = runs[name]
+        assert latents.shape == (len(PROMPTS), *model.latent_shape())
+        expected = reference(name, model, model.make_scheduler(cls), cfg, seed)
+        if name == "audioldm":  # the decoded waveforms agree too (tiny vocoder: tiny values)
+            expected, audio = expected
+            got_audio = model.decode(latents)
+            assert got_audio.shape == audio.shape
+            scale = float(audio.abs().max())
+            torch.testing.assert_close(got_audio, audio, rtol=1e-4, atol=1e-4 * scale)
+        got = comparable(name, model, latents)
+        assert got.shape == expected.shape, name
+        torch.testing.assert_close(
+            got, expected.float(), rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}"
+        )
+
+
+def coupled_disc(audio, video, log_snr_a, log_snr_v, **kw):
+    """A fixed discriminator whose audio gradient depends on the video and vice versa."""
+    assert kw["text_audio"].shape[0] == audio.shape[0]
+    return 5.0 * audio.flatten(1).tanh().mean(1) * video.flatten(1).tanh().mean(1)
+
+
+def test_guided_sampling_moves_every_adapter(models):
+    for a_name, v_name in (
+        ("audioldm", "animatediff"),
+        ("stable_audio", "ltx_video"),
+        ("auffusion", "animatediff"),
+    ):
+        a_model, v_model = models[a_name], models[v_name]
+        outs = []
+        for disc in (None, coupled_disc):
+            a_s = stream(a_model, a_model.make_scheduler(), 2.0, 0, scale=50.0)
+            v_s = stream(v_model, v_model.make_scheduler(), 2.0, 1, scale=50.0)
+            outs.append(
+                joint_sample(a_s, v_s, disc, batch_size=2, num_inference_steps=2, progress=False)
+            )
+        for plain, guided in zip(*outs, strict=True):
+            assert torch.isfinite(guided).all()
+            assert not torch.allclose(plain, guided), (a_name, v_name)
+
+
+def test_encode_decode_shapes_and_media(models):
+    audioldm = models["audioldm"]
+    wave = 0.1 * torch.randn(2, audioldm.num_samples, generator=generator(0))
+    z = audioldm.encode(wave)
+    assert z.shape == (2, *audioldm.latent_shape())
+    assert audioldm.decode(z).shape == (2, audioldm.num_samples)
+
+    auff = models["auffusion"]
+    z = auff.encode(0.1 * torch.randn(2, auff.num_samples, generator=generator(1)))
+    assert z.shape == (2, *auff.latent_shape())
+    assert auff.decode(z).shape == (2, auff.num_samples)
+
+    ldm2 = models["audioldm2"]
+    z = ldm2.encode(0.1 * torch.randn(2, ldm2.num_samples, generator=generator(5)))
+    assert z.shape == (2, *ldm2.latent_shape())
+    assert ldm2.decode(z).shape == (2, ldm2.num_samples)
+
+    anim = models["animatediff"]
+    video = torch.rand(2, 3, 4, 16, 16, generator=generator(2)) * 2 - 1
+    z = anim.encode(video)
+    assert z.shape == (2, *anim.latent_shape())
+    assert anim.decode(z).shape == video.shape
+
+    ltx = models["ltx_video"]
+    video = torch.rand(1, 3, 9, 32, 32, generator=generator(3)) * 2 - 1
+    z = ltx.encode(video)
+    assert z.shape == (1, *ltx.latent_shape())
+    assert ltx.decode(z).shape == video.shape
+    torch.testing.assert_close(ltx.unpack(ltx.pack(z)), z)
+
+    sa = models["stable_audio"]
+    z = sa.encode(torch.randn(2, 2, 8, generator=generator(4)))
+    assert z.shape == (2, *sa.latent_shape())
+    assert sa.decode(z).shape[:2] == (2, 2)
+
+
+def test_prompts_and_pooled_embeddings(models):
+    for name, model in models.items():
+        cond = model.encode_prompt(PROMPTS)
+        pooled = model.pooled_text_embedding(cond)
+        assert pooled.ndim == 2 and pooled.shape[0] == 2, name
+        assert not torch.allclose(pooled[0], pooled[1]), name
+    empty = models["stable_audio"].encode_prompt(["", "a dog barks"])
+    assert empty.hidden_states[0].abs().sum() == 0 and empty.hidden_states[1].abs().sum() > 0
+
+
+def test_spectrogram_image_round_trip():
+    cfg = SpectrogramImageConfig()
+    mel = torch.empty(2, 16, cfg.n_mels).uniform_(np.log(cfg.min_value), np.log(cfg.max_value))
+    image = mel_to_image(mel, cfg)
+    assert image.shape == (2, 3, cfg.n_mels, 16) and image.min() >= -1 and image.max() <= 1
+    # Low frequencies at the bottom of the image, as Auffusion draws them.
+    torch.testing.assert_close(
+        image[:, 0, -1],
+        (mel[..., 0] - np.log(cfg.min_value)) / (np.log(cfg.max_value) - np.log(cfg.min_value)) * 2
+        - 1,
+    )
+    torch.testing.assert_close(image_to_mel(image, cfg), mel, rtol=1e-4, atol=1e-4)
+
+
+def test_stable_audio_scheduler_and_schedule_agree(models):
+    model = models["stable_audio"]
+    scheduler = model.make_scheduler()
+    assert isinstance(scheduler, CosineDPMSolverScheduler)
+    scheduler.set_timesteps(5)
+    x = torch.randn(1, 3, 4, generator=generator(0))
+    for sigma, t in zip(scheduler.sigmas[:-1], scheduler.timesteps, strict=True):
+        alpha, sig = CosineSchedule().alpha_sigma(t)
+        # scale_model_input maps the EDM sample to the VP x_t = alpha * (x_edm).
+        scheduler._step_index = None
+        torch.testing.assert_close(scheduler.scale_model_input(x, t), alpha * x)
+        torch.testing.assert_close(sig / alpha, sigma.reshape(1).float(), rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_adapter_and_bad_folder(tmp_path):
+    with pytest.raises(ValueError, match="unknown base model adapter 'nope'"):
+        load_base_model("nope", str(tmp_path))
+    (tmp_path / "spectrogram.json").write_text(json.dumps({"n_melz": 3}))
+    with pytest.raises(ValueError, match="n_melz"):
+        SpectrogramImageConfig.load(str(tmp_path / "spectrogram.json"))
+
+
+def test_real_clips_cached_through_adapters(models, tmp_path):
+    """Captions reach both base models' text encoders and the discriminator's text inputs."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, caption in enumerate(PROMPTS):
+        frames = rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+        audio = (0.3 * rng.standard_normal(16000)).astype(np.float32)
+        write_mp4(tmp_path / f"c{i}.mp4", frames, 8, audio, sample_rate=16000)
+        rows.append(json.dumps({"path": f"c{i}.mp4", "caption": caption, "start": 0.25}))
+    (tmp_path / "clips.jsonl").write_text("\n".join(rows))
+    spec = ClipSpec(duration=0.5, fps=8.0, size=16, sample_rate=16000)
+    dataset = ClipDataset(tmp_path / "clips.jsonl", spec)
+    audio_model, video_model = models["audioldm"], models["animatediff"]
+    cache_latents(dataset, audio_model, video_model, tmp_path / "cache", progress=False)
+    cache = load_latent_cache(tmp_path / "cache")
+    assert cache.captions == PROMPTS
+    batch = collate([dataset[0], dataset[1]])
+    torch.testing.assert_close(cache.audio, audio_model.encode(batch["audio"]))
+    torch.testing.assert_close(cache.video, video_model.encode(batch["video"]))
+    for key, model in (("text_audio", audio_model), ("text_video", video_model)):
+        pooled = model.pooled_text_embedding(model.encode_prompt(PROMPTS))
+        torch.testing.assert_close(cache.cond[key], pooled)
+        empty = model.pooled_text_embedding(model.encode_prompt([""]))[0]
+        torch.testing.assert_close(cache.uncond[key], empty)

@@ -1,0 +1,80 @@
+"""YAML experiment configs: the paper's presets and errors that name the offending field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmdisco.config import ConfigError, experiment_from_dict, load_experiment
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_presets_carry_table_6():
+    a = load_experiment(CONFIGS / "audioldm_animatediff.yaml")
+    assert (a.audio.adapter, a.video.adapter) == ("audioldm", "animatediff")
+    assert (a.audio.cfg_scale, a.video.cfg_scale) == (2.5, 7.5)
+    assert (a.sampling.guidance_scale_audio, a.sampling.guidance_scale_video) == (1.0, 1.0)
+    b = load_experiment(CONFIGS / "auffusion_animatediff.yaml")
+    assert (b.audio.cfg_scale, b.video.cfg_scale) == (8.0, 8.0)
+    assert (b.sampling.guidance_scale_audio, b.sampling.guidance_scale_video) == (1.0, 8.0)
+    for cfg in (a, b):
+        s = cfg.sampling
+        assert (s.scheduler, s.algorithm_type, s.solver_order, s.num_inference_steps) == (
+            "DPMSolverMultistepScheduler",
+            "dpmsolver++",
+            2,
+            50,
+        )
+        train = cfg.train_config()
+        assert (train.batch_size, train.lr) == (32, 1e-3)
+        assert cfg.data.caption_dropout == 0.1 and cfg.fakes.num_samples == 10000
+        disc = cfg.discriminator_config()
+        assert disc.text_drop_prob == 0.1 and disc.channels == 256
+        assert cfg.clip_spec().num_frames == cfg.video.options["num_frames"]
+    assert a.discriminator_config().audio_channels == 8  # AudioLDM latent (8, 50, 16)
+    assert b.discriminator_config().audio_channels == 4  # Auffusion's SD VAE latents
+
+
+def _preset() -> dict:
+    return yaml.safe_load((CONFIGS / "audioldm_animatediff.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["audio"].update(cfg_scale="high"), "audio.cfg_scale: expected float"),
+        (lambda d: d["audio"].update(colour=1), "audio.colour: unknown field"),
+        (lambda d: d["data"].pop("source"), "data.source: required field is missing"),
+        (lambda d: d["video"].update(adapter="sora"), "video.adapter: unknown adapter 'sora'"),
+        (lambda d: d["sampling"].update(window=[0.5]), "sampling.window: expected a list of 2"),
+        (lambda d: d["train"].update(lrr=1), r"train: unknown TrainConfig fields: \['lrr'\]"),
+        (lambda d: d["discriminator"].update(channels=-1), "discriminator: .*channels"),
+        (lambda d: d["data"].update(caption_dropout=1.5), "data.caption_dropout must lie"),
+        (lambda d: d["train"].update(steps=-1), "train: need steps >= 0"),
+    ],
+)
+def test_errors_name_the_field(edit, message):
+    data = _preset()
+    edit(data)
+    with pytest.raises(ConfigError, match=rf"^preset\.yaml: {message}"):
+        experiment_from_dict(data, "preset.yaml")
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such experiment config"):
+        load_experiment(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("audio: [unclosed")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
+        load_experiment(tmp_path / "bad.yaml")
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ConfigError, match=r"empty\.yaml: name: required field is missing"):
+        load_experiment(tmp_path / "empty.yaml")
+
+
+def test_round_trip_through_dict():
+    cfg = load_experiment(CONFIGS / "auffusion_animatediff.yaml")
+    again = experiment_from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+    assert again == cfg

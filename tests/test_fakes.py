@@ -1,0 +1,136 @@
+"""The fake-pair cache: determinism, atomic shards, resumption after a kill."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import Tensor
+
+import mmdisco.training.fakes as fakes
+from mmdisco.base_models.base import BaseModel
+from mmdisco.training.fakes import generate_fakes, load_fakes, sample_pairs
+
+
+class ShrinkModel(BaseModel):
+    """Exact denoiser for x_0 ~ N(mean, 0.25 I) (DDPM, 50 steps): cheap but non-trivial."""
+
+    scheduler_config = {  # noqa: RUF012
+        "_class_name": "DDPMScheduler",
+        "num_train_timesteps": 50,
+        "beta_schedule": "linear",
+        "beta_start": 1e-3,
+        "beta_end": 0.2,
+        "prediction_type": "epsilon",
+        "clip_sample": False,
+    }
+
+    def __init__(self, modality: str, shape: tuple[int, ...], mean: float) -> None:
+        self.modality, self.shape, self.mean = modality, shape, mean
+        self.prompts_seen: list[list[str]] = []
+
+    def predict(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
+        alpha, sigma = self.schedule.alpha_sigma(torch.as_tensor(t).expand(x_t.shape[0]))
+        a, s = alpha.view(-1, *[1] * (x_t.ndim - 1)), sigma.view(-1, *[1] * (x_t.ndim - 1))
+        var = a**2 * 0.25 + s**2
+        return s * (x_t - a * self.mean) / var
+
+    def latent_shape(self) -> tuple[int, ...]:
+        return self.shape
+
+    def encode_prompt(self, prompts: list[str]):
+        self.prompts_seen.append(list(prompts))
+        return None
+
+
+def models():
+    return ShrinkModel("audio", (2, 3), 1.0), ShrinkModel("video", (3, 2, 2), -1.0)
+
+
+KW = {"seed": 7, "shard_size": 4, "num_inference_steps": 10, "progress": False}
+
+
+def test_samples_follow_the_base_models_and_are_seeded():
+    a, v = sample_pairs(*models(), 64, seed=1, batch_size=32)
+    assert a.shape == (64, 2, 3) and v.shape == (64, 3, 2, 2)
+    assert abs(a.mean() - 1.0) < 0.1 and abs(v.mean() + 1.0) < 0.1
+    a2, v2 = sample_pairs(*models(), 64, seed=1, batch_size=32)
+    assert torch.equal(a, a2) and torch.equal(v, v2)
+    a3, _ = sample_pairs(*models(), 64, seed=2, batch_size=32)
+    assert not torch.equal(a, a3)
+    # The two modalities use independent noise: no correlation between paired samples.
+    corr = torch.corrcoef(torch.stack([a.flatten(1)[:, 0], v.flatten(1)[:, 0]]))[0, 1]
+    assert abs(corr) < 0.35
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    reference = generate_fakes(*models(), 10, tmp_path / "ref", **KW)
+    assert [s["count"] for s in reference["shards"]] == [4, 4, 2]
+
+    # Kill 1: while writing shard 1 (the file is half written when the process dies).
+    real_save = fakes.save_file
+
+    def dying_save(tensors, path, metadata=None):
+        if "shard-00001" in str(path) or ".shard-00001" in str(path):
+            with open(path, "wb") as f:
+                f.write(b"partial")
+            raise KeyboardInterrupt("killed")
+        real_save(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(fakes, "save_file", dying_save)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        generate_fakes(*models(), 10, out, **KW)
+    monkeypatch.setattr(fakes, "save_file", real_save)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard-00000.safetensors"]
+    assert [s["index"] for s in json.loads((out / "manifest.json").read_text())["shards"]] == [0]
+    with pytest.raises(ValueError, match="incomplete"):
+        load_fakes(out)
+
+    # Kill 2: after shard 2 is in place but before the manifest lists it; and shard 0 is
+    # corrupted on disk meanwhile. Resume must redo both.
+    real_write = fakes.write_json_atomic
+    calls = {"n": 0}
+
+    def dying_write(path, obj):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        real_write(path, obj)
+
+    monkeypatch.setattr(fakes, "write_json_atomic", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        generate_fakes(*models(), 10, out, **KW)
+    monkeypatch.setattr(fakes, "write_json_atomic", real_write)
+    (out / "shard-00000.safetensors").write_bytes(b"garbage")
+
+    resumed = generate_fakes(*models(), 10, out, **KW)
+    assert resumed["shards"] == reference["shards"]  # same files, byte for byte (sha256)
+    ref, got = load_fakes(tmp_path / "ref"), load_fakes(out)
+    assert torch.equal(ref.audio, got.audio) and torch.equal(ref.video, got.video)
+    assert ref.audio.shape == (10, 2, 3)
+
+
+def test_resume_skips_finished_shards(tmp_path, monkeypatch):
+    generate_fakes(*models(), 8, tmp_path, **KW)
+    monkeypatch.setattr(fakes, "sample_pairs", lambda *a, **k: pytest.fail("resampled"))
+    generate_fakes(*models(), 8, tmp_path, **KW)
+
+
+def test_settings_mismatch_and_tampering_are_refused(tmp_path):
+    generate_fakes(*models(), 4, tmp_path, **KW)
+    with pytest.raises(ValueError, match="different settings"):
+        generate_fakes(*models(), 4, tmp_path, **{**KW, "seed": 8})
+    with open(tmp_path / "shard-00000.safetensors", "r+b") as f:
+        f.seek(-1, 2)
+        f.write(b"\x00")
+    with pytest.raises(ValueError, match="sha256"):
+        load_fakes(tmp_path)
+
+
+def test_captions_are_stored_and_passed_to_the_models(tmp_path):
+    audio, video = models()
+    generate_fakes(audio, video, 5, tmp_path, prompts=["a dog", "a bell"], **KW)
+    assert load_fakes(tmp_path).captions == ["a dog", "a bell", "a dog", "a bell", "a dog"]
+    assert audio.prompts_seen == [["a dog", "a bell", "a dog", "a bell"], ["a dog"]]

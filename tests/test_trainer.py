@@ -1,0 +1,218 @@
+"""Discriminator training: exact resumption, checkpoint format, learning, 2-process runs."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from mmdisco.base_models.base import BaseModel
+from mmdisco.training.data import BatchOrder, PairData
+from mmdisco.training.trainer import (
+    TrainConfig,
+    flatten_optimizer_state,
+    latest_checkpoint,
+    train_discriminator,
+    unflatten_optimizer_state,
+)
+
+
+class GaussianModel(BaseModel):
+    """Exact denoiser for x_0 ~ N(0, I): E[eps | x_t] = sigma * x_t (variance preserving)."""
+
+    scheduler_config = {  # noqa: RUF012
+        "_class_name": "DDPMScheduler",
+        "num_train_timesteps": 100,
+        "beta_schedule": "linear",
+        "prediction_type": "epsilon",
+    }
+
+    def __init__(self, modality: str, shape: tuple[int, ...]) -> None:
+        self.modality, self.shape = modality, shape
+
+    def predict(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
+        sigma = self.schedule.alpha_sigma(torch.as_tensor(t).expand(x_t.shape[0]))[1]
+        return sigma.view(-1, *([1] * (x_t.ndim - 1))) * x_t
+
+    def latent_shape(self) -> tuple[int, ...]:
+        return self.shape
+
+
+class TinyDisc(nn.Module):
+    def __init__(self, da: int = 4, dv: int = 6, width: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(da + dv + 2, width), nn.SiLU(), nn.Dropout(0.1), nn.Linear(width, 1)
+        )
+
+    def forward(self, audio, video, t_audio, t_video):
+        x = torch.cat(
+            [audio.flatten(1), video.flatten(1), t_audio[:, None] / 20, t_video[:, None] / 20], 1
+        )
+        return self.net(x).squeeze(-1)
+
+
+def toy_data(n: int = 256, seed: int = 0) -> tuple[PairData, PairData]:
+    """Real pairs: video repeats the audio's sign pattern; fakes: independent N(0, I)."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, 4, generator=g)
+    v = torch.cat([a, a[:, :2]], 1)
+    fa, fv = torch.randn(n, 4, generator=g), torch.randn(n, 6, generator=g)
+    return PairData(a, v), PairData(fa, fv)
+
+
+def models():
+    return GaussianModel("audio", (4,)), GaussianModel("video", (6,))
+
+
+def run(out: Path | None, config: TrainConfig, stop_after=None, seed=0) -> nn.Module:
+    torch.manual_seed(seed)
+    disc = TinyDisc()
+    real, fake = toy_data()
+    train_discriminator(
+        disc, *models(), real, fake, config, out, progress=False, stop_after=stop_after
+    )
+    return disc
+
+
+def test_resume_is_exact(tmp_path):
+    cfg = TrainConfig(steps=12, batch_size=16, checkpoint_every=4, log_every=2, dlsm_weight=0.5)
+    straight = run(tmp_path / "a", cfg)
+    run(tmp_path / "b", cfg, stop_after=6)  # "killed" after 6 steps (checkpoint at 6)
+    assert latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step-00000006"
+    resumed = run(tmp_path / "b", cfg, seed=123)  # different init: weights must come from disk
+    for (k, x), y in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(x, y), k
+    a_opt = load_file(tmp_path / "a" / "checkpoints" / "step-00000012" / "optimizer.safetensors")
+    b_opt = load_file(tmp_path / "b" / "checkpoints" / "step-00000012" / "optimizer.safetensors")
+    assert a_opt.keys() == b_opt.keys() and all(torch.equal(a_opt[k], b_opt[k]) for k in a_opt)
+    # Checkpoints are safetensors + JSON only, old ones pruned; TensorBoard events written.
+    ckpts = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
+    assert ckpts == ["step-00000008", "step-00000012"]
+    files = sorted(p.name for p in (tmp_path / "b" / "checkpoints" / "step-00000012").iterdir())
+    assert files == ["model.safetensors", "optimizer.safetensors", "state.json"]
+    assert list((tmp_path / "b" / "logs").glob("events.out.tfevents.*"))
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    run(tmp_path, TrainConfig(steps=2, batch_size=8, checkpoint_every=2))
+    with pytest.raises(ValueError, match="lr"):
+        run(tmp_path, TrainConfig(steps=4, batch_size=8, lr=3e-4))
+
+
+def test_half_written_checkpoint_is_ignored(tmp_path):
+    run(tmp_path, TrainConfig(steps=2, batch_size=8, checkpoint_every=2))
+    (tmp_path / "checkpoints" / ".tmp-step-00000004").mkdir()
+    (tmp_path / "checkpoints" / "step-00000009").mkdir()  # no state.json: incomplete
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step-00000002"
+
+
+def test_optimizer_state_round_trip():
+    model = TinyDisc()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(3, 4), torch.randn(3, 6), torch.zeros(3), torch.zeros(3)).sum().backward()
+    opt.step()
+    tensors, meta = flatten_optimizer_state(opt.state_dict())
+    meta = json.loads(json.dumps(meta))  # must be JSON-able
+    restored = unflatten_optimizer_state(tensors, meta)
+    opt2 = torch.optim.Adam(TinyDisc().parameters(), lr=1e-3)
+    opt2.load_state_dict(restored)
+    for s1, s2 in zip(opt.state.values(), opt2.state.values(), strict=True):
+        assert all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def test_batch_order_covers_each_epoch_and_splits_ranks():
+    order = BatchOrder(n=10, batch_size=4, seed=3)
+    first_epoch = torch.cat([order.global_batch(s) for s in range(3)])[:10]
+    assert sorted(first_epoch.tolist()) == list(range(10))
+    halves = [order.local_batch(7, r, 2) for r in range(2)]
+    assert torch.equal(torch.cat(halves), order.global_batch(7))
+    with pytest.raises(ValueError, match="divisible"):
+        order.local_batch(0, 0, 3)
+
+
+def test_training_learns_to_tell_real_from_fake():
+    cfg = TrainConfig(steps=300, batch_size=64, dlsm_weight=0.1, log_every=50)
+    torch.manual_seed(0)
+    disc = TinyDisc()
+    real, fake = toy_data()
+    result = train_discriminator(disc, *models(), real, fake, cfg, progress=False)
+    # Heavily noised pairs cannot be told apart, so accuracy over all t stays well below 1.
+    assert result.history[-1]["accuracy"] > 0.72 > result.history[0]["accuracy"] + 0.05
+    assert result.history[-1]["loss_d"] < 1.15 < 1.3 < result.history[0]["loss_d"]
+
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys, torch
+    from accelerate import Accelerator
+    sys.path.insert(0, {tests!r})
+    from test_trainer import TinyDisc, models, toy_data
+    from mmdisco.training.data import BatchOrder
+    from mmdisco.training.fakes import derive_seed
+    from mmdisco.training.trainer import TrainConfig, train_discriminator
+
+    acc = Accelerator(cpu=True)
+    torch.manual_seed(acc.process_index)  # different inits: rank 0's must be broadcast
+    disc = TinyDisc()
+    real, fake = toy_data()
+    cfg = TrainConfig(steps=6, batch_size=16, checkpoint_every=3, log_every=3)
+    train_discriminator(disc, *models(), real, fake, cfg, {out!r}, accelerator=acc,
+                        progress=False)
+    order = BatchOrder(len(real), cfg.batch_size, derive_seed(cfg.seed, 1))
+    seen = order.local_batch(0, acc.process_index, acc.num_processes).tolist()
+    flat = torch.cat([p.detach().flatten() for p in disc.parameters()]).tolist()
+    with open({out!r} + f"/rank{{acc.process_index}}.json", "w") as f:
+        json.dump({{"world": acc.num_processes, "seen": seen, "weights": flat}}, f)
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(tests=str(Path(__file__).parent), out=str(out)))
+    # `accelerate launch --cpu` alone expects mpirun for several processes; the torchrun-based
+    # launcher (--multi_gpu) spawns them, and Accelerator(cpu=True) makes them gloo CPU ranks.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes"]
+    cmd += ["2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += ["--main_process_port", str(port)]
+    proc = subprocess.run([*cmd, str(script)], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["world"] == ranks[1]["world"] == 2
+    assert not set(ranks[0]["seen"]) & set(ranks[1]["seen"])  # disjoint data
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # synced gradients, same start
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step-00000003",
+        "step-00000006",
+    ]
+    assert len(list((out / "logs").glob("events.out.tfevents.*"))) == 1  # main process only
+
+
+def test_shuffled_fake_pairing_makes_fakes_independent():
+    # Fakes that are exact copies of the real pairs cannot be told apart when kept as pairs;
+    # re-pairing them each step makes them independent, which the discriminator detects.
+    real, _ = toy_data()
+    accuracy = {}
+    for pairing in ("fixed", "shuffle"):
+        cfg = TrainConfig(
+            steps=200, batch_size=64, use_dlsm=False, log_every=100, fake_pairing=pairing
+        )
+        torch.manual_seed(0)
+        result = train_discriminator(TinyDisc(), *models(), real, real, cfg, progress=False)
+        accuracy[pairing] = result.history[-1]["accuracy"]
+    assert accuracy["fixed"] < 0.58 < 0.65 < accuracy["shuffle"]
