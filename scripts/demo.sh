@@ -4,4 +4,4 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/setup.sh"
 cd "$root"
-exec .venv/bin/mmdisco toy --out "${1:-outputs/toy}"
+exec .venv/bin/mmdisco demo --out "${1:-outputs/demo}"

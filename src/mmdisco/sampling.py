@@ -1,10 +1,13 @@
 """Joint sampling: two base models stepped in lockstep by their own diffusers schedulers.
 
 At every step each base model predicts (with classifier-free guidance when it has a
-prompt), the prediction is converted to epsilon, the discriminator's correction
-``-scale * sigma * grad h`` is added, the sum is converted back to the scheduler's
-``prediction_type`` and ``scheduler.step`` takes it from there. With no discriminator this is
-exactly each modality's own diffusers sampling loop.
+prompt), the discriminator's epsilon-space correction ``-scale * sigma * grad h`` is mapped
+into the scheduler's ``prediction_type`` (a linear map, :func:`epsilon_delta_to_prediction`)
+and added, and ``scheduler.step`` takes it from there. With no discriminator this is exactly
+each modality's own diffusers sampling loop (tests/test_sampling.py checks DDPM, DDIM,
+DPM-Solver++, UniPC and flow matching). Per step, guidance costs one discriminator forward
+and one backward to its inputs (two of each with ``cfg_on_discriminator``); schedules and
+scheduler-step arguments are built once per run.
 """
 
 from __future__ import annotations

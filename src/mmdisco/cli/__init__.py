@@ -12,6 +12,7 @@ app = typer.Typer(
 # Command modules register themselves on import (one line each, keep sorted).
 from mmdisco.cli import demo  # noqa: E402,F401
 from mmdisco.cli import evaluate  # noqa: E402,F401
+from mmdisco.cli import experiment  # noqa: E402,F401
 from mmdisco.cli import toy  # noqa: E402,F401
 from mmdisco.cli import train  # noqa: E402,F401
 from mmdisco.cli import world  # noqa: E402,F401

@@ -17,12 +17,31 @@ def demo_cmd(
         bool, typer.Option(help="a tiny run (under a minute) that checks the pipeline")
     ] = False,
     seed: Annotated[int, typer.Option(help="seed of data, fakes, training and sampling")] = 0,
+    models_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="world base models (audio/ and video/ inside); default: the shipped ones"
+        ),
+    ] = None,
+    threads: Annotated[
+        int,
+        typer.Option(
+            help="torch CPU threads; the demo's tensors are small, and on a busy machine more "
+            "threads than free cores slow it down by an order of magnitude (0: torch's default)"
+        ),
+    ] = 1,
 ) -> None:
     """Fakes, three discriminators, guided vs unguided sampling, evaluation and a report."""
+    import torch
+
     from mmdisco.demo import DemoSettings, render_markdown, run_demo
+
+    if threads > 0:
+        torch.set_num_threads(threads)
 
     settings = DemoSettings.quick() if quick else DemoSettings()
     settings.seed = seed
+    settings.models_dir = None if models_dir is None else str(models_dir)
     report = run_demo(out, settings)
     typer.echo(render_markdown(report).split("\nSettings:")[0])
     typer.echo(f"report: {out / 'report.json'}, {out / 'report.md'}")

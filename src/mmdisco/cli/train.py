@@ -20,19 +20,24 @@ from mmdisco.cli import app
 
 def load_base_models(audio_dir: Path | None, video_dir: Path | None, device: str = "cpu"):
     """The two frozen base models: the shipped world models unless directories are given."""
-    from mmdisco.world.models import WorldAudioModel, WorldVideoModel, load_world_models
+    from mmdisco.world.models import ASSETS_DIR, WorldAudioModel, WorldVideoModel
 
-    audio, video = load_world_models(device)
-    if audio_dir is not None:
-        audio = WorldAudioModel.from_pretrained(audio_dir, device)
-    if video_dir is not None:
-        video = WorldVideoModel.from_pretrained(video_dir, device)
+    audio = WorldAudioModel.from_pretrained(audio_dir or ASSETS_DIR / "audio", device)
+    video = WorldVideoModel.from_pretrained(video_dir or ASSETS_DIR / "video", device)
     return audio, video
+
+
+def _require(**options: Path | None) -> None:
+    """Options that are required unless ``--config`` gives an experiment YAML."""
+    for name, value in options.items():
+        if value is None:
+            flag = "--" + name.replace("_", "-")
+            raise typer.BadParameter(f"{flag} is required (or pass --config)", param_hint=flag)
 
 
 @app.command("generate-fakes")
 def generate_fakes_cmd(
-    out: Annotated[Path, typer.Option(help="cache directory (resumed if it exists)")],
+    out: Annotated[Path | None, typer.Option(help="cache directory (resumed if it exists)")] = None,
     n: Annotated[int, typer.Option(help="number of independent pairs")] = 2048,
     seed: Annotated[int, typer.Option()] = 0,
     shard_size: Annotated[int, typer.Option(help="pairs per safetensors shard")] = 256,
@@ -42,10 +47,19 @@ def generate_fakes_cmd(
     ] = "dpm",
     audio_model: Annotated[Path | None, typer.Option(help="audio base model directory")] = None,
     video_model: Annotated[Path | None, typer.Option(help="video base model directory")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="experiment YAML (configs/*.yaml): real base models and data"),
+    ] = None,
 ) -> None:
     """Sample N pairs independently from the two base models into a resumable cache."""
     from mmdisco.training.fakes import generate_fakes
 
+    if config is not None:
+        from mmdisco.cli.experiment import generate_fakes_from_yaml
+
+        return generate_fakes_from_yaml(config)
+    _require(out=out)
     audio, video = load_base_models(audio_model, video_model)
     start = time.perf_counter()
     manifest = generate_fakes(
@@ -66,8 +80,10 @@ def generate_fakes_cmd(
 
 @app.command("train")
 def train_cmd(
-    fakes: Annotated[Path, typer.Option(help="cache written by generate-fakes")],
-    out: Annotated[Path, typer.Option(help="run directory: checkpoints/, logs/, discriminator/")],
+    fakes: Annotated[Path | None, typer.Option(help="cache written by generate-fakes")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="run directory: checkpoints/, logs/, discriminator/")
+    ] = None,
     head: Annotated[
         str, typer.Option(help="fusion head: mlp, time_aligned, separable, ...")
     ] = "time_aligned",
@@ -86,7 +102,11 @@ def train_cmd(
     dlsm_weight: Annotated[float, typer.Option()] = 1.0,
     seed: Annotated[int, typer.Option()] = 0,
     config: Annotated[
-        Path | None, typer.Option(help="TrainConfig JSON (overrides the options)")
+        Path | None,
+        typer.Option(
+            help="TrainConfig JSON (overrides the options), or an experiment YAML "
+            "(configs/*.yaml: real base models and data; the other options are then unused)"
+        ),
     ] = None,
     audio_model: Annotated[Path | None, typer.Option()] = None,
     video_model: Annotated[Path | None, typer.Option()] = None,
@@ -99,6 +119,11 @@ def train_cmd(
     from mmdisco.training.data import PairData, fake_pairs
     from mmdisco.training.trainer import TrainConfig, train_discriminator
 
+    if config is not None and config.suffix in (".yaml", ".yml"):
+        from mmdisco.cli.experiment import train_from_yaml
+
+        return train_from_yaml(config)
+    _require(fakes=fakes, out=out)
     if config is not None:
         cfg = TrainConfig.from_dict(json.loads(config.read_text()))
     else:
@@ -131,9 +156,9 @@ def train_cmd(
 @app.command("sample")
 def sample_cmd(
     discriminator: Annotated[
-        Path, typer.Option(help="directory from Discriminator.save_pretrained")
-    ],
-    out: Annotated[Path, typer.Option(help="where the .mp4 files go")],
+        Path | None, typer.Option(help="directory from Discriminator.save_pretrained")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="where the .mp4 files go")] = None,
     n: Annotated[int, typer.Option(help="pairs per variant")] = 4,
     seed: Annotated[int, typer.Option()] = 0,
     steps: Annotated[int, typer.Option()] = 25,
@@ -147,11 +172,24 @@ def sample_cmd(
     upscale: Annotated[int, typer.Option(help="pixel upscaling of the written video")] = 8,
     audio_model: Annotated[Path | None, typer.Option()] = None,
     video_model: Annotated[Path | None, typer.Option()] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="experiment YAML (configs/*.yaml): real base models and data"),
+    ] = None,
+    prompt: Annotated[
+        list[str] | None,
+        typer.Option(help="with --config: a prompt (repeatable; default: real-cache captions)"),
+    ] = None,
 ) -> None:
     """Joint generation with the discriminator, and without it from the same seeds."""
     from mmdisco.demo import load_discriminator, write_videos
     from mmdisco.training.fakes import SampleSettings, sample_pairs
 
+    if config is not None:
+        from mmdisco.cli.experiment import sample_from_yaml
+
+        return sample_from_yaml(config, out, discriminator, prompt)
+    _require(discriminator=discriminator, out=out)
     audio, video = load_base_models(audio_model, video_model)
     disc = load_discriminator(discriminator).eval()
     settings = SampleSettings(steps, scheduler, scale_audio, scale_video)

@@ -298,11 +298,12 @@ class VideoUNet(nn.Module):
         for c in reversed(channels):
             self.up.append(ResBlock3d(c_prev + skips.pop(), c, emb_dim))
             c_prev = c
-        self.out = nn.Sequential(
-            _norm(c_prev), nn.SiLU(), nn.Conv3d(c_prev, c_patch, (3, 3, 3), padding=1)
-        )
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
+        # The head also sees the raw patches: epsilon must pass every pixel's noise through,
+        # which a trunk narrower than ``c_patch`` channels cannot do on its own.
+        self.out_norm = _norm(c_prev)
+        self.out = nn.Conv3d(c_prev + c_patch, c_patch, (3, 3, 3), padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         b, c, f, h, w = x.shape
@@ -310,7 +311,8 @@ class VideoUNet(nn.Module):
         emb = self.time_mlp(timestep_embedding(t, self.emb_dim))
         # (B, C, F, H, W) -> (B, C*p*p, F, H/p, W/p)
         z = x.reshape(b, c, f, h // p, p, w // p, p).permute(0, 1, 4, 6, 2, 3, 5)
-        z = self.stem(z.reshape(b, c * p * p, f, h // p, w // p))
+        patches = z.reshape(b, c * p * p, f, h // p, w // p)
+        z = self.stem(patches)
         hs = []
         for i, block in enumerate(self.down):
             if i > 0:
@@ -322,7 +324,8 @@ class VideoUNet(nn.Module):
             if i > 0:
                 z = F.interpolate(z, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
             z = block(torch.cat([z, hs.pop()], dim=1), emb)
-        z = self.out(z).reshape(b, c, p, p, f, h // p, w // p).permute(0, 1, 4, 5, 2, 6, 3)
+        z = self.out(torch.cat([F.silu(self.out_norm(z)), patches], dim=1))
+        z = z.reshape(b, c, p, p, f, h // p, w // p).permute(0, 1, 4, 5, 2, 6, 3)
         return z.reshape(b, c, f, h, w)
 
 
@@ -660,6 +663,10 @@ def sample_world(
 ) -> tuple[Tensor, Tensor]:
     """Independent samples (latents) from the two models with DPM-Solver++ (2M).
 
+    ``lambda_min_clipped=-5.1`` (diffusers' advice for the cosine schedule) skips the first,
+    near-pure-noise timesteps where ``alpha`` is ~1e-5: there the data prediction
+    ``(x_t - sigma * eps) / alpha`` amplifies any epsilon error ~1e5-fold and sampling diverges.
+
     This is the no-discriminator case of :func:`mmdisco.sampling.joint_sample`: each model
     draws from its own marginal, so classes and events of the pair are unrelated.
     """
@@ -670,7 +677,7 @@ def sample_world(
     streams = [
         Stream(
             model=m,
-            scheduler=m.make_scheduler(DPMSolverMultistepScheduler),
+            scheduler=m.make_scheduler(DPMSolverMultistepScheduler, lambda_min_clipped=-5.1),
             generator=torch.Generator(m.device).manual_seed(seed + i),
         )
         for i, m in enumerate((audio_model, video_model))

@@ -1,0 +1,59 @@
+"""`mmdisco demo --quick`: the whole pipeline end to end on the world (a minute-scale run)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mmdisco.cli import app
+from mmdisco.demo import HEADS, METRICS
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_a_complete_report(tmp_path):
+    from mmdisco.media import read_mp4
+    from mmdisco.world import WorldConfig
+
+    out = tmp_path / "demo"
+    threads = torch.get_num_threads()  # the command sets it; give it back to the test process
+    start = time.perf_counter()
+    try:
+        result = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick", "--models-dir", "/tmp/tw"])
+        seconds = time.perf_counter() - start
+        again = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick", "--models-dir", "/tmp/tw"])
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert seconds < 90
+
+    report = json.loads((out / "report.json").read_text())
+    rows = ["independent", *(f"mmdisco_{h}" for h in HEADS), "real"]
+    for row in rows:
+        for metric in METRICS:
+            assert 0.0 <= report[row][metric] <= 1.0, (row, metric)
+    # Held-out real pairs agree (the ceiling); the world's detectors are exact.
+    assert report["real"]["semantic"] > 0.9 and report["real"]["temporal"] > 0.8
+    assert set(report["training"]) == set(HEADS)
+    assert all(report["training"][h]["seconds"] > 0 for h in HEADS)
+    assert report["settings"]["train"]["steps"] == 6 and report["seconds"] > 0
+
+    md = (out / "report.md").read_text()
+    assert md.count("\n| ") == len(rows) + 1  # header + one row per method
+    assert (out / "samples.png").stat().st_size > 1000
+    clips = sorted(out.glob("*.mp4"))
+    assert [p.name for p in clips] == ["independent_00.mp4", f"{report['best']}_00.mp4"]
+    cfg = WorldConfig()
+    clip = read_mp4(clips[0])
+    assert clip.fps == cfg.fps and clip.frames.shape[0] == cfg.num_frames
+    assert abs(len(clip.audio) - cfg.sample_rate * cfg.duration) < cfg.sample_rate * 0.05
+
+    # Checkpoints and the fake cache make a second run resume instead of redoing the work.
+    assert again.exit_code == 0, again.output
+    report2 = json.loads((out / "report.json").read_text())
+    assert all(report2["training"][h]["resumed_from_step"] == 6 for h in HEADS)
+    for row in rows:
+        assert report2[row] == report[row]  # same seeds, same weights: same samples
