@@ -337,6 +337,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         m = report[name]
         label = name.replace("mmdisco_", "MMDisCo, ") + (" (ceiling)" if name == "real" else "")
         lines.append(f"| {label} | " + " | ".join(f"{m[k]:.3f}" for k in METRICS) + " |")
+    chance = report.get("chance", {})
+    if chance:
+        lines += [
+            "",
+            f"Chance level (perfect but independent base models): semantic "
+            f"{chance['semantic']:.3f}, temporal {chance['temporal']:.3f}.",
+        ]
     lines += ["", "Discriminator training:", ""]
     for head, info in report["training"].items():
         lines.append(

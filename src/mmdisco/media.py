@@ -11,9 +11,6 @@ decoder does not skip the priming itself.
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +20,8 @@ import numpy as np
 import soundfile
 import torch
 from torch import Tensor
+
+from mmdisco.io import atomic_path
 
 AAC_FRAME = 1024  # samples per AAC frame (used when the encoder does not say)
 
@@ -35,21 +34,6 @@ class MediaClip:
     fps: float
     audio: np.ndarray | None  # (L,) float32 in [-1, 1]
     sample_rate: int
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it onto ``path`` only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def to_uint8_frames(video: Tensor | np.ndarray) -> np.ndarray:

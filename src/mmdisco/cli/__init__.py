@@ -10,12 +10,14 @@ app = typer.Typer(
 )
 
 # Command modules register themselves on import (one line each, keep sorted).
-from mmdisco.cli import demo  # noqa: E402,F401
-from mmdisco.cli import evaluate  # noqa: E402,F401
-from mmdisco.cli import experiment  # noqa: E402,F401
-from mmdisco.cli import toy  # noqa: E402,F401
-from mmdisco.cli import train  # noqa: E402,F401
-from mmdisco.cli import world  # noqa: E402,F401
+from mmdisco.cli import (
+    demo,  # noqa: F401
+    evaluate,  # noqa: F401
+    experiment,  # noqa: F401
+    toy,  # noqa: F401
+    train,  # noqa: F401
+    world,  # noqa: F401
+)
 
 
 def main() -> None:

@@ -23,6 +23,13 @@ def demo_cmd(
             help="world base models (audio/ and video/ inside); default: the shipped ones"
         ),
     ] = None,
+    guidance_scale: Annotated[
+        float | None,
+        typer.Option(help="joint guidance scale for both modalities (default: the demo's)"),
+    ] = None,
+    train_steps: Annotated[
+        int | None, typer.Option(help="discriminator training steps (default: the demo's)")
+    ] = None,
     threads: Annotated[
         int,
         typer.Option(
@@ -42,6 +49,10 @@ def demo_cmd(
     settings = DemoSettings.quick() if quick else DemoSettings()
     settings.seed = seed
     settings.models_dir = None if models_dir is None else str(models_dir)
+    if guidance_scale is not None:
+        settings.guidance_scale_audio = settings.guidance_scale_video = guidance_scale
+    if train_steps is not None:
+        settings.train.steps = train_steps
     report = run_demo(out, settings)
     typer.echo(render_markdown(report).split("\nSettings:")[0])
     typer.echo(f"report: {out / 'report.json'}, {out / 'report.md'}")

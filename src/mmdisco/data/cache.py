@@ -13,7 +13,6 @@ prompt, which :func:`caption_dropout` substitutes during training.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -27,21 +26,13 @@ from tqdm.auto import tqdm
 
 from mmdisco.base_models.base import BaseModel
 from mmdisco.data.clips import ClipDataset, collate
-from mmdisco.training.fakes import save_tensors_atomic, write_json_atomic
+from mmdisco.io import save_tensors_atomic, sha256_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT = "mmdisco-latent-cache-v1"
 TEXT_KEYS = ("text_audio", "text_video")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _pooled(model: BaseModel, captions: list[str]) -> Tensor | None:
@@ -119,7 +110,7 @@ def cache_latents(
                 "index": k,
                 "file": name,
                 "count": len(meta["paths"]),
-                "sha256": _sha256(path),
+                "sha256": sha256_file(path),
             }
         else:
             done[k] = {"index": k, "file": None, "count": 0, "sha256": None}
@@ -165,7 +156,7 @@ def _shard_ok(out_dir: Path, entry: dict[str, Any]) -> bool:
     if entry["file"] is None:
         return True
     path = out_dir / entry["file"]
-    return path.is_file() and _sha256(path) == entry["sha256"]
+    return path.is_file() and sha256_file(path) == entry["sha256"]
 
 
 @dataclass
@@ -193,7 +184,7 @@ def load_latent_cache(out_dir: str | Path, verify: bool = True) -> LatentCache:
         if entry["file"] is None:
             continue
         path = out_dir / entry["file"]
-        if verify and _sha256(path) != entry["sha256"]:
+        if verify and sha256_file(path) != entry["sha256"]:
             raise ValueError(f"{path}: sha256 does not match {out_dir / MANIFEST}")
         with safe_open(path, "pt") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from mmdisco.discriminator.blocks import (
@@ -29,6 +28,7 @@ from mmdisco.discriminator.blocks import (
 )
 from mmdisco.discriminator.config import DiscriminatorConfig
 from mmdisco.discriminator.heads import build_head
+from mmdisco.io import save_tensors_atomic, write_text_atomic
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -219,12 +219,8 @@ class Discriminator(nn.Module):
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(self.config.to_json()))
-        _atomic_write(
-            directory / WEIGHTS_NAME,
-            lambda p: save_file(state, str(p), metadata={"format": "pt"}),
-        )
+        write_text_atomic(directory / CONFIG_NAME, self.config.to_json())
+        save_tensors_atomic(directory / WEIGHTS_NAME, self.state_dict(), metadata={"format": "pt"})
 
     @classmethod
     def from_pretrained(
@@ -286,14 +282,3 @@ def _per_sample(t: Tensor | float, batch: int, name: str, device: torch.device) 
             f"{name} must be a scalar or have shape ({batch},), got {t.numel()} values"
         )
     return t
-
-
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

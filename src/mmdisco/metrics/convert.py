@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
+from mmdisco.io import save_tensors_atomic
 from mmdisco.metrics.i3d import InceptionI3d
 from mmdisco.metrics.vggish import VGGish
 
@@ -53,14 +52,7 @@ def convert(arch: str, src: str | os.PathLike, dst: str | os.PathLike) -> Path:
             f"{src}: missing {result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}"
         )
     dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent or ".", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"architecture": arch, "source": Path(src).name})
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_tensors_atomic(dst, state, metadata={"architecture": arch, "source": Path(src).name})
     return dst
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mmdisco.io import write_text_atomic
 from mmdisco.metrics.av_align import AVAlignConfig, av_align_score
 from mmdisco.metrics.base import FeatureExtractor
 from mmdisco.metrics.imagebind import EmbeddingModel, pooled_embedding, scores_from_embeddings
@@ -254,22 +253,11 @@ def markdown_table(report: dict[str, Any]) -> str:
     return "\n".join([*lines, "", f"Samples: {counts}.", ""])
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``metrics.json`` and ``metrics.md`` atomically into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / "metrics.json", out / "metrics.md"
-    _atomic_write(json_path, json.dumps(report, indent=2, sort_keys=False) + "\n")
-    _atomic_write(md_path, markdown_table(report))
+    write_text_atomic(json_path, json.dumps(report, indent=2, sort_keys=False) + "\n")
+    write_text_atomic(md_path, markdown_table(report))
     return json_path, md_path

@@ -15,7 +15,15 @@ events) until a discriminator couples them.
 
 Both predict epsilon for a diffusers ``DDPMScheduler`` with 1000 steps and the cosine
 ("squaredcos_cap_v2") schedule, chosen because the spaces are small and low-dimensional, where
-the linear schedule wastes most steps on near-pure noise.
+the linear schedule wastes most steps on near-pure noise. Sample with :func:`sample_world`
+(DPM-Solver++ 2M, x0-thresholding to [-1, 1], ``lambda_min_clipped=-5.1``) or with the DDPM
+scheduler of ``scheduler_config`` (``clip_sample=True``).
+
+Known limits of the shipped weights (trained 2000 / 600 steps on a shared 2-core CPU): the
+audio model places onsets and pitches plausibly but often mixes pitches between the two
+events (its receptive field does not span the clip; a global-context block at the bottleneck
+is the next step), and the video model is undertrained; both need more steps to reach the
+detectors' validity.
 """
 
 from __future__ import annotations
@@ -44,7 +52,8 @@ SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_schedule": "squaredcos_cap_v2",
     "prediction_type": "epsilon",
-    "clip_sample": False,
+    "clip_sample": True,  # the data lie in [-1, 1]: clipping x0-hat keeps sampling on range
+    "clip_sample_range": 1.0,
     "variance_type": "fixed_small",
 }
 
@@ -208,7 +217,11 @@ class AudioUNet(nn.Module):
     """1-D UNet over spectrogram frames; bands are channels. Downsamples time by 2 per level."""
 
     def __init__(
-        self, in_channels: int = 32, channels: tuple[int, ...] = (64, 128, 128), emb_dim: int = 128
+        self,
+        in_channels: int = 32,
+        channels: tuple[int, ...] = (64, 128, 128),
+        emb_dim: int = 128,
+        global_context: bool = False,
     ) -> None:
         super().__init__()
         self.emb_dim = emb_dim
@@ -224,6 +237,9 @@ class AudioUNet(nn.Module):
             skips.append(c)
             c_prev = c
         self.mid = ResBlock1d(c_prev, c_prev, emb_dim)
+        # The clip's mean feature, added back at every frame: a pitch heard at one event then
+        # informs the other, however far apart (the convolutions alone see +-~30 frames).
+        self.context = nn.Linear(c_prev, c_prev) if global_context else None
         self.up = nn.ModuleList()
         for c in reversed(channels):
             self.up.append(ResBlock1d(c_prev + skips.pop(), c, emb_dim))
@@ -244,6 +260,8 @@ class AudioUNet(nn.Module):
             h = block(h, emb)
             hs.append(h)
         h = self.mid(h, emb)
+        if self.context is not None:
+            h = h + self.context(h.mean(-1))[:, :, None]
         for i, block in enumerate(self.up):
             if i > 0:
                 h = F.interpolate(h, scale_factor=2.0, mode="nearest")
@@ -340,6 +358,7 @@ def _atomic_write(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; shipped assets must be world-readable
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -457,14 +476,19 @@ class WorldAudioModel(WorldDiffusionModel):
     def default_config(cls) -> dict[str, Any]:
         return {
             "codec": asdict(SpectrogramConfig()),
-            "network": {"channels": [64, 128, 128], "emb_dim": 128},
+            "network": {"channels": [64, 128, 128], "emb_dim": 128, "global_context": True},
             "scheduler": dict(SCHEDULER_CONFIG),
         }
 
     @classmethod
     def build_network(cls, config: dict[str, Any]) -> nn.Module:
         net = dict(config["network"])
-        return AudioUNet(config["codec"]["n_bands"], tuple(net["channels"]), net["emb_dim"])
+        return AudioUNet(
+            config["codec"]["n_bands"],
+            tuple(net["channels"]),
+            net["emb_dim"],
+            net.get("global_context", False),
+        )
 
     def latent_shape(self) -> tuple[int, ...]:
         return (self.codec.config.n_bands, self.codec.config.n_frames)
@@ -666,6 +690,7 @@ def sample_world(
     ``lambda_min_clipped=-5.1`` (diffusers' advice for the cosine schedule) skips the first,
     near-pure-noise timesteps where ``alpha`` is ~1e-5: there the data prediction
     ``(x_t - sigma * eps) / alpha`` amplifies any epsilon error ~1e5-fold and sampling diverges.
+    Thresholding keeps the data prediction in [-1, 1], the range of both models' data.
 
     This is the no-discriminator case of :func:`mmdisco.sampling.joint_sample`: each model
     draws from its own marginal, so classes and events of the pair are unrelated.
@@ -677,7 +702,12 @@ def sample_world(
     streams = [
         Stream(
             model=m,
-            scheduler=m.make_scheduler(DPMSolverMultistepScheduler, lambda_min_clipped=-5.1),
+            scheduler=m.make_scheduler(
+                DPMSolverMultistepScheduler,
+                lambda_min_clipped=-5.1,
+                thresholding=True,
+                sample_max_value=1.0,
+            ),
             generator=torch.Generator(m.device).manual_seed(seed + i),
         )
         for i, m in enumerate((audio_model, video_model))
