@@ -9,15 +9,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Command modules register themselves on import (one line each, keep sorted).
-from mmdisco.cli import (
-    demo,  # noqa: F401
-    evaluate,  # noqa: F401
-    experiment,  # noqa: F401
-    toy,  # noqa: F401
-    train,  # noqa: F401
-    world,  # noqa: F401
-)
+# Command modules register their commands on ``app`` when imported, so they come after it.
+from mmdisco.cli import demo, evaluate, experiment, toy, train, world  # noqa: E402,F401
 
 
 def main() -> None:

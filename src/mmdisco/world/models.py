@@ -32,6 +32,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -197,6 +198,26 @@ def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(8, channels), channels)
 
 
+class SelfAttention(nn.Module):
+    """Pre-norm multi-head self-attention over all positions of a (B, C, *) feature map.
+
+    Used at the lowest resolution only, where it is cheap: it lets every frame see the whole
+    clip, so one class (pitch / colour) and one consistent event pattern span the clip,
+    which local convolutions cannot enforce."""
+
+    def __init__(self, channels: int, heads: int = 4) -> None:
+        super().__init__()
+        self.norm = _norm(channels)
+        self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
+        nn.init.zeros_(self.attn.out_proj.weight)
+        nn.init.zeros_(self.attn.out_proj.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, positions, C)
+        out, _ = self.attn(tokens, tokens, tokens, need_weights=False)
+        return x + out.transpose(1, 2).reshape(x.shape)
+
+
 class ResBlock1d(nn.Module):
     """Pre-norm residual block over time with an additive timestep embedding."""
 
@@ -222,6 +243,7 @@ class AudioUNet(nn.Module):
         channels: tuple[int, ...] = (64, 128, 128),
         emb_dim: int = 128,
         global_context: bool = False,
+        attention: bool = False,
     ) -> None:
         super().__init__()
         self.emb_dim = emb_dim
@@ -240,6 +262,7 @@ class AudioUNet(nn.Module):
         # The clip's mean feature, added back at every frame: a pitch heard at one event then
         # informs the other, however far apart (the convolutions alone see +-~30 frames).
         self.context = nn.Linear(c_prev, c_prev) if global_context else None
+        self.attn = SelfAttention(c_prev) if attention else None
         self.up = nn.ModuleList()
         for c in reversed(channels):
             self.up.append(ResBlock1d(c_prev + skips.pop(), c, emb_dim))
@@ -262,6 +285,8 @@ class AudioUNet(nn.Module):
         h = self.mid(h, emb)
         if self.context is not None:
             h = h + self.context(h.mean(-1))[:, :, None]
+        if self.attn is not None:
+            h = self.attn(h)
         for i, block in enumerate(self.up):
             if i > 0:
                 h = F.interpolate(h, scale_factor=2.0, mode="nearest")
@@ -297,6 +322,8 @@ class VideoUNet(nn.Module):
         channels: tuple[int, ...] = (48, 96, 96),
         emb_dim: int = 128,
         patch: int = 2,
+        global_context: bool = False,
+        attention: bool = False,
     ) -> None:
         super().__init__()
         self.emb_dim, self.patch = emb_dim, patch
@@ -312,6 +339,10 @@ class VideoUNet(nn.Module):
             skips.append(c)
             c_prev = c
         self.mid = ResBlock3d(c_prev, c_prev, emb_dim)
+        # As in AudioUNet: whole-clip context so that one colour and one bounce pattern are
+        # chosen for all frames (the 3-frame temporal convolutions see only part of the clip).
+        self.context = nn.Linear(c_prev, c_prev) if global_context else None
+        self.attn = SelfAttention(c_prev) if attention else None
         self.up = nn.ModuleList()
         for c in reversed(channels):
             self.up.append(ResBlock3d(c_prev + skips.pop(), c, emb_dim))
@@ -338,6 +369,10 @@ class VideoUNet(nn.Module):
             z = block(z, emb)
             hs.append(z)
         z = self.mid(z, emb)
+        if self.context is not None:
+            z = z + self.context(z.mean((2, 3, 4)))[:, :, None, None, None]
+        if self.attn is not None:
+            z = self.attn(z)
         for i, block in enumerate(self.up):
             if i > 0:
                 z = F.interpolate(z, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
@@ -476,7 +511,12 @@ class WorldAudioModel(WorldDiffusionModel):
     def default_config(cls) -> dict[str, Any]:
         return {
             "codec": asdict(SpectrogramConfig()),
-            "network": {"channels": [64, 128, 128], "emb_dim": 128, "global_context": True},
+            "network": {
+                "channels": [64, 128, 128],
+                "emb_dim": 128,
+                "global_context": True,
+                "attention": True,
+            },
             "scheduler": dict(SCHEDULER_CONFIG),
         }
 
@@ -488,6 +528,7 @@ class WorldAudioModel(WorldDiffusionModel):
             tuple(net["channels"]),
             net["emb_dim"],
             net.get("global_context", False),
+            net.get("attention", False),
         )
 
     def latent_shape(self) -> tuple[int, ...]:
@@ -511,7 +552,13 @@ class WorldVideoModel(WorldDiffusionModel):
     def default_config(cls) -> dict[str, Any]:
         return {
             "video": {"channels": 3, "num_frames": 16, "frame_size": 16},
-            "network": {"channels": [32, 64], "emb_dim": 128, "patch": 4},
+            "network": {
+                "channels": [32, 64],
+                "emb_dim": 128,
+                "patch": 4,
+                "global_context": True,
+                "attention": True,
+            },
             "scheduler": dict(SCHEDULER_CONFIG),
         }
 
@@ -519,7 +566,12 @@ class WorldVideoModel(WorldDiffusionModel):
     def build_network(cls, config: dict[str, Any]) -> nn.Module:
         net = dict(config["network"])
         return VideoUNet(
-            config["video"]["channels"], tuple(net["channels"]), net["emb_dim"], net["patch"]
+            config["video"]["channels"],
+            tuple(net["channels"]),
+            net["emb_dim"],
+            net["patch"],
+            net.get("global_context", False),
+            net.get("attention", False),
         )
 
     def latent_shape(self) -> tuple[int, ...]:
@@ -569,6 +621,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 2e-3
     warmup: int = 100
+    decay: bool = False  # cosine decay to 0.1 * lr over ``steps``; off: constant after warmup
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     clips_per_chunk: int = 1024
@@ -608,12 +661,19 @@ def train_world_model(
     out_dir: str | os.PathLike | None = None,
     world_config: Any = None,
     progress: bool = True,
+    callback: Callable[[int, WorldDiffusionModel], bool] | None = None,
+    callback_every: int = 250,
 ) -> WorldDiffusionModel:
     """Train one world base model on its own modality with the epsilon (DDPM) loss.
 
-    Adam with linear warmup then cosine decay, gradient clipping, and an EMA of the weights
-    (the EMA is what is returned and saved). Every randomness (initial weights, data, t,
-    noise) derives from ``cfg.seed``, so the same seed gives the same weights on one machine.
+    Adam with linear warmup then a constant rate (or cosine decay if ``cfg.decay``),
+    gradient clipping, and an EMA of the weights (the EMA is what is returned and saved).
+    Every randomness (initial weights, data, t, noise) derives from ``cfg.seed``, so the same
+    seed gives the same weights on one machine; with a constant rate the first N steps of a
+    longer run are exactly an N-step run, so a run stopped early is still reproducible.
+
+    ``callback(step, ema_model)`` runs every ``callback_every`` steps (e.g. to measure
+    sample validity); returning True stops training there, recorded as ``training.steps``.
     """
     from tqdm.auto import tqdm
 
@@ -644,6 +704,8 @@ def train_world_model(
     def lr_at(step: int) -> float:
         if step < cfg.warmup:
             return (step + 1) / cfg.warmup
+        if not cfg.decay:
+            return 1.0
         frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
 
@@ -670,6 +732,10 @@ def train_world_model(
                 p_ema.lerp_(p, 1 - decay)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
+        due = callback is not None and (step + 1) % callback_every == 0
+        if due and callback(step + 1, cls(config, ema)):
+            config["training"]["steps"] = step + 1
+            break
     trained = cls(config, ema)
     if out_dir is not None:
         trained.save_pretrained(out_dir)
