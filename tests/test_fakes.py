@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
+import mmdisco.io as mmdisco_io
 import mmdisco.training.fakes as fakes
 from mmdisco.base_models.base import BaseModel
 from mmdisco.training.fakes import generate_fakes, load_fakes, sample_pairs
@@ -69,7 +70,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
     assert [s["count"] for s in reference["shards"]] == [4, 4, 2]
 
     # Kill 1: while writing shard 1 (the file is half written when the process dies).
-    real_save = fakes.save_file
+    real_save = mmdisco_io.save_file  # the writer behind save_tensors_atomic
 
     def dying_save(tensors, path, metadata=None):
         if "shard-00001" in str(path) or ".shard-00001" in str(path):
@@ -78,11 +79,11 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed")
         real_save(tensors, path, metadata=metadata)
 
-    monkeypatch.setattr(fakes, "save_file", dying_save)
+    monkeypatch.setattr(mmdisco_io, "save_file", dying_save)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         generate_fakes(*models(), 10, out, **KW)
-    monkeypatch.setattr(fakes, "save_file", real_save)
+    monkeypatch.setattr(mmdisco_io, "save_file", real_save)
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard-00000.safetensors"]
     assert [s["index"] for s in json.loads((out / "manifest.json").read_text())["shards"]] == [0]
     with pytest.raises(ValueError, match="incomplete"):

@@ -28,6 +28,7 @@ from mmdisco.base_models._diffusers import DiffusersAdapter
 from mmdisco.base_models.base import PromptEmbeds
 from mmdisco.base_models.clip_text import clip_prompt_embeds
 from mmdisco.base_models.mel import MelConfig, log_mel
+from mmdisco.io import write_json_atomic
 
 SPECTROGRAM_CONFIG = "spectrogram.json"
 
@@ -60,10 +61,7 @@ class SpectrogramImageConfig:
         return cls(**data)
 
     def save(self, path: str) -> None:
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(asdict(self), f, indent=2)
-        os.replace(tmp, path)
+        write_json_atomic(path, asdict(self))
 
     @property
     def mel(self) -> MelConfig:

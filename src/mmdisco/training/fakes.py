@@ -15,10 +15,7 @@ counts as done only if the manifest lists it and its sha256 still matches.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from mmdisco.base_models.base import BaseModel
+from mmdisco.io import save_tensors_atomic, sha256_file, write_json_atomic
 from mmdisco.sampling import GuidanceOptions, Stream, joint_sample
 
 MANIFEST_NAME = "manifest.json"
@@ -138,45 +135,6 @@ def _stream(
 # --------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temporary file next to ``path`` and move it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_tensors_atomic(
-    path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None
-) -> None:
-    """``safetensors.torch.save_file`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _shard_counts(n: int, shard_size: int) -> list[int]:
     return [min(shard_size, n - start) for start in range(0, n, shard_size)]
 
@@ -198,7 +156,7 @@ def _read_manifest(out_dir: Path) -> dict[str, Any] | None:
 
 def _shard_ok(out_dir: Path, entry: dict[str, Any], count: int) -> bool:
     path = out_dir / entry["file"]
-    return entry["count"] == count and path.exists() and _sha256(path) == entry["sha256"]
+    return entry["count"] == count and path.exists() and sha256_file(path) == entry["sha256"]
 
 
 def generate_fakes(
@@ -274,7 +232,7 @@ def generate_fakes(
                 "index": index,
                 "file": path.name,
                 "count": count,
-                "sha256": _sha256(path),
+                "sha256": sha256_file(path),
             }
             manifest["shards"] = [done[i] for i in sorted(done)]
             write_json_atomic(out_dir / MANIFEST_NAME, manifest)
@@ -305,7 +263,7 @@ def load_fakes(out_dir: str | Path, verify: bool = True) -> FakeCache:
     audio, video, captions = [], [], []
     for entry in manifest["shards"]:
         path = out_dir / entry["file"]
-        if verify and _sha256(path) != entry["sha256"]:
+        if verify and sha256_file(path) != entry["sha256"]:
             raise ValueError(f"{path}: sha256 does not match {out_dir / MANIFEST_NAME}")
         with safe_open(path, "pt") as f:
             audio.append(f.get_tensor("audio"))

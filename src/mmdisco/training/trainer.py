@@ -34,8 +34,9 @@ from tqdm.auto import tqdm
 
 from mmdisco.base_models.base import BaseModel
 from mmdisco.diffusion import NoiseSchedule, to_epsilon
+from mmdisco.io import save_tensors_atomic, write_json_atomic
 from mmdisco.training.data import BatchOrder, PairData
-from mmdisco.training.fakes import derive_seed, save_tensors_atomic, write_json_atomic
+from mmdisco.training.fakes import derive_seed
 from mmdisco.training.losses import EpsFn, mmdisco_loss
 
 CHECKPOINT_DIR = "checkpoints"
