@@ -56,10 +56,12 @@ def evaluate(
         float | None, typer.Option(help="AV-Align minimum onset spacing in s (0.768/fps).")
     ] = None,
     window_frames: Annotated[float, typer.Option(help="AV-Align match window, frames.")] = 1.0,
-    kvd_subsets: int = 100,
-    kvd_subset_size: int = 1000,
-    seed: int = 0,
-    device: str = "cpu",
+    kvd_subsets: Annotated[int, typer.Option(help="KVD: number of random subsets.")] = 100,
+    kvd_subset_size: Annotated[
+        int, typer.Option(help="KVD: samples per subset (capped at the set size).")
+    ] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed for KVD subsets and offline projections.")] = 0,
+    device: Annotated[str, typer.Option(help="Torch device for the feature extractors.")] = "cpu",
 ) -> None:
     """Evaluate generated samples (mp4, wav, or frame folders) against references."""
     chosen = tuple(m.strip() for m in metrics.split(",") if m.strip())

@@ -39,7 +39,7 @@ def _require(**options: Path | None) -> None:
 def generate_fakes_cmd(
     out: Annotated[Path | None, typer.Option(help="cache directory (resumed if it exists)")] = None,
     n: Annotated[int, typer.Option(help="number of independent pairs")] = 2048,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="seed of every random draw")] = 0,
     shard_size: Annotated[int, typer.Option(help="pairs per safetensors shard")] = 256,
     steps: Annotated[int, typer.Option(help="sampler steps")] = 25,
     scheduler: Annotated[
@@ -96,11 +96,11 @@ def train_cmd(
     n_real: Annotated[
         int, typer.Option(help="world clips used as real pairs (when no --real)")
     ] = 4096,
-    steps: Annotated[int, typer.Option()] = 2000,
-    batch_size: Annotated[int, typer.Option()] = 64,
-    lr: Annotated[float, typer.Option()] = 1e-3,
-    dlsm_weight: Annotated[float, typer.Option()] = 1.0,
-    seed: Annotated[int, typer.Option()] = 0,
+    steps: Annotated[int, typer.Option(help="optimisation steps")] = 2000,
+    batch_size: Annotated[int, typer.Option(help="real and fake pairs per step")] = 64,
+    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 1e-3,
+    dlsm_weight: Annotated[float, typer.Option(help="weight of L_DLSM (0 = L_D only)")] = 1.0,
+    seed: Annotated[int, typer.Option(help="seed of every random draw")] = 0,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -108,8 +108,12 @@ def train_cmd(
             "(configs/*.yaml: real base models and data; the other options are then unused)"
         ),
     ] = None,
-    audio_model: Annotated[Path | None, typer.Option()] = None,
-    video_model: Annotated[Path | None, typer.Option()] = None,
+    audio_model: Annotated[
+        Path | None, typer.Option(help="audio base model directory (default: shipped world model)")
+    ] = None,
+    video_model: Annotated[
+        Path | None, typer.Option(help="video base model directory (default: shipped world model)")
+    ] = None,
 ) -> None:
     """Train a discriminator on real pairs vs cached fakes (L_D + dlsm_weight * L_DLSM)."""
     from accelerate import Accelerator
@@ -160,9 +164,11 @@ def sample_cmd(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="where the .mp4 files go")] = None,
     n: Annotated[int, typer.Option(help="pairs per variant")] = 4,
-    seed: Annotated[int, typer.Option()] = 0,
-    steps: Annotated[int, typer.Option()] = 25,
-    scheduler: Annotated[str, typer.Option()] = "dpm",
+    seed: Annotated[int, typer.Option(help="seed of every random draw")] = 0,
+    steps: Annotated[int, typer.Option(help="sampler steps")] = 25,
+    scheduler: Annotated[
+        str, typer.Option(help="default, ddpm, ddim, dpm, unipc or euler")
+    ] = "dpm",
     scale_audio: Annotated[
         float, typer.Option(help="joint guidance scale of the audio model")
     ] = 1.0,
@@ -170,8 +176,12 @@ def sample_cmd(
         float, typer.Option(help="joint guidance scale of the video model")
     ] = 1.0,
     upscale: Annotated[int, typer.Option(help="pixel upscaling of the written video")] = 8,
-    audio_model: Annotated[Path | None, typer.Option()] = None,
-    video_model: Annotated[Path | None, typer.Option()] = None,
+    audio_model: Annotated[
+        Path | None, typer.Option(help="audio base model directory (default: shipped world model)")
+    ] = None,
+    video_model: Annotated[
+        Path | None, typer.Option(help="video base model directory (default: shipped world model)")
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(help="experiment YAML (configs/*.yaml): real base models and data"),
