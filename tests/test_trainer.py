@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from mmdisco.base_models.base import BaseModel
 from mmdisco.training.data import BatchOrder, PairData
+from mmdisco.training.fakes import derive_seed
 from mmdisco.training.trainer import (
     TrainConfig,
     flatten_optimizer_state,
@@ -216,3 +217,39 @@ def test_shuffled_fake_pairing_makes_fakes_independent():
         result = train_discriminator(TinyDisc(), *models(), real, real, cfg, progress=False)
         accuracy[pairing] = result.history[-1]["accuracy"]
     assert accuracy["fixed"] < 0.58 < 0.65 < accuracy["shuffle"]
+
+
+class CaptionedModel(GaussianModel):
+    """The Gaussian denoiser shifted by a per-caption offset: predictions depend on the prompt."""
+
+    def encode_prompt(self, prompts: list[str]) -> Tensor:
+        return torch.tensor([float(len(p)) for p in prompts])
+
+    def predict(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
+        out = super().predict(x_t, t)
+        seen.append(None if cond is None else cond.tolist())
+        return out if cond is None else out + cond.view(-1, *([1] * (x_t.ndim - 1)))
+
+
+seen: list = []
+
+
+def test_dlsm_uses_each_real_pairs_caption():
+    real, fake = toy_data(8)
+    captions = ["a" * (i + 1) for i in range(len(real))]
+    real = PairData(real.audio, real.video, captions=captions)
+    config = TrainConfig(steps=1, batch_size=4, use_d=False, use_dlsm=True, seed=0)
+    seen.clear()
+    train_discriminator(
+        TinyDisc(),
+        CaptionedModel("audio", (4,)),
+        CaptionedModel("video", (6,)),
+        real,
+        fake,
+        config,
+        None,
+        progress=False,
+    )
+    batch = BatchOrder(len(real), 4, derive_seed(config.seed, 1)).local_batch(0)
+    expected = [float(len(captions[i])) for i in batch.tolist()]
+    assert seen == [expected, expected]  # audio then video, each with the batch's captions

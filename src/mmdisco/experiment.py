@@ -99,9 +99,9 @@ class ConfiguredModel(BaseModel):
 
     ``encode_prompt`` returns the ``(cond, uncond)`` pair and ``predict`` applies this
     model's own classifier-free guidance scale, so code that knows one prompt and one CFG
-    scale (the fake generator) samples each model with its own scale. With ``cond=None``,
-    ``predict`` is the unconditional (empty prompt) prediction: the base score that L_DLSM
-    corrects in training. ``make_scheduler()`` gives the configured sampler.
+    scale (the fake generator) samples each model with its own scale; the trainer's L_DLSM
+    sees the same captioned, guided prediction. With ``cond=None``, ``predict`` is the
+    unconditional (empty prompt) prediction. ``make_scheduler()`` gives the configured sampler.
     """
 
     def __init__(self, model: BaseModel, cfg_scale: float, sampler: Any = None) -> None:
@@ -359,6 +359,7 @@ def train_from_config(
         real_cache.audio,
         real_cache.video,
         _text_inputs(dcfg, real_cache.cond, f"the latent cache {cfg.data.cache_dir}"),
+        captions=real_cache.captions,
     )
     fakes = load_fakes(cfg.fakes.out_dir)
     fake_text: dict[str, Tensor] = {}
@@ -372,7 +373,7 @@ def train_from_config(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(train_cfg.seed)  # the initial weights are a function of the seed
         disc = Discriminator(dcfg)
-    # L_DLSM corrects each base model's unconditional score (see ConfiguredModel.predict).
+    # L_DLSM corrects each base model's captioned, CFG-guided prediction: the one sampled.
     wrapped = configured(cfg, audio, video)
     out = Path(cfg.output_dir)
     result = train_discriminator(

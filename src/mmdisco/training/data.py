@@ -24,11 +24,13 @@ from mmdisco.training.fakes import derive_seed, load_fakes
 @dataclass
 class PairData:
     """``n`` audio-video pairs in the base models' spaces, plus optional per-pair
-    discriminator inputs (e.g. ``text_audio`` / ``text_video`` pooled text embeddings)."""
+    discriminator inputs (e.g. ``text_audio`` / ``text_video`` pooled text embeddings) and
+    captions (the base models' prompts, so that L_DLSM corrects the captioned prediction)."""
 
     audio: Tensor
     video: Tensor
     cond: dict[str, Tensor] = field(default_factory=dict)
+    captions: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = self.audio.shape[0]
@@ -37,6 +39,8 @@ class PairData:
                 raise ValueError(
                     f"PairData: audio has {n} pairs but {name} has shape {tuple(x.shape)}"
                 )
+        if self.captions is not None and len(self.captions) != n:
+            raise ValueError(f"PairData: audio has {n} pairs but {len(self.captions)} captions")
         if n == 0:
             raise ValueError("PairData is empty")
 
@@ -48,6 +52,7 @@ class PairData:
             self.audio[index].to(device),
             self.video[index].to(device),
             {k: v[index].to(device) for k, v in self.cond.items()},
+            None if self.captions is None else [self.captions[i] for i in index.tolist()],
         )
 
     def split(self, n_first: int) -> tuple[PairData, PairData]:

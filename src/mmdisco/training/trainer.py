@@ -342,6 +342,10 @@ def train_discriminator(
         f = fake.take(fake_order.local_batch(step, rank, world), device)
         if config.fake_pairing == "shuffle":
             f.video = fake.video[fake_video_order.local_batch(step, rank, world)].to(device)
+        if config.use_dlsm and r.captions is not None:
+            # L_DLSM corrects the prediction the sampler uses: the one for the pair's caption.
+            eps_a = epsilon_fn(audio_model, audio_model.encode_prompt(r.captions))
+            eps_v = epsilon_fn(video_model, video_model.encode_prompt(r.captions))
         generator = torch.Generator(device).manual_seed(derive_seed(config.seed, step, rank, 0))
         fork_devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=fork_devices):
