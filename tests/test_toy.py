@@ -23,6 +23,7 @@ from mmdisco.toy.models import (
     count_parameters,
     toy_schedule,
 )
+from mmdisco.toy.train import _init, train_base
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -171,7 +172,7 @@ def test_quick_run_writes_documented_outputs(tmp_path) -> None:
     assert data["ind"]["gt"]["mode_precision"] > 0.95
     md = (tmp_path / "results.md").read_text()
     assert "| IND | L_D + L_DLSM |" in md and "18.80" in md
-    assert (tmp_path / "toy_samples.png").stat().st_size > 10_000
+    assert (tmp_path / "scatter.png").stat().st_size > 10_000
     with np.load(tmp_path / "samples.npz") as npz:
         assert set(npz.files) == {f"{s}/{r}/0" for s in SETTINGS for r in ALL_ROWS}
         n = data["config"]["num_eval"]
@@ -179,3 +180,12 @@ def test_quick_run_writes_documented_outputs(tmp_path) -> None:
         # no_joint is the same independent draw for both settings; gt differs.
         assert np.array_equal(npz["ind/no_joint/0"], npz["ood/no_joint/0"])
         assert not np.allclose(npz["ind/gt/0"], npz["ood/gt/0"])
+
+
+def test_base_ema_averages_iterates() -> None:
+    data = base_target().sample(64, torch.Generator().manual_seed(0))
+    init = _init(BaseMLP, 3).state_dict()
+    frozen = train_base(data, 4, 3, batch_size=32, ema_decay=1.0 - 1e-9).state_dict()
+    moved = train_base(data, 4, 3, batch_size=32, ema_decay=0.0).state_dict()
+    assert all(torch.allclose(frozen[k], init[k], atol=1e-6) for k in init)
+    assert not all(torch.allclose(moved[k], init[k], atol=1e-6) for k in init)

@@ -48,10 +48,18 @@ class DemoSettings:
     fake_steps: int = 10
     fake_scheduler: str = "dpm"
     n_eval: int = 256
-    sample_steps: int = 10
-    sample_scheduler: str = "dpm"
-    guidance_scale_audio: float = 1.0
-    guidance_scale_video: float = 1.0
+    # Ancestral DDPM: guidance needs stochastic steps to move samples between the modes that
+    # a 10-step deterministic solver commits to early.
+    sample_steps: int = 25
+    sample_scheduler: str = "ddpm"
+    # Far above the theoretical 1: a discriminator trained for minutes appears under-confident
+    # (on the stand-in, guided agreement kept rising from scale 4 to 12, 30 and 60).
+    guidance_scale_audio: float = 30.0
+    guidance_scale_video: float = 30.0
+    # Guide only while t / T lies in this range (Discriminator Guidance's window): class and
+    # event times are decided at high noise; the last steps, which set the fine detail the
+    # detectors check for validity, run unguided.
+    guidance_window: tuple[float, float] = (0.2, 1.0)
     heads: tuple[str, ...] = HEADS
     # The world's discriminator: small, on 4x4-pooled video (see PooledDiscriminator).
     disc_kwargs: dict[str, Any] = field(
@@ -67,9 +75,14 @@ class DemoSettings:
         # L_D only: L_DLSM evaluates both base models on every real batch, which would
         # double the demo's cost on a CPU; the world's base models fit their marginals (the
         # paper's IND case, where L_D alone already works).
+        # Training length matters most: on an exact-denoiser stand-in for the base models the
+        # mlp head's guided semantic agreement (scale 60, 64 pairs) was 0.56 after 400 steps
+        # at lr 1e-3 and 0.89 after 700 cosine steps from lr 2e-3.
         default_factory=lambda: TrainConfig(
-            steps=400,
+            steps=700,
             batch_size=64,
+            lr=2e-3,
+            lr_schedule="cosine",
             use_dlsm=False,
             fake_pairing="shuffle",
             checkpoint_every=200,
@@ -271,6 +284,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
         settings.sample_scheduler,
         settings.guidance_scale_audio,
         settings.guidance_scale_video,
+        window=tuple(settings.guidance_window),
     )
     eval_seed = EVAL_SEED_OFFSET + settings.seed
     media: dict[str, tuple[Tensor, Tensor]] = {}

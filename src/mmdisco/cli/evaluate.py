@@ -13,6 +13,7 @@ from mmdisco.cli import app
 from mmdisco.metrics.av_align import AVAlignConfig
 from mmdisco.metrics.evaluate import ALL_METRICS, EvalOptions, evaluate_directories, write_report
 from mmdisco.metrics.i3d import I3DExtractor
+from mmdisco.metrics.imagebind_model import load_imagebind
 from mmdisco.metrics.offline import OfflineAudioExtractor, OfflineVideoExtractor
 from mmdisco.metrics.vggish import VGGishExtractor
 
@@ -47,6 +48,14 @@ def evaluate(
     imagebind_model: Annotated[
         str | None,
         typer.Option(help="'module:factory' returning an EmbeddingModel (needed for ib)."),
+    ] = None,
+    imagebind_weights: Annotated[
+        Path | None,
+        typer.Option(help="Built-in ImageBind: safetensors from `convert imagebind` (for ib)."),
+    ] = None,
+    imagebind_bpe: Annotated[
+        Path | None,
+        typer.Option(help="CLIP BPE vocab (bpe_simple_vocab_16e6.txt.gz) for IB-TV / IB-TA."),
     ] = None,
     captions: Annotated[
         Path | None, typer.Option(help="JSON {file stem: caption} for IB-TV / IB-TA.")
@@ -87,7 +96,13 @@ def evaluate(
         seed=seed,
         av_align=AVAlignConfig(window_frames=window_frames, min_onset_spacing=onset_spacing),
     )
+    if imagebind_model and imagebind_weights:
+        raise typer.BadParameter("give --imagebind-model or --imagebind-weights, not both")
+    if captions and imagebind_weights and imagebind_bpe is None:
+        raise typer.BadParameter("--captions with --imagebind-weights needs --imagebind-bpe")
     model = _load_factory(imagebind_model) if imagebind_model else None
+    if imagebind_weights is not None:
+        model = load_imagebind(imagebind_weights, imagebind_bpe, device=device)
     caption_map = json.loads(captions.read_text()) if captions else None
     report = evaluate_directories(
         generated, reference, options, audio_ex, video_ex, model, caption_map

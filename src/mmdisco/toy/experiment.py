@@ -37,7 +37,9 @@ class ToyConfig:
     seeds: int = 3
     num_train: int = 500  # base-model data, real pairs and fake pairs alike
     num_eval: int = 4000
-    base_steps: int = 2500
+    base_steps: int = 1500
+    timestep_groups: int = 64  # distinct timesteps per base batch (the time MLP's cost)
+    base_ema: float = 0.0  # EMA of the base weights; 0 returns the last iterate
     disc_steps: int = 600
     inference_steps: int = 100  # ancestral DDPM steps (the base models are trained with 500)
     dlsm_weight: float = 1.0
@@ -46,8 +48,7 @@ class ToyConfig:
     @classmethod
     def quick(cls) -> ToyConfig:
         return cls(
-            seeds=1, num_train=200, num_eval=400, base_steps=60, disc_steps=20,
-            inference_steps=10,
+            seeds=1, num_train=200, num_eval=400, base_steps=60, disc_steps=20, inference_steps=10,
         )  # fmt: skip
 
 
@@ -59,7 +60,10 @@ def _seed(*parts: int) -> int:
 def run_seed(cfg: ToyConfig, seed: int, bar: tqdm) -> dict[str, dict[str, Tensor]]:
     """Samples (num_eval, 2) for every (setting, row) of one seed."""
     gen = torch.Generator().manual_seed(_seed(seed, 1))
-    net = train_base(base_target().sample(cfg.num_train, gen), cfg.base_steps, _seed(seed, 2))
+    net = train_base(
+        base_target().sample(cfg.num_train, gen), cfg.base_steps, _seed(seed, 2),
+        timestep_groups=cfg.timestep_groups, ema_decay=cfg.base_ema,
+    )  # fmt: skip
     fake = sample_pairs(net, cfg.num_train, _seed(seed, 3), None, cfg.inference_steps)
     independent = sample_pairs(net, cfg.num_eval, _seed(seed, 4), None, cfg.inference_steps)
     bar.update()

@@ -53,7 +53,12 @@ def fourier_embedding(x: Tensor, dim: int, min_period: float, max_period: float)
 
 
 class AdaptiveMLP(nn.Module):
-    """MLP on ``x`` whose hidden layers are modulated by an embedding of a condition ``c``."""
+    """MLP on ``x`` whose hidden layers are modulated by an embedding of a condition ``c``.
+
+    The first hidden layer is not layer-normalised: LayerNorm of an affine map of a 1-D or
+    2-D input, ``LN(w x + b)``, tends to ``sign(x) * LN(w)`` away from the origin, so it would
+    erase where the input lies (the modes at +-3 came out blurred before this was found).
+    """
 
     def __init__(
         self, in_dim: int, widths: Sequence[int], out_dim: int, cond_dim: int, emb_dim: int
@@ -64,7 +69,10 @@ class AdaptiveMLP(nn.Module):
         )
         dims = [in_dim, *widths]
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
-        self.norms = nn.ModuleList(nn.LayerNorm(w, elementwise_affine=False) for w in widths)
+        self.norms = nn.ModuleList(
+            nn.Identity() if i == 0 else nn.LayerNorm(w, elementwise_affine=False)
+            for i, w in enumerate(widths)
+        )
         self.modulations = nn.ModuleList(nn.Linear(emb_dim, 2 * w) for w in widths)
         for mod in self.modulations:  # start as a plain LayerNorm MLP
             nn.init.zeros_(mod.weight)

@@ -20,7 +20,7 @@ ROW_NAMES = {
     "dlsm": "L_DLSM",
     "both": "L_D + L_DLSM",
 }
-MAIN_FIGURE = "toy_samples.png"
+MAIN_FIGURE = "scatter.png"  # the figure README.md shows
 
 
 def _atomic(path: Path, write) -> None:
@@ -65,8 +65,9 @@ def results_markdown(results: dict) -> str:
         "## Settings",
         "",
         f"- Base model: 1-D MLP (16, 64, 256, 64, 16), 2.2M parameters, epsilon prediction, "
-        f"500-step linear betas 1e-4..0.02, Adam 1e-3 cosine-decayed to 0, batch 512 (8 "
-        f"timesteps per batch), {cfg['base_steps']} steps, trained on {cfg['num_train']} "
+        f"500-step linear betas 1e-4..0.02, Adam 1e-3 cosine-decayed to 0, batch 512 "
+        f"({cfg.get('timestep_groups', 8)} distinct timesteps per batch), {cfg['base_steps']} "
+        f"steps, weight EMA {cfg.get('base_ema', 0.0)}, trained on {cfg['num_train']} "
         "samples; one net duplicated for x and y.",
         f"- Discriminator: MLP (64, 32, 8), 171K parameters, log-SNR time input; "
         f"{cfg['num_train']} real and {cfg['num_train']} fake pairs, Adam 1e-3 cosine-decayed "
