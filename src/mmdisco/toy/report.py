@@ -64,14 +64,15 @@ def results_markdown(results: dict) -> str:
         "",
         "## Settings",
         "",
-        f"- Base model: 1-D MLP (16, 64, 256, 64, 16), 2.2M parameters, epsilon prediction, "
+        f"- Base model: 1-D MLP (16, 64, 256, 64, 16; no LayerNorm on the first layer), 2.2M "
+        "parameters, epsilon prediction, "
         f"500-step linear betas 1e-4..0.02, Adam 1e-3 cosine-decayed to 0, batch 512 "
         f"({cfg.get('timestep_groups', 8)} distinct timesteps per batch), {cfg['base_steps']} "
         f"steps, weight EMA {cfg.get('base_ema', 0.0)}, trained on {cfg['num_train']} "
         "samples; one net duplicated for x and y.",
         f"- Discriminator: MLP (64, 32, 8), 171K parameters, log-SNR time input; "
-        f"{cfg['num_train']} real and {cfg['num_train']} fake pairs, Adam 1e-3 cosine-decayed "
-        "to 0, batch 512, "
+        f"{cfg['num_train']} real and {cfg['num_train']} fake pairs, "
+        f"Adam {cfg.get('disc_lr', 1e-3):g} cosine-decayed to 0, batch 512, "
         f"{cfg['disc_steps']} steps; L = L_D + {cfg['dlsm_weight']} · L_DLSM (L_D per sample, "
         "L_DLSM per element, see mmdisco.training.losses).",
         f"- Sampling: ancestral DDPM (diffusers DDPMScheduler through mmdisco.sampling."

@@ -1,7 +1,0 @@
-#!/usr/bin/env bash
-# Set everything up (.venv at the repo root) and run the main job.
-set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$root/scripts/setup.sh"
-cd "$root"
-exec .venv/bin/mmdisco demo --out "${1:-outputs/demo}"
