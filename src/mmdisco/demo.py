@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmdisco.io import write_json_atomic
 from mmdisco.training.data import PairData, encode_pairs, fake_pairs
-from mmdisco.training.fakes import SampleSettings, generate_fakes, sample_pairs, write_json_atomic
+from mmdisco.training.fakes import SampleSettings, generate_fakes, sample_pairs
 from mmdisco.training.trainer import TrainConfig, train_discriminator
 
 HEADS = ("mlp", "time_aligned", "separable")

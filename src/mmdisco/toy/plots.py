@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from torch import Tensor
+
+from mmdisco.io import atomic_path
 
 TITLES = {
     "gt": "target (GT)",
@@ -41,8 +42,6 @@ def scatter_grid(
             ax.set_title(title, fontsize=9)
         axes[i][0].set_ylabel(setting.upper())
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)

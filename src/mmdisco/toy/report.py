@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from torch import Tensor
 
+from mmdisco.io import atomic_path, write_text_atomic
 from mmdisco.toy.experiment import ALL_ROWS, PAPER_NLL, SETTINGS
 from mmdisco.toy.metrics import BANDWIDTH, FLOOR
 from mmdisco.toy.plots import scatter_grid
@@ -21,12 +21,6 @@ ROW_NAMES = {
     "both": "L_D + L_DLSM",
 }
 MAIN_FIGURE = "scatter.png"  # the figure README.md shows
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def results_markdown(results: dict) -> str:
@@ -102,15 +96,12 @@ def results_markdown(results: dict) -> str:
 def write_outputs(out_dir: str | Path, results: dict, samples: dict[str, Tensor]) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic(out / "results.json", lambda p: p.write_text(json.dumps(results, indent=2)))
-    _atomic(out / "results.md", lambda p: p.write_text(results_markdown(results)))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
+    write_text_atomic(out / "results.md", results_markdown(results))
     arrays = {k: v.numpy().astype(np.float32) for k, v in samples.items()}
 
-    def save_npz(p: Path) -> None:
-        with open(p, "wb") as f:
-            np.savez(f, **arrays)
-
-    _atomic(out / "samples.npz", save_npz)
+    with atomic_path(out / "samples.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
     scatter_grid(samples, SETTINGS, ALL_ROWS, 0, out / MAIN_FIGURE, results)
     for setting in SETTINGS:
         scatter_grid(samples, (setting,), ALL_ROWS, 0, out / f"toy_{setting}.png", results)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,11 +38,12 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from mmdisco.base_models.base import BaseModel
 from mmdisco.diffusion import from_epsilon
+from mmdisco.io import save_tensors_atomic, write_json_atomic
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "world"
 CONFIG_NAME = "config.json"
@@ -391,19 +391,6 @@ class VideoUNet(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through ``write(tmp_path)`` into a temporary file beside ``path``, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; shipped assets must be world-readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class WorldDiffusionModel(BaseModel):
     """Shared machinery of the two world models: a denoising network, its config and I/O.
 
@@ -471,11 +458,9 @@ class WorldDiffusionModel(BaseModel):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = {"model_type": type(self).__name__, "modality": self.modality, **self.config}
-        text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-        _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
-        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        write_json_atomic(directory / CONFIG_NAME, config)
         meta = {"model_type": type(self).__name__}
-        _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata=meta))
+        save_tensors_atomic(directory / WEIGHTS_NAME, self.net.state_dict(), metadata=meta)
         return directory
 
     @classmethod
