@@ -72,7 +72,7 @@ LOG_SNR_A, LOG_SNR_V = torch.tensor([2.0, -4.0]), torch.tensor(0.5)
 @pytest.mark.parametrize("kind", ["1d", "2d"])
 @pytest.mark.parametrize("fusion", HEAD_NAMES)
 def test_logits_shape_and_double_backward(fusion: str, kind: str) -> None:
-    disc = model(tiny(fusion, kind))
+    disc = model(tiny(fusion, kind, fusion_product=True))
     audio, video = inputs(kind)
     out = discriminator_gradients(disc, audio, video, LOG_SNR_A, LOG_SNR_V, create_graph=True)
     assert out.logits.shape == (B,) and torch.isfinite(out.logits).all()
@@ -90,9 +90,10 @@ def test_output_blocks_start_at_zero() -> None:
     assert all(not p.any() for b in blocks for p in b.conv_out.parameters())
 
 
+@pytest.mark.parametrize("product", [False, True])
 @pytest.mark.parametrize("fusion", HEAD_NAMES)
-def test_video_gradient_depends_on_audio_unless_separable(fusion: str) -> None:
-    disc = model(tiny(fusion))
+def test_video_gradient_depends_on_audio_unless_separable(fusion: str, product: bool) -> None:
+    disc = model(tiny(fusion, fusion_product=product))
     audio, video = inputs()
     other_audio, _ = inputs(seed=1)
     grad_v = discriminator_gradients(disc, audio, video, LOG_SNR_A, LOG_SNR_V).grad_video
@@ -102,6 +103,21 @@ def test_video_gradient_depends_on_audio_unless_separable(fusion: str) -> None:
         assert torch.equal(grad_v, grad_v2)
     else:
         assert (grad_v - grad_v2).abs().max() > 1e-4 * grad_v.abs().max()
+
+
+def test_product_features_are_the_elementwise_product() -> None:
+    """The mlp head's extra input is exactly mean(a) * mean(v), so an all-linear MLP on it
+    is a bilinear form in the pooled features."""
+    from mmdisco.discriminator.heads import MLPHead
+
+    cfg = tiny("mlp", fusion_product=True)
+    head = MLPHead(5, cfg)
+    seen = []
+    head.mlp[0].register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    g = torch.Generator().manual_seed(0)
+    a, v = torch.randn(2, 7, 5, generator=g), torch.randn(2, 4, 5, generator=g)
+    head(a, v, torch.zeros(2, 2 * cfg.time_embed_dim))
+    torch.testing.assert_close(seen[0][:, 10:15], a.mean(1) * v.mean(1))
 
 
 @pytest.mark.parametrize("fusion", HEAD_NAMES)

@@ -155,6 +155,24 @@ def test_toggles() -> None:
         _loss(disc, None, eps_v)
 
 
+def test_noise_range_bounds_the_training_noise_levels() -> None:
+    seen: list[Tensor] = []
+
+    def disc(a: Tensor, v: Tensor, snr_a: Tensor, snr_v: Tensor) -> Tensor:
+        seen.append(snr_v)
+        return a.sum(1) * 0
+
+    for seed in range(20):
+        _loss(disc, None, None, seed=seed, use_dlsm=False, noise_range=(0.8, 1.0))
+    snr = torch.cat(seen)
+    t_lo, t_hi = SCHED_V.timesteps_from_fraction(torch.tensor([0.8, 1.0]))
+    snr_lo, snr_hi = SCHED_V.log_snr(t_lo), SCHED_V.log_snr(t_hi)  # snr falls as t grows
+    assert (snr <= snr_lo + 1e-6).all() and (snr >= snr_hi - 1e-6).all()
+    assert snr.max() < SCHED_V.log_snr(SCHED_V.timesteps_from_fraction(torch.tensor(0.5)))
+    with pytest.raises(ValueError, match="noise_range"):
+        _loss(disc, None, None, use_dlsm=False, noise_range=(0.5, 0.5))
+
+
 def test_batch_mismatch_raises() -> None:
     ra, rv, fa, fv = _data()
     with pytest.raises(ValueError, match="fake audio and video batch sizes differ: 5 vs 2"):

@@ -41,6 +41,9 @@ def _write_mp4(path, video, audio):
     with av.open(str(path), "w") as container:
         vs = container.add_stream("libx264", rate=FPS)
         vs.width, vs.height, vs.pix_fmt = video.shape[2], video.shape[1], "yuv420p"
+        # One encoder thread: x264's threaded output depends on scheduling, and optical-flow
+        # peaks on the decoded frames must not.
+        vs.options = {"threads": "1"}
         aus = container.add_stream("aac", rate=SR)
         aus.layout = "mono"
         for frame in video:

@@ -154,6 +154,27 @@ def test_detectors_reject_clips_outside_the_world(clips):
     assert {d.reason for d in detect_audio(first + second)} == {"events have different pitches"}
 
 
+def test_video_detector_rejects_frames_that_do_not_bounce(clips):
+    """Frames in another order keep the contacts but not the bounce's arcs."""
+    from mmdisco.world.detectors import TRAJECTORY_TOL
+    from mmdisco.world.generator import bounce_heights
+
+    video = clips.video[:16].clone()
+    heights = bounce_heights(clips.events[:16], CFG)
+    # Swap one airborne frame with another airborne frame of a clearly different height.
+    rejected = 0
+    for i in range(16):
+        air = [k for k in range(16) if heights[i, k] > 0]
+        a, b = max(air, key=lambda k: heights[i, k]), min(air, key=lambda k: heights[i, k])
+        if heights[i, a] - heights[i, b] <= TRAJECTORY_TOL:
+            continue
+        video[i, :, [a, b]] = video[i, :, [b, a]]
+        det = detect_video(video[i : i + 1])[0]
+        assert not det.valid and "a bounce has" in det.reason, det
+        rejected += 1
+    assert rejected >= 12
+
+
 def test_detectors_name_bad_shapes():
     with pytest.raises(ValueError, match=r"\(N, 3, 16, 16, 16\)"):
         detect_video(torch.zeros(2, 3, 8, 16, 16))

@@ -67,7 +67,9 @@ def _video_stream(container, size: tuple[int, int], fps: Fraction, crf: int):
         raise ValueError(f"H.264 (yuv420p) needs even frame sizes, got {h}x{w}")
     stream = container.add_stream("libx264", rate=fps)
     stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-    stream.options = {"crf": str(crf), "preset": "medium"}
+    # One thread: x264's threaded output varies with scheduling, so the same clip would not
+    # always give the same file.
+    stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
     return stream
 
 

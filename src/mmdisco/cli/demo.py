@@ -23,9 +23,11 @@ def demo_cmd(
             help="world base models (audio/ and video/ inside); default: the shipped ones"
         ),
     ] = None,
-    guidance_scale: Annotated[
-        float | None,
-        typer.Option(help="joint guidance scale for both modalities (default: the demo's)"),
+    guidance_scale_audio: Annotated[
+        float | None, typer.Option(help="guidance scale of the audio (default: the demo's)")
+    ] = None,
+    guidance_scale_video: Annotated[
+        float | None, typer.Option(help="guidance scale of the video (default: the demo's)")
     ] = None,
     train_steps: Annotated[
         int | None, typer.Option(help="discriminator training steps (default: the demo's)")
@@ -49,8 +51,10 @@ def demo_cmd(
     settings = DemoSettings.quick() if quick else DemoSettings()
     settings.seed = seed
     settings.models_dir = None if models_dir is None else str(models_dir)
-    if guidance_scale is not None:
-        settings.guidance_scale_audio = settings.guidance_scale_video = guidance_scale
+    if guidance_scale_audio is not None:
+        settings.guidance_scale_audio = guidance_scale_audio
+    if guidance_scale_video is not None:
+        settings.guidance_scale_video = guidance_scale_video
     if train_steps is not None:
         settings.train.steps = train_steps
     report = run_demo(out, settings)

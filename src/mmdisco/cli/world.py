@@ -9,40 +9,59 @@ from typing import Annotated
 import typer
 
 from mmdisco.cli import app
+from mmdisco.world.models import TrainConfig
+
+_DEFAULTS = TrainConfig()
 
 
 @app.command("train-base")
 def train_base(
     modality: Annotated[str, typer.Option(help="audio or video")],
     out: Annotated[Path, typer.Option(help="output directory (config.json + model.safetensors)")],
-    steps: Annotated[int, typer.Option(help="optimisation steps")] = 6400,
-    seed: Annotated[int, typer.Option(help="seed of weights, data, timesteps and noise")] = 0,
-    batch_size: Annotated[int, typer.Option(help="clips per step")] = 32,
-    lr: Annotated[float, typer.Option(help="peak Adam learning rate")] = 2e-3,
-    clips_per_chunk: Annotated[int, typer.Option(help="world clips generated per chunk")] = 1024,
+    steps: Annotated[int, typer.Option(help="optimisation steps")] = _DEFAULTS.steps,
+    seed: Annotated[
+        int, typer.Option(help="seed of weights, data, timesteps and noise")
+    ] = _DEFAULTS.seed,
+    batch_size: Annotated[int, typer.Option(help="clips per step")] = _DEFAULTS.batch_size,
+    lr: Annotated[float, typer.Option(help="peak Adam learning rate")] = _DEFAULTS.lr,
+    clips_per_chunk: Annotated[
+        int, typer.Option(help="world clips generated per chunk")
+    ] = _DEFAULTS.clips_per_chunk,
+    half: Annotated[
+        bool, typer.Option(help="store the weights as float16 (half the size on disk)")
+    ] = True,
     threads: Annotated[
         int, typer.Option(help="torch CPU threads (1 is fastest for these small networks)")
     ] = 1,
 ) -> None:
     """Train a world base model on its own modality only, on freshly generated world clips.
 
-    Adam (warmup, then a constant rate), EMA of the weights, v-prediction loss on the
-    1000-step cosine DDPM schedule; the EMA weights are written atomically to OUT at the end.
-    The defaults are the settings of the shipped weights (one CPU thread; same seed, same
-    weights).
+    Adam (warmup, then cosine decay), EMA of the weights, clean-clip (x0) loss on the
+    1000-step cosine DDPM schedule with half of each batch at high noise; the EMA weights are
+    written atomically to OUT at the end. The defaults are the settings of the shipped weights
+    (one CPU thread; same seed, same weights).
     """
-    from mmdisco.world.models import TrainConfig, train_world_model
+    import dataclasses
+
+    import torch
+
+    from mmdisco.world.models import train_world_model
 
     if modality not in ("audio", "video"):
         raise typer.BadParameter(f"--modality must be audio or video, got {modality!r}")
-    cfg = TrainConfig(
-        steps=steps, batch_size=batch_size, lr=lr, clips_per_chunk=clips_per_chunk, seed=seed
+    cfg = dataclasses.replace(
+        _DEFAULTS,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        clips_per_chunk=clips_per_chunk,
+        seed=seed,
     )
-    import torch
-
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    model = train_world_model(modality, cfg, out_dir=out)
+    model = train_world_model(
+        modality, cfg, out_dir=out, weights_dtype=torch.float16 if half else None
+    )
     typer.echo(
         f"trained {modality} model ({model.num_parameters():,} parameters) in "
         f"{time.perf_counter() - start:.0f} s; saved to {out}"

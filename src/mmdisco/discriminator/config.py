@@ -55,6 +55,12 @@ class DiscriminatorConfig:
     fusion_width: int = 256
     fusion_layers: int = 4
     fusion_heads: int = 4
+    # Also feed the mlp head the elementwise product of the pooled audio and video features
+    # (low-rank bilinear pooling). When each base model matches its marginal, no function of
+    # one modality alone tells real from fake pairs: training starts on a saddle, which
+    # product features leave faster, since agreement between a category seen and one heard is
+    # then linear in the head's input. Off in the paper's presets; ignored by other heads.
+    fusion_product: bool = False
     # Anchors of the learned positional table; it is linearly resampled to each token
     # sequence, so a position means "relative time in the clip" for audio and video alike.
     num_positions: int = 64

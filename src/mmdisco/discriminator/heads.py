@@ -14,6 +14,9 @@ Every head takes ``audio (B, La, C)``, ``video (B, Fv, C)`` (tokens from the two
   concatenated with the video tokens per frame along channels, then a transformer with a
   class token. Keeps the time axis, so it can see synchrony.
 
+With ``fusion_product`` the ``mlp`` head also gets the elementwise product of the pooled audio
+and video features (see :class:`DiscriminatorConfig`).
+
 The transformer heads run attention with PyTorch's math kernel: the fused flash /
 memory-efficient kernels have no double backward, which L_DLSM needs.
 """
@@ -58,8 +61,10 @@ class MLPHead(nn.Module):
     def __init__(self, channels: int, config: DiscriminatorConfig) -> None:
         super().__init__()
         width = config.fusion_width
+        self.product = config.fusion_product
+        inputs = (3 if self.product else 2) * channels + 2 * config.time_embed_dim
         self.mlp = nn.Sequential(
-            nn.Linear(2 * channels + 2 * config.time_embed_dim, width),
+            nn.Linear(inputs, width),
             nn.SiLU(),
             nn.Linear(width, width),
             nn.SiLU(),
@@ -67,8 +72,9 @@ class MLPHead(nn.Module):
         )
 
     def forward(self, audio: Tensor, video: Tensor, cond: Tensor) -> Tensor:
-        pooled = torch.cat([audio.mean(dim=1), video.mean(dim=1), cond], dim=-1)
-        return self.mlp(pooled).squeeze(-1)
+        a, v = audio.mean(dim=1), video.mean(dim=1)
+        features = [a, v, a * v] if self.product else [a, v]
+        return self.mlp(torch.cat([*features, cond], dim=-1)).squeeze(-1)
 
 
 class TokenTransformer(nn.Module):

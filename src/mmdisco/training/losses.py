@@ -87,6 +87,7 @@ def mmdisco_loss(
     use_d: bool = True,
     use_dlsm: bool = True,
     shared_timesteps: bool = True,
+    noise_range: tuple[float, float] = (0.0, 1.0),
     cond_real: Mapping[str, Any] | None = None,
     cond_fake: Mapping[str, Any] | None = None,
     generator: torch.Generator | None = None,
@@ -94,12 +95,17 @@ def mmdisco_loss(
     """One evaluation of the MMDisCo objective on a batch of real and of fake pairs.
 
     Each pair gets one noise level shared by both modalities (``shared_timesteps``, as in
-    the paper), mapped onto each modality's own schedule, and independent noise.
+    the paper), mapped onto each modality's own schedule, and independent noise. Noise
+    levels are drawn uniformly from ``noise_range``, a sub-range of [0, 1] (fractions of the
+    schedule, 1 = pure noise), e.g. to match a guidance window.
     ``eps_audio`` / ``eps_video`` are the frozen base models in epsilon form; they are
     called under ``torch.no_grad()`` and are needed only when ``use_dlsm``.
     """
     if not (use_d or use_dlsm):
         raise ValueError("at least one of use_d and use_dlsm must be set")
+    lo, hi = noise_range
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"noise_range must satisfy 0 <= low < high <= 1, got {noise_range}")
     if use_dlsm and (eps_audio is None or eps_video is None):
         raise ValueError("L_DLSM needs the base models: pass eps_audio and eps_video")
     for name, a, v in (("real", real_audio, real_video), ("fake", fake_audio, fake_video)):
@@ -110,9 +116,11 @@ def mmdisco_loss(
     device = real_audio.device
 
     def fractions(n: int) -> tuple[Tensor, Tensor]:
-        u_a = torch.rand(n, generator=generator, device=device)
-        u_v = u_a if shared_timesteps else torch.rand(n, generator=generator, device=device)
-        return u_a, u_v
+        def draw() -> Tensor:
+            return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
+
+        u_a = draw()
+        return u_a, (u_a if shared_timesteps else draw())
 
     u_a, u_v = fractions(real_audio.shape[0])
     a_t, noise_a, t_a = _noise(real_audio, schedule_audio, u_a, generator)

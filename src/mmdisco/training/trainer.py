@@ -65,6 +65,9 @@ class TrainConfig:
     use_d: bool = True
     use_dlsm: bool = True
     shared_timesteps: bool = True
+    # Fractions of the noise schedule (1 = pure noise) training draws noise levels from; a
+    # discriminator only needs to be right where it guides (GuidanceOptions.window).
+    noise_range: tuple[float, float] = (0.0, 1.0)
     # "fixed": fake pairs as generated; "shuffle": every step re-pairs fake audio and fake
     # video at random. Independent samples stay independent under any pairing, so for
     # unconditional fakes shuffling gives N^2 fake pairs from N samples of each model.
@@ -77,6 +80,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # JSON gives lists
+        self.noise_range = tuple(self.noise_range)
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(
                 f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
@@ -364,6 +368,7 @@ def train_discriminator(
                 use_d=config.use_d,
                 use_dlsm=config.use_dlsm,
                 shared_timesteps=config.shared_timesteps,
+                noise_range=tuple(config.noise_range),
                 cond_real=r.cond,
                 cond_fake=f.cond,
                 generator=generator,

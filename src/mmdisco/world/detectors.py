@@ -8,7 +8,10 @@ Video: in each frame (floor row excluded) the brightest ``s x s`` box of the obj
 (max over RGB) must be bright (mean >= 0.6 in [0, 1]) against a dark rest (mean <= 0.15), its
 mean colour, scaled to a maximum channel of 1 (so a darkened or blurred object still
 matches), must be within 0.35 of one class colour, the same class in every frame, and the
-floor row must be mid grey (within 0.25). Contacts are the frames where the box rests on the floor.
+floor row must be mid grey (within 0.25). Contacts are the frames where the box rests on the floor,
+and the box's height in every frame must follow the world's bounce through those contacts
+(within ``TRAJECTORY_TOL`` pixels): a square that jumps between unrelated heights is not a
+bouncing object, however many contacts it happens to make.
 
 Audio: an 8 ms RMS envelope is thresholded with hysteresis (on above 25 %, off below 10 % of
 the way from the median level to the peak), so each percussive onset is counted once and the
@@ -33,12 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmdisco.world.generator import Clips, WorldConfig
+from mmdisco.world.generator import Clips, WorldConfig, bounce_heights
 
 BOX_MIN = 0.6
 REST_MAX = 0.15
 COLOUR_TOL = 0.35
 FLOOR_TOL = 0.25
+TRAJECTORY_TOL = 1  # pixels
 ENVELOPE_WINDOW = 0.008  # seconds
 ONSET_ON, ONSET_OFF = 0.25, 0.10
 PEAK_MIN, PEAK_OVER_MEDIAN = 0.05, 2.0
@@ -68,6 +72,16 @@ def _check_events(events: Sequence[int], config: WorldConfig) -> str:
         return f"event frames {tuple(events)} outside [1, {config.num_frames - 2}]"
     if any(b - a < config.min_event_spacing for a, b in itertools.pairwise(events)):
         return f"events {tuple(events)} closer than {config.min_event_spacing} frames"
+    return ""
+
+
+def _check_trajectory(height: Tensor, events: tuple[int, ...], config: WorldConfig) -> str:
+    """Why the per-frame heights are not the bounce through ``events`` ("" if they are)."""
+    expected = bounce_heights(torch.tensor([events]), config)[0]
+    off = (height - expected).abs()
+    if int(off.max()) > TRAJECTORY_TOL:
+        k = int(off.argmax())
+        return f"frame {k}: height {int(height[k])}, a bounce has {int(expected[k])}"
     return ""
 
 
@@ -119,7 +133,7 @@ def detect_video(video: Tensor, config: WorldConfig | None = None) -> list[Detec
             detections.append(_invalid("object colour changes between frames"))
         else:
             events = tuple(int(k) for k in (height[i] == 0).nonzero()[:, 0])
-            reason = _check_events(events, config)
+            reason = _check_events(events, config) or _check_trajectory(height[i], events, config)
             detections.append(
                 _invalid(reason) if reason else Detection(True, int(cls[i, 0]), events)
             )
