@@ -85,7 +85,10 @@ def run(out: Path | None, config: TrainConfig, stop_after=None, seed=0) -> nn.Mo
 
 
 def test_resume_is_exact(tmp_path):
-    cfg = TrainConfig(steps=12, batch_size=16, checkpoint_every=4, log_every=2, dlsm_weight=0.5)
+    cfg = TrainConfig(
+        steps=12, batch_size=16, checkpoint_every=4, log_every=2, dlsm_weight=0.5,
+        noise_range=(0.3, 0.9),  # a tuple that comes back from state.json as a list
+    )  # fmt: skip
     straight = run(tmp_path / "a", cfg)
     run(tmp_path / "b", cfg, stop_after=6)  # "killed" after 6 steps (checkpoint at 6)
     assert latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step-00000006"
