@@ -85,3 +85,14 @@ def test_pooled_discriminator_round_trip_and_spread_gradient(tmp_path):
 
     summed = SummedDiscriminators(disc, loaded)
     torch.testing.assert_close(summed(audio, video, snr, snr), 2 * out.logits)
+
+
+def test_head_train_overrides_apply_to_their_head_only():
+    from mmdisco.demo import DemoSettings
+
+    settings = DemoSettings(head_train={"mlp": {"steps": 7, "noise_range": (0.0, 1.0)}})
+    mlp, other = settings.train_config("mlp"), settings.train_config("time_aligned")
+    assert (mlp.steps, mlp.noise_range) == (7, (0.0, 1.0))
+    assert other == settings.train and mlp.lr == other.lr
+    with pytest.raises(TypeError, match="stepz"):
+        DemoSettings(head_train={"mlp": {"stepz": 1}}).train_config("mlp")

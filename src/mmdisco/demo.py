@@ -15,6 +15,7 @@ and writes ``report.json``, ``report.md``, a figure and a few ``.mp4`` files to 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterable
@@ -101,6 +102,14 @@ class DemoSettings:
             log_every=20,
         )
     )
+    # Per-head changes to ``train``. The pooled mlp head learns the category, and it learns
+    # it from the whole noise range: clean pairs give the clearest signal, and what it learns
+    # there carries to high noise (class accuracy at t/T = 0.8: 0.95 trained on [0, 1] for
+    # 2000 steps, 0.80 on [0.5, 1]; semantic agreement 0.93 vs 0.47, 96 pairs). The
+    # time-aligned head learns event times better on [0.5, 1] (temporal 0.93 vs 0.81).
+    head_train: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"mlp": {"steps": 2000, "noise_range": (0.0, 1.0)}}
+    )
     n_videos: int = 3
     upscale: int = 8
     seed: int = 0
@@ -124,9 +133,14 @@ class DemoSettings:
                 checkpoint_every=3,
                 log_every=3,
             ),
+            head_train={"mlp": {"noise_range": (0.0, 1.0)}},
             n_videos=1,
             upscale=2,
         )
+
+    def train_config(self, head: str) -> TrainConfig:
+        """``train`` with ``head_train[head]`` applied."""
+        return dataclasses.replace(self.train, **self.head_train.get(head, {}))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -304,7 +318,14 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
         )
         run_dir = out / f"disc_{head}"
         result = train_discriminator(
-            disc, audio_model, video_model, real, fake, settings.train, run_dir, progress=progress
+            disc,
+            audio_model,
+            video_model,
+            real,
+            fake,
+            settings.train_config(head),
+            run_dir,
+            progress=progress,
         )
         disc.eval()
         disc.save_pretrained(run_dir / "discriminator")

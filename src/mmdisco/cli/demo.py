@@ -30,7 +30,8 @@ def demo_cmd(
         float | None, typer.Option(help="guidance scale of the video (default: the demo's)")
     ] = None,
     train_steps: Annotated[
-        int | None, typer.Option(help="discriminator training steps (default: the demo's)")
+        int | None,
+        typer.Option(help="discriminator training steps, every head (default: the demo's)"),
     ] = None,
     threads: Annotated[
         int,
@@ -55,8 +56,10 @@ def demo_cmd(
         settings.guidance_scale_audio = guidance_scale_audio
     if guidance_scale_video is not None:
         settings.guidance_scale_video = guidance_scale_video
-    if train_steps is not None:
+    if train_steps is not None:  # every head, per-head step counts included
         settings.train.steps = train_steps
+        for changes in settings.head_train.values():
+            changes.pop("steps", None)
     report = run_demo(out, settings)
     typer.echo(render_markdown(report).split("\nSettings:")[0])
     typer.echo(f"report: {out / 'report.json'}, {out / 'report.md'}")
