@@ -5,7 +5,7 @@ Runs ``mmdisco.demo.run_demo`` (the same code as ``mmdisco demo``) in a scratch 
 copies its report, table and figure to ``benchmarks/results/demo/``; the fakes cache,
 checkpoints and mp4s stay behind.
 
-    python benchmarks/world_demo.py            # full run (about 7 minutes on 2 CPU cores)
+    python benchmarks/world_demo.py            # full run (about 8 minutes on 2 CPU cores)
     python benchmarks/world_demo.py --quick    # smoke run (well under a minute)
 """
 
