@@ -18,13 +18,7 @@ COUPLED = tuple(h for h in HEAD_NAMES if h != "separable")
 B, FRAMES = 2, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: thread synchronisation costs more than it saves on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(fusion: str = "mlp", kind: str = "1d", **changes) -> DiscriminatorConfig:

@@ -32,12 +32,7 @@ TINY = dict(out_dim=16, vision_dim=32, vision_blocks=2, vision_heads=4, audio_di
 SMALL_INPUTS = dict(image_size=28, mel_bins=36, audio_frames=46)  # 4 and 3x4 patches
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

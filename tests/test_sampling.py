@@ -28,14 +28,7 @@ from mmdisco.sampling import GuidanceOptions, Stream, joint_sample
 STEPS = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions are dominated by thread hand-offs on a busy machine: one thread is
-    ~50x faster here. Restored afterwards so other modules keep their setting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_unet2d(seed: int, channels: int = 3) -> UNet2DModel:

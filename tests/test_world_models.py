@@ -24,14 +24,7 @@ from mmdisco.world.models import (
     sample_world,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine's cores are shared; one thread is also the fastest for these small nets."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

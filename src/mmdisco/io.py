@@ -4,6 +4,7 @@ Every persisted artefact (weights, configs, caches, reports, media) goes through
 :func:`atomic_path`: it is written to a temporary file in the target's folder and moved onto
 the target with ``os.replace`` only once complete, so a killed run leaves either the old file
 or the new one, never a truncated file that later looks complete.
+:func:`state_dict_mismatches` is the check loaders run before trusting a weights file.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -71,3 +72,28 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def state_dict_mismatches(expected: Mapping[str, Tensor], found: Mapping[str, Tensor]) -> list[str]:
+    """Human-readable differences between two state dicts (missing, unexpected, shapes)."""
+    limit = 10
+
+    def listed(kind: str, keys: list[str]) -> list[str]:
+        if not keys:
+            return []
+        more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+        return [f"{kind} keys: {', '.join(keys[:limit])}{more}"]
+
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [
+        f"{k}: config expects {tuple(expected[k].shape)}, file has {tuple(found[k].shape)}"
+        for k in sorted(set(expected) & set(found))
+        if expected[k].shape != found[k].shape
+    ]
+    return (
+        listed("missing", missing)
+        + listed("unexpected", unexpected)
+        + [f"shape mismatch {s}" for s in shapes[:limit]]
+        + ([f"(+{len(shapes) - limit} more shape mismatches)"] if len(shapes) > limit else [])
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from mmdisco.discriminator.blocks import (
 )
 from mmdisco.discriminator.config import DiscriminatorConfig
 from mmdisco.discriminator.heads import build_head
-from mmdisco.io import save_tensors_atomic, write_text_atomic
+from mmdisco.io import save_tensors_atomic, state_dict_mismatches, write_text_atomic
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -246,31 +246,6 @@ class Discriminator(nn.Module):
             )
         model.load_state_dict(state)
         return model.to(device)
-
-
-def state_dict_mismatches(expected: Mapping[str, Tensor], found: Mapping[str, Tensor]) -> list[str]:
-    """Human-readable differences between two state dicts (missing, unexpected, shapes)."""
-    limit = 10
-
-    def listed(kind: str, keys: list[str]) -> list[str]:
-        if not keys:
-            return []
-        more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-        return [f"{kind} keys: {', '.join(keys[:limit])}{more}"]
-
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    shapes = [
-        f"{k}: config expects {tuple(expected[k].shape)}, file has {tuple(found[k].shape)}"
-        for k in sorted(set(expected) & set(found))
-        if expected[k].shape != found[k].shape
-    ]
-    return (
-        listed("missing", missing)
-        + listed("unexpected", unexpected)
-        + [f"shape mismatch {s}" for s in shapes[:limit]]
-        + ([f"(+{len(shapes) - limit} more shape mismatches)"] if len(shapes) > limit else [])
-    )
 
 
 def _per_sample(t: Tensor | float, batch: int, name: str, device: torch.device) -> Tensor:

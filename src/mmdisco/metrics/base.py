@@ -53,6 +53,27 @@ class FeatureExtractor(Protocol):
         ...
 
 
+def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise naming missing / unexpected keys and shape mismatches (works on meta models)."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if state[k].shape != own[k].shape
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    if unexpected:
+        parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+    if shapes:
+        parts.append(f"shape mismatches {shapes[:8]}")
+    if parts:
+        raise ValueError(f"{source} does not match {type(module).__name__}: " + "; ".join(parts))
+
+
 def load_weights(module: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a safetensors state dict into ``module`` strictly, with a readable error.
 
@@ -68,23 +89,7 @@ def load_weights(module: nn.Module, path: str | os.PathLike) -> nn.Module:
             "`python -m mmdisco.metrics.convert` (see docs/metrics.md)"
         )
     state = load_file(str(path))
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-        if shapes:
-            parts.append(f"shape mismatches {shapes[:8]}")
-        raise ValueError(f"{path} does not match {type(module).__name__}: " + "; ".join(parts))
+    check_state_dict(module, state, str(path))
     module.load_state_dict(state, strict=True)
     return module
 

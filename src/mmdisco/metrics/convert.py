@@ -27,13 +27,9 @@ import torch
 from torch import nn
 
 from mmdisco.io import save_tensors_atomic
+from mmdisco.metrics.base import check_state_dict
 from mmdisco.metrics.i3d import InceptionI3d
-from mmdisco.metrics.imagebind_model import (
-    ImageBind,
-    ImageBindConfig,
-    check_state_dict,
-    save_imagebind,
-)
+from mmdisco.metrics.imagebind_model import ImageBind, ImageBindConfig, save_imagebind
 from mmdisco.metrics.vggish import VGGish
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"vggish": VGGish, "i3d": InceptionI3d}

@@ -39,6 +39,7 @@ from safetensors import safe_open
 from torch import nn
 
 from mmdisco.io import save_tensors_atomic
+from mmdisco.metrics.base import check_state_dict
 
 MODALITIES = ("vision", "audio", "text")
 
@@ -429,27 +430,6 @@ class ClipTokenizer:
 
 
 # --- weights -------------------------------------------------------------------------------
-
-
-def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Raise naming missing / unexpected keys and shape mismatches (works on meta models)."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if state[k].shape != own[k].shape
-    ]
-    parts = []
-    if missing:
-        parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-    if unexpected:
-        parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-    if shapes:
-        parts.append(f"shape mismatches {shapes[:8]}")
-    if parts:
-        raise ValueError(f"{source} does not match ImageBind: " + "; ".join(parts))
 
 
 def save_imagebind(model: ImageBind, path: str | os.PathLike) -> Path:

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from mmdisco.base_models.base import BaseModel
 from mmdisco.diffusion import from_epsilon
-from mmdisco.io import save_tensors_atomic, write_json_atomic
+from mmdisco.io import save_tensors_atomic, state_dict_mismatches, write_json_atomic
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "world"
 CONFIG_NAME = "config.json"
@@ -370,11 +370,10 @@ class WorldDiffusionModel(BaseModel):
             raise ValueError(f"{config_path} describes a {model_type!r}, not a {cls.__name__!r}")
         net = cls.build_network(config)
         state = load_file(weights_path)
-        missing, unexpected = set(net.state_dict()) - set(state), set(state) - set(net.state_dict())
-        if missing or unexpected:
+        problems = state_dict_mismatches(net.state_dict(), state)
+        if problems:
             raise ValueError(
-                f"{weights_path} does not match {config_path}: missing {sorted(missing)[:5]}, "
-                f"unexpected {sorted(unexpected)[:5]}"
+                f"{weights_path} does not match {config_path}:\n  " + "\n  ".join(problems)
             )
         net.load_state_dict(state)
         return cls(config, net).to(device)
