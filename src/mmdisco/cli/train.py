@@ -17,6 +17,13 @@ import typer
 
 from mmdisco.cli import app
 
+AudioModelDir = Annotated[
+    Path | None, typer.Option(help="audio base model directory (default: shipped world model)")
+]
+VideoModelDir = Annotated[
+    Path | None, typer.Option(help="video base model directory (default: shipped world model)")
+]
+
 
 def load_base_models(audio_dir: Path | None, video_dir: Path | None, device: str = "cpu"):
     """The two frozen base models: the shipped world models unless directories are given."""
@@ -45,8 +52,8 @@ def generate_fakes_cmd(
     scheduler: Annotated[
         str, typer.Option(help="default, ddpm, ddim, dpm, unipc or euler")
     ] = "dpm",
-    audio_model: Annotated[Path | None, typer.Option(help="audio base model directory")] = None,
-    video_model: Annotated[Path | None, typer.Option(help="video base model directory")] = None,
+    audio_model: AudioModelDir = None,
+    video_model: VideoModelDir = None,
     config: Annotated[
         Path | None,
         typer.Option(help="experiment YAML (configs/*.yaml): real base models and data"),
@@ -108,12 +115,8 @@ def train_cmd(
             "(configs/*.yaml: real base models and data; the other options are then unused)"
         ),
     ] = None,
-    audio_model: Annotated[
-        Path | None, typer.Option(help="audio base model directory (default: shipped world model)")
-    ] = None,
-    video_model: Annotated[
-        Path | None, typer.Option(help="video base model directory (default: shipped world model)")
-    ] = None,
+    audio_model: AudioModelDir = None,
+    video_model: VideoModelDir = None,
 ) -> None:
     """Train a discriminator on real pairs vs cached fakes (L_D + dlsm_weight * L_DLSM)."""
     from accelerate import Accelerator
@@ -176,12 +179,8 @@ def sample_cmd(
         float, typer.Option(help="joint guidance scale of the video model")
     ] = 1.0,
     upscale: Annotated[int, typer.Option(help="pixel upscaling of the written video")] = 8,
-    audio_model: Annotated[
-        Path | None, typer.Option(help="audio base model directory (default: shipped world model)")
-    ] = None,
-    video_model: Annotated[
-        Path | None, typer.Option(help="video base model directory (default: shipped world model)")
-    ] = None,
+    audio_model: AudioModelDir = None,
+    video_model: VideoModelDir = None,
     config: Annotated[
         Path | None,
         typer.Option(help="experiment YAML (configs/*.yaml): real base models and data"),
