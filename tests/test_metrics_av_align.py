@@ -98,3 +98,13 @@ def test_matching_is_maximum_one_to_one_and_bounded():
         if compatible.sum(axis=0).max(initial=0) <= 1:
             assert match_count(a, v, 1 / FPS) == reference_count
     assert np.isnan(av_align_iou([], [], FPS))
+
+
+def test_video_peaks_ignore_float_noise_on_still_frames(monkeypatch):
+    """Rises of ~1e-9 px (Farneback's noise on still frames, whose last bits vary between
+    processes) are not peaks; a real motion peak is."""
+    from mmdisco.metrics import av_align
+
+    traj = np.array([0.0, 1e-9, 0.0, 1.0, 0.0, 2e-9, 0.0, 0.5, 0.4])
+    monkeypatch.setattr(av_align, "flow_trajectory", lambda frames: traj)
+    assert np.array_equal(detect_video_peaks(np.zeros((9, 2, 2, 3), np.uint8), 8.0) * 8, [3, 7])

@@ -83,10 +83,22 @@ def flow_trajectory(frames: np.ndarray) -> np.ndarray:
     return np.array([mags[0], *mags])
 
 
+# Rises smaller than this fraction of the clip's largest flow are float noise, not motion:
+# on still frames Farneback returns ~1e-7 px whose last bits depend on memory alignment (SIMD
+# paths), so their strict maxima came and went from one process to the next.
+FLOW_NOISE = 1e-4
+
+
 def detect_video_peaks(frames: np.ndarray, fps: float) -> np.ndarray:
-    """Times (s) of strict local maxima of the flow trajectory (index i -> i / fps)."""
+    """Times (s) of strict local maxima of the flow trajectory (index i -> i / fps), rising
+    above both neighbours by more than ``FLOW_NOISE`` times the trajectory's maximum."""
     traj = flow_trajectory(frames)
-    idx = [i for i in range(1, len(traj) - 1) if traj[i - 1] < traj[i] > traj[i + 1]]
+    eps = FLOW_NOISE * float(traj.max(initial=0.0))
+    idx = [
+        i
+        for i in range(1, len(traj) - 1)
+        if traj[i] > traj[i - 1] + eps and traj[i] > traj[i + 1] + eps
+    ]
     return np.array(idx, dtype=np.float64) / fps
 
 
