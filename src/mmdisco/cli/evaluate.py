@@ -65,6 +65,17 @@ def evaluate(
         float | None, typer.Option(help="AV-Align minimum onset spacing in s (0.768/fps).")
     ] = None,
     window_frames: Annotated[float, typer.Option(help="AV-Align match window, frames.")] = 1.0,
+    av_align_version: Annotated[
+        str, typer.Option(help="AV-Align script version: 2025-02-13 or 2023-10-26 (MMDisCo).")
+    ] = "2025-02-13",
+    matching: Annotated[
+        str | None,
+        typer.Option(help="AV-Align matching: one_to_one or one_to_many (default: version's)."),
+    ] = None,
+    flow_threshold: Annotated[
+        float | None,
+        typer.Option(help="AV-Align: ignore flow peaks below this many px (default: version's)."),
+    ] = None,
     kvd_subsets: Annotated[int, typer.Option(help="KVD: number of random subsets.")] = 100,
     kvd_subset_size: Annotated[
         int, typer.Option(help="KVD: samples per subset (capped at the set size).")
@@ -94,7 +105,13 @@ def evaluate(
         kvd_subsets=kvd_subsets,
         kvd_subset_size=kvd_subset_size,
         seed=seed,
-        av_align=AVAlignConfig(window_frames=window_frames, min_onset_spacing=onset_spacing),
+        av_align=AVAlignConfig.version(
+            av_align_version,
+            window_frames=window_frames,
+            min_onset_spacing=onset_spacing,
+            **({} if matching is None else {"matching": matching}),
+            **({} if flow_threshold is None else {"flow_threshold": flow_threshold}),
+        ),
     )
     if imagebind_model and imagebind_weights:
         raise typer.BadParameter("give --imagebind-model or --imagebind-weights, not both")
