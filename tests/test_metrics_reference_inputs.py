@@ -1,0 +1,77 @@
+"""The references' exact inputs: torchaudio resampling, audioldm_eval's FAD input."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mmdisco.metrics.base import resample, sinc_resample
+from mmdisco.metrics.vggish import audioldm_eval_waveform, waveform_to_examples
+
+
+def direct_sinc_resample(x: np.ndarray, orig: int, new: int, width: int = 6, rolloff=0.99):
+    """torchaudio's sinc_interp_hann written as a plain sum over input samples: output n sits
+    at n * orig / new input samples; the tap of input k is the Hann-tapered sinc of the
+    distance, with cutoff rolloff * min(orig, new) (rates reduced by their gcd)."""
+    g = math.gcd(orig, new)
+    orig, new = orig // g, new // g
+    base = min(orig, new) * rolloff
+    out = np.zeros(math.ceil(new * len(x) / orig))
+    for n in range(len(out)):
+        u = (np.arange(len(x)) - n * orig / new) / orig * base
+        u = np.clip(u, -width, width)
+        taps = np.sinc(u) * np.cos(u * np.pi / width / 2) ** 2 * base / orig
+        out[n] = taps @ x
+    return out
+
+
+@pytest.mark.parametrize(("orig", "new"), [(48000, 16000), (44100, 16000), (16000, 22050)])
+def test_sinc_resample_equals_the_direct_sum(orig, new):
+    x = np.random.default_rng(0).standard_normal(700)
+    ours = sinc_resample(torch.from_numpy(x), orig, new).numpy()
+    assert ours.shape == (math.ceil(new / math.gcd(orig, new) * 700 / (orig // math.gcd(orig, new))),)
+    assert np.allclose(ours, direct_sinc_resample(x, orig, new), atol=1e-10)
+
+
+def _gain_db(freq: float, orig: int = 48000, new: int = 16000) -> float:
+    t = np.arange(orig * 2) / orig
+    y = resample(np.sin(2 * np.pi * freq * t).astype(np.float32), orig, new, "torchaudio")
+    return float(20 * np.log10(np.sqrt(2) * y[2000:-2000].std()))
+
+
+def test_torchaudio_resampler_response():
+    # A windowed-sinc low-pass passes half the amplitude at its cutoff, 0.99 x 8 kHz.
+    assert _gain_db(7920) == pytest.approx(-6.02, abs=0.05)
+    # -3.2 dB at 7.4 kHz (measured on torchaudio.functional.resample, 48 -> 16 kHz).
+    assert _gain_db(7400) == pytest.approx(-3.2, abs=0.05)
+    assert abs(_gain_db(1000)) < 0.01
+    # soxr is flat there; the two resamplers really differ.
+    t = np.arange(96000) / 48000
+    y = resample(np.sin(2 * np.pi * 7400 * t).astype(np.float32), 48000, 16000, "soxr")
+    assert abs(20 * np.log10(np.sqrt(2) * y[2000:-2000].std())) < 0.1
+    with pytest.raises(ValueError, match="unknown resampler 'sinc'"):
+        resample(t, 48000, 16000, "sinc")
+
+
+def test_audioldm_eval_input_first_channel_mean_removed_padded():
+    rng = np.random.default_rng(0)
+    left = (0.3 + 0.1 * rng.standard_normal(16000 * 3 // 2)).astype(np.float32)  # 1.5 s, DC 0.3
+    right = rng.standard_normal(left.shape[0]).astype(np.float32)
+    wav = audioldm_eval_waveform(np.stack([left, right]), 16000)
+    assert wav.shape == (32000,)  # padded to 2 s
+    assert np.allclose(wav[: left.shape[0]], left - left.mean(), atol=1e-6)  # channel 0 only
+    assert np.all(wav[left.shape[0] :] == 0)
+    assert audioldm_eval_waveform(np.zeros(48000 * 3, np.float32), 48000).shape == (48000,)
+
+
+def test_fad_rows_for_short_clips_follow_audioldm_eval():
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(25600) / 16000)).astype(np.float32)
+    # A 1.6 s clip (Landscape / AIST++) gives 2 VGGish rows in audioldm_eval, 1 in torchvggish.
+    assert waveform_to_examples(tone, 16000, "audioldm_eval").shape[0] == 2
+    assert waveform_to_examples(tone, 16000, "torchvggish").shape[0] == 1
+    # A 0.9 s clip is not dropped by audioldm_eval.
+    assert waveform_to_examples(tone[:14400], 16000, "audioldm_eval").shape[0] == 2
+    assert waveform_to_examples(tone[:14400], 16000, "torchvggish").shape[0] == 0
+    with pytest.raises(ValueError, match="unknown audio_input"):
+        waveform_to_examples(tone, 16000, "vggish")
