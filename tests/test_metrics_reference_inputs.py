@@ -30,7 +30,9 @@ def direct_sinc_resample(x: np.ndarray, orig: int, new: int, width: int = 6, rol
 def test_sinc_resample_equals_the_direct_sum(orig, new):
     x = np.random.default_rng(0).standard_normal(700)
     ours = sinc_resample(torch.from_numpy(x), orig, new).numpy()
-    assert ours.shape == (math.ceil(new / math.gcd(orig, new) * 700 / (orig // math.gcd(orig, new))),)
+    assert ours.shape == (
+        math.ceil(new / math.gcd(orig, new) * 700 / (orig // math.gcd(orig, new))),
+    )
     assert np.allclose(ours, direct_sinc_resample(x, orig, new), atol=1e-10)
 
 
@@ -75,3 +77,50 @@ def test_fad_rows_for_short_clips_follow_audioldm_eval():
     assert waveform_to_examples(tone[:14400], 16000, "torchvggish").shape[0] == 0
     with pytest.raises(ValueError, match="unknown audio_input"):
         waveform_to_examples(tone, 16000, "vggish")
+
+
+# ---------------------------------------------------------------- FVD weights
+
+
+def _i3d_checkpoint(tmp_path, name):
+    from mmdisco.metrics.i3d import I3DConfig, InceptionI3d
+
+    tiny = I3DConfig(num_classes=10, width_divisor=32)
+    torch.save(InceptionI3d(tiny).state_dict(), tmp_path / name)
+    return tiny
+
+
+@pytest.mark.parametrize(
+    ("name", "variant", "comparable"),
+    [("i3d_pretrained_400.pt", "tfhub", True), ("rgb_imagenet.pt", "deepmind", False)],
+)
+def test_i3d_variant_is_recorded_and_decides_comparability(
+    tmp_path, monkeypatch, name, variant, comparable
+):
+    from mmdisco.metrics import convert as convert_mod
+    from mmdisco.metrics.i3d import I3DExtractor, InceptionI3d, weights_variant
+
+    tiny = _i3d_checkpoint(tmp_path, name)
+    monkeypatch.setitem(convert_mod.ARCHITECTURES, "i3d", lambda: InceptionI3d(tiny))
+    dst = convert_mod.convert("i3d", tmp_path / name, tmp_path / "i3d.safetensors")
+    assert weights_variant(dst) == variant
+    ex = I3DExtractor(dst, config=tiny)
+    assert ex.variant == variant
+    # A tiny config is never comparable; the full network is, with TF-Hub weights only.
+    assert not ex.comparable_with_published
+    monkeypatch.setattr("mmdisco.metrics.i3d.I3DConfig.__eq__", lambda a, b: True)
+    assert I3DExtractor(dst, config=tiny).comparable_with_published is comparable
+
+
+def test_i3d_unknown_file_needs_a_variant(tmp_path, monkeypatch):
+    from mmdisco.metrics import convert as convert_mod
+    from mmdisco.metrics.i3d import InceptionI3d, weights_variant
+
+    tiny = _i3d_checkpoint(tmp_path, "weights.pt")
+    monkeypatch.setitem(convert_mod.ARCHITECTURES, "i3d", lambda: InceptionI3d(tiny))
+    with pytest.raises(ValueError, match="cannot tell which I3D weights these are; pass --variant"):
+        convert_mod.convert("i3d", tmp_path / "weights.pt", tmp_path / "i3d.safetensors")
+    dst = convert_mod.convert("i3d", tmp_path / "weights.pt", tmp_path / "i3d.safetensors", "tfhub")
+    assert weights_variant(dst) == "tfhub"
+    with pytest.raises(ValueError, match="unknown I3D variant 'kinetics'"):
+        convert_mod.convert("i3d", tmp_path / "weights.pt", tmp_path / "x.safetensors", "kinetics")

@@ -117,9 +117,7 @@ def first_channel(samples: np.ndarray) -> np.ndarray:
 RESAMPLERS = ("soxr", "torchaudio")
 
 
-def resample(
-    samples: np.ndarray, orig_sr: int, target_sr: int, method: str = "soxr"
-) -> np.ndarray:
+def resample(samples: np.ndarray, orig_sr: int, target_sr: int, method: str = "soxr") -> np.ndarray:
     """Band-limited resampling of (N,) or (C, N); a no-op at equal rates.
 
     ``"soxr"`` is librosa's soxr_hq (flat to 0.9 x Nyquist); ``"torchaudio"`` reproduces
