@@ -124,3 +124,62 @@ def test_i3d_unknown_file_needs_a_variant(tmp_path, monkeypatch):
     assert weights_variant(dst) == "tfhub"
     with pytest.raises(ValueError, match="unknown I3D variant 'kinetics'"):
         convert_mod.convert("i3d", tmp_path / "weights.pt", tmp_path / "x.safetensors", "kinetics")
+
+
+# ---------------------------------------------------------------- ImageBind data.py
+
+
+def test_imagebind_clip_frames_follow_decord_and_uniform_subsample():
+    from mmdisco.metrics.imagebind import clip_frame_indices, clip_starts
+
+    # 33 frames at 10 fps: clips start at k * 1.3 / 4 s; decord keeps frames
+    # ceil(10 s) .. ceil(10 (s + 2)) - 1 and UniformTemporalSubsample(2) the first and last.
+    starts = clip_starts(33 / 10, 2.0, 5)
+    got = [clip_frame_indices(33, 10.0, s, s + 2) for s in starts]
+    assert got == [[0, 19], [4, 23], [7, 26], [10, 29], [13, 32]]  # round() would give 3 at k=1
+    # Shorter than 2 s: every clip is the whole video.
+    assert [clip_frame_indices(12, 8.0, s, s + 2) for s in clip_starts(1.5, 2.0, 5)] == [
+        [0, 11]
+    ] * 5
+
+
+def test_imagebind_resize_floors_and_centre_crop_rounds_up():
+    from mmdisco.metrics import imagebind as ib
+
+    x = torch.arange(70 * 99, dtype=torch.float32).reshape(1, 1, 70, 99)
+    assert ib.short_side_scale(x, 224).shape[-2:] == (224, 316)  # 99 / 70 * 224 = 316.8
+    y = torch.arange(224 * 317).reshape(224, 317)
+    crops = ib.three_crops(y, 224)
+    assert [int(c[0, 0]) for c in crops] == [0, 47, 93]  # (317 - 224) / 2 = 46.5 -> 47
+    tall = ib.three_crops(y.T, 224)
+    assert [int(c[0, 0]) for c in tall] == [0, 47, 93]  # y.T[r, 0] = r
+
+
+def test_imagebind_video_frames_are_the_reference_ones():
+    from mmdisco.metrics import imagebind as ib
+
+    frames = np.zeros((33, 224, 224, 3), np.uint8)
+    frames[:, 0, 0, 0] = np.arange(33)  # frame index written into one pixel
+    x = ib.preprocess_video(frames, 10.0)
+    picked = x[::3, 0, :, 0, 0] * ib.CLIP_STD[0] + ib.CLIP_MEAN[0]  # first crop of each clip
+    assert torch.allclose(
+        picked * 255,
+        torch.tensor([[0, 19], [4, 23], [7, 26], [10, 29], [13, 32]]).float(),
+        atol=1e-3,
+    )
+
+
+def test_imagebind_audio_reads_channel_zero_after_the_joint_mean():
+    from mmdisco.metrics import imagebind as ib
+
+    rng = np.random.default_rng(0)
+    left = 0.1 * rng.standard_normal(32000).astype(np.float32)
+    right = (0.5 + 0.1 * rng.standard_normal(32000)).astype(np.float32)  # DC 0.5
+    x = ib.preprocess_audio(np.stack([left, right]), 16000)
+    fbank = ib.kaldi_fbank(left - np.stack([left, right]).mean(), 16000).T
+    expected = (np.pad(fbank, ((0, 0), (0, 204 - fbank.shape[1]))) + 4.268) / 9.138
+    assert np.allclose(x[0, 0].numpy(), expected, atol=1e-4)
+    # Averaging the channels (what we did before) gives other features.
+    assert not np.allclose(
+        ib.preprocess_audio((left + right) / 2, 16000)[0, 0].numpy(), expected, atol=1e-2
+    )
