@@ -76,7 +76,11 @@ def evaluate(
         float | None,
         typer.Option(help="AV-Align: ignore flow peaks below this many px (default: version's)."),
     ] = None,
-    kvd_subsets: Annotated[int, typer.Option(help="KVD: number of random subsets.")] = 100,
+    kvd_mode: Annotated[
+        str,
+        typer.Option(help="KVD: 'mmdiffusion' (all rows, MM-Diffusion) or 'subsets' (KID)."),
+    ] = "mmdiffusion",
+    kvd_subsets: Annotated[int, typer.Option(help="KVD subsets mode: number of subsets.")] = 100,
     kvd_subset_size: Annotated[
         int, typer.Option(help="KVD: samples per subset (capped at the set size).")
     ] = 1000,
@@ -102,6 +106,7 @@ def evaluate(
     options = EvalOptions(
         metrics=chosen,
         fps=fps,
+        kvd_mode=kvd_mode,
         kvd_subsets=kvd_subsets,
         kvd_subset_size=kvd_subset_size,
         seed=seed,

@@ -24,7 +24,12 @@ from mmdisco.metrics.imagebind import EmbeddingModel, pooled_embedding, scores_f
 from mmdisco.metrics.imagebind import preprocess_audio as ib_audio
 from mmdisco.metrics.imagebind import preprocess_video as ib_video
 from mmdisco.metrics.io import list_media, load_media
-from mmdisco.metrics.stats import frechet_distance_from_features, kernel_distance
+from mmdisco.metrics.stats import (
+    KVD_MODES,
+    frechet_distance_from_features,
+    kernel_distance,
+    polynomial_mmd,
+)
 
 ALL_METRICS = ("fad", "fvd", "kvd", "ib", "av_align")
 NEEDS_REFERENCE = {"fad", "fvd", "kvd"}
@@ -36,6 +41,7 @@ class EvalOptions:
 
     metrics: tuple[str, ...] = ("fad", "fvd", "kvd", "av_align")
     fps: float = 8.0  # for frame folders only
+    kvd_mode: str = "mmdiffusion"  # or "subsets" (StyleGAN2-ADA KID); see stats.KVD_MODES
     kvd_subsets: int = 100
     kvd_subset_size: int = 1000
     seed: int = 0
@@ -165,9 +171,14 @@ def evaluate_directories(
         values["fvd"] = _fd(gen.video, ref.video, "fvd")
     if "kvd" in metrics:
         x, y = _stack(gen.video, "generated video"), _stack(ref.video, "reference video")
-        values["kvd"] = kernel_distance(
-            x, y, options.kvd_subsets, options.kvd_subset_size, options.seed
-        )
+        if options.kvd_mode == "mmdiffusion":
+            values["kvd"] = polynomial_mmd(x, y)
+        elif options.kvd_mode == "subsets":
+            values["kvd"] = kernel_distance(
+                x, y, options.kvd_subsets, options.kvd_subset_size, options.seed
+            )
+        else:
+            raise ValueError(f"unknown kvd_mode {options.kvd_mode!r}; choose from {KVD_MODES}")
     if "ib" in metrics:
         text = None
         if captions is not None:
@@ -202,6 +213,7 @@ def evaluate_directories(
         "options": {
             "metrics": list(metrics),
             "fps_for_frame_folders": options.fps,
+            "kvd_mode": options.kvd_mode,
             "kvd_subsets": options.kvd_subsets,
             "kvd_subset_size": options.kvd_subset_size,
             "seed": options.seed,
