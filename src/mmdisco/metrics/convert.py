@@ -3,6 +3,7 @@
     python -m mmdisco.metrics.convert vggish vggish-10086976.pth vggish.safetensors
     python -m mmdisco.metrics.convert i3d i3d_pretrained_400.pt i3d.safetensors
     python -m mmdisco.metrics.convert imagebind imagebind_huge.pth imagebind.safetensors
+    python -m mmdisco.metrics.convert panns Cnn14_16k_mAP=0.438.pth panns.safetensors
 
 Sources whose key layout matches ours directly:
 * ``vggish``: harritaylor/torchvggish ``vggish-10086976.pth`` (``features.*``,
@@ -15,6 +16,8 @@ Sources whose key layout matches ours directly:
   ``--variant`` and written into the file's metadata, where the extractor reads it.
   StyleGAN-V's ``i3d_torchscript.pt`` (the same TF-Hub weights) is a TorchScript archive,
   which we do not execute.
+* ``panns``: qiuqiangkong/audioset_tagging_cnn ``Cnn14_16k_mAP=0.438.pth`` (its ``model``
+  entry), the 16 kHz CNN14 of audioldm_eval and av-benchmark.
 * ``imagebind``: facebookresearch/ImageBind ``imagebind_huge.pth``; the vision / audio / text
   keys load as they are, the depth / thermal / IMU ones are dropped (see
   :mod:`mmdisco.metrics.imagebind_model`). The model is checked on the meta device.
@@ -36,10 +39,11 @@ from mmdisco.io import save_tensors_atomic
 from mmdisco.metrics.base import check_state_dict
 from mmdisco.metrics.i3d import InceptionI3d
 from mmdisco.metrics.imagebind_model import ImageBind, ImageBindConfig, save_imagebind
+from mmdisco.metrics.panns import Cnn14
 from mmdisco.metrics.vggish import VGGish
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"vggish": VGGish, "i3d": InceptionI3d}
-DROP_PREFIXES = {"vggish": ("pproc.",), "i3d": ()}
+ARCHITECTURES: dict[str, type[nn.Module]] = {"vggish": VGGish, "i3d": InceptionI3d, "panns": Cnn14}
+DROP_PREFIXES = {"vggish": ("pproc.",), "i3d": (), "panns": ()}
 # I3D weight files: name fragment -> variant recorded in the converted file's metadata.
 I3D_VARIANTS = {"i3d_pretrained_400": "tfhub", "rgb_imagenet": "deepmind"}
 IMAGEBIND_UNUSED = ("depth", "thermal", "imu")
@@ -96,8 +100,9 @@ def convert(
         choices = sorted([*ARCHITECTURES, "imagebind"])
         raise ValueError(f"unknown architecture {arch!r}; choose from {choices}")
     state = torch.load(src, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+    for wrapper in ("state_dict", "model"):  # PANNs checkpoints hold {"model": ..., ...}
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
     state = {
         k.removeprefix("module."): v.contiguous()
         for k, v in state.items()
