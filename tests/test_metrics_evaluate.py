@@ -181,3 +181,28 @@ def test_protocols_are_complete():
     assert vgg.onset_spacing == 0.096 and vgg.num_samples == 2048
     with pytest.raises(ValueError, match="unknown protocol 'vggsound'"):
         get_protocol("vggsound")
+
+
+def test_cli_protocol_and_av_align_flags(named_dirs, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from mmdisco.cli import app
+
+    gen, _ = named_dirs
+    args = ["evaluate", "--generated", str(gen), "--out", str(tmp_path / "a")]
+    result = CliRunner().invoke(
+        app, [*args, "--protocol", "mmdisco-t2av-vggsound", "--metrics", "av_align"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    info = report["metric_info"]["av_align"]
+    assert info["version"] == "2023-10-26" and info["options"]["min_onset_spacing"] == 0.096
+    assert "uses 2048 generated samples, found 4" in result.output
+    args[-1] = str(tmp_path / "b")
+    result = CliRunner().invoke(app, [*args, "--metrics", "av_align", "--flow-threshold", "0.5"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert report["metric_info"]["av_align"]["version"] == "custom"
+    assert report["metric_info"]["av_align"]["options"]["flow_threshold"] == 0.5
