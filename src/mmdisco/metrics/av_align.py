@@ -130,7 +130,11 @@ def detect_video_peaks(frames: np.ndarray, fps: float, flow_threshold: float = 0
     """Times (s) of strict local maxima of the flow trajectory (index i -> i / fps) whose
     flow is at least ``flow_threshold`` px (the 2025 script's 0.1 keeps still frames, whose
     ~1e-7 px Farneback noise varies between processes, from producing peaks)."""
-    traj = flow_trajectory(frames)
+    return trajectory_peaks(flow_trajectory(frames), fps, flow_threshold)
+
+
+def trajectory_peaks(traj: np.ndarray, fps: float, flow_threshold: float = 0.1) -> np.ndarray:
+    """Times (s) of the strict local maxima of a flow trajectory of at least ``flow_threshold``."""
     idx = [
         i
         for i in range(1, len(traj) - 1)
