@@ -4,7 +4,9 @@ Real pairs of the world (``mmdisco.world``: 16 frames of 16x16 at 8 fps, 2 s of 
 a square bouncing with an impact sound at each contact; only clips whose impacts stay inside
 the detectable frames under every shift) are perturbed where the truth is known: the audio
 is delayed (+) or advanced (-) by 0, 1, 2 and 4 frames (zero-filled), or its class is
-swapped (same impact times, the next class's pitch). For each condition we report the mean
+swapped (same impact times, the next class's pitch), or every impact is doubled 80 ms
+later (a second onset inside one video frame: the case where the 2023 script counts one
+video peak twice). For each condition we report the mean
 over clips (with its standard error) of
 
 * AV-Align, the 2023-10-26 and the 2025-02-13 script (MMDisCo's 96 ms onset interval);
@@ -93,6 +95,10 @@ def conditions(clips, config: WorldConfig, offsets) -> dict[str, torch.Tensor]:
     out = {f"offset {k:+d}": shift_audio(clips.audio, k, config) for k in offsets}
     swapped = (clips.classes + 1) % config.num_classes
     out["class swap"] = render_audio(swapped, clips.events, config)
+    echo = round(0.08 * config.sample_rate)  # every impact heard twice, 80 ms apart
+    flam = clips.audio.clone()
+    flam[:, echo:] += clips.audio[:, :-echo]
+    out["double onset"] = flam.clamp(-1.0, 1.0)
     return out
 
 
@@ -260,13 +266,16 @@ def plot(result: dict[str, Any], path: Path) -> None:
     metrics = [m for m in sorted(result["ranking"]) if m != "world_semantic"]
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for i, m in enumerate(metrics):
+        dx = 0.1 * (i - (len(metrics) - 1) / 2)  # side by side: some metrics coincide
         rows = [result["conditions"][f"offset {k:+d}"][m] for k in offsets]
-        ax.errorbar(offsets, [r["mean"] for r in rows], yerr=[r["sem"] for r in rows],
-                    marker="o", capsize=3, label=m, color=f"C{i}")  # fmt: skip
-        swap = result["conditions"]["class swap"].get(m)
-        if swap is not None:
-            ax.scatter([5.5], [swap["mean"]], marker="x", color=f"C{i}")
-    ax.set_xticks([*offsets, 5.5], [*map(str, offsets), "class\nswap"])
+        ax.errorbar([k + dx for k in offsets], [r["mean"] for r in rows],
+                    yerr=[r["sem"] for r in rows], marker="o", ms=4, capsize=3, label=m,
+                    color=f"C{i}", linestyle="--" if "2023" in m else "-")  # fmt: skip
+        for x, cond, marker in ((5.5, "class swap", "x"), (7.0, "double onset", "s")):
+            row = result["conditions"][cond].get(m)
+            if row is not None:
+                ax.scatter([x + dx], [row["mean"]], marker=marker, color=f"C{i}")
+    ax.set_xticks([*offsets, 5.5, 7.0], [*map(str, offsets), "class\nswap", "double\nonset"])
     ax.set_xlabel("audio offset (video frames at 8 fps)")
     ax.set_ylabel("score (mean over clips)")
     ax.set_title(f"Sync metrics on the world, {result['clips']} real pairs")
