@@ -39,6 +39,24 @@ _GROUND_TRUTH = (
     "(run it as --generated)."
 )
 
+
+def _mm_diffusion_table(name: str, dataset: str) -> Protocol:
+    """MMDisCo Table 2: the in-domain setting on MM-Diffusion's 1.6 s, 10 fps clips."""
+    return Protocol(
+        name=name,
+        table=f"MMDisCo (ICLR 2025) Table 2: {dataset}, MM-Diffusion base (in-domain)",
+        metrics=("fvd", "fad", "ib"),
+        num_samples=2048,
+        fps=10.0,
+        seconds=1.6,
+        resolution="as generated (MM-Diffusion: 64x64, 256x256 after its SR model)",
+        notes=(
+            "1.6 s clips: audioldm_eval pads them to 2 s, so each gives 2 VGGish rows.",
+            _GROUND_TRUTH,
+        ),
+    )
+
+
 PROTOCOLS: dict[str, Protocol] = {
     p.name: p
     for p in (
@@ -68,32 +86,8 @@ PROTOCOLS: dict[str, Protocol] = {
             resolution="256x256 (32x32 latents of Table 6)",
             notes=("IB-TV and IB-TA need --captions (InstructBLIP captions).", _GROUND_TRUTH),
         ),
-        Protocol(
-            name="mmdisco-landscape",
-            table="MMDisCo (ICLR 2025) Table 2: Landscape, MM-Diffusion base (in-domain)",
-            metrics=("fvd", "fad", "ib"),
-            num_samples=2048,
-            fps=10.0,
-            seconds=1.6,
-            resolution="as generated (MM-Diffusion: 64x64, 256x256 after its SR model)",
-            notes=(
-                "1.6 s clips: audioldm_eval pads them to 2 s, so each gives 2 VGGish rows.",
-                _GROUND_TRUTH,
-            ),
-        ),
-        Protocol(
-            name="mmdisco-aist",
-            table="MMDisCo (ICLR 2025) Table 2: AIST++, MM-Diffusion base (in-domain)",
-            metrics=("fvd", "fad", "ib"),
-            num_samples=2048,
-            fps=10.0,
-            seconds=1.6,
-            resolution="as generated (MM-Diffusion: 64x64, 256x256 after its SR model)",
-            notes=(
-                "1.6 s clips: audioldm_eval pads them to 2 s, so each gives 2 VGGish rows.",
-                _GROUND_TRUTH,
-            ),
-        ),
+        _mm_diffusion_table("mmdisco-landscape", "Landscape"),
+        _mm_diffusion_table("mmdisco-aist", "AIST++"),
         Protocol(
             name="av-benchmark",
             table="hkchengrex/av-benchmark (MMAudio and later): the 2026 audio set",
