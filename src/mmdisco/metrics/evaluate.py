@@ -479,7 +479,7 @@ def metric_info(options: EvalOptions, models: dict[str, Any]) -> dict[str, dict[
         if "fvd" in metrics:
             info["fvd"] = {
                 "reference": getattr(video, "reference", video.name),
-                "version": "fvd2048_16f",
+                "version": "fvd2048_16f" if hasattr(video, "reference") else "offline",
                 "options": fvd_opts,
             }
         if "kvd" in metrics:
