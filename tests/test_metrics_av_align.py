@@ -5,8 +5,8 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from mmdisco.metrics.av_align import (
+    VERSIONS,
     AVAlignConfig,
-    _reference_iou,
     av_align_iou,
     av_align_score,
     detect_audio_peaks,
@@ -60,16 +60,20 @@ def test_shifted_audio_scores_low():
     assert av_align_score(video, FPS, half, SR) == pytest.approx(1 / 3)
 
 
-def test_one_to_many_reference_exceeds_one_but_ours_does_not():
+def test_2023_version_exceeds_one_and_2025_does_not():
     # Three onsets 80 ms apart around a single video peak, detected with the original 32 ms
-    # onset interval: the official formula counts all three as matches -> 3 / (3 + 1 - 3).
+    # onset interval: the 2023 formula counts all three as matches -> 3 / (3 + 1 - 3).
     video = jumping_square({16})
     audio = clicks([16 / FPS - 0.08, 16 / FPS, 16 / FPS + 0.08])
     onsets = detect_audio_peaks(audio, SR, FPS, AVAlignConfig(min_onset_spacing=0.032))
     peaks = detect_video_peaks(video, FPS)
     assert len(onsets) == 3 and len(peaks) == 1
-    assert _reference_iou(onsets, peaks, FPS) == pytest.approx(3.0)
+    assert av_align_iou(onsets, peaks, FPS, matching="one_to_many") == pytest.approx(3.0)
     assert av_align_iou(onsets, peaks, FPS) == pytest.approx(1 / 3)
+    old = AVAlignConfig.version("2023-10-26", min_onset_spacing=0.032)
+    new = AVAlignConfig.version("2025-02-13", min_onset_spacing=0.032)
+    assert av_align_score(video, FPS, audio, SR, old) == pytest.approx(3.0)
+    assert av_align_score(video, FPS, audio, SR, new) == pytest.approx(1 / 3)
 
 
 def test_wait_follows_the_paper_setting():
@@ -100,11 +104,58 @@ def test_matching_is_maximum_one_to_one_and_bounded():
     assert np.isnan(av_align_iou([], [], FPS))
 
 
-def test_video_peaks_ignore_float_noise_on_still_frames(monkeypatch):
-    """Rises of ~1e-9 px (Farneback's noise on still frames, whose last bits vary between
-    processes) are not peaks; a real motion peak is."""
+def test_flow_threshold_of_the_2025_version(monkeypatch):
+    """Maxima below 0.1 px (Farneback's noise on still frames) are not peaks in 2025; the
+    2023 script counted every strict maximum."""
     from mmdisco.metrics import av_align
 
-    traj = np.array([0.0, 1e-9, 0.0, 1.0, 0.0, 2e-9, 0.0, 0.5, 0.4])
+    traj = np.array([0.0, 1e-9, 0.0, 1.0, 0.0, 0.09, 0.0, 0.5, 0.4])
     monkeypatch.setattr(av_align, "flow_trajectory", lambda frames: traj)
-    assert np.array_equal(detect_video_peaks(np.zeros((9, 2, 2, 3), np.uint8), 8.0) * 8, [3, 7])
+    frames = np.zeros((9, 2, 2, 3), np.uint8)
+    assert np.array_equal(detect_video_peaks(frames, 8.0) * 8, [3, 7])
+    assert np.array_equal(detect_video_peaks(frames, 8.0, flow_threshold=0.0) * 8, [1, 3, 5, 7])
+
+
+def reference_iou_2023(audio_peaks, video_peaks, fps):
+    """TempoTokens av_align.py at 2023-10-26, transcribed."""
+    intersection_length = 0
+    for audio_peak in audio_peaks:
+        for video_peak in video_peaks:
+            if video_peak - 1 / fps < audio_peak < video_peak + 1 / fps:
+                intersection_length += 1
+                break
+    return intersection_length / (len(audio_peaks) + len(video_peaks) - intersection_length)
+
+
+def reference_iou_2025(audio_peaks, video_peaks, fps):
+    """TempoTokens av_align.py at 2025-02-13, transcribed."""
+    intersection_length = 0
+    used_video_peaks = [False] * len(video_peaks)
+    for audio_peak in audio_peaks:
+        for j, video_peak in enumerate(video_peaks):
+            if not used_video_peaks[j] and video_peak - 1 / fps < audio_peak < video_peak + 1 / fps:
+                intersection_length += 1
+                used_video_peaks[j] = True
+                break
+    return intersection_length / (len(audio_peaks) + len(video_peaks) - intersection_length)
+
+
+def test_both_versions_equal_the_published_scripts():
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        a = np.sort(rng.uniform(0, 2, rng.integers(0, 9)))
+        v = np.sort(rng.uniform(0, 2, rng.integers(1, 9)))
+        assert av_align_iou(a, v, FPS, matching="one_to_many") == reference_iou_2023(a, v, FPS)
+        assert av_align_iou(a, v, FPS) == reference_iou_2025(a, v, FPS)
+
+
+def test_versions_are_named_and_recorded():
+    assert AVAlignConfig() == AVAlignConfig.version("2025-02-13")
+    assert AVAlignConfig().version_name == "2025-02-13"
+    assert AVAlignConfig.version("2023-10-26").version_name == "2023-10-26"
+    assert AVAlignConfig(flow_threshold=0.5).version_name == "custom"
+    assert set(VERSIONS) == {"2023-10-26", "2025-02-13"}
+    with pytest.raises(ValueError, match="unknown AV-Align version '2024'"):
+        AVAlignConfig.version("2024")
+    with pytest.raises(ValueError, match="matching must be one of"):
+        AVAlignConfig(matching="nearest")

@@ -108,8 +108,18 @@ def test_cli_offline_writes_labelled_report(dirs, tmp_path):
     assert report["counts"]["generated"] == {
         "ok": 4,
         "skipped": 1,
-        "feature_rows": {"audio": 4, "video": 4},
+        "audio_from_sibling_file": 0,
+        "used": {
+            "audio": {"samples": 4, "feature_rows": 4},
+            "video": {"samples": 4, "feature_rows": 4},
+            "av_align": 4,
+        },
+        "skipped_per_metric": {},
     }
+    info = report["metric_info"]
+    assert info["av_align"]["version"] == "2025-02-13"
+    assert info["av_align"]["options"]["matching"] == "one_to_one"
+    assert info["kvd"]["reference"] == "researchmm/MM-Diffusion polynomial_mmd"
     (skipped,) = report["skipped"]
     assert skipped["path"].endswith("broken.mp4") and skipped["reason"]
     table = (out / "metrics.md").read_text()

@@ -109,3 +109,23 @@ def test_kernel_distance_same_vs_shifted():
         _brute_force_mmd(x, x), rel=1e-10
     )
     assert abs(_brute_force_mmd(x, x)) < 0.1 * shifted
+
+
+def test_polynomial_mmd_is_mm_diffusions_kvd():
+    from mmdisco.metrics.stats import polynomial_mmd
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((7, 3)), rng.standard_normal((5, 3)) + 0.5
+
+    def k(a, b):  # sklearn polynomial_kernel(degree=3, gamma=1/d, coef0=1), one pair
+        return (a @ b / 3 + 1) ** 3
+
+    xx = sum(k(x[i], x[j]) for i in range(7) for j in range(7) if i != j) / (7 * 6)
+    yy = sum(k(y[i], y[j]) for i in range(5) for j in range(5) if i != j) / (5 * 4)
+    xy = sum(k(a, b) for a in x for b in y) / (7 * 5)
+    assert polynomial_mmd(x, y) == pytest.approx(xx + yy - 2 * xy, rel=1e-12)
+    # With equal sizes it is StyleGAN2-ADA's estimate on one subset holding every row.
+    z = rng.standard_normal((5, 3))
+    assert polynomial_mmd(z, y) == pytest.approx(kernel_distance(z, y, 1, 5), rel=1e-12)
+    with pytest.raises(ValueError, match="need at least 2 rows"):
+        polynomial_mmd(x[:1], y)

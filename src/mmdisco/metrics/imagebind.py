@@ -4,14 +4,16 @@ The ImageBind-Huge encoders live in :mod:`mmdisco.metrics.imagebind_model`; any 
 exposing ``embed(modality, batch) -> (n, D)`` can stand behind :class:`EmbeddingModel`.
 What is implemented follows facebookresearch/ImageBind ``data.py``:
 
-* audio: mono, resample to 16 kHz, 3 clips of 2 s evenly spaced over the clip
-  (pytorchvideo ``ConstantClipsPerVideoSampler``), waveform minus its mean, Kaldi fbank
-  (128 mel bins, 25 ms Hann window, 10 ms shift, dither 0, pre-emphasis 0.97, DC removal,
-  low 20 Hz, no energy), pad/crop to 204 frames, normalise with mean -4.268 / std 9.138
-  -> (3, 1, 128, 204).
-* vision (video): 5 clips of 2 s evenly spaced, 2 frames uniformly per clip, short side
-  scaled to 224 (bilinear), CLIP mean/std normalisation, 3 spatial crops of 224
-  -> (15, 3, 2, 224, 224).
+* audio: every channel resampled to 16 kHz (torchaudio's sinc filter), 3 clips of 2 s evenly
+  spaced over the clip (pytorchvideo ``ConstantClipsPerVideoSampler``, exact fractions), each
+  clip minus its mean over all channels, Kaldi fbank of channel 0 (128 mel bins, 25 ms Hann
+  window, 10 ms shift, dither 0, pre-emphasis 0.97, DC removal, low 20 Hz, no energy),
+  pad/crop to 204 frames, normalise with mean -4.268 / std 9.138 -> (3, 1, 128, 204).
+* vision (video): 5 clips of 2 s evenly spaced; frames ``ceil(fps * start)`` to
+  ``ceil(fps * end) - 1`` (decord ``get_clip``), of which the first and last
+  (``UniformTemporalSubsample(2)``); short side scaled to 224 with the long side floored
+  (bilinear), CLIP mean/std normalisation, 3 spatial crops of 224 whose centre offset is
+  rounded up -> (15, 3, 2, 224, 224).
 * text: passed through as strings; tokenisation belongs to the model.
 
 The score of a pair is the cosine similarity of the clip-averaged embeddings; the reported
@@ -20,14 +22,16 @@ IB score is its mean over pairs (raw cosine in [-1, 1], not multiplied by 100).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmdisco.metrics.base import resample, to_mono
+from mmdisco.metrics.base import resample
 
 AUDIO_SAMPLE_RATE = 16000
 AUDIO_CLIP_SECONDS = 2.0
@@ -52,9 +56,10 @@ class EmbeddingModel(Protocol):
         ...
 
 
-def clip_starts(duration: float, clip_duration: float, clips: int) -> list[float]:
-    """pytorchvideo ConstantClipsPerVideoSampler: evenly spaced clip start times."""
-    max_start = max(duration - clip_duration, 0.0)
+def clip_starts(duration: float, clip_duration: float, clips: int) -> list[Fraction]:
+    """pytorchvideo ConstantClipsPerVideoSampler: evenly spaced clip start times, exact
+    fractions of the (float) longest start, as the sampler computes them."""
+    max_start = Fraction(max(duration - clip_duration, 0))
     step = max_start / max(clips - 1, 1)
     return [step * i for i in range(clips)]
 
@@ -96,14 +101,21 @@ def kaldi_fbank(
 
 
 def preprocess_audio(samples: np.ndarray, sample_rate: int) -> torch.Tensor:
-    """Audio (N,) or (C, N) -> (3, 1, 128, 204) normalised fbank clips (module docstring)."""
-    mono = resample(to_mono(samples), sample_rate, AUDIO_SAMPLE_RATE)
-    duration = mono.shape[0] / AUDIO_SAMPLE_RATE
+    """Audio (N,) or (C, N) -> (3, 1, 128, 204) normalised fbank clips, as ``data.py``'s
+    ``load_and_transform_audio_data``: every channel resampled to 16 kHz with torchaudio's
+    sinc filter, clips cut at ``int(t * 16000)``, each clip minus its mean over all
+    channels, and Kaldi's fbank reading channel 0."""
+    audio = np.asarray(samples, np.float32)
+    audio = audio[None] if audio.ndim == 1 else audio
+    if audio.ndim != 2:
+        raise ValueError(f"audio must be (N,) or (C, N), got shape {np.shape(samples)}")
+    audio = resample(audio, sample_rate, AUDIO_SAMPLE_RATE, method="torchaudio")
+    duration = audio.shape[1] / AUDIO_SAMPLE_RATE
     clips = []
     for start in clip_starts(duration, AUDIO_CLIP_SECONDS, AUDIO_CLIPS):
-        a = int(start * AUDIO_SAMPLE_RATE)
-        piece = mono[a : a + int(AUDIO_CLIP_SECONDS * AUDIO_SAMPLE_RATE)]
-        fbank = kaldi_fbank(piece - piece.mean(), AUDIO_SAMPLE_RATE).T  # (128, frames)
+        end = start + int(AUDIO_CLIP_SECONDS)
+        piece = audio[:, int(start * AUDIO_SAMPLE_RATE) : int(end * AUDIO_SAMPLE_RATE)]
+        fbank = kaldi_fbank((piece - piece.mean())[0], AUDIO_SAMPLE_RATE).T  # (128, frames)
         pad = AUDIO_TARGET_FRAMES - fbank.shape[1]
         fbank = np.pad(fbank, ((0, 0), (0, pad))) if pad > 0 else fbank[:, :AUDIO_TARGET_FRAMES]
         clips.append(fbank)
@@ -111,35 +123,51 @@ def preprocess_audio(samples: np.ndarray, sample_rate: int) -> torch.Tensor:
     return (x - AUDIO_MEAN) / AUDIO_STD
 
 
-def _three_crops(x: torch.Tensor, size: int) -> list[torch.Tensor]:
-    """pytorchvideo SpatialCrop(num_crops=3): start / centre / end along the long side."""
+def clip_frame_indices(count: int, fps: float, start: Fraction, end: Fraction) -> list[int]:
+    """Frames of one clip as ``data.py`` decodes them: pytorchvideo's decord ``get_clip``
+    keeps frames ``ceil(fps * start) .. ceil(fps * end) - 1`` (capped at the video's end) and
+    ``UniformTemporalSubsample(2)`` keeps ``linspace(0, t - 1, 2)`` of them, truncated."""
+    first = math.ceil(fps * start)
+    stop = min(math.ceil(fps * end), count)
+    t = stop - first
+    if t < 1:
+        raise ValueError(f"ImageBind clip {float(start):.3f}-{float(end):.3f} s holds no frame")
+    picks = torch.linspace(0, t - 1, VIDEO_FRAMES_PER_CLIP).clamp(0, t - 1).long()
+    return [first + int(i) for i in picks]
+
+
+def short_side_scale(x: torch.Tensor, size: int) -> torch.Tensor:
+    """pytorchvideo ``short_side_scale``: short side -> ``size``, the long side floored,
+    bilinear without antialiasing, on (..., H, W)."""
     h, w = x.shape[-2:]
-    if w >= h:
-        offsets = [0, (w - size) // 2, w - size]
-        return [x[..., (h - size) // 2 : (h - size) // 2 + size, o : o + size] for o in offsets]
-    offsets = [0, (h - size) // 2, h - size]
-    return [x[..., o : o + size, (w - size) // 2 : (w - size) // 2 + size] for o in offsets]
+    new = (math.floor(h / w * size), size) if w < h else (size, math.floor(w / h * size))
+    return F.interpolate(x, size=new, mode="bilinear", align_corners=False)
+
+
+def three_crops(x: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """ImageBind ``SpatialCrop(num_crops=3)`` (slowfast ``uniform_crop``): start, centre
+    (offset rounded up) and end along the long side, centred on the short side."""
+    h, w = x.shape[-2:]
+    y0, x0 = math.ceil((h - size) / 2), math.ceil((w - size) / 2)
+    if h > w:
+        return [x[..., o : o + size, x0 : x0 + size] for o in (0, y0, h - size)]
+    return [x[..., y0 : y0 + size, o : o + size] for o in (0, x0, w - size)]
 
 
 def preprocess_video(frames: np.ndarray, fps: float) -> torch.Tensor:
-    """uint8 (F, H, W, 3) -> (15, 3, 2, 224, 224) normalised clips x crops (module docstring)."""
+    """uint8 (F, H, W, 3) -> (15, 3, 2, 224, 224): 5 clips x 3 crops, as ``data.py``'s
+    ``load_and_transform_video_data`` (duration = F / fps, the decord reader's)."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"video frames must be (F, H, W, 3), got shape {frames.shape}")
     count = frames.shape[0]
+    mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
     clips = []
     for start in clip_starts(count / fps, VIDEO_CLIP_SECONDS, VIDEO_CLIPS):
-        first = round(start * fps)
-        last = min(count, first + round(VIDEO_CLIP_SECONDS * fps)) - 1
-        idx = np.linspace(first, max(first, last), VIDEO_FRAMES_PER_CLIP).round().astype(int)
+        idx = clip_frame_indices(count, fps, start, start + int(VIDEO_CLIP_SECONDS))
         clip = torch.from_numpy(frames[idx]).float().permute(0, 3, 1, 2) / 255.0  # (T, 3, H, W)
-        h, w = clip.shape[-2:]
-        scale = VISION_SIZE / min(h, w)
-        size = (max(VISION_SIZE, round(h * scale)), max(VISION_SIZE, round(w * scale)))
-        clip = F.interpolate(clip, size=size, mode="bilinear", align_corners=False)
-        mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
-        clip = ((clip - mean) / std).permute(1, 0, 2, 3)  # (3, T, H, W)
-        clips.extend(_three_crops(clip, VISION_SIZE))
+        clip = (short_side_scale(clip, VISION_SIZE) - mean) / std
+        clips.extend(three_crops(clip.permute(1, 0, 2, 3), VISION_SIZE))  # (3, T, H, W) each
     return torch.stack(clips)
 
 

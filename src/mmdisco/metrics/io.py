@@ -7,6 +7,9 @@ A directory of samples may mix
   file inside (``audio.wav``); their frame rate is the ``fps`` argument.
 
 Video files are decoded by ``mmdisco.media.read_mp4`` (PyAV, AAC priming compensated).
+A video file's audio comes from a sibling audio file with the same stem (``x.mp4`` +
+``x.wav``) when there is one: the reference scripts read wav files, and AAC shifts the
+log-mel and adds spurious onsets. Such a sibling is not listed as a sample of its own.
 """
 
 from __future__ import annotations
@@ -33,10 +36,22 @@ class MediaItem:
     path: Path
     video: VideoClip | None
     audio: AudioClip | None
+    audio_path: Path | None = None  # where the audio was read from (None: no audio)
 
 
-def list_media(directory: str | Path) -> list[Path]:
-    """Sorted sample paths in ``directory`` (files by suffix, frame folders)."""
+def sibling_audio(path: Path) -> Path | None:
+    """The audio file next to a video file with the same stem, if any (first by suffix)."""
+    for suffix in AUDIO_SUFFIXES:
+        candidate = path.with_suffix(suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def list_media(directory: str | Path, prefer_sibling_audio: bool = True) -> list[Path]:
+    """Sorted sample paths in ``directory`` (files by suffix, frame folders); with
+    ``prefer_sibling_audio`` an audio file next to a same-stem video file belongs to that
+    video and is not a sample of its own."""
     directory = Path(directory)
     if not directory.is_dir():
         raise NotADirectoryError(f"not a directory: {directory}")
@@ -47,6 +62,9 @@ def list_media(directory: str | Path) -> list[Path]:
             p.is_dir() and any(c.suffix.lower() in IMAGE_SUFFIXES for c in p.iterdir())
         ):
             items.append(p)
+    if prefer_sibling_audio:
+        videos = {p.stem for p in items if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES}
+        items = [p for p in items if not (p.suffix.lower() in AUDIO_SUFFIXES and p.stem in videos)]
     return items
 
 
@@ -83,15 +101,21 @@ def read_frame_folder(path: Path, fps: float) -> tuple[VideoClip, AudioClip | No
     return VideoClip(np.stack(frames), fps), audio
 
 
-def load_media(path: str | Path, fps: float = 8.0) -> MediaItem:
+def load_media(path: str | Path, fps: float = 8.0, prefer_sibling_audio: bool = True) -> MediaItem:
     """Load one sample; raises (with the reason) on corrupt or unsupported input."""
     path = Path(path)
+    audio_path = path
     if path.is_dir():
         video, audio = read_frame_folder(path, fps)
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+        audio_path = found[0] if found else None
     elif path.suffix.lower() in AUDIO_SUFFIXES:
         video, audio = None, read_audio_file(path)
     elif path.suffix.lower() in VIDEO_SUFFIXES:
+        sibling = sibling_audio(path) if prefer_sibling_audio else None
         video, audio = read_video_file(path)
+        if sibling is not None:
+            audio, audio_path = read_audio_file(sibling), sibling
     else:
         raise ValueError(f"unsupported media type {path.suffix!r}")
-    return MediaItem(path, video, audio)
+    return MediaItem(path, video, audio, audio_path if audio is not None else None)

@@ -1,8 +1,9 @@
 """Distribution distances between feature sets: Fréchet distance and kernel (KID/KVD) MMD.
 
-Both follow the reference code the published numbers come from (StyleGAN2-ADA / StyleGAN-V
-``metrics/frechet_*`` and ``kernel_inception_distance.py``), so, given the same features,
-the values agree with those scripts.
+Both follow the reference code the published numbers come from, so, given the same features,
+the values agree with those scripts: the Fréchet distance of pytorch-fid / StyleGAN-V /
+audioldm_eval, the KVD of MM-Diffusion (``polynomial_mmd``: one unbiased estimate on all
+rows) and the subset-averaged KID of StyleGAN2-ADA (``compute_kid``).
 """
 
 from __future__ import annotations
@@ -98,6 +99,28 @@ def frechet_distance_from_features(feats1: np.ndarray, feats2: np.ndarray, **kwa
     return frechet_distance(
         GaussianStats.from_features(feats1), GaussianStats.from_features(feats2), **kwargs
     )
+
+
+KVD_MODES = ("mmdiffusion", "subsets")
+
+
+def polynomial_mmd(feats_gen: np.ndarray, feats_real: np.ndarray) -> float:
+    """Unbiased polynomial-kernel MMD^2 on all rows at once (MM-Diffusion's KVD).
+
+    k(x, y) = (x.y / d + 1)^3 (sklearn's ``polynomial_kernel`` defaults); the within-set
+    kernel means exclude their diagonals, the cross term keeps all m x n entries, so the sets
+    may differ in size. Unbiased: slightly negative values are possible.
+    """
+    x, y = _as_2d(feats_gen, "feats_gen"), _as_2d(feats_real, "feats_real")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"feature dims differ: {x.shape[1]} vs {y.shape[1]}")
+    m, n, d = x.shape[0], y.shape[0], x.shape[1]
+    if min(m, n) < 2:
+        raise ValueError(f"need at least 2 rows in each set, got {x.shape}, {y.shape}")
+    k_xx, k_yy, k_xy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
+    xx = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
+    yy = (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
+    return float(xx + yy - 2 * k_xy.mean())
 
 
 def kernel_distance(

@@ -9,6 +9,10 @@ The network keeps torchvggish's module layout (``features.*``, ``embeddings.*``)
 harritaylor/torchvggish state dict converts by a plain format change. Like
 ``audioldm_eval`` (``use_pca=False, use_activation=False``) the embedding is the 128-d output
 of the last linear layer, before its ReLU and without the PCA/quantisation postprocessor.
+
+The waveform reaches the network as audioldm_eval feeds it (``audio_input="audioldm_eval"``,
+the default: channel 0, mean removed, torchaudio sinc resampling, padded to 2 s) or as plain
+torchvggish does (``"torchvggish"``: channel mean, no padding); see docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmdisco.metrics.base import AudioClip, load_weights, resample, to_mono
+from mmdisco.metrics.base import AudioClip, first_channel, load_weights, resample, to_mono
 
 SAMPLE_RATE = 16000
 STFT_WINDOW_SECONDS = 0.025
@@ -73,12 +77,34 @@ def log_mel_spectrogram(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) ->
     return np.log(magnitude @ mel_matrix(magnitude.shape[1], sample_rate) + LOG_OFFSET)
 
 
-def waveform_to_examples(samples: np.ndarray, sample_rate: int) -> torch.Tensor:
+# How the waveform reaches VGGish (docs/metrics.md, "FAD inputs").
+AUDIO_INPUTS = ("audioldm_eval", "torchvggish")
+AUDIOLDM_EVAL_MIN_SAMPLES = 32000  # audioldm_eval pads shorter clips to 2 s at 16 kHz
+
+
+def audioldm_eval_waveform(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """audioldm_eval ``WaveDataset.read_from_file``: channel 0, minus its mean, torchaudio
+    sinc resampling to 16 kHz, zero-padded at the end to at least 2 s."""
+    audio = first_channel(samples)
+    audio = resample(audio - audio.mean(), sample_rate, SAMPLE_RATE, method="torchaudio")
+    return np.pad(audio, (0, max(0, AUDIOLDM_EVAL_MIN_SAMPLES - audio.shape[0])))
+
+
+def waveform_to_examples(
+    samples: np.ndarray, sample_rate: int, audio_input: str = "torchvggish"
+) -> torch.Tensor:
     """Audio (N,) or (C, N) in [-1, 1] -> VGGish input (n, 1, 96, 64) float32.
 
-    Clips shorter than 0.96 s give n = 0 rows (the reference behaves the same way).
+    ``audio_input="torchvggish"``: channel mean, resampling to 16 kHz (soxr; torchvggish uses
+    resampy); a clip shorter than 0.96 s gives n = 0 rows. ``"audioldm_eval"``: the input of
+    the FAD in audioldm_eval (:func:`audioldm_eval_waveform`), e.g. 2 rows for a 1.6 s clip.
     """
-    mono = resample(to_mono(samples), sample_rate, SAMPLE_RATE)
+    if audio_input == "audioldm_eval":
+        mono = audioldm_eval_waveform(samples, sample_rate)
+    elif audio_input == "torchvggish":
+        mono = resample(to_mono(samples), sample_rate, SAMPLE_RATE)
+    else:
+        raise ValueError(f"unknown audio_input {audio_input!r}; choose from {AUDIO_INPUTS}")
     log_mel = log_mel_spectrogram(mono, SAMPLE_RATE)
     examples = _frame(log_mel, EXAMPLE_FRAMES, EXAMPLE_HOP_FRAMES)
     return torch.from_numpy(examples.astype(np.float32)).unsqueeze(1)
@@ -130,6 +156,7 @@ class VGGishExtractor:
 
     name = "vggish"
     modality = "audio"
+    reference = "haoheliu/audioldm_eval (FAD) with harritaylor/torchvggish"
 
     def __init__(
         self,
@@ -137,7 +164,11 @@ class VGGishExtractor:
         config: VGGishConfig | None = None,
         device: str = "cpu",
         batch_size: int = 64,
+        audio_input: str = "audioldm_eval",
     ) -> None:
+        if audio_input not in AUDIO_INPUTS:
+            raise ValueError(f"unknown audio_input {audio_input!r}; choose from {AUDIO_INPUTS}")
+        self.audio_input = audio_input
         self.model = VGGish(config).eval().to(device)
         if weights is not None:
             load_weights(self.model, weights)
@@ -146,7 +177,7 @@ class VGGishExtractor:
         self.device, self.batch_size = device, batch_size
 
     def preprocess(self, media: AudioClip) -> torch.Tensor:
-        return waveform_to_examples(media.samples, media.sample_rate)
+        return waveform_to_examples(media.samples, media.sample_rate, self.audio_input)
 
     @torch.no_grad()
     def __call__(self, media: AudioClip) -> np.ndarray:

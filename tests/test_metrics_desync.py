@@ -1,0 +1,99 @@
+"""DeSync protocol (av-benchmark) around a user-supplied Synchformer-interface model."""
+
+import numpy as np
+import pytest
+import torch
+
+from mmdisco.metrics.base import AudioClip, VideoClip
+from mmdisco.metrics.desync import (
+    OFFSETS,
+    WINDOW_SECONDS,
+    DeSync,
+    SyncModel,
+    log_mel,
+    mel_filters,
+    preprocess_audio,
+    preprocess_video,
+    retime_indices,
+)
+
+
+def test_retiming_follows_ffmpegs_fps_filter():
+    # 8 fps -> 25 fps: input frame i lands in slot floor(i * 25 / 8 + 0.5); slots keep the
+    # latest frame at or before them (slots 0, 3, 6, 9, 13, ...).
+    idx = retime_indices(16, 8.0, 25.0, 10)
+    assert idx.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
+    assert retime_indices(50, 25.0, 25.0, 50).tolist() == list(range(50))
+    assert retime_indices(100, 50.0, 25.0, 3).tolist() == [0, 2, 4]  # slot k: frames 2k-1, 2k
+
+
+def test_mel_filters_are_torchaudios_htk_triangles():
+    fb = mel_filters().numpy()  # (513, 128)
+    hz = np.linspace(0, 8000, 513)
+    mel = lambda f: 2595 * np.log10(1 + f / 700)  # noqa: E731
+    edges = 700 * (10 ** (np.linspace(mel(0), mel(8000), 130) / 2595) - 1)
+    i = 40
+    down = (hz - edges[i]) / (edges[i + 1] - edges[i])
+    up = (edges[i + 2] - hz) / (edges[i + 2] - edges[i + 1])
+    assert np.allclose(fb[:, i], np.maximum(0, np.minimum(down, up)), atol=1e-6)
+
+
+def test_audio_segments_and_normalisation():
+    rng = np.random.default_rng(0)
+    audio = AudioClip((0.1 * rng.standard_normal(16000 * 8)).astype(np.float32), 16000)
+    x = preprocess_audio(audio)
+    assert x.shape == (24, 1, 128, 66)  # (128000 - 10240) // 5120 + 1 segments
+    # The 66th frame is the zero padding of log-mel, normalised.
+    assert torch.allclose(x[:, 0, :, 65], torch.full((24, 128), 4.2677393 / (2 * 4.5689974)))
+    # Segment 3 starts at 3 x 5120 samples.
+    seg = torch.from_numpy(audio.samples[3 * 5120 : 3 * 5120 + 10240])[None]
+    assert torch.allclose(x[3], log_mel(seg), atol=1e-5)
+    with pytest.raises(ValueError, match=r"shorter than DeSync's 8\.0 s"):
+        preprocess_audio(AudioClip(audio.samples[: 16000 * 2], 16000))
+
+
+def test_video_segments_crop_and_scale():
+    frames = np.zeros((64, 90, 160, 3), np.uint8)  # 8 s at 8 fps
+    frames[:, :, :, 0] = 255
+    x = preprocess_video(VideoClip(frames, 8.0))
+    assert x.shape == (24, 16, 3, 224, 224)  # 200 frames, 16 every 8
+    assert torch.allclose(x[:, :, 0], torch.ones(1)) and torch.allclose(x[:, :, 1], -torch.ones(1))
+    with pytest.raises(ValueError, match=r"shorter than DeSync's 8\.0 s"):
+        preprocess_video(VideoClip(frames[:16], 8.0))
+
+
+class _StubSync:
+    """Synchformer's interface; the 'predicted' offset class is read off the audio input."""
+
+    def __init__(self, first: int, last: int):
+        self.first, self.last, self.calls = first, last, []
+
+    def extract_vfeats(self, vis):
+        return torch.arange(vis.shape[1], dtype=torch.float32)[None, :, None, None].expand(
+            1, -1, 8, 4
+        )
+
+    def extract_afeats(self, aud):
+        return torch.arange(aud.shape[1], dtype=torch.float32)[None, :, None, None].expand(
+            1, -1, 6, 4
+        )
+
+    def compare_v_a(self, vis, aud):
+        segments = aud[0, :, 0, 0].long().tolist()
+        self.calls.append(segments)
+        logits = torch.zeros(1, 21)
+        logits[0, self.first if segments[0] == 0 else self.last] = 1
+        return logits
+
+
+def test_desync_averages_the_first_and_last_window():
+    assert isinstance(_StubSync(0, 0), SyncModel)
+    assert pytest.approx(4.8) == WINDOW_SECONDS
+    stub = _StubSync(first=13, last=4)  # offsets +0.6 s and -1.2 s
+    video = VideoClip(np.zeros((64, 32, 32, 3), np.uint8), 8.0)
+    audio = AudioClip(np.zeros(16000 * 8, np.float32), 16000)
+    assert DeSync(stub)(video, audio) == pytest.approx((0.6 + 1.2) / 2, abs=1e-6)
+    assert stub.calls == [list(range(14)), list(range(10, 24))]
+    assert float(OFFSETS[10]) == 0.0
+    with pytest.raises(ValueError, match=r"DeSync needs at least 4\.8 s"):
+        DeSync(stub, seconds=4.0)
