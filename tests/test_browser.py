@@ -221,7 +221,10 @@ def test_study_votes_survive_a_killed_server(browser, tmp_path):
         assert "guided" not in browser.page_source  # blind: no system names, no file names
         screenshot(browser, "study.png")
 
-        votes = [{"alignment": "right", "quality": "left"}, {"alignment": "left", "quality": "none"}]
+        votes = [
+            {"alignment": "right", "quality": "left"},
+            {"alignment": "left", "quality": "none"},
+        ]
         for k, vote in enumerate(votes):
             assert not browser.find_element(By.ID, "submit").is_enabled()
             for question, choice in vote.items():
