@@ -171,9 +171,16 @@ def test_app_generates_and_plays_both_clips(browser, tmp_path):
         assert "num_inference_steps must be a positive integer, got -3" in status()
         assert "Traceback" not in browser.page_source
 
-        set_number("steps", "25")
+        # Long enough for the sampler's progress to show in the page.
+        set_number("steps", "150")
         set_number("seed", "4")
         browser.find_element(By.ID, "generate").click()
+
+        def progress_shown(driver) -> bool:
+            texts = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".meta-text")]
+            return any("/150 steps" in t for t in texts)
+
+        wait_for(browser, progress_shown, 60, "the progress of sampling")
         wait_for(browser, lambda d: status() == "seed 4", 180, "the generation")
         for side in ("unguided", "guided"):
             assert_plays(browser, f"#{side} video", width=128)

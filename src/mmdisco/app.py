@@ -254,49 +254,61 @@ def build_page(pipe: MMDisCoPipeline, out_dir: str | os.PathLike) -> Any:
                 )
 
         # Gradio finds the progress tracker by this default (its documented idiom).
-        def generate(*values: Any, progress: Any = gr.Progress(track_tqdm=True)) -> tuple:  # noqa: B008
-            fields = dict(zip(names, values, strict=True))
+        def generate(
+            choice: str | None,
+            prompt: str | None,
+            negative: str | None,
+            seed: float | None,
+            steps: float | None,
+            audio_scale: float | None,
+            video_scale: float | None,
+            lo: float | None,
+            hi: float | None,
+            audio_cfg: float | None,
+            video_cfg: float | None,
+            progress: Any = gr.Progress(track_tqdm=True),  # noqa: B008
+        ) -> tuple:
             call = {
-                "num_inference_steps": fields["steps"],
-                "audio_guidance_scale": fields["audio_scale"],
-                "video_guidance_scale": fields["video_scale"],
-                "guidance_window": (fields["lo"], fields["hi"]),
+                "num_inference_steps": steps,
+                "audio_guidance_scale": audio_scale,
+                "video_guidance_scale": video_scale,
+                "guidance_window": (lo, hi),
             }
             if not world:
-                call["audio_cfg_scale"] = fields["audio_cfg"]
-                call["video_cfg_scale"] = fields["video_cfg"]
-            cls = fields.get("choice")
+                call |= {"audio_cfg_scale": audio_cfg, "video_cfg_scale": video_cfg}
             try:
-                if any(v is None for v in call["guidance_window"]):
+                if lo is None or hi is None:
                     raise ValueError("the guidance window needs both ends")
                 result = compare(
                     pipe,
                     out_dir,
-                    fields["seed"],
-                    world_class=None if cls in (None, ANY_CLASS) else class_names().index(cls),
-                    prompt=fields.get("prompt"),
-                    negative_prompt=fields.get("negative"),
+                    seed,
+                    world_class=None
+                    if choice in (None, ANY_CLASS)
+                    else class_names().index(choice),
+                    prompt=prompt,
+                    negative_prompt=negative,
                     **call,
                 )
             except ValueError as err:
                 return None, "", None, "", f"**Cannot generate:** {err}"
             left, right = result.verdicts or ("", "")
-            note = f"seed {result.seed}" + (
-                f" (first seed from {int(fields['seed'])} with that class)"
-                if result.seed != int(fields["seed"])
-                else ""
-            )
+            note = f"seed {result.seed}"
+            if result.seed != int(seed):
+                note += f" (the first seed from {int(seed)} with that class)"
             return str(result.unguided), left, str(result.guided), right, note
 
-        inputs = {"choice": choice, "prompt": prompt, "negative": negative, "seed": seed}
-        inputs |= {"steps": steps, "audio_scale": audio_scale, "video_scale": video_scale}
-        inputs |= {"lo": lo, "hi": hi}
-        if not world:
-            inputs |= {"audio_cfg": audio_cfg, "video_cfg": video_cfg}
-        names = [k for k, v in inputs.items() if v is not None]
+        # Components a page does not have are passed as None.
+        def given(component: Any) -> Any:
+            return gr.State(None) if component is None else component
+
         run.click(
             generate,
-            inputs=[inputs[k] for k in names],
+            inputs=[
+                given(c)
+                for c in (choice, prompt, negative, seed, steps, audio_scale, video_scale, lo, hi)
+            ]
+            + ([gr.State(None)] * 2 if world else [audio_cfg, video_cfg]),
             outputs=[unguided, unguided_verdict, guided, guided_verdict, status],
         )
     return page
