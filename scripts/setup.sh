@@ -15,3 +15,15 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet -e ".[dev]"
   touch "$stamp"
 fi
+# The browser tests drive Debian's Chromium through its matching driver. Installed as root
+# where missing; elsewhere those tests are skipped, and this says how to get them.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -qq update
+    apt-get -qq install -y -o DPkg::Lock::Timeout=600 chromium chromium-driver >/dev/null
+  else
+    echo "setup: chromium and chromium-driver are missing; the browser tests will be skipped" \
+      "(install them with: sudo apt-get install chromium chromium-driver)" >&2
+  fi
+fi

@@ -39,6 +39,7 @@ REAL_SEED_OFFSET = 50_000  # world clips for the demo stay clear of the base mod
 HELD_OUT_SEED_OFFSET = 60_000
 EVAL_SEED_OFFSET = 70_000
 POOL_CONFIG = "pooling.json"
+SUM_CONFIG = "summed.json"
 
 
 @dataclass
@@ -138,6 +139,16 @@ class DemoSettings:
             upscale=2,
         )
 
+    def sample_settings(self) -> SampleSettings:
+        """How the comparison samples: sampler, steps, guidance scales and window."""
+        return SampleSettings(
+            self.sample_steps,
+            self.sample_scheduler,
+            self.guidance_scale_audio,
+            self.guidance_scale_video,
+            window=tuple(self.guidance_window),
+        )
+
     def train_config(self, head: str) -> TrainConfig:
         """``train`` with ``head_train[head]`` applied."""
         return dataclasses.replace(self.train, **self.head_train.get(head, {}))
@@ -171,8 +182,8 @@ class PooledDiscriminator(nn.Module):
             audio = F.avg_pool1d(audio, self.audio_pool)
         return self.disc(audio, video, t_audio, t_video, **kw)
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        self.disc.save_pretrained(directory)
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
+        self.disc.save_pretrained(directory, dtype=dtype)
         write_json_atomic(
             Path(directory) / POOL_CONFIG,
             {"video_pool": self.video_pool, "audio_pool": self.audio_pool},
@@ -196,11 +207,25 @@ class SummedDiscriminators(nn.Module):
     def forward(self, audio: Tensor, video: Tensor, t_audio: Tensor, t_video: Tensor, **kw: Any):
         return sum(d(audio, video, t_audio, t_video, **kw) for d in self.discs)
 
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Each part in ``directory/part_{i}``, listed in ``directory/summed.json``."""
+        parts = [f"part_{i}" for i in range(len(self.discs))]
+        for name, disc in zip(parts, self.discs, strict=True):
+            disc.save_pretrained(Path(directory) / name, dtype=dtype)
+        write_json_atomic(Path(directory) / SUM_CONFIG, {"parts": parts})
+
 
 def load_discriminator(directory: str | Path, device: str = "cpu") -> nn.Module:
-    """A discriminator saved by ``Discriminator`` or :class:`PooledDiscriminator`."""
+    """A discriminator saved by ``Discriminator``, :class:`PooledDiscriminator` or
+    :class:`SummedDiscriminators`: the one loader for every saved discriminator."""
     from mmdisco.discriminator import Discriminator
 
+    sum_file = Path(directory) / SUM_CONFIG
+    if sum_file.exists():
+        parts = json.loads(sum_file.read_text())["parts"]
+        return SummedDiscriminators(
+            *(load_discriminator(Path(directory) / p, device) for p in parts)
+        )
     disc = Discriminator.from_pretrained(directory, device)
     pool_file = Path(directory) / POOL_CONFIG
     if pool_file.exists():
@@ -343,13 +368,8 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
 
     if settings.combine_heads and {"mlp", "time_aligned"} <= discs.keys():
         discs[COMBINED] = SummedDiscriminators(discs["mlp"], discs["time_aligned"])
-    sample = SampleSettings(
-        settings.sample_steps,
-        settings.sample_scheduler,
-        settings.guidance_scale_audio,
-        settings.guidance_scale_video,
-        window=tuple(settings.guidance_window),
-    )
+        discs[COMBINED].save_pretrained(out / f"disc_{COMBINED}" / "discriminator")
+    sample = settings.sample_settings()
     eval_seed = EVAL_SEED_OFFSET + settings.seed
     media: dict[str, tuple[Tensor, Tensor]] = {}
     report: dict[str, Any] = {}

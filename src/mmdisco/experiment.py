@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from mmdisco.base_models.base import BaseModel, PromptEmbeds
-from mmdisco.config import BaseModelConfig, ConfigError, ExperimentConfig
+from mmdisco.config import BaseModelConfig, ConfigError, ExperimentConfig, SamplingConfig
 from mmdisco.diffusion import DiscreteSchedule, NoiseSchedule
 from mmdisco.media import write_mp4
 from mmdisco.sampling import GuidanceOptions, Stream, joint_sample
@@ -50,14 +50,18 @@ AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000
 
 
 def make_sampler(model: BaseModel, cfg: ExperimentConfig) -> Any:
-    """The configured sampler (``sampling.scheduler``) for a discrete-time model.
+    """The configured sampler (``sampling.scheduler``) for ``model``: :func:`scheduler_for`."""
+    return scheduler_for(model, cfg.sampling)
+
+
+def scheduler_for(model: BaseModel, s: SamplingConfig) -> Any:
+    """The sampler ``s.scheduler`` for a discrete-time model.
 
     Models with their own continuous-time path (Stable Audio's cosine v-prediction, LTX's
     flow matching) keep the scheduler their pipeline uses; so does ``scheduler: default``.
     """
     import diffusers
 
-    s = cfg.sampling
     if s.scheduler == "default" or not isinstance(model.schedule, DiscreteSchedule):
         return model.make_scheduler()
     cls = getattr(diffusers, s.scheduler, None)
@@ -157,22 +161,24 @@ class ConfiguredModel(BaseModel):
 
 def load_models(cfg: ExperimentConfig, device: str | torch.device = "cpu") -> tuple[Any, Any]:
     """Both base models, loaded as their pipelines load; a failure names the config section."""
+    return load_model(cfg.audio, "audio", device), load_model(cfg.video, "video", device)
+
+
+def load_model(spec: BaseModelConfig, name: str, device: str | torch.device = "cpu") -> Any:
+    """One base model as ``spec`` describes it; a failure's message starts with ``name``."""
     from mmdisco.base_models import load_base_model
 
-    models = []
-    for name, spec in (("audio", cfg.audio), ("video", cfg.video)):
-        kwargs = dict(spec.options)
-        if spec.torch_dtype:
-            kwargs["torch_dtype"] = getattr(torch, spec.torch_dtype)
-        try:
-            model = load_base_model(spec.adapter, spec.path, **kwargs)
-        except (OSError, ValueError, TypeError) as err:
-            raise ConfigError(
-                f"{name}: cannot load adapter {spec.adapter!r} from {spec.path!r} with options "
-                f"{sorted(spec.options)}: {err}"
-            ) from err
-        models.append(model.to(device))
-    return models[0], models[1]
+    kwargs = dict(spec.options)
+    if spec.torch_dtype:
+        kwargs["torch_dtype"] = getattr(torch, spec.torch_dtype)
+    try:
+        model = load_base_model(spec.adapter, spec.path, **kwargs)
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigError(
+            f"{name}: cannot load adapter {spec.adapter!r} from {spec.path!r} with options "
+            f"{sorted(spec.options)}: {err}"
+        ) from err
+    return model.to(device)
 
 
 def configured(cfg: ExperimentConfig, audio: BaseModel, video: BaseModel) -> tuple[Any, Any]:
@@ -410,7 +416,8 @@ class SampleRun:
     paths: list[Path]
 
 
-def _disc_config(disc: Any) -> Any:
+def disc_config_of(disc: Any) -> Any:
+    """The DiscriminatorConfig of a discriminator or of the one a wrapper holds (or None)."""
     return getattr(disc, "config", None) or getattr(getattr(disc, "disc", None), "config", None)
 
 
@@ -475,7 +482,7 @@ def sample_from_config(
     audio, video = load_models(cfg, device)
     disc_dir = Path(discriminator or Path(cfg.output_dir) / DISCRIMINATOR_DIR)
     disc = load_discriminator(disc_dir, str(device)).eval()
-    dcfg = _disc_config(disc)
+    dcfg = disc_config_of(disc)
     prompts = list(prompts or real_captions(cfg)[: s.batch_size])
     out = Path(out_dir or Path(cfg.output_dir) / SAMPLES_DIR)
     options = GuidanceOptions(window=s.window, cfg_on_discriminator=s.cfg_on_discriminator)

@@ -14,6 +14,9 @@ ADAPTERS: dict[str, str] = {
     "stable_audio": "mmdisco.base_models.stable_audio:StableAudioModel",
     "animatediff": "mmdisco.base_models.animatediff:AnimateDiffModel",
     "ltx_video": "mmdisco.base_models.ltx:LTXVideoModel",
+    # The synthetic world's base models (src/mmdisco/assets/world/{audio,video}).
+    "world_audio": "mmdisco.world.models:WorldAudioModel",
+    "world_video": "mmdisco.world.models:WorldVideoModel",
 }
 
 

@@ -63,3 +63,34 @@ def demo_cmd(
     report = run_demo(out, settings)
     typer.echo(render_markdown(report).split("\nSettings:")[0])
     typer.echo(f"report: {out / 'report.json'}, {out / 'report.md'}")
+
+
+@app.command("build-world-pipeline")
+def build_world_pipeline_cmd(
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="pipeline folder to write (the shipped one: src/mmdisco/assets/world/pipeline)"
+        ),
+    ] = Path("outputs/world-pipeline"),
+    work: Annotated[
+        Path, typer.Option(help="the demo's work folder (fakes, checkpoints; resumable)")
+    ] = Path("outputs/build-world-pipeline"),
+    quick: Annotated[bool, typer.Option(help="a tiny run that checks the build only")] = False,
+    threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default)")] = 1,
+) -> None:
+    """Train the demo's discriminators and write the best as a pipeline folder (float16
+    weights when they guide as the float32 ones did; eval.json records both)."""
+    import torch
+
+    from mmdisco.demo import DemoSettings
+    from mmdisco.world_pipeline import build_world_pipeline
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    settings = DemoSettings.quick() if quick else DemoSettings()
+    result = build_world_pipeline(out, settings, work_dir=work)
+    typer.echo(
+        f"wrote {out} ({result['discriminator']}, {result['weights_dtype']} weights): "
+        f"stored {result['stored_weights']} vs the demo's {result['demo_row_float32']}"
+    )

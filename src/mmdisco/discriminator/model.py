@@ -215,12 +215,16 @@ class Discriminator(nn.Module):
 
     # -- persistence -----------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically)."""
+    def save_pretrained(
+        self, directory: str | os.PathLike[str], dtype: torch.dtype | None = None
+    ) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically);
+        ``dtype`` stores the weights in that type (``from_pretrained`` casts them back)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         write_text_atomic(directory / CONFIG_NAME, self.config.to_json())
-        save_tensors_atomic(directory / WEIGHTS_NAME, self.state_dict(), metadata={"format": "pt"})
+        state = {k: v.to(dtype or v.dtype) for k, v in self.state_dict().items()}
+        save_tensors_atomic(directory / WEIGHTS_NAME, state, metadata={"format": "pt"})
 
     @classmethod
     def from_pretrained(

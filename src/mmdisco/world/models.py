@@ -401,6 +401,10 @@ class WorldAudioModel(WorldDiffusionModel):
         codec = SpectrogramConfig(**config["codec"])
         return (codec.n_bands, codec.n_frames)
 
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.config.sample_rate
+
     def encode(self, media: Tensor) -> Tensor:
         """(N, L) waveform -> (N, n_bands, n_frames) spectrogram."""
         return self.codec.encode(media.to(self.device))
@@ -427,6 +431,12 @@ class WorldVideoModel(WorldDiffusionModel):
     def shape_from_config(cls, config: dict[str, Any]) -> tuple[int, ...]:
         v = config["video"]
         return (v["channels"], v["num_frames"], v["frame_size"], v["frame_size"])
+
+    @property
+    def fps(self) -> float:
+        from mmdisco.world.generator import WorldConfig
+
+        return float(WorldConfig().fps)
 
     def encode(self, media: Tensor) -> Tensor:
         if tuple(media.shape[1:]) != self.latent_shape():
