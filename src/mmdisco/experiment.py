@@ -134,8 +134,8 @@ class ConfiguredModel(BaseModel):
             return self._sampler()
         return self.model.make_scheduler(cls, **overrides)
 
-    def encode(self, media: Tensor) -> Tensor:
-        return self.model.encode(media)
+    def encode(self, media: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self.model.encode(media, generator)
 
     def decode(self, latents: Tensor) -> Tensor:
         return self.model.decode(latents)
@@ -160,25 +160,73 @@ class ConfiguredModel(BaseModel):
 
 
 def load_models(cfg: ExperimentConfig, device: str | torch.device = "cpu") -> tuple[Any, Any]:
-    """Both base models, loaded as their pipelines load; a failure names the config section."""
-    return load_model(cfg.audio, "audio", device), load_model(cfg.video, "video", device)
+    """Both base models (:func:`load_model`), then checked together: their samplers must
+    agree on the number of steps (:func:`check_sampler_steps`)."""
+    audio, video = load_model(cfg.audio, "audio", device), load_model(cfg.video, "video", device)
+    check_sampler_steps(cfg, audio, video)
+    return audio, video
 
 
 def load_model(spec: BaseModelConfig, name: str, device: str | torch.device = "cpu") -> Any:
-    """One base model as ``spec`` describes it; a failure's message starts with ``name``."""
+    """One base model as ``spec`` describes it, moved to ``device`` and run for one denoiser
+    step there (:func:`check_compute`); a failure's message starts with ``name``."""
     from mmdisco.base_models import load_base_model
 
     kwargs = dict(spec.options)
     if spec.torch_dtype:
         kwargs["torch_dtype"] = getattr(torch, spec.torch_dtype)
     try:
-        model = load_base_model(spec.adapter, spec.path, **kwargs)
+        model = load_base_model(
+            spec.adapter, spec.path, allow_bin_weights=spec.allow_bin_weights, **kwargs
+        )
     except (OSError, ValueError, TypeError) as err:
         raise ConfigError(
             f"{name}: cannot load adapter {spec.adapter!r} from {spec.path!r} with options "
             f"{sorted(spec.options)}: {err}"
         ) from err
-    return model.to(device)
+    model = model.to(device)
+    check_compute(name, spec, model)
+    return model
+
+
+def check_compute(name: str, spec: BaseModelConfig, model: BaseModel) -> None:
+    """One denoiser call (batch 1, empty prompt, first sampling timestep) in the model's
+    configured dtype and device, so that a dtype the device cannot run, or weights of mixed
+    dtypes, fail at load with the model and dtype named, not hours into a run."""
+    dtype = spec.torch_dtype or "float32"
+    where = f"{name} ({spec.adapter} from {spec.path!r}, torch_dtype {dtype}, on {model.device})"
+    try:
+        cond = model.encode_prompt([""])
+    except NotImplementedError:  # an unconditional model
+        cond = None
+    try:
+        with torch.no_grad():
+            scheduler = model.make_scheduler()
+            scheduler.set_timesteps(1)
+            x = torch.zeros(1, *model.latent_shape(), device=model.device)
+            out = model.predict(x, scheduler.timesteps[0], cond)
+    except (RuntimeError, NotImplementedError, TypeError) as err:
+        raise ConfigError(f"{where}: one denoiser step failed: {err}") from err
+    if out.dtype != torch.float32 or not torch.isfinite(out).all():
+        raise ConfigError(f"{where}: one denoiser step gave non-finite or non-float32 output")
+
+
+def check_sampler_steps(cfg: ExperimentConfig, audio: BaseModel, video: BaseModel) -> None:
+    """Joint sampling steps both schedulers in lockstep: they must take the same steps."""
+    n = cfg.sampling.num_inference_steps
+    counts = []
+    for model in (audio, video):
+        scheduler = make_sampler(model, cfg)
+        scheduler.set_timesteps(n)
+        counts.append((type(scheduler).__name__, len(scheduler.timesteps)))
+    if counts[0][1] != counts[1][1]:
+        (a_name, a_n), (v_name, v_n) = counts
+        raise ConfigError(
+            f"sampling.scheduler: for num_inference_steps={n} the audio model's {a_name} takes "
+            f"{a_n} steps and the video model's {v_name} {v_n}; joint sampling steps both "
+            "together, so name one scheduler for both (e.g. DDPMScheduler or "
+            "DPMSolverMultistepScheduler) instead of 'default'"
+        )
 
 
 def configured(cfg: ExperimentConfig, audio: BaseModel, video: BaseModel) -> tuple[Any, Any]:
@@ -199,11 +247,17 @@ def _model_summary(spec: BaseModelConfig) -> dict[str, Any]:
 
 def check_clip_spec(cfg: ExperimentConfig, audio: BaseModel, video: BaseModel) -> None:
     """Fail early, naming the fields, when the data's clips do not fit the base models."""
-    spec = cfg.clip_spec()
+    spec = cfg.clip_spec(audio)
     rate = getattr(audio, "sample_rate", None)
     if rate is not None and rate != spec.sample_rate:
         raise ConfigError(
             f"data.sample_rate is {spec.sample_rate} but the audio model runs at {rate} Hz"
+        )
+    seconds = getattr(audio, "duration", None)
+    if seconds is not None and abs(seconds - spec.duration) > 1e-6:
+        raise ConfigError(
+            f"data.duration is {spec.duration} s but the audio model generates {seconds} s "
+            f"(audio.options: audio_length_in_s, spectrogram.duration or audio_end_in_s)"
         )
     frames = getattr(video, "num_frames", None)
     if frames is not None and frames != spec.num_frames:
@@ -225,7 +279,7 @@ def cache_real_latents(
 
     audio, video = load_models(cfg, device)
     check_clip_spec(cfg, audio, video)
-    dataset = ClipDataset(cfg.data.source, cfg.clip_spec(), seed=cfg.data.seed)
+    dataset = ClipDataset(cfg.data.source, cfg.clip_spec(audio), seed=cfg.data.seed)
     return cache_latents(
         dataset,
         audio,
