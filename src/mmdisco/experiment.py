@@ -482,12 +482,21 @@ def _stream(
     prompts: list[str],
     seed: int,
     disc_config: Any,
+    from_hidden_states: bool = False,
 ) -> Stream:
     """One modality's stream: its prompt pair and CFG scale, the configured sampler, its
     joint-guidance scale and, if the discriminator takes text, the captions' pooled embedding."""
     spec: BaseModelConfig = getattr(cfg, modality)
     cond, uncond = prompt_pair(model, prompts)
     takes_text = getattr(disc_config, f"text_dim_{modality}", None) is not None
+    text, text_uncond = None, None
+    if takes_text and from_hidden_states:
+        # The release's discriminator averages the denoiser's text tokens and has no learned
+        # null: its unconditional branch gets the empty prompt's tokens.
+        text, text_uncond = cond.hidden_states.float(), uncond.hidden_states.float()
+    elif takes_text:
+        # Ours: pooled embeddings; None selects its learned null, how it saw dropped captions.
+        text = model.pooled_text_embedding(cond)
     return Stream(
         model=model,
         scheduler=make_sampler(model, cfg),
@@ -496,9 +505,23 @@ def _stream(
         cfg_scale=spec.cfg_scale,
         guidance_scale=getattr(cfg.sampling, f"guidance_scale_{modality}"),
         generator=torch.Generator(model.device).manual_seed(seed),
-        disc_text=model.pooled_text_embedding(cond) if takes_text else None,
-        disc_text_uncond=None,  # the discriminator's learned null: how it saw dropped captions
+        disc_text=text,
+        disc_text_uncond=text_uncond,
     )
+
+
+def check_release_schedule(disc: Any, audio: BaseModel, where: Path) -> None:
+    """The release's discriminator sees the audio model's timestep, recovered from the
+    log-SNR on the schedule it was trained with: the audio model must use that schedule."""
+    ours, theirs = audio.schedule, disc.schedule
+    same = isinstance(ours, DiscreteSchedule) and len(ours.alphas_cumprod) == len(
+        theirs.alphas_cumprod
+    )
+    if not same or not torch.allclose(ours.alphas_cumprod, theirs.alphas_cumprod, atol=1e-6):
+        raise ConfigError(
+            f"{where}: the release discriminator was trained on the noise schedule "
+            f"{disc.config.schedule}, which the audio model does not use"
+        )
 
 
 def mono(audio: Tensor) -> Tensor:
@@ -537,6 +560,9 @@ def sample_from_config(
     disc_dir = Path(discriminator or Path(cfg.output_dir) / DISCRIMINATOR_DIR)
     disc = load_discriminator(disc_dir, str(device)).eval()
     dcfg = disc_config_of(disc)
+    from_hidden_states = bool(getattr(disc, "text_from_hidden_states", False))
+    if from_hidden_states:
+        check_release_schedule(disc, audio, disc_dir)
     prompts = list(prompts or real_captions(cfg)[: s.batch_size])
     out = Path(out_dir or Path(cfg.output_dir) / SAMPLES_DIR)
     options = GuidanceOptions(window=s.window, cfg_on_discriminator=s.cfg_on_discriminator)
@@ -546,7 +572,15 @@ def sample_from_config(
         for b, lo in enumerate(range(0, len(prompts), s.batch_size)):
             batch = prompts[lo : lo + s.batch_size]
             streams = [
-                _stream(model, modality, cfg, batch, derive_seed(s.seed, b, k), dcfg)
+                _stream(
+                    model,
+                    modality,
+                    cfg,
+                    batch,
+                    derive_seed(s.seed, b, k),
+                    dcfg,
+                    from_hidden_states,
+                )
                 for k, (model, modality) in enumerate(((audio, "audio"), (video, "video")))
             ]
             parts.append(
