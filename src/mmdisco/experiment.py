@@ -134,6 +134,13 @@ class ConfiguredModel(BaseModel):
             return self._sampler()
         return self.model.make_scheduler(cls, **overrides)
 
+    def to(self, device: torch.device | str) -> ConfiguredModel:
+        self.model.to(device)
+        return self
+
+    def modules(self) -> dict[str, Any]:
+        return self.model.modules() if hasattr(self.model, "modules") else {}
+
     def encode(self, media: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return self.model.encode(media, generator)
 
@@ -229,11 +236,38 @@ def check_sampler_steps(cfg: ExperimentConfig, audio: BaseModel, video: BaseMode
         )
 
 
-def configured(cfg: ExperimentConfig, audio: BaseModel, video: BaseModel) -> tuple[Any, Any]:
+def configured(
+    cfg: ExperimentConfig,
+    audio: BaseModel,
+    video: BaseModel,
+    cfg_scales: tuple[float, float] | None = None,
+) -> tuple[Any, Any]:
+    """Both models with their CFG scales (the config's unless ``cfg_scales`` are given)."""
+    scales = cfg_scales or (cfg.audio.cfg_scale, cfg.video.cfg_scale)
     return tuple(
-        ConfiguredModel(m, spec.cfg_scale, lambda m=m: make_sampler(m, cfg))
-        for m, spec in ((audio, cfg.audio), (video, cfg.video))
+        ConfiguredModel(m, scale, lambda m=m: make_sampler(m, cfg))
+        for m, scale in zip((audio, video), scales, strict=True)
     )
+
+
+def fake_cfg_scales(cfg: ExperimentConfig, manifest: dict[str, Any]) -> tuple[float, float]:
+    """The CFG scales the fakes were sampled with (recorded in their manifest); a warning
+    names them when the config now says otherwise, since L_DLSM must use the fakes'."""
+    recorded = manifest.get("config", {})
+    scales = (
+        float(recorded.get("cfg_scale_audio", cfg.audio.cfg_scale)),
+        float(recorded.get("cfg_scale_video", cfg.video.cfg_scale)),
+    )
+    if scales != (cfg.audio.cfg_scale, cfg.video.cfg_scale):
+        import warnings
+
+        warnings.warn(
+            f"the fakes in {cfg.fakes.out_dir} were sampled with CFG scales {scales} (audio, "
+            f"video) but the config now says {(cfg.audio.cfg_scale, cfg.video.cfg_scale)}; "
+            "L_DLSM uses the fakes' scales so that both loss terms aim at the same ratio",
+            stacklevel=2,
+        )
+    return scales
 
 
 def _model_summary(spec: BaseModelConfig) -> dict[str, Any]:
@@ -433,8 +467,10 @@ def train_from_config(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(train_cfg.seed)  # the initial weights are a function of the seed
         disc = Discriminator(dcfg)
-    # L_DLSM corrects each base model's captioned, CFG-guided prediction: the one sampled.
-    wrapped = configured(cfg, audio, video)
+    # L_DLSM corrects each base model's captioned, CFG-guided prediction: the one the fakes
+    # were sampled with.
+    scales = fake_cfg_scales(cfg, fakes.manifest)
+    wrapped = configured(cfg, audio, video, scales)
     out = Path(cfg.output_dir)
     result = train_discriminator(
         disc,
@@ -446,10 +482,109 @@ def train_from_config(
         accelerator=accelerator,
         progress=progress,
         stop_after=stop_after,
+        fake_cfg_scales=scales,
     )
     if accelerator.is_main_process:
         disc.save_pretrained(out / DISCRIMINATOR_DIR)
     return result
+
+
+def estimate_training_memory(
+    cfg: ExperimentConfig,
+    processes: int = 1,
+    micro_batch: int | None = None,
+    models: tuple[BaseModel, BaseModel, tuple[Any, Any]] | None = None,
+) -> Any:
+    """Peak memory per device of one training step of ``cfg`` (``processes`` data-parallel
+    processes), measured on the meta device: nothing is computed or allocated but the base
+    models' weights, which are loaded (on the CPU) to learn their sizes and then moved to
+    meta. ``micro_batch`` overrides the per-process micro-batch (``train.grad_accum`` adapts).
+    ``models`` reuses what :func:`memory_models` returned (for several estimates).
+
+    bfloat16 autocast cannot run on the meta device; its steps are estimated in float32,
+    which bounds them from above (``MemoryEstimate.exact`` is then False).
+    """
+    from mmdisco.discriminator import Discriminator
+    from mmdisco.training.memory import estimate_step_memory
+
+    audio, video, conds = models or memory_models(cfg)
+    train_cfg = cfg.train_config()
+    local = train_cfg.batch_size // processes
+    micro = micro_batch or local // train_cfg.grad_accum
+    if micro < 1 or local % micro:
+        raise ConfigError(
+            f"train.batch_size {train_cfg.batch_size} over {processes} processes gives "
+            f"{local} pairs per process, which micro-batches of {micro} do not divide"
+        )
+    dcfg = discriminator_config(cfg, audio, video)
+    with torch.device("meta"):
+        disc = Discriminator(dcfg)
+    text_dims = {
+        k: d
+        for k, d in zip(TEXT_KEYS, (dcfg.text_dim_audio, dcfg.text_dim_video), strict=True)
+        if d
+    }
+    step_cfg = dataclasses.replace(train_cfg, batch_size=micro, grad_accum=1, mixed_precision="no")
+    estimate = estimate_step_memory(disc, audio, video, step_cfg, text_dims, conds)
+    estimate.grad_accum = local // micro
+    estimate.exact = train_cfg.mixed_precision == "no"
+    return estimate
+
+
+def memory_models(cfg: ExperimentConfig) -> tuple[Any, Any, tuple[Any, Any]]:
+    """The configured base models (as training uses them) and one caption's conditioning
+    for each, encoded on the CPU before any estimate moves the models to the meta device."""
+    from mmdisco.training.memory import prompt_conditioning
+
+    audio, video = configured(cfg, *load_models(cfg))
+    return audio, video, prompt_conditioning((audio, video))
+
+
+def dry_run_report(
+    cfg: ExperimentConfig, processes: int = 1, memory_gib: float | None = None
+) -> str:
+    """What ``mmdisco train --dry-run`` prints: the configured step's memory per device and,
+    given a budget, the largest micro-batch that fits (accumulating to the same batch)."""
+    from mmdisco.training.memory import GIB
+
+    train_cfg = cfg.train_config()
+    models = memory_models(cfg)
+    estimate = estimate_training_memory(cfg, processes, None, models)
+    local = train_cfg.batch_size // processes
+    lines = [
+        f"{cfg.name}: batch {train_cfg.batch_size} on {processes} process(es) = "
+        f"{estimate.grad_accum} micro-batch(es) of {estimate.batch} per device; "
+        f"gradient_checkpointing {train_cfg.gradient_checkpointing}, "
+        f"mixed_precision {train_cfg.mixed_precision}",
+        "",
+        estimate.table(),
+        "",
+        "Live tensor bytes, measured on the meta device (a CPU step measured 1.05-1.09x this "
+        "in peak RSS); on a GPU add the CUDA context (~0.5 GiB) and allocator fragmentation.",
+    ]
+    if not estimate.exact:
+        lines.append("bf16 autocast cannot run on the meta device: figures are float32's.")
+    if memory_gib is not None:
+        # Peak memory is affine in the micro-batch: two points give the line.
+        second = next((m for m in range(2, local + 1) if local % m == 0), 1)
+        one = estimate_training_memory(cfg, processes, 1, models)
+        two = estimate_training_memory(cfg, processes, second, models)
+        slope = (two.peak - one.peak) // max(second - 1, 1)
+        fits = [
+            m
+            for m in range(1, local + 1)
+            if local % m == 0 and one.peak + (m - 1) * slope <= memory_gib * GIB
+        ]
+        if fits:
+            m = max(fits)
+            lines.append(
+                f"Within {memory_gib:g} GiB: micro-batches of {m} (train.grad_accum: "
+                f"{local // m}), about {(one.peak + (m - 1) * slope) / GIB:.1f} GiB; each "
+                f"further pair costs {slope / GIB:.2f} GiB."
+            )
+        else:
+            lines.append(f"Even one pair per micro-batch needs {one.peak / GIB:.1f} GiB.")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from mmdisco.discriminator.config import DiscriminatorConfig
@@ -181,6 +182,7 @@ class Stream(nn.Module):
                 )
         self.out_channels = ch
         self.norm_out = group_norm(ch, c.norm_groups)
+        self.gradient_checkpointing = False
 
     @staticmethod
     def _block(
@@ -197,8 +199,12 @@ class Stream(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.conv_in(x)
+        checkpoint = self.gradient_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
-            h = block(h, emb)
+            if checkpoint:
+                h = torch.utils.checkpoint.checkpoint(block, h, emb, use_reentrant=False)
+            else:
+                h = block(h, emb)
         return F.silu(self.norm_out(h))
 
 
