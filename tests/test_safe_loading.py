@@ -59,9 +59,7 @@ def test_bin_weights_need_the_explicit_opt_out(tmp_path):
         load_base_model("audioldm", str(legacy), n_fft=16)
     model = load_base_model("audioldm", str(legacy), allow_bin_weights=True, n_fft=16)
     reference = load_base_model("audioldm", str(folder), n_fft=16)
-    for a, b in zip(
-        model.pipe.unet.parameters(), reference.pipe.unet.parameters(), strict=True
-    ):
+    for a, b in zip(model.pipe.unet.parameters(), reference.pipe.unet.parameters(), strict=True):
         torch.testing.assert_close(a, b)
 
 
