@@ -553,3 +553,33 @@ def save_auffusion(path: Path) -> Path:
 
 VIDEO = dict(num_frames=4, height=16, width=16)
 LTX_VIDEO = dict(num_frames=9, height=32, width=32, max_sequence_length=16)
+
+
+def audioldm_animatediff_experiment(tmp_path: Path, seconds: float = 0.5, **sections) -> dict:
+    """An experiment config (as YAML would give it) on tiny AudioLDM + AnimateDiff pipelines
+    saved under ``tmp_path``; ``sections`` update its sections key by key."""
+    data = {
+        "name": "tiny",
+        "output_dir": str(tmp_path / "run"),
+        "audio": {
+            "adapter": "audioldm",
+            "path": str(save_audioldm(tmp_path / "audioldm")),
+            "cfg_scale": 2.5,
+            "options": {"n_fft": 16, "audio_length_in_s": seconds},
+        },
+        "video": {
+            "adapter": "animatediff",
+            "path": str(save_animatediff(tmp_path / "animatediff")),
+            "cfg_scale": 7.5,
+            "options": {**VIDEO, "fps": 8.0},
+        },
+        "data": {
+            "source": str(tmp_path / "none.csv"),
+            "cache_dir": str(tmp_path / "cache"),
+            "duration": seconds,
+            "size": 16,
+        },
+    }
+    for section, values in sections.items():
+        data[section] = {**data.get(section, {}), **values}
+    return data

@@ -133,32 +133,19 @@ def test_each_option_saves_memory():
 
 
 def test_dry_run_prints_the_memory_per_device(tmp_path):
-    from _tiny import VIDEO, save_animatediff, save_audioldm
+    from _tiny import audioldm_animatediff_experiment
     from mmdisco.cli import app
 
-    data = {
-        "name": "tiny",
-        "output_dir": str(tmp_path / "run"),
-        "audio": {
-            "adapter": "audioldm",
-            "path": str(save_audioldm(tmp_path / "audioldm")),
-            "cfg_scale": 2.5,
-            "options": {"n_fft": 16, "audio_length_in_s": 0.05},
-        },
-        "video": {
-            "adapter": "animatediff",
-            "path": str(save_animatediff(tmp_path / "animatediff")),
-            "cfg_scale": 7.5,
-            "options": {**VIDEO, "fps": 8.0},
-        },
-        "data": {"source": "none.csv", "cache_dir": str(tmp_path / "cache")},
-        "discriminator": {
+    data = audioldm_animatediff_experiment(
+        tmp_path,
+        0.05,
+        discriminator={
             "audio_channels": 4, "video_channels": 4, "audio_kind": "2d", "channels": 32,
             "channel_mult": [1], "blocks_per_level": 1, "time_embed_dim": 32,
             "text_dim_audio": 32, "text_dim_video": 32,
         },
-        "train": {"batch_size": 8, "grad_accum": 2},
-    }  # fmt: skip
+        train={"batch_size": 8, "grad_accum": 2},
+    )  # fmt: skip
     config = tmp_path / "experiment.yaml"
     config.write_text(yaml.safe_dump(data))
     args = ["train", "--config", str(config), "--dry-run", "--memory-gib", "0.05"]

@@ -405,7 +405,7 @@ def test_sampling_audioldm_animatediff_with_a_release_discriminator(tmp_path):
     through the experiment config, with CFG on its term against the empty prompt's tokens."""
     import yaml
 
-    from _tiny import VIDEO, save_animatediff, save_audioldm
+    from _tiny import audioldm_animatediff_experiment
     from mmdisco.config import ConfigError, load_experiment
     from mmdisco.experiment import sample_from_config
 
@@ -423,23 +423,10 @@ def test_sampling_audioldm_animatediff_with_a_release_discriminator(tmp_path):
     checkpoint = tmp_path / "release.pt"
     torch.save(random_release_state(config, seed=3), checkpoint)
     convert_official(checkpoint, config, tmp_path / "disc")
-    data = {
-        "name": "release",
-        "output_dir": str(tmp_path / "run"),
-        "audio": {
-            "adapter": "audioldm",
-            "path": str(save_audioldm(tmp_path / "audioldm")),
-            "cfg_scale": 2.5,
-            "options": {"n_fft": 16, "audio_length_in_s": 0.01},
-        },
-        "video": {
-            "adapter": "animatediff",
-            "path": str(save_animatediff(tmp_path / "animatediff")),
-            "cfg_scale": 7.5,
-            "options": {**VIDEO, "fps": 8.0},
-        },
-        "data": {"source": "none.csv", "cache_dir": str(tmp_path / "cache")},
-        "sampling": {
+    data = audioldm_animatediff_experiment(
+        tmp_path,
+        0.01,
+        sampling={
             "scheduler": "DDPMScheduler",
             "num_inference_steps": 3,
             "guidance_scale_audio": 50.0,
@@ -447,7 +434,7 @@ def test_sampling_audioldm_animatediff_with_a_release_discriminator(tmp_path):
             "cfg_on_discriminator": True,
             "batch_size": 2,
         },
-    }
+    )
     path = tmp_path / "experiment.yaml"
     path.write_text(yaml.safe_dump(data))
     cfg = load_experiment(path)

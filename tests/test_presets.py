@@ -12,7 +12,15 @@ import pytest
 import torch
 import yaml
 
-from _tiny import LTX_VIDEO, VIDEO, save_animatediff, save_audioldm, save_ltx, save_stable_audio
+from _tiny import (
+    LTX_VIDEO,
+    VIDEO,
+    audioldm_animatediff_experiment,
+    save_animatediff,
+    save_audioldm,
+    save_ltx,
+    save_stable_audio,
+)
 from mmdisco.base_models import load_base_model
 from mmdisco.config import ConfigError, experiment_from_dict, load_experiment
 from mmdisco.data import ClipDataset, ClipSpec, cache_latents, load_latent_cache
@@ -51,25 +59,7 @@ def test_presets_follow_the_reference_release(name):
 
 
 def tiny_config(tmp_path: Path, **changes) -> dict:
-    data = {
-        "name": "tiny",
-        "output_dir": str(tmp_path / "run"),
-        "audio": {
-            "adapter": "audioldm",
-            "path": str(save_audioldm(tmp_path / "audioldm")),
-            "options": {"n_fft": 16, "audio_length_in_s": 0.5},
-        },
-        "video": {
-            "adapter": "animatediff",
-            "path": str(save_animatediff(tmp_path / "animatediff")),
-            "options": {**VIDEO, "fps": 8.0},
-        },
-        "data": {"source": "none.csv", "cache_dir": str(tmp_path / "cache"), "duration": 0.5,
-                 "size": 16},
-    }  # fmt: skip
-    for section, values in changes.items():
-        data[section] = {**data.get(section, {}), **values}
-    return data
+    return audioldm_animatediff_experiment(tmp_path, **changes)
 
 
 def test_samplers_must_take_the_same_steps(tmp_path):

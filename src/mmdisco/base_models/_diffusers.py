@@ -20,7 +20,7 @@ from mmdisco.base_models.base import BaseModel
 # Anything else is refused: ``custom_pipeline`` and ``trust_remote_code`` would run code
 # from the checkpoint, and unknown keys are more likely typos than intent.
 LOADER_OPTIONS = frozenset(
-    {"variant", "revision", "cache_dir", "local_files_only", "low_cpu_mem_usage", "subfolder"}
+    {"variant", "revision", "cache_dir", "local_files_only", "low_cpu_mem_usage"}
 )
 CODE_OPTIONS = frozenset({"custom_pipeline", "trust_remote_code", "custom_revision"})
 

@@ -42,7 +42,7 @@ from mmdisco.base_models.base import PromptEmbeds
 from mmdisco.base_models.clip_text import clip_prompt_embeds
 from mmdisco.base_models.hifigan import HifiGan, HifiGanConfig, fold_weight_norm
 from mmdisco.base_models.mel import MelConfig, log_mel
-from mmdisco.io import save_tensors_atomic, write_json_atomic
+from mmdisco.io import load_pretrained, save_pretrained, write_json_atomic
 
 SPECTROGRAM_CONFIG = "spectrogram.json"
 CONDITION_CONFIG = "condition_config.json"
@@ -235,23 +235,18 @@ class ConditionAdapter(nn.Module):
         return self.norm(self.proj(x))
 
     def save_pretrained(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         dims = (self.proj.in_features, self.proj.out_features)
         config = dict(zip(("condition_dim", "cross_attention_dim"), dims, strict=True))
-        write_json_atomic(directory / "config.json", config)
-        save_tensors_atomic(directory / "model.safetensors", self.state_dict())
+        save_pretrained(directory, config, self)
 
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, torch_dtype: torch.dtype | None = None
     ) -> ConditionAdapter:
-        from safetensors.torch import load_file
+        def build(config: dict) -> ConditionAdapter:
+            return cls(int(config["condition_dim"]), int(config["cross_attention_dim"]))
 
-        directory = Path(directory)
-        config = json.loads((directory / "config.json").read_text())
-        adapter = cls(int(config["condition_dim"]), int(config["cross_attention_dim"]))
-        adapter.load_state_dict(load_file(str(directory / "model.safetensors")))
+        adapter = load_pretrained(directory, build, "a converted condition adapter")
         return adapter.to(dtype=torch_dtype) if torch_dtype else adapter
 
 

@@ -9,16 +9,14 @@ Input is a log-mel spectrogram ``(B, num_mels, T)``; output a waveform ``(B, T *
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from mmdisco.io import save_tensors_atomic, state_dict_mismatches, write_json_atomic
+from mmdisco.io import load_pretrained, save_pretrained
 
 LEAKY_SLOPE = 0.1
 
@@ -137,26 +135,16 @@ class HifiGan(nn.Module):
         return torch.tanh(x)[:, 0]
 
     def save_pretrained(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(directory / "config.json", asdict(self.config))
-        save_tensors_atomic(directory / "model.safetensors", self.state_dict())
+        save_pretrained(directory, asdict(self.config), self)
 
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, torch_dtype: torch.dtype | None = None
     ) -> HifiGan:
-        directory = Path(directory)
-        config_file, weights = directory / "config.json", directory / "model.safetensors"
-        for file in (config_file, weights):
-            if not file.is_file():
-                raise FileNotFoundError(f"{directory}: no {file.name} (a converted HiFi-GAN)")
-        model = cls(HifiGanConfig.from_dict(json.loads(config_file.read_text())))
-        state = load_file(str(weights))
-        problems = state_dict_mismatches(model.state_dict(), state)
-        if problems:
-            raise ValueError(f"{weights} does not match its config:\n  " + "\n  ".join(problems))
-        model.load_state_dict(state)
+        def build(config: dict) -> HifiGan:
+            return cls(HifiGanConfig.from_dict(config))
+
+        model = load_pretrained(directory, build, "a converted HiFi-GAN")
         return model.to(dtype=torch_dtype).eval() if torch_dtype else model.eval()
 
 

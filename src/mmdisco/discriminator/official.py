@@ -37,12 +37,11 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, get_timestep_embedding
 from einops import rearrange
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from mmdisco.diffusion import NoiseSchedule, schedule_from_scheduler_config
 from mmdisco.discriminator.blocks import FactorisedConv3d, ResBlock, audio_tokens, video_tokens
-from mmdisco.io import save_tensors_atomic, state_dict_mismatches, write_json_atomic
+from mmdisco.io import load_pretrained, save_pretrained, state_dict_mismatches
 
 KIND = "mmdisco-official-discriminator"
 FUSIONS = (
@@ -379,25 +378,16 @@ class OfficialDiscriminator(nn.Module):
         return module(text.to(module.weight.dtype))
 
     def save_pretrained(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(directory / "config.json", self.config.to_dict())
-        save_tensors_atomic(directory / "model.safetensors", self.state_dict())
+        save_pretrained(directory, self.config.to_dict(), self)
 
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, device: str | torch.device = "cpu"
     ) -> OfficialDiscriminator:
-        directory = Path(directory)
-        config = OfficialConfig.from_dict(json.loads((directory / "config.json").read_text()))
-        model = cls(config)
-        state = load_file(str(directory / "model.safetensors"))
-        problems = state_dict_mismatches(model.state_dict(), state)
-        if problems:
-            raise ValueError(
-                f"{directory}: weights do not match config:\n  " + "\n  ".join(problems)
-            )
-        model.load_state_dict(state)
+        def build(config: dict[str, Any]) -> OfficialDiscriminator:
+            return cls(OfficialConfig.from_dict(config))
+
+        model = load_pretrained(directory, build, "a converted release discriminator")
         return model.to(device).eval()
 
 
