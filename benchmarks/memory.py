@@ -146,7 +146,7 @@ def render(r: dict[str, Any]) -> str:
         "One step of `configs/audioldm_animatediff.yaml`'s objective (L_D + L_DLSM, Adam, "
         "captions, CFG in L_DLSM) with the real-size discriminator (133M) and base models "
         "(AudioLDM-M 416M + AnimateDiff 1.31B, float16), measured on the meta device "
-        "(live tensor bytes: a CPU step's peak RSS measured 1.05-1.09x this; on a GPU add the "
+        "(live tensor bytes: a CPU step's peak RSS measured 1.05-1.12x this; on a GPU add the "
         "CUDA context and allocator fragmentation). Real and fake pairs: the micro-batch "
         f"counts each. Slope over micro-batches {r['micro_batches']}.",
         "",
