@@ -11,6 +11,15 @@ alike) and repeated; the overhead is the ratio of the medians.
     python benchmarks/sampling_overhead.py --quick    # smoke run (well under a minute)
 
 Writes ``benchmarks/results/sampling_overhead.{json,md}`` (atomic writes).
+
+``--real-shapes`` measures instead the text-to-AV preset as configured: AudioLDM-M's and
+AnimateDiff's real-size UNets (random weights, half precision: bfloat16 on a CPU, the preset's
+float16 on a GPU; benchmarks/real_shapes.py) at the preset's latent shapes with CFG 2.5 / 7.5,
+DDPM, the preset's discriminator (``text_to_av``, 133M, float32) and the reference release's
+(128 channels), both with CFG on their term. A CPU runs one denoising step of each variant in
+one process (interleaved); the step ratio then gives the 50-step ratio for any guidance window
+(the base models' cost per step is constant, and so is the guidance's on a guided step).
+Writes ``sampling_overhead_real.{json,md}``.
 """
 
 from __future__ import annotations
@@ -217,9 +226,136 @@ def render_markdown(r: dict[str, Any]) -> str:
     )
 
 
+def real_shapes(args: argparse.Namespace) -> dict[str, Any]:
+    """One run: unguided, our discriminator and the release's, ``args.steps`` steps each."""
+    from diffusers import DDPMScheduler as DDPM
+
+    from mmdisco.discriminator import DiscriminatorConfig
+    from mmdisco.discriminator.official import RELEASES, OfficialDiscriminator
+    from mmdisco.sampling import GuidanceOptions
+    from real_shapes import base_models
+
+    device = torch.device(args.device)
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    audio, video = base_models(dtype, device)
+    torch.manual_seed(2)
+    ours = Discriminator(DiscriminatorConfig.text_to_av()).to(device).eval()
+    torch.manual_seed(3)
+    release = OfficialDiscriminator(RELEASES["audioldm_animediff_vggsound"]).to(device).eval()
+    b = args.batch
+
+    def run(disc: nn.Module | None) -> tuple[float, float]:
+        streams = []
+        for k, (model, cfg) in enumerate(((audio, 2.5), (video, 7.5))):
+            cond, uncond = model.encode_prompt(["x"] * b), model.encode_prompt([""] * b)
+            text = uncond_text = None
+            if isinstance(disc, OfficialDiscriminator):  # the release: the denoiser's tokens
+                text, uncond_text = cond.float(), uncond.float()
+            elif disc is not None:  # ours: pooled text, its learned null when unconditional
+                text = model.pooled_text_embedding(cond)
+            generator = torch.Generator(device).manual_seed(k)
+            scheduler = DDPM.from_config(model.scheduler_config)
+            streams.append(
+                Stream(model, scheduler, cond, uncond, cfg, 1.0, generator, None, text, uncond_text)
+            )
+        options = GuidanceOptions(cfg_on_discriminator=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall, cpu = time.perf_counter(), time.process_time()
+        joint_sample(*streams, disc, batch_size=b, num_inference_steps=args.steps,
+                     options=options, progress=False)  # fmt: skip
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    variants = {"unguided": None, "ours": ours, "release": release}
+    times = {k: [] for k in variants}
+    for i in tqdm(range(args.repeats), desc="repeats"):
+        for name in list(variants) if i % 2 == 0 else list(variants)[::-1]:
+            times[name].append(run(variants[name]))
+    wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
+    scheduler = DDPM.from_config(audio.scheduler_config)
+    scheduler.set_timesteps(50)
+    levels = [float(t) / 1000 for t in scheduler.timesteps]
+    windows = {}
+    for lo, hi in ((0.0, 1.0), (0.5, 1.0), (0.8, 1.0)):
+        share = sum(lo <= x <= hi for x in levels) / len(levels)
+        windows[f"{lo}-{hi}"] = {
+            "guided_share": share,
+            **{name: 1 + share * (cpu[name] / cpu["unguided"] - 1) for name in ("ours", "release")},
+        }
+    return {
+        "per_step": {"wall": wall, "cpu": cpu},
+        "step_ratio_cpu": {k: cpu[k] / cpu["unguided"] for k in ("ours", "release")},
+        "step_ratio_wall": {k: wall[k] / wall["unguided"] for k in ("ours", "release")},
+        "windows_50_steps": windows,
+        "params": {
+            "audio_base": n_params(audio.unet),
+            "video_base": n_params(video.unet),
+            "ours": n_params(ours),
+            "release": n_params(release),
+        },
+        "steps": args.steps,
+        "batch": b,
+        "repeats": args.repeats,
+        "base_dtype": str(dtype),
+        "machine": machine_info(device),
+    }
+
+
+def render_real(r: dict[str, Any]) -> str:
+    p, m = r["params"], r["machine"]
+    wall, cpu = r["per_step"]["wall"], r["per_step"]["cpu"]
+    lines = [
+        "# MMDisCo sampling overhead at the text-to-AV preset's real shapes",
+        "",
+        f"Base models at real size, random weights, {r['base_dtype']}: AudioLDM-M UNet "
+        f"({p['audio_base'] / 1e6:.0f}M, latents 8 x 50 x 16, CFG 2.5) and AnimateDiff "
+        f"({p['video_base'] / 1e6:.0f}M, latents 4 x 16 x 32 x 32, CFG 7.5); DDPM; batch "
+        f"{r['batch']}; CFG on the discriminator term (as the presets). Discriminators in "
+        f"float32: the preset's `text_to_av` ({p['ours'] / 1e6:.0f}M) and the release's "
+        f"({p['release'] / 1e6:.0f}M).",
+        "",
+        f"Measured: {r['steps']} denoising step(s) of each variant, {r['repeats']} "
+        "interleaved repeat(s), in one process.",
+        "",
+        "| variant | wall / step | CPU time / step | guided / unguided (CPU time) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, label in (("unguided", "unguided"), ("ours", "text_to_av"), ("release", "release")):
+        ratio = cpu[name] / cpu["unguided"]
+        lines.append(
+            f"| {label} | {wall[name] / r['steps']:.1f} s | {cpu[name] / r['steps']:.1f} s "
+            f"| {ratio:.3f} |"
+        )
+    lines += [
+        "",
+        "50 DDPM steps (the preset), from the measured per-step costs:",
+        "",
+        "| guidance window (t/T) | share of steps guided | text_to_av | release |",
+        "|---|---:|---:|---:|",
+    ]
+    for window, w in r["windows_50_steps"].items():
+        lines.append(
+            f"| {window} | {w['guided_share']:.2f} | {w['ours']:.3f} | {w['release']:.3f} |"
+        )
+    lines += [
+        "",
+        f"Machine: {m['device']} ({m['cpu']}), {m['cpu_count']} CPUs, {m['torch_threads']} "
+        f"torch threads, torch {m['torch']}, load average at start "
+        f"{m.get('load_average_at_start')}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="few steps and repeats (smoke run)")
+    parser.add_argument(
+        "--real-shapes", action="store_true", help="the text-to-AV preset's real-size models"
+    )
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=None)
@@ -229,9 +365,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.real_shapes:
+        args.batch = 1 if args.batch == 2 else args.batch
+        args.steps, args.repeats = args.steps or 1, args.repeats or 1
+        result = real_shapes(args)
+        _atomic_write(args.out_dir / "sampling_overhead_real.json", json.dumps(result, indent=2))
+        _atomic_write(args.out_dir / "sampling_overhead_real.md", render_real(result))
+        print(render_real(result))
+        return result
     args.steps = args.steps or (4 if args.quick else 20)
     args.repeats = args.repeats or (2 if args.quick else 5)
-    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
     audio, video, disc = build(device)

@@ -297,7 +297,8 @@ def save_animatediff(path: Path) -> Path:
     return path
 
 
-def save_auffusion(path: Path) -> Path:
+def save_spectrogram_image(path: Path) -> Path:
+    """The generic spectrogram-image layout (SD pipeline + SpeechT5HifiGan vocoder)."""
     tokenizer = clip_tokenizer()
     pipe = StableDiffusionPipeline(
         vae=kl_vae(3),
@@ -420,5 +421,165 @@ def save_ltx(path: Path) -> Path:
     return path
 
 
+# ---------------------------------------------------------------- Auffusion as released
+
+# A tiny HiFi-GAN config in the released format (training keys included). The first upsampler
+# has an odd kernel - rate, which the released generator pads asymmetrically.
+RELEASED_VOCODER = {
+    "resblock": "1",
+    "num_gpus": 0,
+    "batch_size": 16,
+    "learning_rate": 0.0002,
+    "upsample_rates": [2, 2],
+    "upsample_kernel_sizes": [5, 4],
+    "upsample_initial_channel": 16,
+    "resblock_kernel_sizes": [3, 5],
+    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5]],
+    "num_mels": 8,
+    "n_fft": 16,
+    "hop_size": 4,
+    "win_size": 16,
+    "sampling_rate": 16000,
+    "fmin": 0,
+    "fmax": 8000,
+}
+AUFFUSION_SECONDS = 64 / 16000  # 16 mel frames at hop 4 -> 8 latent frames
+AUFFUSION = dict(context_frames=32)  # the UNet sees 16 latent frames: 8 of clip, 8 of silence
+
+
+class ReleasedHifiGan(torch.nn.Module):
+    """HiFi-GAN's generator as the Auffusion release builds it (torch weight_norm on every
+    conv, asymmetric padding for odd kernel - rate): the reference the converter must match."""
+
+    def __init__(self, h: dict) -> None:
+        super().__init__()
+        wn, conv = torch.nn.utils.weight_norm, torch.nn.Conv1d
+        ch = h["upsample_initial_channel"]
+        self.conv_pre = wn(conv(h["num_mels"], ch, 7, 1, padding=3))
+        self.ups = torch.nn.ModuleList()
+        rates = zip(h["upsample_rates"], h["upsample_kernel_sizes"], strict=True)
+        for i, (u, k) in enumerate(rates):
+            pad, extra = ((k - u) // 2, 0) if (k - u) % 2 == 0 else ((k - u) // 2 + 1, 1)
+            self.ups.append(
+                wn(torch.nn.ConvTranspose1d(ch // 2**i, ch // 2 ** (i + 1), k, u, pad, extra))
+            )
+        self.resblocks = torch.nn.ModuleList()
+        for i in range(len(self.ups)):
+            c = ch // 2 ** (i + 1)
+            for k, ds in zip(h["resblock_kernel_sizes"], h["resblock_dilation_sizes"], strict=True):
+                block = torch.nn.Module()
+                block.convs1 = torch.nn.ModuleList(
+                    wn(conv(c, c, k, 1, dilation=d, padding=(k * d - d) // 2)) for d in ds
+                )
+                block.convs2 = torch.nn.ModuleList(
+                    wn(conv(c, c, k, 1, dilation=1, padding=(k - 1) // 2)) for _ in ds
+                )
+                self.resblocks.append(block)
+        self.conv_post = wn(conv(c, 1, 7, 1, padding=3))
+        self.kernels = len(h["resblock_kernel_sizes"])
+        for p in self.parameters():  # released weights are not tiny-init; make outputs lively
+            torch.nn.init.normal_(p, 0.0, 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        x = self.conv_pre(x)
+        for i, up in enumerate(self.ups):
+            x = up(F.leaky_relu(x, 0.1))
+            xs = 0
+            for block in self.resblocks[i * self.kernels : (i + 1) * self.kernels]:
+                y = x
+                for c1, c2 in zip(block.convs1, block.convs2, strict=True):
+                    y = c2(F.leaky_relu(c1(F.leaky_relu(y, 0.1)), 0.1)) + y
+                xs = xs + y
+            x = xs / self.kernels
+        return torch.tanh(self.conv_post(F.leaky_relu(x)))[:, 0]
+
+
+def save_auffusion_release(path: Path) -> Path:
+    """A tiny checkpoint laid out as ``auffusion/auffusion-full`` is released: diffusers UNet,
+    VAE and PNDM scheduler, one CLIP text encoder with its tokenizer, a condition adapter and
+    a HiFi-GAN, the last two as ``torch.save`` pickles."""
+    from diffusers import PNDMScheduler
+
+    path.mkdir(parents=True)
+    torch.manual_seed(0)
+    sd_unet(cross_attention_dim=24).save_pretrained(path / "unet")
+    kl_vae(3).save_pretrained(path / "vae")
+    PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True
+    ).save_pretrained(path / "scheduler")
+    tokenizer = clip_tokenizer()
+    clip_text_encoder(tokenizer).save_pretrained(path / "text_encoder_0")
+    tokenizer.save_pretrained(path / "text_encoder_0")
+    torch.manual_seed(1)
+    adapter = torch.nn.Module()
+    adapter.proj, adapter.norm = torch.nn.Linear(32, 24), torch.nn.LayerNorm(24)
+    torch.nn.init.normal_(adapter.norm.weight, 1.0, 0.2)
+    (path / "condition_adapter_0").mkdir()
+    torch.save(adapter.state_dict(), path / "condition_adapter_0" / "condition_adapter.pt")
+    (path / "condition_adapter_0" / "config.json").write_text(
+        json.dumps({"condition_dim": 32, "cross_attention_dim": 24, "model_name": "clip"})
+    )
+    item = {
+        "text_encoder_name": "text_encoder_0",
+        "condition_adapter_name": "condition_adapter_0",
+        "condition_max_length": 77,
+        "condition_dim": 32,
+        "cross_attention_dim": 24,
+    }
+    (path / "condition_config.json").write_text(json.dumps([item]))
+    torch.manual_seed(2)
+    (path / "vocoder").mkdir()
+    (path / "vocoder" / "config.json").write_text(json.dumps(RELEASED_VOCODER))
+    generator = ReleasedHifiGan(RELEASED_VOCODER)
+    torch.save({"generator": generator.state_dict()}, path / "vocoder" / "vocoder.pt")
+    return path
+
+
+def save_auffusion(path: Path) -> Path:
+    """The tiny release converted by ``convert_auffusion`` (what the adapter loads), with a
+    spectrogram matching the tiny vocoder."""
+    from dataclasses import replace
+
+    from mmdisco.base_models.auffusion import SpectrogramImageConfig, convert_auffusion
+
+    release = save_auffusion_release(path.with_name(path.name + "-release"))
+    convert_auffusion(release, path)
+    spec = SpectrogramImageConfig.load(path / "spectrogram.json")
+    replace(spec, duration=AUFFUSION_SECONDS).save(path / "spectrogram.json")
+    return path
+
+
 VIDEO = dict(num_frames=4, height=16, width=16)
 LTX_VIDEO = dict(num_frames=9, height=32, width=32, max_sequence_length=16)
+
+
+def audioldm_animatediff_experiment(tmp_path: Path, seconds: float = 0.5, **sections) -> dict:
+    """An experiment config (as YAML would give it) on tiny AudioLDM + AnimateDiff pipelines
+    saved under ``tmp_path``; ``sections`` update its sections key by key."""
+    data = {
+        "name": "tiny",
+        "output_dir": str(tmp_path / "run"),
+        "audio": {
+            "adapter": "audioldm",
+            "path": str(save_audioldm(tmp_path / "audioldm")),
+            "cfg_scale": 2.5,
+            "options": {"n_fft": 16, "audio_length_in_s": seconds},
+        },
+        "video": {
+            "adapter": "animatediff",
+            "path": str(save_animatediff(tmp_path / "animatediff")),
+            "cfg_scale": 7.5,
+            "options": {**VIDEO, "fps": 8.0},
+        },
+        "data": {
+            "source": str(tmp_path / "none.csv"),
+            "cache_dir": str(tmp_path / "cache"),
+            "duration": seconds,
+            "size": 16,
+        },
+    }
+    for section, values in sections.items():
+        data[section] = {**data.get(section, {}), **values}
+    return data

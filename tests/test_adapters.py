@@ -20,6 +20,7 @@ from diffusers import (
 )
 
 from _tiny import (
+    AUFFUSION,
     LTX_VIDEO,
     VIDEO,
     save_animatediff,
@@ -27,6 +28,7 @@ from _tiny import (
     save_audioldm2,
     save_auffusion,
     save_ltx,
+    save_spectrogram_image,
     save_stable_audio,
 )
 from mmdisco.base_models import load_base_model
@@ -37,6 +39,7 @@ from mmdisco.base_models.auffusion import (
 )
 from mmdisco.base_models.stable_audio import CosineDPMSolverScheduler, CosineSchedule
 from mmdisco.data import ClipDataset, ClipSpec, cache_latents, collate, load_latent_cache
+from mmdisco.diffusion import DiscreteSchedule
 from mmdisco.media import write_mp4
 from mmdisco.sampling import Stream, joint_sample
 
@@ -55,6 +58,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
         "audioldm2": save_audioldm2(root / "audioldm2"),
         "animatediff": save_animatediff(root / "animatediff"),
         "auffusion": save_auffusion(root / "auffusion"),
+        "spectrogram_image": save_spectrogram_image(root / "spectrogram_image"),
         "stable_audio": save_stable_audio(root / "stable_audio"),
         "ltx_video": save_ltx(root / "ltx_video"),
     }
@@ -67,6 +71,7 @@ def models(folders):
         "audioldm2": dict(n_fft=16),
         "animatediff": dict(VIDEO),
         "ltx_video": dict(LTX_VIDEO, fps=25.0),
+        "auffusion": AUFFUSION,
     }
     return {
         name: load_base_model(name, str(path), **opts.get(name, {}))
@@ -82,13 +87,12 @@ def generator(seed: int) -> torch.Generator:
 
 
 def initial_latents(name: str, model, seed: int) -> torch.Tensor | None:
-    """Auffusion's space is the transpose of its pipeline's latents, so the same noise laid
-    out as the pipeline draws it is handed to both (the other adapters draw their own)."""
-    if name != "auffusion":
+    """A spectrogram-image model's space is the transpose of its pipeline's latents, so the same
+    noise laid out as the pipeline draws it is handed to both (the others draw their own)."""
+    if name != "spectrogram_image":
         return None
     c, t, f = model.latent_shape()
-    noise = torch.randn(len(PROMPTS), c, f, t, generator=generator(seed))
-    return noise * model.make_scheduler(DPMSolverMultistepScheduler).init_noise_sigma
+    return torch.randn(len(PROMPTS), c, f, t, generator=generator(seed))
 
 
 def reference(name: str, model, scheduler, cfg: float, seed: int) -> torch.Tensor:
@@ -107,7 +111,7 @@ def reference(name: str, model, scheduler, cfg: float, seed: int) -> torch.Tenso
         return pipe(PROMPTS, output_type="latent", **common)[0]
     if name == "animatediff":
         return pipe(PROMPTS, output_type="latent", **VIDEO, **common)[0]
-    if name == "auffusion":
+    if name == "spectrogram_image":
         latents = initial_latents(name, model, seed)
         out = pipe(PROMPTS, output_type="latent", height=8, width=16, latents=latents, **common)
         return out[0]
@@ -136,7 +140,7 @@ def stream(model, scheduler, cfg: float, seed: int, scale: float = 1.0) -> Strea
 def comparable(name: str, model, latents: torch.Tensor) -> torch.Tensor:
     if name == "ltx_video":
         return model.pack(latents)
-    if name == "auffusion":
+    if name == "spectrogram_image":
         return latents.transpose(-1, -2)
     return latents
 
@@ -144,7 +148,7 @@ def comparable(name: str, model, latents: torch.Tensor) -> torch.Tensor:
 PAIRS = [
     # (audio, scheduler class or None = the model's own, cfg), (video, ..., cfg)
     (("audioldm", DPMSolverMultistepScheduler, 2.5), ("animatediff", DDPMScheduler, 7.5)),
-    (("auffusion", DPMSolverMultistepScheduler, 8.0), ("ltx_video", None, 3.0)),
+    (("spectrogram_image", DPMSolverMultistepScheduler, 8.0), ("ltx_video", None, 3.0)),
     (("stable_audio", None, 7.0), ("animatediff", DPMSolverMultistepScheduler, 1.0)),
     (("audioldm2", DPMSolverMultistepScheduler, 3.5), ("ltx_video", None, 1.0)),
 ]
@@ -180,6 +184,13 @@ def test_unguided_joint_sampling_reproduces_each_pipeline(models, pair):
         )
 
 
+def lockstep_scheduler(model):
+    """DPM-Solver++ for discrete-time models (PNDM takes one step more), else the model's own."""
+    if isinstance(model.schedule, DiscreteSchedule):
+        return model.make_scheduler(DPMSolverMultistepScheduler)
+    return model.make_scheduler()
+
+
 def coupled_disc(audio, video, log_snr_a, log_snr_v, **kw):
     """A fixed discriminator whose audio gradient depends on the video and vice versa."""
     assert kw["text_audio"].shape[0] == audio.shape[0]
@@ -191,12 +202,13 @@ def test_guided_sampling_moves_every_adapter(models):
         ("audioldm", "animatediff"),
         ("stable_audio", "ltx_video"),
         ("auffusion", "animatediff"),
+        ("spectrogram_image", "ltx_video"),
     ):
         a_model, v_model = models[a_name], models[v_name]
         outs = []
         for disc in (None, coupled_disc):
-            a_s = stream(a_model, a_model.make_scheduler(), 2.0, 0, scale=50.0)
-            v_s = stream(v_model, v_model.make_scheduler(), 2.0, 1, scale=50.0)
+            a_s = stream(a_model, lockstep_scheduler(a_model), 2.0, 0, scale=50.0)
+            v_s = stream(v_model, lockstep_scheduler(v_model), 2.0, 1, scale=50.0)
             outs.append(
                 joint_sample(a_s, v_s, disc, batch_size=2, num_inference_steps=2, progress=False)
             )
@@ -297,7 +309,7 @@ def test_real_clips_cached_through_adapters(models, tmp_path):
         write_mp4(tmp_path / f"c{i}.mp4", frames, 8, audio, sample_rate=16000)
         rows.append(json.dumps({"path": f"c{i}.mp4", "caption": caption, "start": 0.25}))
     (tmp_path / "clips.jsonl").write_text("\n".join(rows))
-    spec = ClipSpec(duration=0.5, fps=8.0, size=16, sample_rate=16000)
+    spec = ClipSpec(duration=0.5, fps=8.0, size=16, sample_rate=16000, posterior="mode")
     dataset = ClipDataset(tmp_path / "clips.jsonl", spec)
     audio_model, video_model = models["audioldm"], models["animatediff"]
     cache_latents(dataset, audio_model, video_model, tmp_path / "cache", progress=False)

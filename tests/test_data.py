@@ -142,7 +142,7 @@ class PoolModel(BaseModel):
     def latent_shape(self) -> tuple[int, ...]:
         return (4, 4000) if self.modality == "audio" else (3, 5, 4, 4)
 
-    def encode(self, media: Tensor) -> Tensor:
+    def encode(self, media: Tensor, generator: torch.Generator | None = None) -> Tensor:
         self.calls += 1
         if self.modality == "audio":
             return media.reshape(media.shape[0], 4, 4000)

@@ -90,7 +90,9 @@ def assert_mp4(path: Path, seconds: float, frames: int, fps: float) -> None:
     assert np.abs(clip.audio).max() > 0
 
 
-def test_audioldm_animatediff_cache_fakes_train_sample(tmp_path):
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_audioldm_animatediff_cache_fakes_train_sample(tmp_path, dtype):
+    """The whole workflow, with both base models' weights in float32 or in bfloat16."""
     manifest = write_clips(tmp_path / "clips")
     root = tmp_path / "run"
     data = {
@@ -100,12 +102,14 @@ def test_audioldm_animatediff_cache_fakes_train_sample(tmp_path):
             "adapter": "audioldm",
             "path": str(save_audioldm(tmp_path / "audioldm")),
             "cfg_scale": 2.5,
+            "torch_dtype": dtype,
             "options": {"n_fft": 16, "audio_length_in_s": AUDIO_SECONDS},
         },
         "video": {
             "adapter": "animatediff",
             "path": str(save_animatediff(tmp_path / "animatediff")),
             "cfg_scale": 7.5,
+            "torch_dtype": dtype,
             "options": {"num_frames": 4, "height": 16, "width": 16, "fps": 8.0},
         },
         "data": {

@@ -13,7 +13,7 @@ import yaml
 from diffusers import DDPMScheduler
 from safetensors import safe_open
 
-from _tiny import save_animatediff, save_audioldm
+from _tiny import audioldm_animatediff_experiment
 from conftest import STEPS, WINDOW, live
 from mmdisco.config import BaseModelConfig, ConfigError
 from mmdisco.pipeline import (
@@ -114,7 +114,7 @@ def test_save_load_round_trip_and_relocation(world_pipe, tmp_path):
     assert index["audio"]["path"] == "../models/audio"
     assert index["video"] == {
         "adapter": "world_video", "path": "../models/video", "cfg_scale": 1.0,
-        "torch_dtype": None, "options": {},
+        "torch_dtype": None, "options": {}, "allow_bin_weights": False,
     }  # fmt: skip
     assert index["sampling"]["window"] == list(WINDOW)
     moved = shutil.move(tmp_path / "tree", tmp_path / "elsewhere")
@@ -307,28 +307,14 @@ def test_real_preset_models_through_the_pipeline(tmp_path):
         )
     )  # fmt: skip
     disc.save_pretrained(tmp_path / "disc")
-    data = {
-        "name": "tiny",
-        "output_dir": str(tmp_path / "run"),
-        "audio": {
-            "adapter": "audioldm",
-            "path": str(save_audioldm(tmp_path / "audioldm")),
-            "cfg_scale": 2.5,
-            "options": {"n_fft": 16, "audio_length_in_s": 0.5},
-        },
-        "video": {
-            "adapter": "animatediff",
-            "path": str(save_animatediff(tmp_path / "animatediff")),
-            "cfg_scale": 7.5,
-            "options": {"num_frames": 4, "height": 16, "width": 16, "fps": 8.0},
-        },
-        "data": {"source": "unused.jsonl", "cache_dir": "unused"},
-        "sampling": {
+    data = audioldm_animatediff_experiment(
+        tmp_path,
+        sampling={
             "num_inference_steps": 3,
             "guidance_scale_audio": 30.0,
             "guidance_scale_video": 30.0,
         },
-    }
+    )
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data))
     pipe = MMDisCoPipeline.from_experiment(tmp_path / "tiny.yaml", tmp_path / "disc")
     pipe.set_progress_bar_config(disable=True)

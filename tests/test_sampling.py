@@ -310,3 +310,92 @@ def test_mismatched_step_counts_raise() -> None:
     )
     with pytest.raises(ValueError, match="disagree on the number of steps"):
         joint_sample(audio, video, num_inference_steps=4, progress=False)
+
+
+# -- edge cases -------------------------------------------------------------------------------
+
+
+def test_given_latents_are_scaled_by_init_noise_sigma() -> None:
+    """As diffusers' prepare_latents: unit-variance latents times init_noise_sigma (Euler's
+    is 1.32 here), so giving the noise equals letting the generator draw it."""
+    from diffusers import EulerDiscreteScheduler
+
+    drawn = _streams(EulerDiscreteScheduler)
+    given = _streams(EulerDiscreteScheduler)
+    assert drawn[0].scheduler.init_noise_sigma > 1.3
+    for s, seed in zip(given, (10, 11), strict=True):
+        s.latents = randn_tensor((3, *s.model.latent_shape()), generator=_gen(seed))
+        s.generator = _gen(99)  # unused by Euler's deterministic steps
+    for x, y in zip(_run(*drawn, steps=3), _run(*given, steps=3), strict=True):
+        torch.testing.assert_close(x, y)
+
+
+def test_window_is_judged_on_each_modality_own_noise_level(monkeypatch) -> None:
+    """With 'leading' audio and 'trailing' video timesteps the two noise levels straddle the
+    window's edge at some steps: each modality is corrected only inside the window itself."""
+    import mmdisco.sampling as sampling
+
+    audio, video = _streams(DDIMScheduler)
+    video.scheduler = DDIMScheduler(num_train_timesteps=100, timestep_spacing="trailing")
+    applied = []
+    original = sampling._apply
+
+    def spy(schedule, ptype, out, delta, t):
+        applied.append((out.shape[1], int(t)))  # 2 channels: audio, 3: video
+        return original(schedule, ptype, out, delta, t)
+
+    monkeypatch.setattr(sampling, "_apply", spy)
+    _run(audio, video, _disc(audio, video), window=(0.0, 0.5))
+    audio_steps = [t for c, t in applied if c == 2]
+    video_steps = [t for c, t in applied if c == 3]
+    audio.scheduler.set_timesteps(STEPS)
+    video.scheduler.set_timesteps(STEPS)
+    assert audio_steps == [int(t) for t in audio.scheduler.timesteps if t / 100 <= 0.5]
+    assert video_steps == [int(t) for t in video.scheduler.timesteps if t / 100 <= 0.5]
+    assert len(audio_steps) != len(video_steps)  # the old rule (audio's level) gave equal lists
+
+
+def test_discriminator_runs_in_eval_mode_and_keeps_its_mode() -> None:
+    audio, video = _streams(DDIMScheduler)
+    disc = _disc(audio, video)
+    modes = []
+    disc.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    disc.train()
+    _run(audio, video, disc, steps=2)
+    assert modes and not any(modes)
+    assert disc.training
+
+
+def test_only_batched_keyword_tensors_are_chunked() -> None:
+    audio, video = _streams(DDIMScheduler)
+    inner = _disc(audio, video)
+    seen = []
+
+    def disc(a, v, snr_a, snr_v, shared, per_sample):
+        seen.append((tuple(shared.shape), tuple(per_sample.shape), a.shape[0]))
+        return inner(a, v, snr_a, snr_v) + (per_sample * a.flatten(1)[:, :4]).sum(1) * shared[0]
+
+    extra = {"shared": torch.ones(4), "per_sample": torch.randn(3, 4, generator=_gen(0))}
+    full = _run(audio, video, disc, steps=2, extra=extra)
+    chunked = _run(audio, video, disc, steps=2, extra=extra, chunk_size=2)
+    for x, y in zip(full, chunked, strict=True):
+        torch.testing.assert_close(x, y)
+    assert {(s, p, b) for s, p, b in seen} == {
+        ((4,), (3, 4), 3),
+        ((4,), (2, 4), 2),
+        ((4,), (1, 4), 1),
+    }
+
+
+def test_cfg_on_discriminator_needs_an_unconditional_input() -> None:
+    audio, video = _streams(DDIMScheduler)
+    disc = _disc(audio, video)
+    with pytest.raises(ValueError, match="neither stream gives the discriminator a conditional"):
+        _run(audio, video, disc, cfg_on_discriminator=True)
+    audio.disc_text = torch.zeros(3, 4)
+    audio.cfg_scale = 3.0
+    with pytest.raises(ValueError, match=r"audio stream has cfg_scale 3\.0 but no unconditional"):
+        _run(audio, video, disc, cfg_on_discriminator=True)
+    audio.cond, audio.uncond = 0.05, 0.0
+    a, _ = _run(audio, video, disc, cfg_on_discriminator=True)
+    assert torch.isfinite(a).all()

@@ -33,6 +33,10 @@ class BaseModelConfig:
     cfg_scale: float = 1.0  # classifier-free guidance of the base model itself
     torch_dtype: str | None = None  # "float16", "bfloat16" or None (float32)
     options: dict[str, Any] = field(default_factory=dict)  # adapter keyword arguments
+    # Weights are read from .safetensors only. True also accepts legacy .bin checkpoints
+    # (torch.load with weights_only=True: tensors, never code); use it only for checkpoints
+    # that ship no safetensors.
+    allow_bin_weights: bool = False
 
 
 @dataclass
@@ -49,6 +53,11 @@ class DataConfig:
     caption_dropout: float = 0.1  # the paper's text dropout, for classifier-free guidance
     shard_size: int = 256
     batch_size: int = 8
+    # Peak level of each clip's waveform: "model" = what the audio model was trained on
+    # (AudioLDM 0.5 with the mean removed, Auffusion 0.95, others untouched), a number = that
+    # peak, null = the waveform as decoded.
+    audio_peak: float | str | None = "model"
+    posterior: str = "sample"  # latents: "sample" the VAE posterior (reference) or its "mode"
 
 
 @dataclass
@@ -90,7 +99,7 @@ class ExperimentConfig:
     output_dir: str = "runs"
 
     def __post_init__(self) -> None:
-        from mmdisco.base_models import ADAPTERS
+        from mmdisco.base_models import ADAPTERS, check_options
 
         for name, model in (("audio", self.audio), ("video", self.video)):
             if model.adapter not in ADAPTERS:
@@ -99,6 +108,18 @@ class ExperimentConfig:
                 )
             if model.torch_dtype not in (None, "float32", "float16", "bfloat16"):
                 raise ConfigError(f"{name}.torch_dtype: unsupported {model.torch_dtype!r}")
+            try:
+                check_options(model.adapter, model.options)
+            except ValueError as err:
+                raise ConfigError(f"{name}.options.{err}") from None
+        if isinstance(self.data.audio_peak, str) and self.data.audio_peak != "model":
+            raise ConfigError(
+                f"data.audio_peak must be 'model', a number or null, got {self.data.audio_peak!r}"
+            )
+        if self.data.posterior not in ("sample", "mode"):
+            raise ConfigError(
+                f"data.posterior must be 'sample' or 'mode', got {self.data.posterior!r}"
+            )
         if not 0.0 <= self.data.caption_dropout < 1.0:
             raise ConfigError(
                 f"data.caption_dropout must lie in [0, 1), got {self.data.caption_dropout}"
@@ -136,25 +157,26 @@ class ExperimentConfig:
         except (TypeError, ValueError) as err:
             raise ConfigError(f"train: {err}") from err
 
-    def clip_spec(self) -> Any:
+    def clip_spec(self, audio_model: Any = None) -> Any:
+        """The clips' :class:`~mmdisco.data.ClipSpec`; ``audio_peak: model`` reads the peak
+        level from ``audio_model`` (or from the audio adapter's class when none is given)."""
+        from mmdisco.base_models import adapter_class
         from mmdisco.data import ClipSpec
 
         d = self.data
-        return ClipSpec(d.duration, d.fps, d.size, d.sample_rate)
+        peak, remove_dc = d.audio_peak, False
+        if peak == "model":
+            source = audio_model if audio_model is not None else adapter_class(self.audio.adapter)
+            peak = getattr(source, "peak_level", None)
+            remove_dc = bool(getattr(source, "remove_dc", False))
+        return ClipSpec(d.duration, d.fps, d.size, d.sample_rate, peak, remove_dc, d.posterior)
 
     def load_base_models(self, device: str = "cpu") -> tuple[Any, Any]:
-        """Both adapters, loaded as diffusers loads their pipelines, moved to ``device``."""
-        import torch
+        """Both adapters (:func:`mmdisco.experiment.load_models`: loaded, moved to ``device``
+        and checked against this config)."""
+        from mmdisco.experiment import load_models
 
-        from mmdisco.base_models import load_base_model
-
-        models = []
-        for spec in (self.audio, self.video):
-            kwargs = dict(spec.options)
-            if spec.torch_dtype:
-                kwargs["torch_dtype"] = getattr(torch, spec.torch_dtype)
-            models.append(load_base_model(spec.adapter, spec.path, **kwargs).to(device))
-        return models[0], models[1]
+        return load_models(self, device)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -217,8 +217,11 @@ class SummedDiscriminators(nn.Module):
 
 def load_discriminator(directory: str | Path, device: str = "cpu") -> nn.Module:
     """A discriminator saved by ``Discriminator``, :class:`PooledDiscriminator` or
-    :class:`SummedDiscriminators`: the one loader for every saved discriminator."""
+    :class:`SummedDiscriminators`, or converted from the reference release by
+    :func:`mmdisco.discriminator.official.convert_official`: the one loader for every saved
+    discriminator."""
     from mmdisco.discriminator import Discriminator
+    from mmdisco.discriminator.official import OfficialDiscriminator, is_official
 
     sum_file = Path(directory) / SUM_CONFIG
     if sum_file.exists():
@@ -226,6 +229,8 @@ def load_discriminator(directory: str | Path, device: str = "cpu") -> nn.Module:
         return SummedDiscriminators(
             *(load_discriminator(Path(directory) / p, device) for p in parts)
         )
+    if is_official(directory):
+        return OfficialDiscriminator.from_pretrained(directory, device)
     disc = Discriminator.from_pretrained(directory, device)
     pool_file = Path(directory) / POOL_CONFIG
     if pool_file.exists():

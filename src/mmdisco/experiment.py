@@ -134,8 +134,15 @@ class ConfiguredModel(BaseModel):
             return self._sampler()
         return self.model.make_scheduler(cls, **overrides)
 
-    def encode(self, media: Tensor) -> Tensor:
-        return self.model.encode(media)
+    def to(self, device: torch.device | str) -> ConfiguredModel:
+        self.model.to(device)
+        return self
+
+    def modules(self) -> dict[str, Any]:
+        return self.model.modules() if hasattr(self.model, "modules") else {}
+
+    def encode(self, media: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self.model.encode(media, generator)
 
     def decode(self, latents: Tensor) -> Tensor:
         return self.model.decode(latents)
@@ -160,32 +167,107 @@ class ConfiguredModel(BaseModel):
 
 
 def load_models(cfg: ExperimentConfig, device: str | torch.device = "cpu") -> tuple[Any, Any]:
-    """Both base models, loaded as their pipelines load; a failure names the config section."""
-    return load_model(cfg.audio, "audio", device), load_model(cfg.video, "video", device)
+    """Both base models (:func:`load_model`), then checked together: their samplers must
+    agree on the number of steps (:func:`check_sampler_steps`)."""
+    audio, video = load_model(cfg.audio, "audio", device), load_model(cfg.video, "video", device)
+    check_sampler_steps(cfg, audio, video)
+    return audio, video
 
 
 def load_model(spec: BaseModelConfig, name: str, device: str | torch.device = "cpu") -> Any:
-    """One base model as ``spec`` describes it; a failure's message starts with ``name``."""
+    """One base model as ``spec`` describes it, moved to ``device`` and run for one denoiser
+    step there (:func:`check_compute`); a failure's message starts with ``name``."""
     from mmdisco.base_models import load_base_model
 
     kwargs = dict(spec.options)
     if spec.torch_dtype:
         kwargs["torch_dtype"] = getattr(torch, spec.torch_dtype)
     try:
-        model = load_base_model(spec.adapter, spec.path, **kwargs)
+        model = load_base_model(
+            spec.adapter, spec.path, allow_bin_weights=spec.allow_bin_weights, **kwargs
+        )
     except (OSError, ValueError, TypeError) as err:
         raise ConfigError(
             f"{name}: cannot load adapter {spec.adapter!r} from {spec.path!r} with options "
             f"{sorted(spec.options)}: {err}"
         ) from err
-    return model.to(device)
+    model = model.to(device)
+    check_compute(name, spec, model)
+    return model
 
 
-def configured(cfg: ExperimentConfig, audio: BaseModel, video: BaseModel) -> tuple[Any, Any]:
+def check_compute(name: str, spec: BaseModelConfig, model: BaseModel) -> None:
+    """One denoiser call (batch 1, empty prompt, first sampling timestep) in the model's
+    configured dtype and device, so that a dtype the device cannot run, or weights of mixed
+    dtypes, fail at load with the model and dtype named, not hours into a run."""
+    dtype = spec.torch_dtype or "float32"
+    where = f"{name} ({spec.adapter} from {spec.path!r}, torch_dtype {dtype}, on {model.device})"
+    try:
+        cond = model.encode_prompt([""])
+    except NotImplementedError:  # an unconditional model
+        cond = None
+    try:
+        with torch.no_grad():
+            scheduler = model.make_scheduler()
+            scheduler.set_timesteps(1)
+            x = torch.zeros(1, *model.latent_shape(), device=model.device)
+            out = model.predict(x, scheduler.timesteps[0], cond)
+    except (RuntimeError, NotImplementedError, TypeError) as err:
+        raise ConfigError(f"{where}: one denoiser step failed: {err}") from err
+    if out.dtype != torch.float32 or not torch.isfinite(out).all():
+        raise ConfigError(f"{where}: one denoiser step gave non-finite or non-float32 output")
+
+
+def check_sampler_steps(cfg: ExperimentConfig, audio: BaseModel, video: BaseModel) -> None:
+    """Joint sampling steps both schedulers in lockstep: they must take the same steps."""
+    n = cfg.sampling.num_inference_steps
+    counts = []
+    for model in (audio, video):
+        scheduler = make_sampler(model, cfg)
+        scheduler.set_timesteps(n)
+        counts.append((type(scheduler).__name__, len(scheduler.timesteps)))
+    if counts[0][1] != counts[1][1]:
+        (a_name, a_n), (v_name, v_n) = counts
+        raise ConfigError(
+            f"sampling.scheduler: for num_inference_steps={n} the audio model's {a_name} takes "
+            f"{a_n} steps and the video model's {v_name} {v_n}; joint sampling steps both "
+            "together, so name one scheduler for both (e.g. DDPMScheduler or "
+            "DPMSolverMultistepScheduler) instead of 'default'"
+        )
+
+
+def configured(
+    cfg: ExperimentConfig,
+    audio: BaseModel,
+    video: BaseModel,
+    cfg_scales: tuple[float, float] | None = None,
+) -> tuple[Any, Any]:
+    """Both models with their CFG scales (the config's unless ``cfg_scales`` are given)."""
+    scales = cfg_scales or (cfg.audio.cfg_scale, cfg.video.cfg_scale)
     return tuple(
-        ConfiguredModel(m, spec.cfg_scale, lambda m=m: make_sampler(m, cfg))
-        for m, spec in ((audio, cfg.audio), (video, cfg.video))
+        ConfiguredModel(m, scale, lambda m=m: make_sampler(m, cfg))
+        for m, scale in zip((audio, video), scales, strict=True)
     )
+
+
+def fake_cfg_scales(cfg: ExperimentConfig, manifest: dict[str, Any]) -> tuple[float, float]:
+    """The CFG scales the fakes were sampled with (recorded in their manifest); a warning
+    names them when the config now says otherwise, since L_DLSM must use the fakes'."""
+    recorded = manifest.get("config", {})
+    scales = (
+        float(recorded.get("cfg_scale_audio", cfg.audio.cfg_scale)),
+        float(recorded.get("cfg_scale_video", cfg.video.cfg_scale)),
+    )
+    if scales != (cfg.audio.cfg_scale, cfg.video.cfg_scale):
+        import warnings
+
+        warnings.warn(
+            f"the fakes in {cfg.fakes.out_dir} were sampled with CFG scales {scales} (audio, "
+            f"video) but the config now says {(cfg.audio.cfg_scale, cfg.video.cfg_scale)}; "
+            "L_DLSM uses the fakes' scales so that both loss terms aim at the same ratio",
+            stacklevel=2,
+        )
+    return scales
 
 
 def _model_summary(spec: BaseModelConfig) -> dict[str, Any]:
@@ -199,11 +281,17 @@ def _model_summary(spec: BaseModelConfig) -> dict[str, Any]:
 
 def check_clip_spec(cfg: ExperimentConfig, audio: BaseModel, video: BaseModel) -> None:
     """Fail early, naming the fields, when the data's clips do not fit the base models."""
-    spec = cfg.clip_spec()
+    spec = cfg.clip_spec(audio)
     rate = getattr(audio, "sample_rate", None)
     if rate is not None and rate != spec.sample_rate:
         raise ConfigError(
             f"data.sample_rate is {spec.sample_rate} but the audio model runs at {rate} Hz"
+        )
+    seconds = getattr(audio, "duration", None)
+    if seconds is not None and abs(seconds - spec.duration) > 1e-6:
+        raise ConfigError(
+            f"data.duration is {spec.duration} s but the audio model generates {seconds} s "
+            f"(audio.options: audio_length_in_s, spectrogram.duration or audio_end_in_s)"
         )
     frames = getattr(video, "num_frames", None)
     if frames is not None and frames != spec.num_frames:
@@ -225,7 +313,7 @@ def cache_real_latents(
 
     audio, video = load_models(cfg, device)
     check_clip_spec(cfg, audio, video)
-    dataset = ClipDataset(cfg.data.source, cfg.clip_spec(), seed=cfg.data.seed)
+    dataset = ClipDataset(cfg.data.source, cfg.clip_spec(audio), seed=cfg.data.seed)
     return cache_latents(
         dataset,
         audio,
@@ -379,8 +467,10 @@ def train_from_config(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(train_cfg.seed)  # the initial weights are a function of the seed
         disc = Discriminator(dcfg)
-    # L_DLSM corrects each base model's captioned, CFG-guided prediction: the one sampled.
-    wrapped = configured(cfg, audio, video)
+    # L_DLSM corrects each base model's captioned, CFG-guided prediction: the one the fakes
+    # were sampled with.
+    scales = fake_cfg_scales(cfg, fakes.manifest)
+    wrapped = configured(cfg, audio, video, scales)
     out = Path(cfg.output_dir)
     result = train_discriminator(
         disc,
@@ -392,10 +482,109 @@ def train_from_config(
         accelerator=accelerator,
         progress=progress,
         stop_after=stop_after,
+        fake_cfg_scales=scales,
     )
     if accelerator.is_main_process:
         disc.save_pretrained(out / DISCRIMINATOR_DIR)
     return result
+
+
+def estimate_training_memory(
+    cfg: ExperimentConfig,
+    processes: int = 1,
+    micro_batch: int | None = None,
+    models: tuple[BaseModel, BaseModel, tuple[Any, Any]] | None = None,
+) -> Any:
+    """Peak memory per device of one training step of ``cfg`` (``processes`` data-parallel
+    processes), measured on the meta device: nothing is computed or allocated but the base
+    models' weights, which are loaded (on the CPU) to learn their sizes and then moved to
+    meta. ``micro_batch`` overrides the per-process micro-batch (``train.grad_accum`` adapts).
+    ``models`` reuses what :func:`memory_models` returned (for several estimates).
+
+    bfloat16 autocast cannot run on the meta device; its steps are estimated in float32,
+    which bounds them from above (``MemoryEstimate.exact`` is then False).
+    """
+    from mmdisco.discriminator import Discriminator
+    from mmdisco.training.memory import estimate_step_memory
+
+    audio, video, conds = models or memory_models(cfg)
+    train_cfg = cfg.train_config()
+    local = train_cfg.batch_size // processes
+    micro = micro_batch or local // train_cfg.grad_accum
+    if micro < 1 or local % micro:
+        raise ConfigError(
+            f"train.batch_size {train_cfg.batch_size} over {processes} processes gives "
+            f"{local} pairs per process, which micro-batches of {micro} do not divide"
+        )
+    dcfg = discriminator_config(cfg, audio, video)
+    with torch.device("meta"):
+        disc = Discriminator(dcfg)
+    text_dims = {
+        k: d
+        for k, d in zip(TEXT_KEYS, (dcfg.text_dim_audio, dcfg.text_dim_video), strict=True)
+        if d
+    }
+    step_cfg = dataclasses.replace(train_cfg, batch_size=micro, grad_accum=1, mixed_precision="no")
+    estimate = estimate_step_memory(disc, audio, video, step_cfg, text_dims, conds)
+    estimate.grad_accum = local // micro
+    estimate.exact = train_cfg.mixed_precision == "no"
+    return estimate
+
+
+def memory_models(cfg: ExperimentConfig) -> tuple[Any, Any, tuple[Any, Any]]:
+    """The configured base models (as training uses them) and one caption's conditioning
+    for each, encoded on the CPU before any estimate moves the models to the meta device."""
+    from mmdisco.training.memory import prompt_conditioning
+
+    audio, video = configured(cfg, *load_models(cfg))
+    return audio, video, prompt_conditioning((audio, video))
+
+
+def dry_run_report(
+    cfg: ExperimentConfig, processes: int = 1, memory_gib: float | None = None
+) -> str:
+    """What ``mmdisco train --dry-run`` prints: the configured step's memory per device and,
+    given a budget, the largest micro-batch that fits (accumulating to the same batch)."""
+    from mmdisco.training.memory import GIB
+
+    train_cfg = cfg.train_config()
+    models = memory_models(cfg)
+    estimate = estimate_training_memory(cfg, processes, None, models)
+    local = train_cfg.batch_size // processes
+    lines = [
+        f"{cfg.name}: batch {train_cfg.batch_size} on {processes} process(es) = "
+        f"{estimate.grad_accum} micro-batch(es) of {estimate.batch} per device; "
+        f"gradient_checkpointing {train_cfg.gradient_checkpointing}, "
+        f"mixed_precision {train_cfg.mixed_precision}",
+        "",
+        estimate.table(),
+        "",
+        "Live tensor bytes, measured on the meta device (a CPU step measured 1.05-1.12x this "
+        "in peak RSS); on a GPU add the CUDA context (~0.5 GiB) and allocator fragmentation.",
+    ]
+    if not estimate.exact:
+        lines.append("bf16 autocast cannot run on the meta device: figures are float32's.")
+    if memory_gib is not None:
+        # Peak memory is affine in the micro-batch: two points give the line.
+        second = next((m for m in range(2, local + 1) if local % m == 0), 1)
+        one = estimate_training_memory(cfg, processes, 1, models)
+        two = estimate_training_memory(cfg, processes, second, models)
+        slope = (two.peak - one.peak) // max(second - 1, 1)
+        fits = [
+            m
+            for m in range(1, local + 1)
+            if local % m == 0 and one.peak + (m - 1) * slope <= memory_gib * GIB
+        ]
+        if fits:
+            m = max(fits)
+            lines.append(
+                f"Within {memory_gib:g} GiB: micro-batches of {m} (train.grad_accum: "
+                f"{local // m}), about {(one.peak + (m - 1) * slope) / GIB:.1f} GiB; each "
+                f"further pair costs {slope / GIB:.2f} GiB."
+            )
+        else:
+            lines.append(f"Even one pair per micro-batch needs {one.peak / GIB:.1f} GiB.")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,12 +617,14 @@ def _stream(
     prompts: list[str],
     seed: int,
     disc_config: Any,
+    from_hidden_states: bool = False,
 ) -> Stream:
     """One modality's stream: its prompt pair and CFG scale, the configured sampler, its
     joint-guidance scale and, if the discriminator takes text, the captions' pooled embedding."""
     spec: BaseModelConfig = getattr(cfg, modality)
     cond, uncond = prompt_pair(model, prompts)
-    takes_text = getattr(disc_config, f"text_dim_{modality}", None) is not None
+    text, text_uncond = discriminator_texts(disc_config, from_hidden_states, model, modality,
+                                            cond, uncond)  # fmt: skip
     return Stream(
         model=model,
         scheduler=make_sampler(model, cfg),
@@ -442,9 +633,44 @@ def _stream(
         cfg_scale=spec.cfg_scale,
         guidance_scale=getattr(cfg.sampling, f"guidance_scale_{modality}"),
         generator=torch.Generator(model.device).manual_seed(seed),
-        disc_text=model.pooled_text_embedding(cond) if takes_text else None,
-        disc_text_uncond=None,  # the discriminator's learned null: how it saw dropped captions
+        disc_text=text,
+        disc_text_uncond=text_uncond,
     )
+
+
+def discriminator_texts(
+    disc_config: Any,
+    from_hidden_states: bool,
+    model: BaseModel,
+    modality: str,
+    cond: Any,
+    uncond: Any,
+) -> tuple[Tensor | None, Tensor | None]:
+    """The discriminator's text inputs for one modality, conditional and unconditional.
+
+    mmdisco's discriminators take the pooled embedding and use their learned null for the
+    unconditional branch (None). The release's (``from_hidden_states``) averages the
+    denoiser's text tokens and has no null: it gets the empty prompt's tokens.
+    """
+    if getattr(disc_config, f"text_dim_{modality}", None) is None:
+        return None, None
+    if from_hidden_states:
+        return cond.hidden_states.float(), uncond.hidden_states.float()
+    return model.pooled_text_embedding(cond), None
+
+
+def check_release_schedule(disc: Any, audio: BaseModel, where: Path) -> None:
+    """The release's discriminator sees the audio model's timestep, recovered from the
+    log-SNR on the schedule it was trained with: the audio model must use that schedule."""
+    ours, theirs = audio.schedule, disc.schedule
+    same = isinstance(ours, DiscreteSchedule) and len(ours.alphas_cumprod) == len(
+        theirs.alphas_cumprod
+    )
+    if not same or not torch.allclose(ours.alphas_cumprod, theirs.alphas_cumprod, atol=1e-6):
+        raise ConfigError(
+            f"{where}: the release discriminator was trained on the noise schedule "
+            f"{disc.config.schedule}, which the audio model does not use"
+        )
 
 
 def mono(audio: Tensor) -> Tensor:
@@ -483,6 +709,9 @@ def sample_from_config(
     disc_dir = Path(discriminator or Path(cfg.output_dir) / DISCRIMINATOR_DIR)
     disc = load_discriminator(disc_dir, str(device)).eval()
     dcfg = disc_config_of(disc)
+    from_hidden_states = bool(getattr(disc, "text_from_hidden_states", False))
+    if from_hidden_states:
+        check_release_schedule(disc, audio, disc_dir)
     prompts = list(prompts or real_captions(cfg)[: s.batch_size])
     out = Path(out_dir or Path(cfg.output_dir) / SAMPLES_DIR)
     options = GuidanceOptions(window=s.window, cfg_on_discriminator=s.cfg_on_discriminator)
@@ -492,7 +721,15 @@ def sample_from_config(
         for b, lo in enumerate(range(0, len(prompts), s.batch_size)):
             batch = prompts[lo : lo + s.batch_size]
             streams = [
-                _stream(model, modality, cfg, batch, derive_seed(s.seed, b, k), dcfg)
+                _stream(
+                    model,
+                    modality,
+                    cfg,
+                    batch,
+                    derive_seed(s.seed, b, k),
+                    dcfg,
+                    from_hidden_states,
+                )
                 for k, (model, modality) in enumerate(((audio, "audio"), (video, "video")))
             ]
             parts.append(

@@ -13,13 +13,13 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
-from torch import Tensor
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
 
 
 @contextmanager
@@ -97,3 +97,32 @@ def state_dict_mismatches(expected: Mapping[str, Tensor], found: Mapping[str, Te
         + [f"shape mismatch {s}" for s in shapes[:limit]]
         + ([f"(+{len(shapes) - limit} more shape mismatches)"] if len(shapes) > limit else [])
     )
+
+
+def save_pretrained(
+    directory: str | os.PathLike, config: dict[str, Any], module: nn.Module
+) -> None:
+    """``config.json`` and ``model.safetensors`` of ``module`` in ``directory`` (atomically)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(directory / "config.json", config)
+    save_tensors_atomic(directory / "model.safetensors", module.state_dict())
+
+
+def load_pretrained(
+    directory: str | os.PathLike, build: Callable[[dict[str, Any]], nn.Module], what: str
+) -> nn.Module:
+    """The module ``build(config)`` with the weights :func:`save_pretrained` wrote; missing
+    files and weights that do not fit the config are errors naming the file."""
+    directory = Path(directory)
+    config_file, weights = directory / "config.json", directory / "model.safetensors"
+    for file in (config_file, weights):
+        if not file.is_file():
+            raise FileNotFoundError(f"{directory}: no {file.name} (expected {what})")
+    module = build(json.loads(config_file.read_text()))
+    state = load_file(str(weights))
+    problems = state_dict_mismatches(module.state_dict(), state)
+    if problems:
+        raise ValueError(f"{weights} does not match {config_file}:\n  " + "\n  ".join(problems))
+    module.load_state_dict(state)
+    return module

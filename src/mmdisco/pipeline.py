@@ -290,9 +290,8 @@ class MMDisCoPipeline:
         disc = self.discriminator if guided else None
         if guided and disc is None:
             raise ValueError("this pipeline has no discriminator; set both guidance scales to 0")
-        takes_text = _takes_text(disc)
         streams = [
-            self._stream(model, name, prompts, negatives, scales, generator, takes_text)
+            self._stream(model, name, prompts, negatives, scales, generator)
             for name, model in (("audio", self.audio_model), ("video", self.video_model))
         ]
         options = GuidanceOptions(
@@ -319,9 +318,13 @@ class MMDisCoPipeline:
         negatives: list[str] | None,
         scales: dict[str, float],
         generator: torch.Generator | list[torch.Generator],
-        takes_text: dict[str, bool],
     ) -> Stream:
-        from mmdisco.experiment import prompt_pair, scheduler_for
+        from mmdisco.experiment import (
+            disc_config_of,
+            discriminator_texts,
+            prompt_pair,
+            scheduler_for,
+        )
 
         stream = Stream(
             model,
@@ -349,8 +352,14 @@ class MMDisCoPipeline:
                 model.encode_prompt(prompts),
                 model.encode_prompt(negatives),
             )
-        if takes_text[modality]:
-            stream.disc_text = model.pooled_text_embedding(stream.cond)
+        stream.disc_text, stream.disc_text_uncond = discriminator_texts(
+            disc_config_of(self.discriminator),
+            bool(getattr(self.discriminator, "text_from_hidden_states", False)),
+            model,
+            modality,
+            stream.cond,
+            stream.uncond,
+        )
         return stream
 
     def _postprocess(self, a: Tensor, v: Tensor, output_type: str) -> MMDisCoPipelineOutput:
@@ -506,11 +515,3 @@ def _negative_list(
             "string or one per prompt"
         )
     return [p for p in negatives for _ in range(num_samples)]
-
-
-def _takes_text(disc: Any) -> dict[str, bool]:
-    """Which modalities' pooled text the discriminator takes (``text_dim_*`` of its config)."""
-    from mmdisco.experiment import disc_config_of
-
-    config = disc_config_of(disc) if disc is not None else None
-    return {m: getattr(config, f"text_dim_{m}", None) is not None for m in ("audio", "video")}

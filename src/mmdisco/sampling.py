@@ -13,7 +13,8 @@ scheduler-step arguments are built once per run.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,9 @@ class Stream:
     cfg_scale: float = 1.0
     guidance_scale: float = 1.0  # lambda: the weight of the discriminator term
     generator: torch.Generator | None = None
-    latents: Tensor | None = None  # initial noise; drawn from ``generator`` when None
+    # Initial noise, unit variance: scaled by the scheduler's init_noise_sigma as diffusers
+    # pipelines scale given latents. Drawn from ``generator`` when None.
+    latents: Tensor | None = None
     disc_text: Tensor | None = None  # pooled text embedding for the discriminator
     disc_text_uncond: Tensor | None = None
 
@@ -59,7 +62,8 @@ class Stream:
 class GuidanceOptions:
     """How the discriminator term is applied."""
 
-    window: tuple[float, float] = (0.0, 1.0)  # guide only while t / T lies in this range
+    # Guide a modality only while its own noise level t / T lies in this range.
+    window: tuple[float, float] = (0.0, 1.0)
     cfg_on_discriminator: bool = False  # the reference release's choice: CFG on grad h too
     chunk_size: int | None = None  # bound memory: discriminator gradient chunk by chunk
     extra: dict[str, Any] = field(default_factory=dict)  # further discriminator kwargs
@@ -88,12 +92,15 @@ def _correction(
         kwargs["text_audio"] = text_a
     if text_v is not None:
         kwargs["text_video"] = text_v
-    chunk = options.chunk_size or a.shape[0]
+    batch = a.shape[0]
+    chunk = options.chunk_size or batch
     deltas_a, deltas_v = [], []
-    for start in range(0, a.shape[0], chunk):
+    for start in range(0, batch, chunk):
         sl = slice(start, start + chunk)
+        # Per-sample inputs are sliced with the batch; shared ones (a (D,) vector) are not.
         chunk_kwargs = {
-            k: (x[sl] if torch.is_tensor(x) and x.ndim > 0 else x) for k, x in kwargs.items()
+            k: (x[sl] if torch.is_tensor(x) and x.ndim > 0 and x.shape[0] == batch else x)
+            for k, x in kwargs.items()
         }
         d_a, d_v = guidance_correction(
             disc,
@@ -114,11 +121,43 @@ def _correction(
 
 def _initial_latents(stream: Stream, batch_size: int) -> Tensor:
     if stream.latents is not None:
-        return stream.latents
-    shape = (batch_size, *stream.model.latent_shape())
-    noise = randn_tensor(shape, generator=stream.generator, device=stream.model.device)
+        noise = stream.latents.to(stream.model.device, torch.float32)
+    else:
+        shape = (batch_size, *stream.model.latent_shape())
+        noise = randn_tensor(shape, generator=stream.generator, device=stream.model.device)
     # Flow-matching schedulers have no init_noise_sigma: their pipelines use unit noise.
     return noise * getattr(stream.scheduler, "init_noise_sigma", 1.0)
+
+
+def _check_cfg_on_discriminator(audio: Stream, video: Stream) -> None:
+    """CFG on the discriminator term needs an unconditional input to mix against."""
+    for name, s in (("audio", audio), ("video", video)):
+        if s.cfg_scale != 1.0 and s.uncond is None:
+            raise ValueError(
+                f"cfg_on_discriminator: the {name} stream has cfg_scale {s.cfg_scale} but no "
+                "unconditional input (Stream.uncond), so neither its prediction nor the "
+                "discriminator term can be mixed; give it uncond or turn cfg_on_discriminator off"
+            )
+    if audio.disc_text is None and video.disc_text is None:
+        raise ValueError(
+            "cfg_on_discriminator: neither stream gives the discriminator a conditional text "
+            "(Stream.disc_text), so its conditional and unconditional terms are the same; give "
+            "disc_text or turn cfg_on_discriminator off"
+        )
+
+
+@contextmanager
+def _eval_mode(module: Any) -> Iterator[None]:
+    """Put an nn.Module discriminator in eval mode (no dropout, no text dropping) for the run
+    and restore its mode afterwards."""
+    training = isinstance(module, torch.nn.Module) and module.training
+    if training:
+        module.eval()
+    try:
+        yield
+    finally:
+        if training:
+            module.train()
 
 
 @torch.no_grad()
@@ -132,8 +171,13 @@ def joint_sample(
     options: GuidanceOptions | None = None,
     progress: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Sample ``batch_size`` audio-video pairs; returns both modalities' final latents."""
+    """Sample ``batch_size`` audio-video pairs; returns both modalities' final latents.
+
+    A discriminator that is an ``nn.Module`` runs in eval mode (its mode is restored after).
+    """
     options = options or GuidanceOptions()
+    if discriminator is not None and options.cfg_on_discriminator:
+        _check_cfg_on_discriminator(audio, video)
     audio.scheduler.set_timesteps(num_inference_steps, device=audio.model.device)
     video.scheduler.set_timesteps(num_inference_steps, device=video.model.device)
     steps_a: Sequence[Tensor] = audio.scheduler.timesteps
@@ -150,26 +194,32 @@ def joint_sample(
     ptypes = (audio.model.prediction_type, video.model.prediction_type)
     step_kwargs = (_step_kwargs(audio), _step_kwargs(video))
     lo, hi = options.window
-    for t_a, t_v in tqdm(
-        list(zip(steps_a, steps_v, strict=True)), disable=not progress, desc="sampling"
-    ):
-        in_a, in_v = _model_input(audio.scheduler, a, t_a), _model_input(video.scheduler, v, t_v)
-        out_a, out_v = audio.predict(in_a, t_a), video.predict(in_v, t_v)
-        if discriminator is not None and lo <= _noise_level(schedules[0], t_a) <= hi:
-            delta_a, delta_v = _correction(
-                discriminator, audio, video, in_a, in_v, t_a, t_v, options, True, schedules
-            )
-            if options.cfg_on_discriminator:
-                # Same mixing as the base models' CFG, each modality with its own scale.
-                un_a, un_v = _correction(
-                    discriminator, audio, video, in_a, in_v, t_a, t_v, options, False, schedules
+    steps = list(zip(steps_a, steps_v, strict=True))
+    with _eval_mode(discriminator):
+        for t_a, t_v in tqdm(steps, disable=not progress, desc="sampling"):
+            in_a = _model_input(audio.scheduler, a, t_a)
+            in_v = _model_input(video.scheduler, v, t_v)
+            out_a, out_v = audio.predict(in_a, t_a), video.predict(in_v, t_v)
+            guide_a = lo <= _noise_level(schedules[0], t_a) <= hi
+            guide_v = lo <= _noise_level(schedules[1], t_v) <= hi
+            if discriminator is not None and (guide_a or guide_v):
+                delta_a, delta_v = _correction(
+                    discriminator, audio, video, in_a, in_v, t_a, t_v, options, True, schedules
                 )
-                delta_a = un_a + audio.cfg_scale * (delta_a - un_a)
-                delta_v = un_v + video.cfg_scale * (delta_v - un_v)
-            out_a = _apply(schedules[0], ptypes[0], out_a, delta_a, t_a)
-            out_v = _apply(schedules[1], ptypes[1], out_v, delta_v, t_v)
-        a = audio.scheduler.step(out_a, t_a, a, **step_kwargs[0]).prev_sample
-        v = video.scheduler.step(out_v, t_v, v, **step_kwargs[1]).prev_sample
+                if options.cfg_on_discriminator:
+                    # Same mixing as the base models' CFG, each modality with its own scale.
+                    un_a, un_v = _correction(
+                        discriminator, audio, video, in_a, in_v, t_a, t_v, options, False,
+                        schedules,
+                    )  # fmt: skip
+                    delta_a = un_a + audio.cfg_scale * (delta_a - un_a)
+                    delta_v = un_v + video.cfg_scale * (delta_v - un_v)
+                if guide_a:
+                    out_a = _apply(schedules[0], ptypes[0], out_a, delta_a, t_a)
+                if guide_v:
+                    out_v = _apply(schedules[1], ptypes[1], out_v, delta_v, t_v)
+            a = audio.scheduler.step(out_a, t_a, a, **step_kwargs[0]).prev_sample
+            v = video.scheduler.step(out_v, t_v, v, **step_kwargs[1]).prev_sample
     return a, v
 
 

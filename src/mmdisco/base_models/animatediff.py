@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmdisco.base_models._diffusers import DiffusersAdapter
+from mmdisco.base_models._diffusers import DiffusersAdapter, loader_kwargs, vae_latents
 from mmdisco.base_models.base import PromptEmbeds
 from mmdisco.base_models.clip_text import clip_prompt_embeds
 
@@ -20,6 +20,7 @@ class AnimateDiffModel(DiffusersAdapter):
     """Adapter for :class:`diffusers.AnimateDiffPipeline` (SD 1.5 + a MotionAdapter)."""
 
     modality = "video"
+    options = ("motion_adapter", "num_frames", "height", "width", "fps")
 
     def __init__(
         self,
@@ -43,12 +44,12 @@ class AnimateDiffModel(DiffusersAdapter):
         ``guoyww/animatediff-motion-adapter-v1-5-2``)."""
         from diffusers import AnimateDiffPipeline, MotionAdapter
 
-        options = {
-            k: kwargs.pop(k) for k in ("num_frames", "height", "width", "fps") if k in kwargs
-        }
+        options = {k: kwargs.pop(k) for k in cls.options if k in kwargs}
+        kwargs.setdefault("use_safetensors", True)
         if isinstance(motion_adapter, str):
-            dtype = kwargs.get("torch_dtype")
-            motion_adapter = MotionAdapter.from_pretrained(motion_adapter, torch_dtype=dtype)
+            motion_adapter = MotionAdapter.from_pretrained(
+                motion_adapter, **loader_kwargs(kwargs, "variant")
+            )
         if motion_adapter is not None:
             kwargs["motion_adapter"] = motion_adapter
         return cls(AnimateDiffPipeline.from_pretrained(path_or_repo_id, **kwargs), **options)
@@ -62,24 +63,28 @@ class AnimateDiffModel(DiffusersAdapter):
         if cond is None:
             raise ValueError("AnimateDiff needs a text conditioning; use encode_prompt([''] * B)")
         # UNetMotionModel folds frames into the batch and expects one text row per frame.
-        text = cond.hidden_states.repeat_interleave(x_t.shape[2], dim=0)
+        text = cond.hidden_states.to(self.device, self.dtype)
+        text = text.repeat_interleave(x_t.shape[2], dim=0)
         return self.pipe.unet(
-            x_t, self.batch_timesteps(t, x_t.shape[0]), encoder_hidden_states=text
-        ).sample
+            self.model_input(x_t), self.batch_timesteps(t, x_t.shape[0]), encoder_hidden_states=text
+        ).sample.float()
 
     def encode_prompt(self, prompts: list[str]) -> PromptEmbeds:
         return clip_prompt_embeds(self.pipe.tokenizer, self.pipe.text_encoder, prompts)
 
     @torch.no_grad()
-    def encode(self, media: Tensor) -> Tensor:
-        """``(B, 3, F, H, W)`` frames in [-1, 1] -> latents (VAE posterior mean, per frame)."""
+    def encode(self, media: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``(B, 3, F, H, W)`` frames in [-1, 1] -> latents, frame by frame (posterior mode, or a
+        sample drawn with ``generator``)."""
         b, _, f, h, w = media.shape
-        frames = media.permute(0, 2, 1, 3, 4).reshape(b * f, 3, h, w).to(self.device)
+        frames = media.permute(0, 2, 1, 3, 4).reshape(b * f, 3, h, w)
         vae = self.pipe.vae
-        latents = vae.encode(frames.to(vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
+        posterior = vae.encode(frames.to(self.device, vae.dtype)).latent_dist
+        latents = vae_latents(posterior, generator) * vae.config.scaling_factor
         return latents.reshape(b, f, *latents.shape[1:]).permute(0, 2, 1, 3, 4)
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """Latents -> ``(B, 3, F, H, W)`` frames in [-1, 1] at :attr:`fps`."""
-        return self.pipe.decode_latents(latents.to(self.pipe.vae.dtype)).clamp(-1, 1)
+        latents = latents.to(self.device, self.pipe.vae.dtype)
+        return self.pipe.decode_latents(latents).float().clamp(-1, 1)

@@ -2,7 +2,8 @@
 
 The UNet sees VAE latents of a ``(1, T, 64)`` mel image (time is the height axis) and is
 conditioned on one CLAP text vector (``class_labels``, no cross-attention). A HiFi-GAN vocoder
-turns mels into 16 kHz audio.
+turns mels into 16 kHz audio. AudioLDM was trained on waveforms with the mean removed and
+peak-normalised to 0.5 (``peak_level``; the clip spec applies it by default).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmdisco.base_models._diffusers import DiffusersAdapter
+from mmdisco.base_models._diffusers import DiffusersAdapter, loader_kwargs, vae_latents
 from mmdisco.base_models.base import PromptEmbeds
 from mmdisco.base_models.mel import MelConfig, log_mel
 
@@ -24,6 +25,9 @@ class AudioLDMModel(DiffusersAdapter):
     """Adapter for :class:`diffusers.AudioLDMPipeline` (e.g. ``cvssp/audioldm-s-full-v2``)."""
 
     modality = "audio"
+    options = ("audio_length_in_s", "n_fft")
+    peak_level = 0.5  # AudioLDM's training data: mean removed, peak at 0.5
+    remove_dc = True
 
     def __init__(self, pipe: Any, audio_length_in_s: float | None = None, n_fft: int = 1024):
         super().__init__(pipe)
@@ -52,8 +56,14 @@ class AudioLDMModel(DiffusersAdapter):
         """Load as ``AudioLDMPipeline.from_pretrained`` does; adapter options are popped first."""
         from diffusers import AudioLDMPipeline
 
-        options = {k: kwargs.pop(k) for k in ("audio_length_in_s", "n_fft") if k in kwargs}
+        options = {k: kwargs.pop(k) for k in cls.options if k in kwargs}
+        kwargs.setdefault("use_safetensors", True)
         return cls(AudioLDMPipeline.from_pretrained(path_or_repo_id, **kwargs), **options)
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio one sample holds."""
+        return self.audio_length_in_s
 
     def latent_shape(self) -> tuple[int, ...]:
         vsf = self.pipe.vae_scale_factor
@@ -63,12 +73,13 @@ class AudioLDMModel(DiffusersAdapter):
     def predict(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         if cond is None:
             raise ValueError("AudioLDM needs a text conditioning; use encode_prompt([''] * B)")
+        cond = cond.to(self.device, self.dtype)
         return self.pipe.unet(
-            x_t,
+            self.model_input(x_t),
             self.batch_timesteps(t, x_t.shape[0]),
             encoder_hidden_states=None,
-            class_labels=cond.hidden_states.to(x_t.dtype),
-        ).sample
+            class_labels=cond.hidden_states,
+        ).sample.float()
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> PromptEmbeds:
@@ -81,22 +92,24 @@ class AudioLDMModel(DiffusersAdapter):
             return_tensors="pt",
         ).to(self.device)
         out = self.pipe.text_encoder(inputs.input_ids, attention_mask=inputs.attention_mask)
-        embeds = F.normalize(out.text_embeds, dim=-1)
+        embeds = F.normalize(out.text_embeds.float(), dim=-1)
         return PromptEmbeds(hidden_states=embeds, pooled=embeds)
 
     @torch.no_grad()
-    def encode(self, media: Tensor) -> Tensor:
-        """``(B, L)`` waveforms at :attr:`sample_rate` -> latents (the VAE posterior mean)."""
+    def encode(self, media: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``(B, L)`` waveforms at :attr:`sample_rate` -> latents (posterior mode, or a sample
+        drawn with ``generator``)."""
         mel = log_mel(media.to(self.device), self.mel, self.num_frames)[:, None]
-        posterior = self.pipe.vae.encode(mel.to(self.pipe.vae.dtype)).latent_dist
-        return posterior.mode() * self.pipe.vae.config.scaling_factor
+        vae = self.pipe.vae
+        posterior = vae.encode(mel.to(vae.dtype)).latent_dist
+        return vae_latents(posterior, generator) * vae.config.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """Latents -> ``(B, L)`` waveforms at :attr:`sample_rate`, as the pipeline decodes."""
         vae = self.pipe.vae
-        mel = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-        return self.pipe.mel_spectrogram_to_waveform(mel)[:, : self.num_samples]
+        mel = vae.decode(latents.to(self.device, vae.dtype) / vae.config.scaling_factor).sample
+        return self.pipe.mel_spectrogram_to_waveform(mel)[:, : self.num_samples].float()
 
 
 class AudioLDM2Model(AudioLDMModel):
@@ -109,21 +122,29 @@ class AudioLDM2Model(AudioLDMModel):
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str, **kwargs: Any) -> AudioLDM2Model:
+        """Load as ``AudioLDM2Pipeline.from_pretrained``. Released checkpoints store the
+        language model as a ``GPT2Model``, which transformers 5 can no longer ``generate``
+        with; it is loaded into a ``GPT2LMHeadModel`` (same weights; the head is tied to the
+        token embedding and unused: only hidden states are generated)."""
         from diffusers import AudioLDM2Pipeline
 
-        options = {k: kwargs.pop(k) for k in ("audio_length_in_s", "n_fft") if k in kwargs}
+        options = {k: kwargs.pop(k) for k in cls.options if k in kwargs}
+        kwargs.setdefault("use_safetensors", True)
+        if "language_model" not in kwargs:
+            kwargs["language_model"] = _language_model(path_or_repo_id, kwargs)
         return cls(AudioLDM2Pipeline.from_pretrained(path_or_repo_id, **kwargs), **options)
 
     def predict(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         if cond is None:
             raise ValueError("AudioLDM 2 needs a text conditioning; use encode_prompt([''] * B)")
+        cond = cond.to(self.device, self.dtype)
         return self.pipe.unet(
-            x_t,
+            self.model_input(x_t),
             self.batch_timesteps(t, x_t.shape[0]),
             encoder_hidden_states=cond.hidden_states,
             encoder_hidden_states_1=cond.extra["text_embeds"],
             encoder_attention_mask_1=cond.attention_mask,
-        ).sample
+        ).sample.float()
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> PromptEmbeds:
@@ -161,3 +182,18 @@ class AudioLDM2Model(AudioLDMModel):
             attention_mask=mask,
             extra={"text_embeds": embeds},
         )
+
+
+def _language_model(path_or_repo_id: str, kwargs: dict[str, Any]) -> Any:
+    """The checkpoint's language model as a ``GPT2LMHeadModel`` (see AudioLDM2Model)."""
+    from transformers import AutoConfig, GPT2LMHeadModel
+
+    where = loader_kwargs(kwargs, "variant")
+    files = {k: v for k, v in where.items() if k in ("cache_dir", "local_files_only", "revision")}
+    config = AutoConfig.from_pretrained(path_or_repo_id, subfolder="language_model", **files)
+    if config.model_type != "gpt2":
+        raise ValueError(
+            f"{path_or_repo_id}: language_model is a {config.model_type!r} model; AudioLDM 2 "
+            "needs GPT-2"
+        )
+    return GPT2LMHeadModel.from_pretrained(path_or_repo_id, subfolder="language_model", **where)

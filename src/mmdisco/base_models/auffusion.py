@@ -1,15 +1,26 @@
-"""Spectrogram-image models (Auffusion, Xue et al. 2024): Stable Diffusion on mel images.
+"""Spectrogram-image models: Stable Diffusion on mel images (Auffusion, Xue et al. 2024).
 
 A log-mel spectrogram is min-max normalised to [0, 1], flipped so low frequencies sit at the
 bottom, repeated over three channels and treated as an RGB image (height = mel bins, width =
-time); a separate HiFi-GAN vocoder turns mels back into audio. Folder layout (see
-docs/real_models.md)::
+time); a separate HiFi-GAN vocoder turns mels back into audio.
 
-    model/
-      model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/
-                                                  # a diffusers StableDiffusionPipeline
-      vocoder/config.json + model.safetensors    # a transformers SpeechT5HifiGan
-      spectrogram.json                            # optional: SpectrogramImageConfig fields
+Two adapters:
+
+* :class:`AuffusionModel` (``"auffusion"``) is Auffusion as its own pipeline runs it: each
+  prompt is encoded unpadded by every text encoder of ``condition_config.json``, zero-padded
+  to 77 tokens and passed through that encoder's condition adapter (Linear + LayerNorm); the
+  unconditional input is all zeros; the UNet always sees 10.24 s of latents (the clip, then
+  noised silence); the vocoder is Auffusion's HiFi-GAN. Audio is peak-normalised to 0.95
+  before the mel (``peak_level``, applied by the clip spec). Load a folder written by
+  :func:`convert_auffusion` (``mmdisco convert-auffusion``) from the released checkpoint.
+* :class:`SpectrogramImageModel` (``"spectrogram_image"``) is the generic layout: a diffusers
+  ``StableDiffusionPipeline`` on mel images plus a ``SpeechT5HifiGan`` vocoder. It is *not*
+  Auffusion (CLIP conditioning as Stable Diffusion does it, no latent context)::
+
+      model/
+        model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/
+        vocoder/config.json + model.safetensors    # a transformers SpeechT5HifiGan
+        spectrogram.json                            # optional: SpectrogramImageConfig fields
 """
 
 from __future__ import annotations
@@ -17,26 +28,33 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from mmdisco.base_models._diffusers import DiffusersAdapter
+from mmdisco.base_models._diffusers import DiffusersAdapter, loader_kwargs, vae_latents
 from mmdisco.base_models.base import PromptEmbeds
 from mmdisco.base_models.clip_text import clip_prompt_embeds
+from mmdisco.base_models.hifigan import HifiGan, HifiGanConfig, fold_weight_norm
 from mmdisco.base_models.mel import MelConfig, log_mel
-from mmdisco.io import write_json_atomic
+from mmdisco.io import load_pretrained, save_pretrained, write_json_atomic
 
 SPECTROGRAM_CONFIG = "spectrogram.json"
+CONDITION_CONFIG = "condition_config.json"
+# Text encoders Auffusion's condition_config.json may name, by transformers architecture.
+TEXT_ENCODERS = ("CLIPTextModel", "T5EncoderModel", "ClapTextModelWithProjection")
 
 
 @dataclass(frozen=True)
 class SpectrogramImageConfig:
-    """How mels become images. Defaults follow the Auffusion release (16 kHz, 256 mels,
-    hop 160, log-magnitude clipped to [log 1e-5, log 200], power 1)."""
+    """How mels become images. Defaults follow the Auffusion release (16 kHz, 256 mels, n_fft
+    2048, window 1024, hop 160, magnitude ``sqrt(|X|^2 + 1e-9)``, log-magnitude clipped to
+    [log 1e-5, log 200], power 1)."""
 
     sample_rate: int = 16000
     n_fft: int = 2048
@@ -48,10 +66,11 @@ class SpectrogramImageConfig:
     min_value: float = 1e-5
     max_value: float = 200.0
     power: float = 1.0
+    magnitude_floor: float = 1e-9
     duration: float = 10.24  # seconds; 1024 mel frames
 
     @classmethod
-    def load(cls, path: str) -> SpectrogramImageConfig:
+    def load(cls, path: str | os.PathLike[str]) -> SpectrogramImageConfig:
         with open(path) as f:
             data = json.load(f)
         known = {f.name for f in fields(cls)}
@@ -60,7 +79,7 @@ class SpectrogramImageConfig:
             raise ValueError(f"{path}: unknown fields {sorted(unknown)}; expected {sorted(known)}")
         return cls(**data)
 
-    def save(self, path: str) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         write_json_atomic(path, asdict(self))
 
     @property
@@ -74,6 +93,7 @@ class SpectrogramImageConfig:
             self.fmin,
             self.fmax,
             self.min_value,
+            self.magnitude_floor,
         )
 
 
@@ -86,10 +106,19 @@ def mel_to_image(mel: Tensor, cfg: SpectrogramImageConfig) -> Tensor:
 
 
 def image_to_mel(image: Tensor, cfg: SpectrogramImageConfig) -> Tensor:
-    """Inverse of :func:`mel_to_image` (channels averaged)."""
+    """Inverse of :func:`mel_to_image`. Like Auffusion, it reads the first channel."""
     lo, hi = math.log(cfg.min_value), math.log(cfg.max_value)
-    x = ((image.float() + 1) / 2).clamp(0, 1).mean(1).flip(1).transpose(1, 2)
+    x = ((image[:, 0].float() + 1) / 2).clamp(0, 1).flip(1).transpose(1, 2)
     return x ** (1 / cfg.power) * (hi - lo) + lo
+
+
+def _spectrogram(path: str, spec: Any) -> SpectrogramImageConfig:
+    """``spec`` as given, or the folder's spectrogram.json overridden by a dict (from YAML)."""
+    if isinstance(spec, SpectrogramImageConfig):
+        return spec
+    file = os.path.join(path, SPECTROGRAM_CONFIG)
+    base = SpectrogramImageConfig.load(file) if os.path.isfile(file) else SpectrogramImageConfig()
+    return replace(base, **(spec or {}))
 
 
 class SpectrogramImageModel(DiffusersAdapter):
@@ -102,17 +131,18 @@ class SpectrogramImageModel(DiffusersAdapter):
     """
 
     modality = "audio"
+    options = ("spectrogram",)
 
     def __init__(
-        self, pipe: Any, vocoder: Any, spectrogram: SpectrogramImageConfig | None = None
+        self, pipe: Any, vocoder: nn.Module, spectrogram: SpectrogramImageConfig | None = None
     ) -> None:
         super().__init__(pipe)
-        self.vocoder = vocoder.requires_grad_(False).eval()
+        self.vocoder = self.add_module("vocoder", vocoder)
         self.spec = spectrogram or SpectrogramImageConfig()
-        if self.spec.n_mels != vocoder.config.model_in_dim:
+        mels = getattr(vocoder.config, "model_in_dim", None) or vocoder.config.num_mels
+        if self.spec.n_mels != mels:
             raise ValueError(
-                f"spectrogram n_mels={self.spec.n_mels} but the vocoder expects "
-                f"model_in_dim={vocoder.config.model_in_dim}"
+                f"spectrogram n_mels={self.spec.n_mels} but the vocoder expects {mels} mel bins"
             )
         self.sample_rate = self.spec.sample_rate
         vsf = pipe.vae_scale_factor
@@ -127,53 +157,62 @@ class SpectrogramImageModel(DiffusersAdapter):
         from diffusers import StableDiffusionPipeline
         from transformers import SpeechT5HifiGan
 
-        spec = kwargs.pop("spectrogram", None)
-        if not isinstance(spec, SpectrogramImageConfig):
-            # A dict (e.g. from a YAML config) overrides the folder's spectrogram.json.
-            file = os.path.join(path, SPECTROGRAM_CONFIG)
-            base = SpectrogramImageConfig.load(file) if os.path.isfile(file) else None
-            spec = replace(base or SpectrogramImageConfig(), **(spec or {}))
+        spec = _spectrogram(path, kwargs.pop("spectrogram", None))
+        kwargs.setdefault("use_safetensors", True)
         kwargs.setdefault("safety_checker", None)
         kwargs.setdefault("requires_safety_checker", False)
         pipe = StableDiffusionPipeline.from_pretrained(path, **kwargs)
         vocoder_dir = os.path.join(path, "vocoder")
         if not os.path.isdir(vocoder_dir):
             raise FileNotFoundError(f"{path}: no vocoder/ folder (a SpeechT5HifiGan) found")
-        vocoder = SpeechT5HifiGan.from_pretrained(
-            vocoder_dir, torch_dtype=kwargs.get("torch_dtype")
-        )
+        vocoder = SpeechT5HifiGan.from_pretrained(vocoder_dir, **loader_kwargs(kwargs))
         return cls(pipe, vocoder.to(pipe.unet.device), spec)
+
+    @property
+    def duration(self) -> float:
+        return self.spec.duration
 
     def latent_shape(self) -> tuple[int, ...]:
         vsf = self.pipe.vae_scale_factor
         return (self.pipe.unet.config.in_channels, self.num_frames // vsf, self.spec.n_mels // vsf)
 
+    def unet(self, x: Tensor, t: Tensor, text: Tensor) -> Tensor:
+        """The UNet on latents in its own layout ``(B, C, mels / 8, frames / 8)``."""
+        return self.pipe.unet(
+            self.model_input(x),
+            self.batch_timesteps(t, x.shape[0]),
+            encoder_hidden_states=text.to(self.device, self.dtype),
+        ).sample.float()
+
     def predict(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         if cond is None:
             raise ValueError("this model needs a text conditioning; use encode_prompt([''] * B)")
-        out = self.pipe.unet(
-            x_t.transpose(-1, -2),
-            self.batch_timesteps(t, x_t.shape[0]),
-            encoder_hidden_states=cond.hidden_states,
-        ).sample
-        return out.transpose(-1, -2)
+        return self.unet(x_t.transpose(-1, -2), t, cond.hidden_states).transpose(-1, -2)
 
     def encode_prompt(self, prompts: list[str]) -> PromptEmbeds:
         return clip_prompt_embeds(self.pipe.tokenizer, self.pipe.text_encoder, prompts)
 
     @torch.no_grad()
-    def encode(self, media: Tensor) -> Tensor:
-        """``(B, L)`` waveforms -> latents of their mel images (VAE posterior mean)."""
-        mel = log_mel(media.to(self.device), self.spec.mel, self.num_frames)
+    def encode(self, media: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``(B, L)`` waveforms -> latents of their mel images (posterior mode, or a sample
+        drawn with ``generator``)."""
+        return self.encode_frames(media, self.num_frames, generator)
+
+    def encode_frames(
+        self, media: Tensor, frames: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Latents ``(B, C, frames / 8, mels / 8)`` of the first ``frames`` mel frames (padded
+        with silence)."""
+        mel = log_mel(media.to(self.device), self.spec.mel, frames)
         vae = self.pipe.vae
         image = mel_to_image(mel, self.spec).to(vae.dtype)
-        latents = vae.encode(image).latent_dist.mode() * vae.config.scaling_factor
-        return latents.transpose(-1, -2)
+        latents = vae_latents(vae.encode(image).latent_dist, generator)
+        return (latents * vae.config.scaling_factor).transpose(-1, -2)
 
     @torch.no_grad()
     def decode_image(self, latents: Tensor) -> Tensor:
         vae = self.pipe.vae
-        latents = latents.transpose(-1, -2).to(vae.dtype) / vae.config.scaling_factor
+        latents = latents.transpose(-1, -2).to(self.device, vae.dtype) / vae.config.scaling_factor
         return vae.decode(latents).sample
 
     @torch.no_grad()
@@ -184,12 +223,287 @@ class SpectrogramImageModel(DiffusersAdapter):
         return audio[:, : self.num_samples]
 
 
+class ConditionAdapter(nn.Module):
+    """Auffusion's per-encoder adapter: ``LayerNorm(Linear(text hidden states))``."""
+
+    def __init__(self, condition_dim: int, cross_attention_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(condition_dim, cross_attention_dim)
+        self.norm = nn.LayerNorm(cross_attention_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.proj(x))
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        dims = (self.proj.in_features, self.proj.out_features)
+        config = dict(zip(("condition_dim", "cross_attention_dim"), dims, strict=True))
+        save_pretrained(directory, config, self)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, torch_dtype: torch.dtype | None = None
+    ) -> ConditionAdapter:
+        def build(config: dict) -> ConditionAdapter:
+            return cls(int(config["condition_dim"]), int(config["cross_attention_dim"]))
+
+        adapter = load_pretrained(directory, build, "a converted condition adapter")
+        return adapter.to(dtype=torch_dtype) if torch_dtype else adapter
+
+
+class AuffusionModel(SpectrogramImageModel):
+    """Auffusion (``auffusion/auffusion-full``) as its own pipeline runs it; see the module
+    docstring. ``encoders`` are ``(tokenizer, text encoder, condition adapter)`` triples in
+    the order of ``condition_config.json``.
+
+    Latent context: the UNet was trained on 10.24 s clips (1024 mel frames, 128 latent
+    frames), so a shorter clip's latents are followed by latents of silence noised to the
+    current timestep, as the reference release does, and the prediction is cut back. The
+    release draws that noise afresh (from torch's global RNG) at every call; here it is drawn
+    once from ``pad_seed`` so that the conditional and unconditional predictions of one step
+    see the same context and runs repeat. The silence latent is the posterior mode.
+    """
+
+    options = ("spectrogram", "context_frames", "pad_seed")
+    peak_level = 0.95  # Auffusion normalises every waveform's peak to 0.95 before the mel
+    remove_dc = False
+
+    def __init__(
+        self,
+        pipe: Any,
+        vocoder: HifiGan,
+        encoders: list[tuple[Any, nn.Module, nn.Module]],
+        spectrogram: SpectrogramImageConfig | None = None,
+        context_frames: int = 1024,
+        pad_seed: int = 0,
+        max_length: int = 77,
+    ) -> None:
+        super().__init__(pipe, vocoder, spectrogram)
+        if not encoders:
+            raise ValueError("Auffusion needs at least one (tokenizer, text encoder, adapter)")
+        self.tokenizers = [tok for tok, _, _ in encoders]
+        for i, (_, encoder, adapter) in enumerate(encoders):
+            self.add_module(f"text_encoder_{i}", encoder)
+            self.add_module(f"condition_adapter_{i}", adapter)
+        # Auffusion truncates and pads to 77 tokens, CLIP's own limit (tiny test tokenizers
+        # have a smaller one).
+        self.max_length = min([int(max_length), *(t.model_max_length for t in self.tokenizers)])
+        self.num_encoders = len(encoders)
+        vsf = pipe.vae_scale_factor
+        self.context_frames = max(math.ceil(context_frames / vsf) * vsf, self.num_frames)
+        self.pad_seed = int(pad_seed)
+        self._context: tuple[Tensor, Tensor] | None = None  # silence latents, their noise
+
+    @classmethod
+    def from_pretrained(cls, path: str, **kwargs: Any) -> AuffusionModel:
+        """Load a folder written by :func:`convert_auffusion` (``kwargs``: ``torch_dtype``,
+        ``use_safetensors`` and the options ``spectrogram``, ``context_frames``,
+        ``pad_seed``)."""
+        from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline
+        from diffusers import UNet2DConditionModel as UNet
+
+        root = Path(path)
+        if (root / "vocoder" / "vocoder.pt").is_file():
+            raise ValueError(
+                f"{path} is the released Auffusion checkpoint (pickled vocoder and adapters); "
+                f"convert it first: mmdisco convert-auffusion --source {path} --out DIR"
+            )
+        if not (root / CONDITION_CONFIG).is_file():
+            raise FileNotFoundError(
+                f"{path}: no {CONDITION_CONFIG}; expected a folder written by "
+                "`mmdisco convert-auffusion`"
+            )
+        options = {k: kwargs.pop(k) for k in cls.options if k in kwargs}
+        options["spectrogram"] = _spectrogram(path, options.get("spectrogram"))
+        kwargs.setdefault("use_safetensors", True)
+        load = loader_kwargs(kwargs)
+        dtype = kwargs.get("torch_dtype")
+        pipe = StableDiffusionPipeline(
+            vae=AutoencoderKL.from_pretrained(path, subfolder="vae", **load),
+            unet=UNet.from_pretrained(path, subfolder="unet", **load),
+            scheduler=PNDMScheduler.from_pretrained(path, subfolder="scheduler"),
+            text_encoder=None,
+            tokenizer=None,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        encoders = []
+        for i, item in enumerate(json.loads((root / CONDITION_CONFIG).read_text())):
+            enc_dir = root / item["text_encoder_name"]
+            encoders.append(
+                (
+                    _tokenizer(enc_dir),
+                    _text_encoder(enc_dir, load, f"{CONDITION_CONFIG}[{i}]"),
+                    ConditionAdapter.from_pretrained(
+                        root / item["condition_adapter_name"], torch_dtype=dtype
+                    ),
+                )
+            )
+        vocoder = HifiGan.from_pretrained(root / "vocoder", torch_dtype=dtype)
+        return cls(pipe, vocoder, encoders, **options)
+
+    def text_modules(self, i: int) -> tuple[nn.Module, nn.Module]:
+        return self.extra_modules[f"text_encoder_{i}"], self.extra_modules[f"condition_adapter_{i}"]
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> PromptEmbeds:
+        """Auffusion's conditioning, prompt by prompt: each encoder's unpadded hidden states,
+        zero-padded to 77 tokens, through its adapter; concatenated along tokens. ``""`` is the
+        pipeline's unconditional input: zeros. ``pooled`` is the token mean (what the
+        reference release gives its discriminator)."""
+        rows = []
+        for prompt in prompts:
+            parts = []
+            for i, tokenizer in enumerate(self.tokenizers):
+                encoder, adapter = self.text_modules(i)
+                ids = tokenizer(prompt, return_tensors="pt").input_ids[:, : self.max_length]
+                hidden = encoder(ids.to(self.device)).last_hidden_state
+                hidden = nn.functional.pad(hidden, (0, 0, 0, self.max_length - hidden.shape[1]))
+                parts.append(adapter(hidden.to(adapter.proj.weight.dtype)))
+            row = torch.cat(parts, dim=1).float()
+            rows.append(torch.zeros_like(row) if prompt == "" else row)
+        hidden = torch.cat(rows)
+        return PromptEmbeds(hidden_states=hidden, pooled=hidden.mean(dim=1))
+
+    def predict(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        if cond is None:
+            raise ValueError("Auffusion needs a text conditioning; use encode_prompt([''] * B)")
+        x = x_t.transpose(-1, -2)  # the UNet's layout: (B, C, mels / 8, frames / 8)
+        frames = x.shape[-1]
+        context = self.context_frames // self.pipe.vae_scale_factor
+        if frames < context:
+            silence, noise = self._context_latents()
+            alpha, sigma = self.schedule.alpha_sigma(torch.as_tensor(t).reshape(-1).cpu())
+            shape = (-1, 1, 1, 1)
+            pad = (
+                alpha.reshape(shape).to(x) * silence[..., frames:]
+                + sigma.reshape(shape).to(x) * noise[..., frames:]
+            )
+            x = torch.cat([x, pad.expand(x.shape[0], -1, -1, -1)], dim=-1)
+        return self.unet(x, t, cond.hidden_states)[..., :frames].transpose(-1, -2)
+
+    def _context_latents(self) -> tuple[Tensor, Tensor]:
+        """Latents of 10.24 s of silence (UNet layout) and the noise that pads with them."""
+        if self._context is None or self._context[0].device != self.device:
+            silence = torch.zeros(1, self.context_frames * self.spec.hop_length, device=self.device)
+            latents = self.encode_frames(silence, self.context_frames).transpose(-1, -2)
+            generator = torch.Generator().manual_seed(self.pad_seed)
+            noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+            self._context = (latents, noise)
+        return self._context
+
+    @torch.no_grad()
+    def encode(self, media: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``(B, L)`` waveforms -> latents. As Auffusion does, the mel image is padded with
+        silence to 10.24 s before the VAE and the latents are cut to the clip."""
+        latents = self.encode_frames(media, self.context_frames, generator)
+        return latents[:, :, : self.latent_shape()[1]]
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents -> ``(B, L)`` waveforms: VAE, first image channel, Auffusion's HiFi-GAN."""
+        mel = image_to_mel(self.decode_image(latents), self.spec)
+        audio = self.vocoder(mel.transpose(1, 2).to(self.vocoder.dtype)).float()
+        return audio[:, : self.num_samples]
+
+
+def _tokenizer(directory: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory))
+
+
+def _text_encoder(directory: Path, load: dict[str, Any], where: str) -> nn.Module:
+    """A text encoder of an allowed architecture (never code shipped with the checkpoint)."""
+    import transformers
+
+    config = json.loads((directory / "config.json").read_text())
+    names = [a for a in config.get("architectures") or [] if a in TEXT_ENCODERS]
+    if not names:
+        raise ValueError(
+            f"{where}: {directory} holds a {config.get('architectures')} text encoder; "
+            f"Auffusion's are one of {list(TEXT_ENCODERS)}"
+        )
+    cls = getattr(transformers, names[0])
+    return cls.from_pretrained(str(directory), **load)
+
+
+# ------------------------------------------------------------------------------------------
+# Converting the released checkpoint
+# ------------------------------------------------------------------------------------------
+
+
+def convert_auffusion(source: str | Path, out: str | Path) -> Path:
+    """Convert a local copy of the released Auffusion checkpoint into :class:`AuffusionModel`'s
+    folder: every weight as safetensors, the HiFi-GAN with its weight normalisation folded.
+
+    Pickled files (``vocoder.pt``, ``condition_adapter.pt`` and any ``.bin``) are read with
+    ``torch.load(weights_only=True)``, which builds tensors and nothing else. ``out`` is
+    written under a temporary name and renamed when complete.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    source, out = Path(source), Path(out)
+    items = json.loads(_need(source / CONDITION_CONFIG).read_text())
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for cls, sub in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae")):
+        model = cls.from_pretrained(source, subfolder=sub, use_safetensors=None)
+        model.save_pretrained(tmp / sub, safe_serialization=True)
+    shutil.copytree(source / "scheduler", tmp / "scheduler")
+    for i, item in enumerate(items):
+        name, adapter_name = item["text_encoder_name"], item["condition_adapter_name"]
+        where = f"{CONDITION_CONFIG}[{i}]"
+        encoder = _text_encoder(source / name, {"use_safetensors": None}, where)
+        encoder.save_pretrained(tmp / name, safe_serialization=True)
+        _tokenizer(source / name).save_pretrained(tmp / name)
+        config = json.loads(_need(source / adapter_name / "config.json").read_text())
+        adapter = ConditionAdapter(int(config["condition_dim"]), int(config["cross_attention_dim"]))
+        state = _load_pickled(source / adapter_name / "condition_adapter.pt")
+        adapter.load_state_dict(state)
+        adapter.save_pretrained(tmp / adapter_name)
+    vocoder_config = json.loads(_need(source / "vocoder" / "config.json").read_text())
+    vocoder = HifiGan(HifiGanConfig.from_dict(vocoder_config))
+    state = _load_pickled(source / "vocoder" / "vocoder.pt")
+    vocoder.load_state_dict(fold_weight_norm(state.get("generator", state)))
+    vocoder.save_pretrained(tmp / "vocoder")
+    write_json_atomic(tmp / CONDITION_CONFIG, items)
+    # The mel settings the vocoder was trained with (HiFi-GAN config names), else Auffusion's.
+    names = {"n_fft": "n_fft", "win_size": "win_length", "fmin": "fmin", "fmax": "fmax"}
+    mel = {ours: vocoder_config[key] for key, ours in names.items() if key in vocoder_config}
+    spec = SpectrogramImageConfig(
+        sample_rate=vocoder.config.sampling_rate,
+        hop_length=vocoder.config.hop_length,
+        n_mels=vocoder.config.num_mels,
+        **mel,
+    )
+    spec.save(tmp / SPECTROGRAM_CONFIG)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def _need(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"not an Auffusion checkpoint: {path} is missing")
+    return path
+
+
+def _load_pickled(path: Path) -> dict[str, Tensor]:
+    """A state dict from a ``torch.save`` file, refusing anything but tensors and containers."""
+    try:
+        return torch.load(_need(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # weights_only raises UnpicklingError for any other object
+        raise ValueError(f"{path}: refused or unreadable ({type(err).__name__}: {err})") from err
+
+
 def spectrogram_config_from_vocoder(vocoder: Any, **overrides: Any) -> SpectrogramImageConfig:
     """A :class:`SpectrogramImageConfig` consistent with a vocoder's own config."""
     cfg = vocoder.config
     base = {
         "sample_rate": int(cfg.sampling_rate),
         "hop_length": int(np.prod(cfg.upsample_rates)),
-        "n_mels": int(cfg.model_in_dim),
+        "n_mels": int(getattr(cfg, "model_in_dim", None) or cfg.num_mels),
     }
     return SpectrogramImageConfig(**{**base, **overrides})

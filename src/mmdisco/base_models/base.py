@@ -60,8 +60,12 @@ class BaseModel(ABC):
         cls = cls or getattr(diffusers, name)
         return cls.from_config({**config, **overrides})
 
-    def encode(self, media: Tensor) -> Tensor:
-        """Media (waveform or frames) to the model's space. Identity for pixel/waveform models."""
+    def encode(self, media: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Media (waveform or frames) to the model's space. Identity for pixel/waveform models.
+
+        Latent models return the VAE posterior's mode, or a sample from it drawn with
+        ``generator`` when one is given (the reference release samples).
+        """
         return media
 
     def decode(self, latents: Tensor) -> Tensor:
@@ -93,3 +97,21 @@ class PromptEmbeds:
 
     def __len__(self) -> int:
         return self.hidden_states.shape[0]
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> PromptEmbeds:
+        """A copy on ``device`` whose floating-point tensors are cast to ``dtype`` (masks keep
+        theirs)."""
+
+        def move(x: Tensor | None) -> Tensor | None:
+            if x is None:
+                return None
+            return x.to(device, dtype if x.is_floating_point() else None)
+
+        return PromptEmbeds(
+            move(self.hidden_states),
+            move(self.pooled),
+            move(self.attention_mask),
+            {k: move(v) for k, v in self.extra.items()},
+        )

@@ -24,4 +24,4 @@ def clip_prompt_embeds(tokenizer: Any, text_encoder: Any, prompts: list[str]) ->
     if getattr(text_encoder.config, "use_attention_mask", False):
         mask = inputs.attention_mask.to(text_encoder.device)
     out = text_encoder(inputs.input_ids.to(text_encoder.device), attention_mask=mask)
-    return PromptEmbeds(hidden_states=out[0], pooled=out[1])
+    return PromptEmbeds(hidden_states=out[0], pooled=out[1].float())

@@ -21,7 +21,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import Tensor
 
-from mmdisco.base_models._diffusers import DiffusersAdapter, masked_mean
+from mmdisco.base_models._diffusers import DiffusersAdapter, masked_mean, vae_latents
 from mmdisco.base_models.base import PromptEmbeds
 
 
@@ -65,6 +65,7 @@ class LTXVideoModel(DiffusersAdapter):
 
     modality = "video"
     denoiser_name = "transformer"
+    options = ("num_frames", "height", "width", "fps", "max_sequence_length", "decode_timestep")
 
     def __init__(
         self,
@@ -78,6 +79,18 @@ class LTXVideoModel(DiffusersAdapter):
     ) -> None:
         super().__init__(pipe)
         self.num_frames, self.height, self.width = int(num_frames), int(height), int(width)
+        space, time = pipe.vae_spatial_compression_ratio, pipe.vae_temporal_compression_ratio
+        for name, size in (("height", self.height), ("width", self.width)):
+            if size <= 0 or size % space:
+                raise ValueError(
+                    f"{name}={size}: LTX-Video needs a positive multiple of {space} (its VAE "
+                    f"compresses space by {space})"
+                )
+        if self.num_frames < 1 or (self.num_frames - 1) % time:
+            raise ValueError(
+                f"num_frames={self.num_frames}: LTX-Video needs {time}k + 1 frames (its VAE "
+                f"compresses time by {time}), e.g. {(self.num_frames - 1) // time * time + 1}"
+            )
         self.fps, self.max_sequence_length = float(fps), int(max_sequence_length)
         self.decode_timestep = float(decode_timestep)
 
@@ -85,8 +98,8 @@ class LTXVideoModel(DiffusersAdapter):
     def from_pretrained(cls, path_or_repo_id: str, **kwargs: Any) -> LTXVideoModel:
         from diffusers import LTXPipeline
 
-        names = ("num_frames", "height", "width", "fps", "max_sequence_length", "decode_timestep")
-        options = {k: kwargs.pop(k) for k in names if k in kwargs}
+        options = {k: kwargs.pop(k) for k in cls.options if k in kwargs}
+        kwargs.setdefault("use_safetensors", True)
         return cls(LTXPipeline.from_pretrained(path_or_repo_id, **kwargs), **options)
 
     @property
@@ -131,8 +144,9 @@ class LTXVideoModel(DiffusersAdapter):
             raise ValueError("LTX-Video needs a text conditioning; use encode_prompt([''] * B)")
         p = self.pipe
         f, h, w = self.latent_grid
+        cond = cond.to(self.device, self.dtype)
         out = p.transformer(
-            hidden_states=self.pack(x_t).to(cond.hidden_states.dtype),
+            hidden_states=self.model_input(self.pack(x_t)),
             encoder_hidden_states=cond.hidden_states,
             timestep=self.batch_timesteps(t, x_t.shape[0]),
             encoder_attention_mask=cond.attention_mask,
@@ -156,10 +170,11 @@ class LTXVideoModel(DiffusersAdapter):
         return PromptEmbeds(embeds, masked_mean(embeds, mask), attention_mask=mask)
 
     @torch.no_grad()
-    def encode(self, media: Tensor) -> Tensor:
-        """``(B, 3, F, H, W)`` frames in [-1, 1] -> normalised latents (posterior mean)."""
+    def encode(self, media: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``(B, 3, F, H, W)`` frames in [-1, 1] -> normalised latents (posterior mode, or a
+        sample drawn with ``generator``)."""
         vae = self.pipe.vae
-        latents = vae.encode(media.to(self.device, vae.dtype)).latent_dist.mode()
+        latents = vae_latents(vae.encode(media.to(self.device, vae.dtype)).latent_dist, generator)
         return self.pipe._normalize_latents(
             latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor
         )
@@ -172,7 +187,10 @@ class LTXVideoModel(DiffusersAdapter):
 
         vae = self.pipe.vae
         x = self.pipe._denormalize_latents(
-            latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor
+            latents.to(self.device, torch.float32),
+            vae.latents_mean,
+            vae.latents_std,
+            vae.config.scaling_factor,
         )
         timestep = None
         if vae.config.timestep_conditioning:

@@ -3,6 +3,7 @@
 Both follow HiFi-GAN's ``mel_spectrogram``: magnitude STFT (not power) with a Hann window,
 reflect padding of ``(n_fft - hop) / 2`` on each side and no centring, a Slaney-normalised mel
 filterbank, then ``log(clamp(x, 1e-5))``. The vocoder inverts exactly this representation.
+Auffusion's magnitude is ``sqrt(|X|^2 + 1e-9)`` (``magnitude_floor``), which lifts silence.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class MelConfig:
     fmin: float = 0.0
     fmax: float | None = 8000.0
     clamp: float = 1e-5
+    magnitude_floor: float = 0.0  # |X| is computed as sqrt(|X|^2 + magnitude_floor)
 
 
 def log_mel(waveform: Tensor, config: MelConfig, num_frames: int | None = None) -> Tensor:
@@ -42,7 +44,11 @@ def log_mel(waveform: Tensor, config: MelConfig, num_frames: int | None = None) 
         window=window,
         center=False,
         return_complex=True,
-    ).abs()
+    )
+    if config.magnitude_floor:
+        spec = torch.sqrt(torch.view_as_real(spec).pow(2).sum(-1) + config.magnitude_floor)
+    else:
+        spec = spec.abs()
     basis = librosa.filters.mel(
         sr=config.sample_rate,
         n_fft=config.n_fft,

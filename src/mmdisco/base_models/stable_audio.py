@@ -20,7 +20,7 @@ import torch
 from diffusers import EDMDPMSolverMultistepScheduler
 from torch import Tensor
 
-from mmdisco.base_models._diffusers import DiffusersAdapter, masked_mean
+from mmdisco.base_models._diffusers import DiffusersAdapter, masked_mean, vae_latents
 from mmdisco.base_models.base import PromptEmbeds
 from mmdisco.diffusion import NoiseSchedule
 
@@ -63,8 +63,11 @@ class StableAudioModel(DiffusersAdapter):
 
     modality = "audio"
     denoiser_name = "transformer"
+    options = ("audio_end_in_s", "full_length")
 
-    def __init__(self, pipe: Any, audio_end_in_s: float | None = None) -> None:
+    def __init__(
+        self, pipe: Any, audio_end_in_s: float | None = None, full_length: bool = False
+    ) -> None:
         if not isinstance(pipe.scheduler, CosineDPMSolverScheduler):
             pipe.scheduler = CosineDPMSolverScheduler.from_config(
                 scheduler_config_for_sampling(pipe.scheduler.config)
@@ -73,10 +76,14 @@ class StableAudioModel(DiffusersAdapter):
         self.sample_rate = int(pipe.vae.config.sampling_rate)
         max_len = pipe.transformer.config.sample_size * pipe.vae.hop_length / self.sample_rate
         self.audio_end_in_s = float(audio_end_in_s or max_len)
-        if self.audio_end_in_s > max_len:
-            raise ValueError(
-                f"audio_end_in_s={self.audio_end_in_s} exceeds the model's {max_len} s"
-            )
+        if not 0 < self.audio_end_in_s <= max_len:
+            raise ValueError(f"audio_end_in_s={self.audio_end_in_s} must lie in (0, {max_len}] s")
+        frames = math.ceil(self.audio_end_in_s * self.sample_rate / pipe.vae.hop_length)
+        self.latent_frames = int(pipe.transformer.config.sample_size) if full_length else frames
+
+    @property
+    def duration(self) -> float:
+        return self.audio_end_in_s
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str, **kwargs: Any) -> StableAudioModel:
@@ -84,7 +91,8 @@ class StableAudioModel(DiffusersAdapter):
         :class:`CosineDPMSolverScheduler` (built from the checkpoint's scheduler config)."""
         from diffusers import StableAudioPipeline
 
-        options = {k: kwargs.pop(k) for k in ("audio_end_in_s",) if k in kwargs}
+        options = {k: kwargs.pop(k) for k in cls.options if k in kwargs}
+        kwargs.setdefault("use_safetensors", True)
         if "scheduler" not in kwargs:
             config = CosineDPMSolverScheduler.load_config(
                 path_or_repo_id,
@@ -116,8 +124,7 @@ class StableAudioModel(DiffusersAdapter):
         return cls.from_config({**config, **overrides})
 
     def latent_shape(self) -> tuple[int, ...]:
-        cfg = self.pipe.transformer.config
-        return (cfg.in_channels, cfg.sample_size)
+        return (self.pipe.transformer.config.in_channels, self.latent_frames)
 
     def _rotary(self, length: int) -> Any:
         from diffusers.models.embeddings import get_1d_rotary_pos_embed
@@ -129,15 +136,16 @@ class StableAudioModel(DiffusersAdapter):
     def predict(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         if cond is None:
             raise ValueError("Stable Audio needs a conditioning; use encode_prompt([''] * B)")
+        cond = cond.to(self.device, self.dtype)
         glob = cond.extra["global_hidden_states"]
         return self.pipe.transformer(
-            x_t,
+            self.model_input(x_t),
             self.batch_timesteps(t, x_t.shape[0]),
             encoder_hidden_states=cond.hidden_states,
             global_hidden_states=glob,
             rotary_embedding=self._rotary(x_t.shape[2] + glob.shape[1]),
             return_dict=False,
-        )[0]
+        )[0].float()
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str], audio_start_in_s: float = 0.0) -> PromptEmbeds:
@@ -176,8 +184,9 @@ class StableAudioModel(DiffusersAdapter):
         )
 
     @torch.no_grad()
-    def encode(self, media: Tensor) -> Tensor:
-        """``(B, C, L)`` (or mono ``(B, L)``) waveforms -> latents (posterior mean)."""
+    def encode(self, media: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``(B, C, L)`` (or mono ``(B, L)``) waveforms -> latents (posterior mode, or a sample
+        drawn with ``generator``)."""
         if media.ndim == 2:
             media = media[:, None]
         channels = self.pipe.vae.config.audio_channels
@@ -186,10 +195,10 @@ class StableAudioModel(DiffusersAdapter):
         length = self.latent_shape()[1] * self.pipe.vae.hop_length
         media = torch.nn.functional.pad(media, (0, max(0, length - media.shape[-1])))[..., :length]
         vae = self.pipe.vae
-        return vae.encode(media.to(self.device, vae.dtype)).latent_dist.mode()
+        return vae_latents(vae.encode(media.to(self.device, vae.dtype)).latent_dist, generator)
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """Latents -> ``(B, C, L)`` waveforms, cut to ``audio_end_in_s``."""
-        audio = self.pipe.vae.decode(latents.to(self.pipe.vae.dtype)).sample
+        audio = self.pipe.vae.decode(latents.to(self.device, self.pipe.vae.dtype)).sample
         return audio[..., : int(self.audio_end_in_s * self.sample_rate)].float()

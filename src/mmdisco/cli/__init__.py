@@ -10,7 +10,7 @@ app = typer.Typer(
 )
 
 # Command modules register their commands on ``app`` when imported, so they come after it.
-from mmdisco.cli import demo, evaluate, experiment, toy, train, web, world  # noqa: E402,F401
+from mmdisco.cli import convert, demo, evaluate, experiment, toy, train, web, world  # noqa: E402,F401
 
 
 def main() -> None:

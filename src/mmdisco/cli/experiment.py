@@ -68,10 +68,15 @@ def generate_fakes_from_yaml(config: Path) -> None:
     )
 
 
-def train_from_yaml(config: Path) -> None:
-    from mmdisco.experiment import DISCRIMINATOR_DIR, train_from_config
+def train_from_yaml(
+    config: Path, dry_run: bool = False, processes: int = 1, memory_gib: float | None = None
+) -> None:
+    from mmdisco.experiment import DISCRIMINATOR_DIR, dry_run_report, train_from_config
 
     cfg = load_config(config)
+    if dry_run:
+        typer.echo(_run(dry_run_report, cfg, processes, memory_gib))
+        return
     result = _run(train_from_config, cfg)
     last = result.history[-1] if result.history else {}
     out = Path(cfg.output_dir) / DISCRIMINATOR_DIR

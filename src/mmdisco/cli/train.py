@@ -117,6 +117,20 @@ def train_cmd(
     ] = None,
     audio_model: AudioModelDir = None,
     video_model: VideoModelDir = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            help="with an experiment YAML: print the peak memory per device of one training "
+            "step (measured on the meta device) instead of training"
+        ),
+    ] = False,
+    processes: Annotated[
+        int, typer.Option(help="with --dry-run: data-parallel processes sharing the batch")
+    ] = 1,
+    memory_gib: Annotated[
+        float | None,
+        typer.Option(help="with --dry-run: a device's memory; suggests the micro-batch that fits"),
+    ] = None,
 ) -> None:
     """Train a discriminator on real pairs vs cached fakes (L_D + dlsm_weight * L_DLSM)."""
     from accelerate import Accelerator
@@ -129,7 +143,9 @@ def train_cmd(
     if config is not None and config.suffix in (".yaml", ".yml"):
         from mmdisco.cli.experiment import train_from_yaml
 
-        return train_from_yaml(config)
+        return train_from_yaml(config, dry_run, processes, memory_gib)
+    if dry_run:
+        raise typer.BadParameter("--dry-run needs --config EXPERIMENT.yaml", param_hint="--dry-run")
     _require(fakes=fakes, out=out)
     if config is not None:
         cfg = TrainConfig.from_dict(json.loads(config.read_text()))

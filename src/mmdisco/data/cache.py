@@ -58,8 +58,9 @@ def _encode_shard(
         if batch is None:
             continue
         with torch.no_grad():
-            tensors["audio"].append(audio_model.encode(batch["audio"]).float().cpu())
-            tensors["video"].append(video_model.encode(batch["video"]).float().cpu())
+            for k, (key, model) in enumerate((("audio", audio_model), ("video", video_model))):
+                latents = model.encode(batch[key], _posterior_generator(dataset, lo, k))
+                tensors[key].append(latents.float().cpu())
         for key, model in zip(TEXT_KEYS, (audio_model, video_model), strict=True):
             pooled = _pooled(model, batch["caption"])
             if pooled is not None:
@@ -69,6 +70,16 @@ def _encode_shard(
         meta["starts"] += batch["start"].tolist()
     out = {k: torch.cat(v) for k, v in tensors.items() if v}
     return out, meta
+
+
+def _posterior_generator(dataset: ClipDataset, index: int, modality: int) -> torch.Generator | None:
+    """For ``posterior="sample"``: the draw for the batch starting at ``index`` depends only on
+    the dataset seed and that index, so a resumed cache equals an uninterrupted one."""
+    if dataset.spec.posterior != "sample":
+        return None
+    from mmdisco.training.fakes import derive_seed
+
+    return torch.Generator().manual_seed(derive_seed(dataset.seed, index, modality, 7))
 
 
 def cache_latents(

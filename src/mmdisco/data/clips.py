@@ -42,12 +42,28 @@ class SkipClip(ValueError):
 
 @dataclass(frozen=True)
 class ClipSpec:
-    """What one training clip looks like (match the base models' expectations)."""
+    """What one training clip looks like (match the base models' expectations).
+
+    ``audio_peak`` rescales each clip's waveform so its largest magnitude is that value (after
+    removing its mean when ``remove_dc``), as the audio model's training data were: AudioLDM
+    0.5 with the mean removed, Auffusion 0.95 (``ExperimentConfig.clip_spec`` reads it from
+    the adapter). ``posterior`` is how latents are taken from a VAE: ``"sample"`` draws from
+    the posterior (seeded per clip), as the reference release does; ``"mode"`` takes its mean.
+    """
 
     duration: float = 2.0
     fps: float = 8.0
     size: int = 256
     sample_rate: int = 16000
+    audio_peak: float | None = None
+    remove_dc: bool = False
+    posterior: str = "sample"
+
+    def __post_init__(self) -> None:
+        if self.posterior not in ("sample", "mode"):
+            raise ValueError(f"posterior must be 'sample' or 'mode', got {self.posterior!r}")
+        if self.audio_peak is not None and not 0 < self.audio_peak <= 1:
+            raise ValueError(f"audio_peak must lie in (0, 1], got {self.audio_peak}")
 
     @property
     def num_frames(self) -> int:
@@ -220,6 +236,8 @@ def read_clip(item: ClipItem, spec: ClipSpec, seed: int = 0) -> Clip:
         g = math.gcd(rate, spec.sample_rate)
         audio = resample_poly(audio, spec.sample_rate // g, rate // g).astype(np.float32)
     audio = np.pad(audio, (0, max(0, spec.num_samples - len(audio))))[: spec.num_samples]
+    if spec.audio_peak is not None:
+        audio = normalize_peak(audio, spec.audio_peak, spec.remove_dc)
     video = torch.from_numpy(np.stack(frames).astype(np.float32) / 127.5 - 1.0)
     return Clip(
         video=video.permute(3, 0, 1, 2),
@@ -228,6 +246,13 @@ def read_clip(item: ClipItem, spec: ClipSpec, seed: int = 0) -> Clip:
         path=str(path),
         start=float(start),
     )
+
+
+def normalize_peak(audio: np.ndarray, peak: float, remove_dc: bool = False) -> np.ndarray:
+    """``audio`` (mean removed if ``remove_dc``) scaled so that ``max |audio| == peak``;
+    silence stays silence."""
+    audio = audio - audio.mean() if remove_dc else audio
+    return (audio * (peak / (np.abs(audio).max() + 1e-8))).astype(np.float32)
 
 
 class ClipDataset(torch.utils.data.Dataset):

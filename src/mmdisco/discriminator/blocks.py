@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from mmdisco.discriminator.config import DiscriminatorConfig
@@ -97,8 +98,10 @@ class ResBlock(nn.Module):
         down: nn.Module | None,
         max_groups: int,
         dropout: float,
+        down_after_conv: bool = False,
     ) -> None:
         super().__init__()
+        self.down_after_conv = down_after_conv  # the reference release pools after conv_in
         self.norm_in = group_norm(in_ch, max_groups)
         self.down = down if down is not None else nn.Identity()
         self.conv_in = conv(in_ch, out_ch)
@@ -108,7 +111,8 @@ class ResBlock(nn.Module):
         self.skip = nn.Identity() if in_ch == out_ch else pointwise(in_ch, out_ch)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.conv_in(self.down(F.silu(self.norm_in(x))))
+        h = F.silu(self.norm_in(x))
+        h = self.down(self.conv_in(h)) if self.down_after_conv else self.conv_in(self.down(h))
         h = self.conv_out(self.dropout(F.silu(self.film(h, emb))))
         return self.skip(self.down(x)) + h
 
@@ -178,6 +182,7 @@ class Stream(nn.Module):
                 )
         self.out_channels = ch
         self.norm_out = group_norm(ch, c.norm_groups)
+        self.gradient_checkpointing = False
 
     @staticmethod
     def _block(
@@ -194,8 +199,12 @@ class Stream(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.conv_in(x)
+        checkpoint = self.gradient_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
-            h = block(h, emb)
+            if checkpoint:
+                h = torch.utils.checkpoint.checkpoint(block, h, emb, use_reentrant=False)
+            else:
+                h = block(h, emb)
         return F.silu(self.norm_out(h))
 
 

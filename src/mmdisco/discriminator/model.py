@@ -81,6 +81,13 @@ class Discriminator(nn.Module):
     def _text(dim: int | None, emb: int, name: str) -> TextEmbedding | None:
         return None if dim is None else TextEmbedding(dim, emb, name)
 
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each residual block's activations in the backward pass instead of
+        keeping them (diffusers' name): less memory, about one more forward of compute. The
+        double backward of L_DLSM goes through it (non-reentrant checkpointing)."""
+        self.audio_stream.gradient_checkpointing = enabled
+        self.video_stream.gradient_checkpointing = enabled
+
     @classmethod
     def for_shapes(
         cls,
@@ -104,16 +111,18 @@ class Discriminator(nn.Module):
         text_video: Tensor | None = None,
         *,
         generator: torch.Generator | None = None,
+        text_drop: Tensor | None = None,
     ) -> Tensor:
         """Logits ``h`` of shape ``(B,)`` (pre-sigmoid; ``h = log r_t`` at the optimum).
 
         ``t_audio`` / ``t_video`` are log-SNRs, scalars or ``(B,)``. ``text_*`` are pooled
         text embeddings ``(B, D)`` or token embeddings ``(B, N, D)`` (averaged). In training
         mode each sample's texts are dropped together with probability ``text_drop_prob``,
-        drawn from ``generator`` (or torch's global RNG when it is None).
+        drawn from ``generator`` (or torch's global RNG when it is None), unless ``text_drop``
+        ``(B,)`` says which (the trainer does, so that L_DLSM uses the matching prediction).
         """
         audio_feats, video_feats, cond = self._encode(
-            audio, video, t_audio, t_video, text_audio, text_video, generator
+            audio, video, t_audio, t_video, text_audio, text_video, generator, text_drop
         )
         return self.head(audio_feats, video_feats, cond)
 
@@ -130,7 +139,7 @@ class Discriminator(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """The heads' inputs: audio tokens ``(B, La, C)``, per-frame video tokens ``(B, F, C)``."""
         audio_feats, video_feats, _ = self._encode(
-            audio, video, t_audio, t_video, text_audio, text_video, generator
+            audio, video, t_audio, t_video, text_audio, text_video, generator, None
         )
         return audio_feats, video_feats
 
@@ -143,12 +152,16 @@ class Discriminator(nn.Module):
         text_audio: Tensor | None,
         text_video: Tensor | None,
         generator: torch.Generator | None,
+        text_drop: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         self._check_inputs(audio, video)
         batch = audio.shape[0]
         emb_audio = self.time_audio(_per_sample(t_audio, batch, "t_audio", audio.device))
         emb_video = self.time_video(_per_sample(t_video, batch, "t_video", video.device))
-        drop = self._text_drop(batch, audio.device, generator)
+        if text_drop is not None and self.training:
+            drop = text_drop.to(audio.device, torch.bool).reshape(batch)
+        else:
+            drop = self._text_drop(batch, audio.device, generator)
         emb_audio = emb_audio + self._text_emb(self.text_audio, text_audio, batch, drop, "audio")
         emb_video = emb_video + self._text_emb(self.text_video, text_video, batch, drop, "video")
         audio_feats = audio_tokens(self.audio_stream(audio, emb_audio))

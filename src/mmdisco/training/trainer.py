@@ -15,6 +15,13 @@ name and renamed into place, so a killed run never leaves a checkpoint that look
 Gradients are averaged across processes by an explicit all-reduce rather than a DDP wrapper:
 L_DLSM differentiates the discriminator's input-gradient (double backprop), which DDP's
 gradient hooks do not support reliably.
+
+Memory: each process's share of a step runs as ``grad_accum`` equal micro-batches whose
+gradients add up to the whole batch's (both loss terms are means, so the micro-batch losses
+are averaged); ``gradient_checkpointing`` recomputes the discriminator's residual blocks in
+the backward pass; ``mixed_precision="bf16"`` autocasts the loss's forward and backward (the
+weights, Adam and the gradient sum stay float32). ``mmdisco train --dry-run`` measures what a
+step needs (:mod:`mmdisco.training.memory`).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import json
 import math
 import shutil
 import time
+import warnings
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -33,7 +42,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mmdisco.base_models.base import BaseModel
-from mmdisco.diffusion import NoiseSchedule, to_epsilon
+from mmdisco.diffusion import to_epsilon
 from mmdisco.io import save_tensors_atomic, write_json_atomic
 from mmdisco.training.data import BatchOrder, PairData
 from mmdisco.training.fakes import derive_seed
@@ -41,7 +50,14 @@ from mmdisco.training.losses import EpsFn, mmdisco_loss
 
 CHECKPOINT_DIR = "checkpoints"
 # Settings that may change between a run and its resumption without changing its result.
-RESUMABLE_CHANGES = {"steps", "checkpoint_every", "log_every", "keep_checkpoints"}
+RESUMABLE_CHANGES = {
+    "steps",
+    "checkpoint_every",
+    "log_every",
+    "keep_checkpoints",
+    "gradient_checkpointing",
+}
+MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -73,6 +89,11 @@ class TrainConfig:
     # unconditional fakes shuffling gives N^2 fake pairs from N samples of each model.
     fake_pairing: str = "fixed"
     grad_clip: float | None = 1.0
+    # Memory (module docstring): micro-batches per step and process, activation
+    # checkpointing of the discriminator, "no" or "bf16" autocast.
+    grad_accum: int = 1
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "no"
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -92,6 +113,13 @@ class TrainConfig:
         if self.steps < 0 or self.batch_size <= 0:
             raise ValueError(
                 f"need steps >= 0 and batch_size > 0, got {self.steps}, {self.batch_size}"
+            )
+        if not isinstance(self.grad_accum, int) or self.grad_accum < 1:
+            raise ValueError(f"grad_accum must be a positive int, got {self.grad_accum!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(
+                f"mixed_precision must be one of {sorted(MIXED_PRECISION)}, "
+                f"got {self.mixed_precision!r}"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -271,6 +299,164 @@ def _broadcast_parameters(model: nn.Module, world_size: int) -> None:
             torch.distributed.broadcast(tensor, src=0)
 
 
+def enable_gradient_checkpointing(discriminator: nn.Module) -> None:
+    """Turn on activation checkpointing in ``discriminator`` (or the one it wraps)."""
+    for module in (discriminator, getattr(discriminator, "disc", None)):
+        if hasattr(module, "enable_gradient_checkpointing"):
+            module.enable_gradient_checkpointing()
+            return
+    raise ValueError(
+        f"gradient_checkpointing: {type(discriminator).__name__} does not support activation "
+        "checkpointing (mmdisco.Discriminator does)"
+    )
+
+
+def check_cfg_scales(
+    audio_model: BaseModel, video_model: BaseModel, fake_cfg_scales: tuple[float, float]
+) -> None:
+    """L_D learns the ratio between real pairs and fakes sampled with CFG; L_DLSM corrects
+    the base model's prediction. Both aim at the same ratio only if that prediction is the
+    one the fakes were sampled with (same CFG scale): warn when it is not."""
+    for name, model, scale in zip(
+        ("audio", "video"), (audio_model, video_model), fake_cfg_scales, strict=True
+    ):
+        used = float(getattr(model, "cfg_scale", 1.0))
+        if abs(used - float(scale)) > 1e-9:
+            warnings.warn(
+                f"L_DLSM uses the {name} model's prediction with CFG scale {used}, but the "
+                f"fakes were sampled with {scale}: the two loss terms then target different "
+                f"distributions; wrap the model as ConfiguredModel(model, {scale})",
+                stacklevel=3,
+            )
+
+
+def micro_batches(
+    real: PairData,
+    fake: PairData,
+    orders: tuple[BatchOrder, BatchOrder, BatchOrder],
+    config: TrainConfig,
+    step: int,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> list[tuple[PairData, PairData]]:
+    """This process's real and fake pairs of ``step``, as ``grad_accum`` equal parts."""
+    real_order, fake_order, fake_video_order = orders
+    parts = []
+    indices = (
+        real_order.local_batch(step, rank, world).chunk(config.grad_accum),
+        fake_order.local_batch(step, rank, world).chunk(config.grad_accum),
+        fake_video_order.local_batch(step, rank, world).chunk(config.grad_accum),
+    )
+    for i_real, i_fake, i_video in zip(*indices, strict=True):
+        f = fake.take(i_fake, device)
+        if config.fake_pairing == "shuffle":
+            f.video = fake.video[i_video].to(device)
+        parts.append((real.take(i_real, device), f))
+    return parts
+
+
+def train_step(
+    discriminator: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    audio_model: BaseModel,
+    video_model: BaseModel,
+    batches: list[tuple[PairData, PairData]],
+    config: TrainConfig,
+    step: int,
+    rank: int = 0,
+    world: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """One optimiser step on ``batches`` (micro-batches of equal size): gradients of the mean
+    loss accumulated, averaged over processes, clipped, applied. Returns the mean
+    ``(total, L_D, L_DLSM, accuracy)`` and the gradient norm before clipping.
+
+    Every random number is a function of ``(config.seed, step, rank)`` (and the micro-batch
+    index when there is more than one).
+    """
+    device = next(discriminator.parameters()).device
+    optimizer.zero_grad(set_to_none=True)
+    stats = torch.zeros(4, device=device)
+    for micro, (r, f) in enumerate(batches):
+        tag = (micro,) if len(batches) > 1 else ()
+        loss = _micro_loss(
+            discriminator, audio_model, video_model, r, f, config, (step, rank, *tag), device
+        )
+        (loss.total / len(batches)).backward()
+        correct = (loss.logits_real > 0).sum() + (loss.logits_fake <= 0).sum()
+        accuracy = correct / (len(loss.logits_real) + len(loss.logits_fake))
+        stats += torch.stack([loss.total.detach(), loss.d, loss.dlsm, accuracy]).float()
+    _sync_gradients(discriminator, world)
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        discriminator.parameters(), config.grad_clip or float("inf")
+    )
+    optimizer.step()
+    return stats / len(batches), grad_norm
+
+
+def _text_drop_prob(discriminator: nn.Module) -> float:
+    for module in (discriminator, getattr(discriminator, "disc", None)):
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "text_drop_prob"):
+            return float(config.text_drop_prob)
+    return 0.0
+
+
+def _micro_loss(
+    discriminator: nn.Module,
+    audio_model: BaseModel,
+    video_model: BaseModel,
+    r: PairData,
+    f: PairData,
+    config: TrainConfig,
+    parts: tuple[int, ...],
+    device: torch.device,
+) -> Any:
+    cond_real, captions = dict(r.cond), r.captions
+    drop_prob = _text_drop_prob(discriminator)
+    if captions is not None and cond_real and drop_prob > 0:
+        # Which captions the discriminator drops is decided here, so that L_DLSM pairs a
+        # dropped caption with the unconditional prediction, as guidance will.
+        g = torch.Generator().manual_seed(derive_seed(config.seed, *parts, 2))
+        drop = torch.rand(len(captions), generator=g) < drop_prob
+        cond_real["text_drop"] = drop.to(device)
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+    eps_a = eps_v = None
+    if config.use_dlsm:
+        # L_DLSM corrects the prediction the sampler uses: the one for the pair's caption.
+        cond_a = None if captions is None else audio_model.encode_prompt(captions)
+        cond_v = None if captions is None else video_model.encode_prompt(captions)
+        eps_a, eps_v = epsilon_fn(audio_model, cond_a), epsilon_fn(video_model, cond_v)
+    generator = None  # the meta device (memory estimates) draws nothing
+    if device.type != "meta":
+        seed = derive_seed(config.seed, *parts[:2], 0, *parts[2:])
+        generator = torch.Generator(device).manual_seed(seed)
+    autocast = MIXED_PRECISION[config.mixed_precision]
+    precision = torch.autocast(device.type, autocast) if autocast else nullcontext()
+    fork_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices), precision:
+        torch.manual_seed(derive_seed(config.seed, *parts[:2], 1, *parts[2:]))  # dropout, if any
+        return mmdisco_loss(
+            discriminator,
+            r.audio,
+            r.video,
+            f.audio,
+            f.video,
+            audio_model.schedule,
+            video_model.schedule,
+            eps_audio=eps_a,
+            eps_video=eps_v,
+            dlsm_weight=config.dlsm_weight,
+            use_d=config.use_d,
+            use_dlsm=config.use_dlsm,
+            shared_timesteps=config.shared_timesteps,
+            noise_range=tuple(config.noise_range),
+            cond_real=cond_real,
+            cond_fake=f.cond,
+            generator=generator,
+        )
+
+
 def train_discriminator(
     discriminator: nn.Module,
     audio_model: BaseModel,
@@ -284,6 +470,7 @@ def train_discriminator(
     resume: bool = True,
     progress: bool = True,
     stop_after: int | None = None,
+    fake_cfg_scales: tuple[float, float] | None = None,
 ) -> TrainResult:
     """Train ``discriminator`` in place; checkpoints and TensorBoard logs go under ``out_dir``.
 
@@ -291,6 +478,9 @@ def train_discriminator(
     existing checkpoint in ``out_dir``, training continues from it and ends with the same
     weights an uninterrupted run would have. ``stop_after`` stops (after checkpointing) once
     that many steps are done, as if the run had been killed: for tests and time-sliced jobs.
+    ``fake_cfg_scales`` are the CFG scales the fakes were sampled with (audio, video); with
+    captioned real pairs, a base model whose ``cfg_scale`` differs is warned about
+    (:func:`check_cfg_scales`).
     """
     from accelerate import Accelerator
 
@@ -312,13 +502,20 @@ def train_discriminator(
     if resume and ckpt_dir is not None and (latest := latest_checkpoint(ckpt_dir)) is not None:
         step = load_checkpoint(latest, discriminator, optimizer, config)
     start_step = step
-    eps_a = epsilon_fn(audio_model) if config.use_dlsm else None
-    eps_v = epsilon_fn(video_model) if config.use_dlsm else None
-    sched_a: NoiseSchedule = audio_model.schedule
-    sched_v: NoiseSchedule = video_model.schedule
-    real_order = BatchOrder(len(real), config.batch_size, derive_seed(config.seed, 1))
-    fake_order = BatchOrder(len(fake), config.batch_size, derive_seed(config.seed, 2))
-    fake_video_order = BatchOrder(len(fake), config.batch_size, derive_seed(config.seed, 3))
+    orders = tuple(
+        BatchOrder(len(data), config.batch_size, derive_seed(config.seed, k))
+        for k, data in ((1, real), (2, fake), (3, fake))
+    )
+    local = config.batch_size // world
+    if local % config.grad_accum:
+        raise ValueError(
+            f"grad_accum={config.grad_accum} must divide each process's batch "
+            f"(batch_size {config.batch_size} / {world} processes = {local})"
+        )
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(discriminator)
+    if real.captions is not None and config.use_dlsm and fake_cfg_scales is not None:
+        check_cfg_scales(audio_model, video_model, fake_cfg_scales)
     if config.fake_pairing == "shuffle" and fake.cond:
         raise ValueError(
             "fake_pairing='shuffle' re-pairs fake audio and video, which would separate them "
@@ -342,49 +539,19 @@ def train_discriminator(
     while step < end:
         for group in optimizer.param_groups:
             group["lr"] = config.lr_at(step)
-        r = real.take(real_order.local_batch(step, rank, world), device)
-        f = fake.take(fake_order.local_batch(step, rank, world), device)
-        if config.fake_pairing == "shuffle":
-            f.video = fake.video[fake_video_order.local_batch(step, rank, world)].to(device)
-        if config.use_dlsm and r.captions is not None:
-            # L_DLSM corrects the prediction the sampler uses: the one for the pair's caption.
-            eps_a = epsilon_fn(audio_model, audio_model.encode_prompt(r.captions))
-            eps_v = epsilon_fn(video_model, video_model.encode_prompt(r.captions))
-        generator = torch.Generator(device).manual_seed(derive_seed(config.seed, step, rank, 0))
-        fork_devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(derive_seed(config.seed, step, rank, 1))  # dropout, if any
-            loss = mmdisco_loss(
-                discriminator,
-                r.audio,
-                r.video,
-                f.audio,
-                f.video,
-                sched_a,
-                sched_v,
-                eps_audio=eps_a,
-                eps_video=eps_v,
-                dlsm_weight=config.dlsm_weight,
-                use_d=config.use_d,
-                use_dlsm=config.use_dlsm,
-                shared_timesteps=config.shared_timesteps,
-                noise_range=tuple(config.noise_range),
-                cond_real=r.cond,
-                cond_fake=f.cond,
-                generator=generator,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.total.backward()
-        _sync_gradients(discriminator, world)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            discriminator.parameters(), config.grad_clip or float("inf")
+        stats, grad_norm = train_step(
+            discriminator,
+            optimizer,
+            audio_model,
+            video_model,
+            micro_batches(real, fake, orders, config, step, rank, world, device),
+            config,
+            step,
+            rank,
+            world,
         )
-        optimizer.step()
         step += 1
-        stats = torch.tensor(
-            [loss.total.item(), loss.d.item(), loss.dlsm.item(), loss.accuracy], dtype=torch.float64
-        )
-        running += stats
+        running += stats.double().cpu()
         n_running += 1
         if step % config.log_every == 0 or step == end:
             mean = _all_reduce_mean(running.to(device), world).cpu() / n_running

@@ -405,8 +405,8 @@ class WorldAudioModel(WorldDiffusionModel):
     def sample_rate(self) -> int:
         return self.codec.config.sample_rate
 
-    def encode(self, media: Tensor) -> Tensor:
-        """(N, L) waveform -> (N, n_bands, n_frames) spectrogram."""
+    def encode(self, media: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """(N, L) waveform -> (N, n_bands, n_frames) spectrogram (deterministic)."""
         return self.codec.encode(media.to(self.device))
 
     def decode(self, latents: Tensor) -> Tensor:
@@ -438,7 +438,7 @@ class WorldVideoModel(WorldDiffusionModel):
 
         return float(WorldConfig().fps)
 
-    def encode(self, media: Tensor) -> Tensor:
+    def encode(self, media: Tensor, generator: torch.Generator | None = None) -> Tensor:
         if tuple(media.shape[1:]) != self.latent_shape():
             raise ValueError(
                 f"video must have shape (N, {', '.join(map(str, self.latent_shape()))}), "
