@@ -94,7 +94,7 @@ def test_video_gradient_depends_on_audio_unless_separable(fusion: str, product: 
     grad_v2 = discriminator_gradients(disc, other_audio, video, LOG_SNR_A, LOG_SNR_V).grad_video
     if fusion == "separable":
         # h = h_a(a) + h_v(v): the "joint" guidance of the reference head ignores the audio.
-        assert torch.equal(grad_v, grad_v2)
+        torch.testing.assert_close(grad_v, grad_v2, rtol=1e-6, atol=1e-7 * grad_v.abs().max())
     else:
         assert (grad_v - grad_v2).abs().max() > 1e-4 * grad_v.abs().max()
 
@@ -155,10 +155,12 @@ def test_save_load_round_trip(tmp_path, fusion: str) -> None:
     loaded = Discriminator.from_pretrained(tmp_path / "d").eval()
     assert loaded.config == cfg
     args = (audio, video, LOG_SNR_A, LOG_SNR_V, text_a, text_v)
+    for key, value in disc.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
     with torch.no_grad():
-        assert torch.equal(disc(*args), loaded(*args))
+        torch.testing.assert_close(disc(*args), loaded(*args))
     out, out2 = (discriminator_gradients(d, *args[:4], text_audio=text_a) for d in (disc, loaded))
-    assert torch.equal(out.grad_video, out2.grad_video)
+    torch.testing.assert_close(out.grad_video, out2.grad_video)
 
 
 def test_load_errors_name_files_keys_and_shapes(tmp_path) -> None:
