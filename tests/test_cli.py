@@ -1,5 +1,8 @@
 """The command line: every command and every option explains itself in --help."""
 
+import subprocess
+import sys
+
 import typer
 from typer.testing import CliRunner
 
@@ -31,3 +34,12 @@ def test_help_runs_for_every_command():
         result = runner.invoke(app, [name, "--help"])
         assert result.exit_code == 0, (name, result.output)
         assert "Usage" in result.output
+
+
+def test_python_dash_m_runs_the_cli():
+    """`accelerate launch -m mmdisco.cli ...` needs the package to be runnable."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmdisco.cli", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage: mmdisco" in proc.stdout and "generate-fakes" in proc.stdout

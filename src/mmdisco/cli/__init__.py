@@ -14,4 +14,4 @@ from mmdisco.cli import convert, demo, evaluate, experiment, toy, train, web, wo
 
 
 def main() -> None:
-    app()
+    app(prog_name="mmdisco")  # the same name under `python -m mmdisco.cli`
