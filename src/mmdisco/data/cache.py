@@ -126,7 +126,7 @@ def cache_latents(
         else:
             done[k] = {"index": k, "file": None, "count": 0, "sha256": None}
         manifest["skipped"].update(
-            {p: r for p, r in dataset.skipped.items() if _in_shard(dataset, indices, p)}
+            {str(dataset.items[i].path): r for i, r in dataset.skipped.items() if i in indices}
         )
         manifest["shards"] = [done[i] for i in sorted(done)]
         manifest["complete"] = len(done) == len(starts)
@@ -136,10 +136,6 @@ def cache_latents(
     write_json_atomic(out_dir / MANIFEST, manifest)
     logger.info("latent cache %s: %s", out_dir, dataset.summary())
     return manifest
-
-
-def _in_shard(dataset: ClipDataset, indices: range, path: str) -> bool:
-    return any(str(dataset.items[i].path) == path for i in indices)
 
 
 def _write_uncond(out_dir: Path, audio_model: BaseModel, video_model: BaseModel) -> None:

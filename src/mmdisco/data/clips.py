@@ -31,6 +31,8 @@ import torch
 from scipy.signal import resample_poly
 from torch import Tensor
 
+from mmdisco.errors import InputError, MissingInputError
+
 logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
@@ -91,36 +93,69 @@ class Clip:
 
 
 def list_items(source: str | Path) -> list[ClipItem]:
-    """Items from a folder (recursively, sorted) or a ``.csv`` / ``.jsonl`` manifest whose
-    relative paths are resolved against the manifest's folder."""
+    """Items from a folder (recursively, sorted) or a manifest whose relative paths are
+    resolved against the manifest's folder: ``.csv`` (a ``path`` column, optional
+    ``caption`` and ``start``), ``.jsonl`` (one such object a line) or ``.txt`` (one path a
+    line; blank lines and ``#`` comments skipped). A UTF-8 byte order mark (Excel's default
+    for CSV) is ignored. Every row is an item, so a file listed twice gives two clips; exact
+    duplicate rows are logged."""
     source = Path(source)
     if source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
         return [ClipItem(p) for p in files]
     if not source.is_file():
-        raise FileNotFoundError(f"no such folder or manifest: {source}")
-    if source.suffix == ".csv":
-        with open(source, newline="") as f:
-            rows = list(csv.DictReader(f))
-    elif source.suffix in (".jsonl", ".json"):
-        with open(source) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    else:
-        raise ValueError(f"{source}: a manifest must be .csv or .jsonl")
+        raise MissingInputError(f"no such folder or manifest: {source}")
+    rows = _read_rows(source)
     items = []
     for i, row in enumerate(rows):
-        if not row.get("path"):
-            raise ValueError(f"{source}: row {i + 1} has no 'path'")
-        path = Path(row["path"])
+        where = f"{source}: row {i + 1}"
+        if not isinstance(row, dict) or not row.get("path"):
+            columns = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise InputError(f"{where} has no 'path' (found {columns})")
+        path = Path(str(row["path"]))
         start = row.get("start")
+        if start not in (None, ""):
+            try:
+                start = float(start)
+            except (TypeError, ValueError):
+                message = f"{where}: start must be a number of seconds, got {start!r}"
+                raise InputError(message) from None
+            if not math.isfinite(start) or start < 0:
+                raise InputError(f"{where}: start must be finite and >= 0, got {start}")
         items.append(
             ClipItem(
                 path if path.is_absolute() else source.parent / path,
                 str(row.get("caption") or ""),
-                float(start) if start not in (None, "") else None,
+                None if start in (None, "") else start,
             )
         )
+    repeated = len(items) - len(set(items))
+    if repeated:
+        logger.warning("%s: %d rows repeat an earlier row exactly", source, repeated)
     return items
+
+
+def _read_rows(source: Path) -> list:
+    suffix = source.suffix.lower()
+    try:
+        text = source.read_text(encoding="utf-8-sig")  # -sig: drop a byte order mark
+    except UnicodeDecodeError as err:
+        raise InputError(f"{source}: not UTF-8 text ({err})") from None
+    if suffix == ".csv":
+        return list(csv.DictReader(text.splitlines()))
+    if suffix in (".jsonl", ".json"):
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise InputError(f"{source}: line {n} is not JSON ({err})") from None
+        return rows
+    if suffix == ".txt":
+        lines = (line.strip() for line in text.splitlines())
+        return [{"path": line} for line in lines if line and not line.startswith("#")]
+    raise InputError(f"{source}: a manifest must be .csv, .jsonl or .txt")
 
 
 def clip_start(path: Path, length: float, duration: float, seed: int) -> float:
@@ -236,6 +271,8 @@ def read_clip(item: ClipItem, spec: ClipSpec, seed: int = 0) -> Clip:
         g = math.gcd(rate, spec.sample_rate)
         audio = resample_poly(audio, spec.sample_rate // g, rate // g).astype(np.float32)
     audio = np.pad(audio, (0, max(0, spec.num_samples - len(audio))))[: spec.num_samples]
+    if not np.isfinite(audio).all():
+        raise SkipClip("audio has NaN or infinite samples")
     if spec.audio_peak is not None:
         audio = normalize_peak(audio, spec.audio_peak, spec.remove_dc)
     video = torch.from_numpy(np.stack(frames).astype(np.float32) / 127.5 - 1.0)
@@ -261,7 +298,7 @@ class ClipDataset(torch.utils.data.Dataset):
     def __init__(self, source: str | Path, spec: ClipSpec, seed: int = 0) -> None:
         self.items = list_items(source)
         self.spec, self.seed = spec, seed
-        self.skipped: dict[str, str] = {}  # path -> reason
+        self.skipped: dict[int, str] = {}  # item index -> reason (a path may repeat)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -271,7 +308,7 @@ class ClipDataset(torch.utils.data.Dataset):
         try:
             return read_clip(item, self.spec, self.seed)
         except SkipClip as err:
-            self.skipped[str(item.path)] = str(err)
+            self.skipped[index] = str(err)
             logger.warning("skipping %s: %s", item.path, err)
             return None
 
