@@ -221,12 +221,13 @@ def test_latent_cache_resumes_and_round_trips(folder, tmp_path):
     )
     assert manifest["complete"] and manifest["num_pairs"] == 2
     assert len(manifest["shards"]) == 3
-    assert {Path(p).name for p in manifest["skipped"]} == {
+    assert {Path(s["path"]).name for s in manifest["skipped"]} == {
         "silent.mp4",
         "short.mp4",
         "corrupt.mp4",
         "notes.mkv",
     }
+    assert manifest["skipped"][0].keys() == {"row", "path", "reason"}
     cache = load_latent_cache(out)
     batch = collate([ds[i] for i in range(len(ds))])
     torch.testing.assert_close(cache.audio, audio_model.encode(batch["audio"]))
@@ -247,6 +248,39 @@ def test_latent_cache_resumes_and_round_trips(folder, tmp_path):
     path.write_bytes(path.read_bytes()[:-1] + b"\x01")
     with pytest.raises(ValueError, match="sha256"):
         load_latent_cache(out)
+
+    # Other data, clip settings or base models: refused, saying what differs.
+    with pytest.raises(ValueError, match=r"made from other inputs \(data: was .*now"):
+        cache_latents(ClipDataset(folder, SPEC, seed=2), audio_model, video_model, out,
+                      shard_size=2, progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="shard_size: was 2, now 3"):
+        cache_latents(ds, audio_model, video_model, out, shard_size=3, progress=False)
+
+
+def test_clips_with_non_finite_latents_are_skipped(folder, tmp_path):
+    class FirstCallNaN(PoolModel):
+        def encode(self, media: Tensor) -> Tensor:
+            out = super().encode(media)
+            return out * float("nan") if self.calls == 1 else out
+
+    ds = ClipDataset(folder, SPEC, seed=1)  # good.mp4 is the first usable clip, good2 the last
+    manifest = cache_latents(ds, FirstCallNaN("audio"), PoolModel("video"), tmp_path,
+                             shard_size=2, batch_size=2, progress=False)  # fmt: skip
+    reasons = {Path(s["path"]).name: s["reason"] for s in manifest["skipped"]}
+    assert reasons["good.mp4"] == "encoded latents or text embeddings are not finite"
+    assert len(reasons) == 5 and manifest["num_pairs"] == 1
+    cache = load_latent_cache(tmp_path)
+    assert [Path(p).name for p in cache.paths] == ["good2.mp4"]
+    assert cache.audio.shape[0] == 1 and torch.isfinite(cache.audio).all()
+
+
+def test_clip_spec_numbers_are_checked():
+    with pytest.raises(ValueError, match=r"fps: must be > 0\.0, got 0\.0"):
+        ClipSpec(fps=0.0)
+    with pytest.raises(ValueError, match="duration: must be finite, got nan"):
+        ClipSpec(duration=float("nan"))
+    with pytest.raises(ValueError, match="size: must be an integer, got '256'"):
+        ClipSpec(size="256")
 
 
 def test_caption_dropout():

@@ -153,8 +153,8 @@ def test_audioldm_animatediff_cache_fakes_train_sample(tmp_path, dtype):
     fakes = load_fakes(root / "fakes")
     assert fakes.captions == [*CAPTIONS, CAPTIONS[0]]
     assert fakes.audio.shape == (4, 4, 1000, 4) and torch.isfinite(fakes.audio).all()
-    assert fakes.manifest["config"]["cfg_scale_audio"] == 2.5
-    assert fakes.manifest["config"]["cfg_scale_video"] == 7.5
+    assert fakes.manifest["fingerprint"]["cfg_scale_audio"] == 2.5
+    assert fakes.manifest["fingerprint"]["cfg_scale_video"] == 7.5
 
     # 3. train on cached latents; captions reach the discriminator, 10 % dropped
     invoke("train", "--config", config)

@@ -14,7 +14,9 @@ file and a command-line flag are held to the same rules.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -110,6 +112,38 @@ def check_choice(field: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
         raise InputError(f"must be one of {', '.join(map(repr, choices))}, got {value!r}", field)
     return value
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: physical memory, or a cgroup limit if lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def check_memory(nbytes: float, what: str, available: int | None = None) -> None:
+    """Refuse, before allocating, work estimated to need more memory than the machine has."""
+    available = machine_memory() if available is None else available
+    if nbytes > available:
+        raise InputError(
+            f"needs an estimated {_size(nbytes)} of memory, more than this machine's "
+            f"{_size(available)}; make it smaller",
+            what,
+        )
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if nbytes < 1000:
+            return f"{nbytes:.3g} {unit}"
+        nbytes /= 1000
+    return f"{nbytes:.3g} PB"
 
 
 def _bounds(lo: float | None, hi: float | None, open_lo: bool, open_hi: bool) -> str:

@@ -16,13 +16,16 @@ and reason, and counts it in :attr:`ClipDataset.skipped`.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -31,7 +34,7 @@ import torch
 from scipy.signal import resample_poly
 from torch import Tensor
 
-from mmdisco.errors import InputError, MissingInputError
+from mmdisco.errors import InputError, MissingInputError, check_float, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +69,14 @@ class ClipSpec:
             raise ValueError(f"posterior must be 'sample' or 'mode', got {self.posterior!r}")
         if self.audio_peak is not None and not 0 < self.audio_peak <= 1:
             raise ValueError(f"audio_peak must lie in (0, 1], got {self.audio_peak}")
+
+    def __post_init__(self) -> None:
+        check_float("duration", self.duration, 0.0, open_min=True)
+        check_float("fps", self.fps, 0.0, open_min=True)
+        check_int("size", self.size, 1)
+        check_int("sample_rate", self.sample_rate, 1)
+        if self.num_frames < 1:
+            raise InputError(f"duration * fps gives no frame ({self.duration} * {self.fps})")
 
     @property
     def num_frames(self) -> int:
@@ -297,6 +308,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __init__(self, source: str | Path, spec: ClipSpec, seed: int = 0) -> None:
         self.items = list_items(source)
+        self.root = Path(source) if Path(source).is_dir() else Path(source).parent
         self.spec, self.seed = spec, seed
         self.skipped: dict[int, str] = {}  # item index -> reason (a path may repeat)
 
@@ -308,9 +320,25 @@ class ClipDataset(torch.utils.data.Dataset):
         try:
             return read_clip(item, self.spec, self.seed)
         except SkipClip as err:
-            self.skipped[index] = str(err)
-            logger.warning("skipping %s: %s", item.path, err)
+            self.skip(index, str(err))
             return None
+
+    def skip(self, index: int, reason: str) -> None:
+        """Record that item ``index`` is unusable (and why)."""
+        self.skipped[index] = reason
+        logger.warning("skipping %s: %s", self.items[index].path, reason)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the clips are made from: each item's path (relative to the source), size,
+        caption and start, the clip settings and the seed. Cheap: files are not read."""
+        digest = hashlib.sha256()
+        for item in self.items:
+            size = item.path.stat().st_size if item.path.is_file() else -1
+            path = os.path.relpath(item.path, self.root)
+            digest.update(json.dumps([path, size, item.caption, item.start]).encode() + b"\n")
+        spec = dataclasses.asdict(self.spec)
+        return {"items": len(self.items), "sha256": digest.hexdigest(), "spec": spec,
+                "seed": self.seed}  # fmt: skip
 
     def summary(self) -> str:
         reasons: dict[str, int] = {}
