@@ -108,6 +108,12 @@ def check_fraction_range(field: str, value: Any, allow_empty: bool = False) -> t
     return lo, hi
 
 
+def check_bool(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InputError(f"must be true or false, got {value!r}", field)
+    return value
+
+
 def check_choice(field: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
         raise InputError(f"must be one of {', '.join(map(repr, choices))}, got {value!r}", field)

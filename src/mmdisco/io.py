@@ -49,13 +49,13 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         yield Path(tmp)
         with open(tmp, "rb+") as f:  # on disk before it takes the final name
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; give what open() would
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _umask() -> int:
+def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -206,7 +206,8 @@ def remove_orphans(directory: str | os.PathLike) -> list[Path]:
     (names with :data:`TMP_MARK`). Call it only while holding the directory's lock."""
     directory = Path(directory)
     removed = []
-    for path in directory.glob(f".*{TMP_MARK}*") if directory.is_dir() else ():
+    found = {p for pattern in (f".*{TMP_MARK}*", f"{TMP_MARK}*") for p in directory.glob(pattern)}
+    for path in sorted(found) if directory.is_dir() else ():
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:

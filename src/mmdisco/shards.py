@@ -75,22 +75,49 @@ def _from_rank0(value: Any) -> Any:
     return box[0]
 
 
+def on_rank0(fn: Callable[[], Any]) -> None:
+    """Run ``fn`` on rank 0 only; an expected failure there is raised on every process (so
+    no process waits forever for one that has given up)."""
+    error = None
+    if distributed()[0] == 0:
+        try:
+            fn()
+        except MMDiscoError as err:
+            error = err
+    message = _from_rank0(None if error is None else str(error))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise MMDiscoError(message)
+
+
 def fingerprint_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """``key: was X, now Y`` for every input that differs (long values shortened)."""
+    """``key: was X, now Y`` for every input that differs (nested keys dotted, long values
+    shortened)."""
+
+    def flat(value: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(value, dict) and value:
+            return {
+                k: v
+                for key, item in value.items()
+                for k, v in flat(item, f"{prefix}{key}.").items()
+            }
+        return {prefix.rstrip("."): value}
 
     def short(value: Any) -> str:
         text = json.dumps(value, sort_keys=True, default=str)
         return text if len(text) <= 80 else text[:77] + "..."
 
-    keys = sorted(set(old) | set(new))
+    before, after = flat(jsonable(dict(old))), flat(jsonable(dict(new)))
     return [
-        f"{k}: was {short(old.get(k))}, now {short(new.get(k))}"
-        for k in keys
-        if _jsonable(old.get(k)) != _jsonable(new.get(k))
+        f"{k}: was {short(before.get(k))}, now {short(after.get(k))}"
+        for k in sorted(set(before) | set(after))
+        if before.get(k) != after.get(k)
     ]
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists, other objects strings)."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
@@ -131,7 +158,7 @@ class ShardWriter:
     ) -> None:
         self.directory = Path(directory)
         self.kind, self.num_shards = kind, num_shards
-        self.fingerprint = _jsonable(dict(fingerprint))
+        self.fingerprint = jsonable(dict(fingerprint))
         self.entry_ok = entry_ok or (lambda entry: True)
         self.rank, self.world = distributed()
         self.lock = DirectoryLock(self.directory)
@@ -141,17 +168,7 @@ class ShardWriter:
     # -- opening ---------------------------------------------------------------------------
 
     def __enter__(self) -> ShardWriter:
-        error = None
-        if self.rank == 0:
-            try:
-                self._open()
-            except MMDiscoError as err:
-                error = err
-        message = _from_rank0(None if error is None else str(error))
-        if error is not None:
-            raise error
-        if message is not None:
-            raise MMDiscoError(message)
+        on_rank0(self._open)
         if self.rank != 0:
             manifest = read_manifest(self.directory, self.kind) or {}
             self.done = {e["index"]: e for e in manifest.get("shards", [])}
