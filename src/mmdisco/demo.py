@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmdisco.io import write_json_atomic
+from mmdisco.errors import InputError, check_int
+from mmdisco.io import read_json, write_json_atomic
 from mmdisco.training.data import PairData, encode_pairs, fake_pairs
 from mmdisco.training.fakes import SampleSettings, generate_fakes, sample_pairs
 from mmdisco.training.trainer import TrainConfig, train_discriminator
@@ -173,7 +174,9 @@ class PooledDiscriminator(nn.Module):
 
     def __init__(self, disc: nn.Module, video_pool: int = 1, audio_pool: int = 1) -> None:
         super().__init__()
-        self.disc, self.video_pool, self.audio_pool = disc, int(video_pool), int(audio_pool)
+        self.disc = disc
+        self.video_pool = check_int("video_pool", video_pool, 1)
+        self.audio_pool = check_int("audio_pool", audio_pool, 1)
 
     def forward(self, audio: Tensor, video: Tensor, t_audio: Tensor, t_video: Tensor, **kw: Any):
         if self.video_pool > 1:
@@ -234,7 +237,13 @@ def load_discriminator(directory: str | Path, device: str = "cpu") -> nn.Module:
     disc = Discriminator.from_pretrained(directory, device)
     pool_file = Path(directory) / POOL_CONFIG
     if pool_file.exists():
-        return PooledDiscriminator(disc, **json.loads(pool_file.read_text()))
+        pooling = read_json(pool_file)
+        if not isinstance(pooling, dict) or set(pooling) - {"video_pool", "audio_pool"}:
+            raise InputError(f"expected video_pool and audio_pool, got {pooling!r}", str(pool_file))
+        try:
+            return PooledDiscriminator(disc, **pooling)
+        except InputError as err:
+            raise InputError(str(err), str(pool_file)) from None
     return disc
 
 
@@ -251,6 +260,8 @@ def build_discriminator(
     with fusion head ``head``; ``kw`` overrides :meth:`DiscriminatorConfig.for_shapes`."""
     from mmdisco.discriminator import Discriminator, DiscriminatorConfig
 
+    check_int("video_pool", video_pool, 1)
+    check_int("audio_pool", audio_pool, 1)
     c, f, h, w = video_shape
     pooled_video = (c, f, h // video_pool, w // video_pool)
     pooled_audio = (*audio_shape[:-1], audio_shape[-1] // audio_pool)

@@ -34,7 +34,14 @@ import torch
 from scipy.signal import resample_poly
 from torch import Tensor
 
-from mmdisco.errors import InputError, MissingInputError, check_float, check_int
+from mmdisco.errors import (
+    InputError,
+    MissingInputError,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,18 +72,16 @@ class ClipSpec:
     posterior: str = "sample"
 
     def __post_init__(self) -> None:
-        if self.posterior not in ("sample", "mode"):
-            raise ValueError(f"posterior must be 'sample' or 'mode', got {self.posterior!r}")
-        if self.audio_peak is not None and not 0 < self.audio_peak <= 1:
-            raise ValueError(f"audio_peak must lie in (0, 1], got {self.audio_peak}")
-
-    def __post_init__(self) -> None:
         check_float("duration", self.duration, 0.0, open_min=True)
         check_float("fps", self.fps, 0.0, open_min=True)
         check_int("size", self.size, 1)
         check_int("sample_rate", self.sample_rate, 1)
         if self.num_frames < 1:
             raise InputError(f"duration * fps gives no frame ({self.duration} * {self.fps})")
+        check_choice("posterior", self.posterior, ("sample", "mode"))
+        if self.audio_peak is not None:
+            check_float("audio_peak", self.audio_peak, 0.0, 1.0, open_min=True)
+        check_bool("remove_dc", self.remove_dc)
 
     @property
     def num_frames(self) -> int:
