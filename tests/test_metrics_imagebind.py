@@ -139,7 +139,7 @@ def test_safetensors_round_trip_and_key_errors(tmp_path, bpe):
     state["modality_trunks.depth.blocks.0.norm_1.weight"] = torch.ones(3)
     state["modality_preprocessors.vision.cls_token"] = torch.zeros(1, 1, 5)
     meta = {"config": json.dumps(vars(model.config))}
-    save_tensors_atomic(tmp_path / "bad.safetensors", state, metadata=meta)
+    save_tensors_atomic(tmp_path / "bad.safetensors", state, metadata=meta, finite=False)
     with pytest.raises(ValueError) as err:
         load_imagebind(tmp_path / "bad.safetensors")
     message = str(err.value)

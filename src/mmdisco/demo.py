@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmdisco.errors import InputError, check_int
+from mmdisco.errors import InputError, check_float, check_fraction_range, check_int
 from mmdisco.io import read_json, write_json_atomic
 from mmdisco.training.data import PairData, encode_pairs, fake_pairs
 from mmdisco.training.fakes import SampleSettings, generate_fakes, sample_pairs
@@ -116,6 +116,22 @@ class DemoSettings:
     upscale: int = 8
     seed: int = 0
     models_dir: str | None = None  # world base models; None: the shipped ones
+
+    def __post_init__(self) -> None:
+        counts = ("n_real", "n_real_eval", "n_fakes", "fake_steps", "n_eval", "sample_steps",
+                  "upscale")  # fmt: skip
+        for name in counts:
+            check_int(name, getattr(self, name), 1)
+        check_int("n_videos", self.n_videos, 0)
+        check_int("seed", self.seed, 0)
+        for name in ("guidance_scale_audio", "guidance_scale_video"):
+            setattr(self, name, check_float(name, getattr(self, name)))
+        self.guidance_window = check_fraction_range("guidance_window", self.guidance_window)
+        for head in self.head_train:
+            try:
+                self.train_config(head)
+            except (TypeError, ValueError) as err:
+                raise InputError(f"head_train[{head!r}]: {err}") from None
 
     @classmethod
     def quick(cls) -> DemoSettings:

@@ -50,7 +50,8 @@ def describe_error(err: BaseException, command: Any = None) -> str:
     else:
         text = str(err) or type(err).__name__
     origin = _raised_in(err)
-    if isinstance(err, MMDiscoError) or origin.startswith("mmdisco"):
+    named_file = isinstance(err, OSError) and err.filename is not None
+    if isinstance(err, MMDiscoError) or named_file or origin.startswith("mmdisco"):
         return text
     return f"{text} ({type(err).__name__} from {origin}; --debug shows the traceback)"
 

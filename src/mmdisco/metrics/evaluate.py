@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mmdisco.errors import check_float, check_int
 from mmdisco.io import write_text_atomic
 from mmdisco.metrics.av_align import AVAlignConfig, av_align_score
 from mmdisco.metrics.base import AudioClip, FeatureExtractor, VideoClip
@@ -62,6 +63,15 @@ class EvalOptions:
     av_align: AVAlignConfig = field(default_factory=AVAlignConfig)
     protocol: Protocol | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.fps = check_float("fps", self.fps, 0.0, open_min=True)
+        check_int("kvd_subsets", self.kvd_subsets, 1)
+        check_int("kvd_subset_size", self.kvd_subset_size, 2)
+        check_int("seed", self.seed, 0)
+        check_float("window_frames", self.av_align.window_frames, 0.0, open_min=True)
+        if self.av_align.min_onset_spacing is not None:
+            check_float("onset_spacing", self.av_align.min_onset_spacing, 0.0, open_min=True)
 
 
 @dataclass

@@ -37,7 +37,13 @@ from torch import Tensor, nn
 
 from mmdisco.base_models.base import BaseModel
 from mmdisco.diffusion import from_epsilon
-from mmdisco.errors import InputError, MissingInputError
+from mmdisco.errors import (
+    InputError,
+    MissingInputError,
+    check_float,
+    check_fraction_range,
+    check_int,
+)
 from mmdisco.io import (
     load_tensors,
     read_json,
@@ -509,6 +515,17 @@ class TrainConfig:
     # where a clip's class and events are decided, which uniform t visits too rarely.
     t_focus: tuple[float, float] | None = (0.6, 0.95)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "clips_per_chunk", "passes_per_chunk"):
+            check_int(name, getattr(self, name), 1)
+        check_int("warmup", self.warmup, 0)
+        check_int("seed", self.seed, 0)
+        check_float("lr", self.lr, 0.0, open_min=True)
+        check_float("ema_decay", self.ema_decay, 0.0, 1.0, open_max=True)
+        check_float("grad_clip", self.grad_clip, 0.0, open_min=True)
+        if self.t_focus is not None:
+            check_fraction_range("t_focus", self.t_focus)
 
 
 def _sample_timesteps(
