@@ -23,7 +23,6 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from mmdisco.errors import (
     check_float,
     check_int,
 )
+from mmdisco.media import decode_frames, place_audio
 
 logger = logging.getLogger(__name__)
 
@@ -192,32 +192,6 @@ def resize_center_crop(frame: np.ndarray, size: int) -> np.ndarray:
     return frame[top : top + size, left : left + size]
 
 
-def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
-    return None if value is None or time_base is None else float(value * time_base)
-
-
-def _audio_mono(frames: list, stream) -> tuple[np.ndarray, int]:
-    """Mono samples placed at their pts from the stream start (priming dropped)."""
-    rate = stream.codec_context.sample_rate
-    start = _seconds(stream.start_time, stream.time_base) or 0.0
-    placed, cursor = [], 0
-    for frame in frames:
-        data = frame.to_ndarray().astype(np.float32)
-        if frame.format.is_packed:
-            data = data.reshape(-1, len(frame.layout.channels)).T
-        t = _seconds(frame.pts, frame.time_base)
-        offset = cursor if t is None else round((t - start) * rate)
-        placed.append((offset, data.mean(0)))
-        cursor = offset + data.shape[1]
-    end = max((o + len(d) for o, d in placed), default=0)
-    out = np.zeros(max(end, 0), np.float32)
-    for offset, data in placed:
-        lo, hi = max(offset, 0), min(offset + len(data), end)
-        if hi > lo:
-            out[lo:hi] = data[lo - offset : hi - offset]
-    return out, rate
-
-
 def read_clip(item: ClipItem, spec: ClipSpec, seed: int = 0) -> Clip:
     """Decode one clip; raises :class:`SkipClip` with the reason if the file is unusable."""
     path = item.path
@@ -235,7 +209,7 @@ def read_clip(item: ClipItem, spec: ClipSpec, seed: int = 0) -> Clip:
         vstream, astream = container.streams.video[0], container.streams.audio[0]
         length = container.duration / av.time_base if container.duration else None
         if length is None:
-            length = _seconds(vstream.duration, vstream.time_base) or 0.0
+            length = float(vstream.duration * vstream.time_base) if vstream.duration else 0.0
         if length + 1e-3 < spec.duration:
             raise SkipClip(f"too short ({length:.2f} s < {spec.duration} s)")
         start = (
@@ -244,7 +218,6 @@ def read_clip(item: ClipItem, spec: ClipSpec, seed: int = 0) -> Clip:
         if start + spec.duration > length + 1e-3:
             raise SkipClip(f"clip [{start}, {start + spec.duration}] s exceeds {length:.2f} s")
         times = start + np.arange(spec.num_frames) / spec.fps
-        v_start = _seconds(vstream.start_time, vstream.time_base) or 0.0
         frames: list[np.ndarray | None] = [None] * spec.num_frames
 
         def place(t: float, frame: av.VideoFrame) -> None:
@@ -256,33 +229,35 @@ def read_clip(item: ClipItem, spec: ClipSpec, seed: int = 0) -> Clip:
 
         sounds, before = [], None
         try:
-            for packet in container.demux(vstream, astream):
-                for frame in packet.decode():
-                    if packet.stream is astream:
-                        sounds.append(frame)
-                        continue
-                    t = (_seconds(frame.pts, frame.time_base) or 0.0) - v_start
-                    if t > times[-1] + 1e-6:
-                        continue
-                    if t <= times[0] + 1e-6:  # only the latest of these is used: convert later
-                        before = (t, frame)
-                        continue
-                    if before is not None:
-                        place(*before)
-                        before = None
-                    place(t, frame)
+            # Seeks to the clip: a long file costs what the clip costs.
+            for stream, t, frame in decode_frames(
+                container, [vstream, astream], start, start + spec.duration
+            ):
+                if stream is astream:
+                    sounds.append(frame)
+                    continue
+                t = t or 0.0
+                if t > times[-1] + 1e-6:
+                    continue
+                if t <= times[0] + 1e-6:  # only the latest of these is used: convert later
+                    before = (t, frame)
+                    continue
+                if before is not None:
+                    place(*before)
+                    before = None
+                place(t, frame)
             if before is not None:
                 place(*before)
         except av.error.FFmpegError as err:
             raise SkipClip(f"decoding failed ({err})") from err
         if any(f is None for f in frames):
             raise SkipClip("video track has no frames for the clip")
-        audio, rate = _audio_mono(sounds, astream)
-    lo = round(start * rate)
+        rate = astream.codec_context.sample_rate
+        audio = place_audio(sounds, astream, start, spec.duration)
     need = math.ceil(spec.duration * rate)
-    if len(audio) < lo + need - round(0.05 * rate):  # allow 50 ms of trailing padding
-        raise SkipClip(f"audio track too short ({len(audio) / rate:.2f} s)")
-    audio = np.pad(audio[lo : lo + need], (0, max(0, lo + need - len(audio))))
+    if len(audio) < need - round(0.05 * rate):  # allow 50 ms of trailing padding
+        raise SkipClip(f"audio track too short ({(round(start * rate) + len(audio)) / rate:.2f} s)")
+    audio = np.pad(audio, (0, max(0, need - len(audio))))
     if rate != spec.sample_rate:
         g = math.gcd(rate, spec.sample_rate)
         audio = resample_poly(audio, spec.sample_rate // g, rate // g).astype(np.float32)
