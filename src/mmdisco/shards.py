@@ -241,6 +241,8 @@ class ShardWriter:
         """Write shard ``index`` (``None``: a shard with nothing in it) and record it with
         ``info``. NaN or infinity in a tensor is refused before anything is written."""
         entry: dict[str, Any] = {"index": index, "file": None, "sha256": None, **info}
+        entry["rank"] = self.rank  # which process wrote it (of how many: "world")
+        entry["world"] = self.world
         if tensors:
             path = self.directory / shard_name(index)
             save_tensors_atomic(path, dict(tensors), dict(metadata or {}) or None)
