@@ -58,7 +58,7 @@ def _option_kind(param) -> str:
 
 BAD = {"int": "-1", "float": "nan", "str": "bogus"}
 REQUIRED = re.compile(r"error: (--[\w-]+): is required|Missing option '(--[\w-]+)'")
-CHOICE = re.compile(r"error: (--[\w-]+): must be one of '([^']+)'")
+CHOICE = re.compile(r"error: (--[\w-]+|\w+): must be one of '([^']+)'")
 
 
 def _bad_inputs(tmp_path):
@@ -87,21 +87,31 @@ def _bad_inputs(tmp_path):
 
 
 def _refusal(runner, name, args, fresh):
-    """Invoke; options reported as required are added (a fresh path, or the first allowed
-    choice) until the command refuses the bad input itself."""
-    command = _commands()[name]
-    flags = {p.opts[0]: p for p in command.params if p.param_type_name == "option"}
+    """Invoke; what the command reports missing is filled in (a fresh path, the first
+    allowed choice) until it refuses the bad input itself. Returns the result and what was
+    added."""
+    params = [p for p in _commands()[name].params if p.opts]
+    flags = {p.opts[0]: p for p in params if p.param_type_name == "option"}
+    arguments = [p for p in params if p.param_type_name == "argument"]
+    positional: list[str] = []
     extra: list[str] = []
-    for _ in range(6):
-        result = runner.invoke(app, [name, *extra, *args])
-        if (m := REQUIRED.search(result.output)) and (flag := m[1] or m[2]) not in args:
+    for _ in range(8):
+        result = runner.invoke(app, [name, *positional, *extra, *args])
+        output = result.output
+        if "Missing argument" in output and not positional:
+            positional = [str(fresh / p.name) if _option_kind(p) == "path" else "bogus"
+                          for p in arguments]  # fmt: skip
+        elif (m := REQUIRED.search(output)) and (flag := m[1] or m[2]) not in args:
             kind = _option_kind(flags[flag])
             extra += [flag, str(fresh / flag.strip("-")) if kind == "path" else "1"]
-        elif (m := CHOICE.search(result.output)) and m[1] not in args:
-            extra += [m[1], m[2]]
+        elif (m := CHOICE.search(output)) and m[1] not in args and (m[1][:2] == "--" or positional):
+            if m[1].startswith("--"):
+                extra += [m[1], m[2]]
+            else:
+                positional[[p.name for p in arguments].index(m[1])] = m[2]
         else:
-            return result, extra
-    return result, extra
+            return result, [*positional, *extra]
+    return result, [*positional, *extra]
 
 
 def test_every_command_turns_bad_input_into_one_line(tmp_path, monkeypatch):

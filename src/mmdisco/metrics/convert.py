@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmdisco.errors import InputError, MissingInputError
+from mmdisco.errors import InputError, MissingInputError, check_choice
 from mmdisco.io import save_tensors_atomic
 from mmdisco.metrics.base import check_state_dict
 from mmdisco.metrics.i3d import InceptionI3d
@@ -122,11 +122,11 @@ def convert(
     """Read ``src`` (a state dict), keep the architecture's keys, verify, write ``dst``.
 
     ``variant`` only applies to ``i3d`` (see the module docstring)."""
+    check_choice("arch", arch, sorted([*ARCHITECTURES, "imagebind"]))
+    if variant is not None:
+        check_choice("variant", variant, sorted(set(I3D_VARIANTS.values())))
     if arch == "imagebind":
         return convert_imagebind(src, dst)
-    if arch not in ARCHITECTURES:
-        choices = sorted([*ARCHITECTURES, "imagebind"])
-        raise InputError(f"unknown architecture {arch!r}; choose from {choices}", "arch")
     state = _load_tensors_only(src)
     for wrapper in ("state_dict", "model"):  # PANNs checkpoints hold {"model": ..., ...}
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
