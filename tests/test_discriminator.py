@@ -305,3 +305,24 @@ def test_presets_match_the_paper(preset, audio, video, texts, separable, mlp) ->
         assert disc(*args).shape == (2,)
     assert video_tokens.shape[1] == 16
     assert audio_tokens.shape[1] == (1600 if preset == "mm_diffusion" else 50)
+
+
+def test_non_finite_weights_are_refused_when_saved_or_loaded(tmp_path) -> None:
+    """A NaN discriminator would turn every guided sample black and silent: refused at load,
+    naming the file and the tensor, and never written in the first place."""
+    from safetensors.torch import save_file
+
+    from mmdisco.errors import NonFiniteError
+
+    disc = model(tiny())
+    disc.save_pretrained(tmp_path / "d")
+    state = {k: v.clone() for k, v in disc.state_dict().items()}
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key].view(-1)[0] = float("nan")
+    save_file(state, tmp_path / "d" / "model.safetensors")  # as a poisoned run would have
+    with pytest.raises(NonFiniteError, match=rf"d/model\.safetensors: '{key}' holds 1 NaN"):
+        Discriminator.from_pretrained(tmp_path / "d")
+    disc.load_state_dict(state)
+    with pytest.raises(NonFiniteError, match="holds 1 NaN"):
+        disc.save_pretrained(tmp_path / "e")
+    assert not (tmp_path / "e" / "model.safetensors").exists()

@@ -90,6 +90,9 @@ def test_write_is_atomic_and_checks_input(tmp_path):
         write_mp4(path, np.zeros((4, 16, 16), np.uint8), 8)
     with pytest.raises(ValueError, match=r"audio must have shape \(L,\)"):
         write_mp4(path, np.zeros((4, 16, 16, 3), np.uint8), 8, np.zeros((2, 10)))
+    with pytest.raises(ValueError, match=r"upscaled 600x exceed H\.264's 8192 pixels a side"):
+        write_mp4(path, np.zeros((4, 16, 16, 3), np.uint8), 8, upscale=600)
+    assert path.read_bytes() == before
 
 
 def test_read_errors_name_the_file(tmp_path):

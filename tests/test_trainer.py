@@ -165,6 +165,12 @@ def test_a_second_run_on_the_same_directory_is_stopped(tmp_path):
     assert not (tmp_path / ".lock").exists()
 
 
+def test_a_batch_too_large_for_the_machine_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"batch_size: needs an estimated [\d.]+ TB of memory"):
+        run(tmp_path, TrainConfig(steps=1, batch_size=10**11))
+    assert not (tmp_path / "checkpoints").exists()
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [

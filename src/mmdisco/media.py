@@ -26,6 +26,7 @@ from torch import Tensor
 from mmdisco.io import atomic_path
 
 AAC_FRAME = 1024  # samples per AAC frame (used when the encoder does not say)
+MAX_SIDE = 8192  # x264 (level 6.2) encodes at most 8192 pixels a side
 PREROLL = 1.0  # seconds decoded before a window's start (audio decoders need a few frames)
 
 
@@ -119,6 +120,11 @@ def write_mp4(
     if upscale < 1:
         raise ValueError(f"upscale must be >= 1, got {upscale}")
     pixels = to_uint8_frames(frames)
+    if max(pixels.shape[1:3]) * upscale > MAX_SIDE:
+        raise ValueError(
+            f"frames of {pixels.shape[1]}x{pixels.shape[2]} upscaled {upscale}x exceed H.264's "
+            f"{MAX_SIDE} pixels a side; use a smaller upscale"
+        )
     pixels = pixels.repeat(upscale, axis=1).repeat(upscale, axis=2)
     samples = None if audio is None else to_mono_audio(audio)
     path = Path(path)
