@@ -1,4 +1,4 @@
-"""The command line: every command and every option explains itself in --help."""
+"""The command line: every command explains itself in --help and refuses bad input in one line."""
 
 import re
 import subprocess
@@ -12,7 +12,18 @@ from mmdisco.cli import app
 
 
 def _commands() -> dict:
-    return {name: cmd for name, cmd in typer.main.get_command(app).commands.items()}
+    """Every command of the app, those of command groups as "group command"."""
+
+    def walk(group, prefix: str) -> dict:
+        found = {}
+        for name, cmd in group.commands.items():
+            if hasattr(cmd, "commands"):
+                found |= walk(cmd, f"{prefix}{name} ")
+            else:
+                found[prefix + name] = cmd
+        return found
+
+    return walk(typer.main.get_command(app), "")
 
 
 def test_every_command_and_option_has_help():
@@ -33,7 +44,7 @@ def test_every_command_and_option_has_help():
 def test_help_runs_for_every_command():
     runner = CliRunner()
     for name in _commands():
-        result = runner.invoke(app, [name, "--help"])
+        result = runner.invoke(app, [*name.split(), "--help"])
         assert result.exit_code == 0, (name, result.output)
         assert "Usage" in result.output
 
@@ -96,7 +107,7 @@ def _refusal(runner, name, args, fresh):
     positional: list[str] = []
     extra: list[str] = []
     for _ in range(8):
-        result = runner.invoke(app, [name, *positional, *extra, *args])
+        result = runner.invoke(app, [*name.split(), *positional, *extra, *args])
         output = result.output
         if "Missing argument" in output and not positional:
             positional = [str(fresh / p.name) if _option_kind(p) == "path" else "bogus"

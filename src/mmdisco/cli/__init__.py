@@ -97,7 +97,8 @@ def with_error_path(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class App(typer.Typer):
-    """A Typer app whose every command goes through :func:`with_error_path`."""
+    """A Typer app whose every command, its command groups' included, goes through
+    :func:`with_error_path`."""
 
     def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable], Callable]:
         register = super().command(*args, **kwargs)
@@ -107,6 +108,15 @@ class App(typer.Typer):
             return fn
 
         return decorator
+
+    def add_typer(self, typer_instance: typer.Typer, *args: Any, **kwargs: Any) -> None:
+        # A plain Typer group becomes an App: commands it registers later are wrapped too.
+        for info in typer_instance.registered_commands:
+            if info.callback is not None and not hasattr(info.callback, "__wrapped__"):
+                info.callback = with_error_path(info.callback)
+        if type(typer_instance) is typer.Typer:
+            typer_instance.__class__ = App
+        super().add_typer(typer_instance, *args, **kwargs)
 
 
 app = App(

@@ -93,6 +93,9 @@ def build_world_pipeline_cmd(
     from mmdisco.demo import DemoSettings
     from mmdisco.world_pipeline import build_world_pipeline
 
+    check_int("threads", threads, 0)
+    for folder in (out, work):  # an unwritable folder fails now, not after the training
+        folder.mkdir(parents=True, exist_ok=True)
     if threads > 0:
         torch.set_num_threads(threads)
     settings = DemoSettings.quick() if quick else DemoSettings()
