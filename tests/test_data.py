@@ -259,8 +259,8 @@ def test_latent_cache_resumes_and_round_trips(folder, tmp_path):
 
 def test_clips_with_non_finite_latents_are_skipped(folder, tmp_path):
     class FirstCallNaN(PoolModel):
-        def encode(self, media: Tensor) -> Tensor:
-            out = super().encode(media)
+        def encode(self, media: Tensor, generator: torch.Generator | None = None) -> Tensor:
+            out = super().encode(media, generator)
             return out * float("nan") if self.calls == 1 else out
 
     ds = ClipDataset(folder, SPEC, seed=1)  # good.mp4 is the first usable clip, good2 the last

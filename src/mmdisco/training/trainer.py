@@ -497,15 +497,21 @@ def train_step(
     grad_norm = torch.nn.utils.clip_grad_norm_(
         discriminator.parameters(), config.grad_clip or float("inf")
     )
-    # Stop before a non-finite update reaches the weights (and so any checkpoint).
-    bad = (~torch.isfinite(torch.stack([stats[0], grad_norm.to(stats)]))).any().float()
-    if _all_reduce_mean(bad, world).item() > 0:
-        raise NonFiniteError(
-            f"step {step + 1}: the loss is {stats[0].item() / len(batches):.4g} and the "
-            f"gradient norm {grad_norm.item():.4g}; training stopped before updating the weights"
-        )
+    if device.type != "meta":  # (the memory estimate runs this step on the meta device)
+        _stop_if_not_finite(stats[0] / len(batches), grad_norm, step, world)
     optimizer.step()
     return stats / len(batches), grad_norm
+
+
+def _stop_if_not_finite(loss: Tensor, grad_norm: Tensor, step: int, world: int) -> None:
+    """Stop before a non-finite update reaches the weights (and so any checkpoint); every
+    process sees the same decision."""
+    bad = (~torch.isfinite(torch.stack([loss, grad_norm.to(loss)]))).any().float()
+    if _all_reduce_mean(bad, world).item() > 0:
+        raise NonFiniteError(
+            f"step {step + 1}: the loss is {loss.item():.4g} and the gradient norm "
+            f"{grad_norm.item():.4g}; training stopped before updating the weights"
+        )
 
 
 def _text_drop_prob(discriminator: nn.Module) -> float:
