@@ -64,3 +64,16 @@ def world_pipe():
     pipe = MMDisCoPipeline(audio, video, disc, config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--reverse",
+        action="store_true",
+        help="run the tests in reverse order (a test must not depend on what ran before it)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--reverse"):
+        items.reverse()

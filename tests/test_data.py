@@ -96,7 +96,7 @@ def test_bad_files_are_skipped_with_reasons(folder, caplog):
     clips = [ds[i] for i in range(len(ds))]
     batch = collate(clips)
     assert batch["video"].shape == (2, 3, 5, 16, 16) and batch["audio"].shape == (2, 16000)
-    reasons = {Path(p).name: r for p, r in ds.skipped.items()}
+    reasons = {ds.items[i].path.name: r for i, r in ds.skipped.items()}
     assert set(reasons) == {"silent.mp4", "short.mp4", "corrupt.mp4", "notes.mkv"}
     assert reasons["silent.mp4"] == "no audio track"
     assert reasons["short.mp4"].startswith("too short")
@@ -123,8 +123,58 @@ def test_manifests(folder, tmp_path):
     clip = ClipDataset(tmp_path / "m.jsonl", SPEC)[0]
     assert clip.caption == "a tone" and clip.start == 0.5
     (tmp_path / "bad.jsonl").write_text(json.dumps({"caption": "x"}))
-    with pytest.raises(ValueError, match="row 1 has no 'path'"):
+    with pytest.raises(ValueError, match=r"bad.jsonl: row 1 has no 'path' \(found \['caption'\]\)"):
         list_items(tmp_path / "bad.jsonl")
+    (tmp_path / "start.csv").write_text("path,start\ngood.mp4,soon\n")
+    with pytest.raises(ValueError, match=r"start\.csv: row 1: start must be a number"):
+        list_items(tmp_path / "start.csv")
+
+
+def test_manifest_with_bom_txt_list_and_repeated_rows(folder, tmp_path, caplog):
+    # Excel saves CSV as UTF-8 with a byte order mark, which used to hide the 'path' column.
+    good, silent = folder / "good.mp4", folder / "silent.mp4"
+    rows = f"path,caption\n{good},a\n{silent},b\n{good},a\n{silent},b\n"
+    (tmp_path / "excel.csv").write_bytes(rows.encode("utf-8-sig"))
+    items = list_items(tmp_path / "excel.csv")
+    assert [i.path for i in items] == [good, silent, good, silent]
+    assert "2 rows repeat an earlier row exactly" in caplog.text
+    # A file listed twice is two items; each unusable row is counted once.
+    ds = ClipDataset(tmp_path / "excel.csv", SPEC)
+    assert sum(ds[i] is not None for i in range(len(ds))) == 2
+    assert sorted(ds.skipped) == [1, 3]
+    assert "2 of 4 files used; skipped 2: 2 no audio track" in ds.summary()
+    text = f"# clips\n{good}\n\nsub/good2.mp4\n"
+    (folder / "list.txt").write_text(text)
+    assert list_items(folder / "list.txt") == [ClipItem(good), ClipItem(folder / "sub/good2.mp4")]
+    (tmp_path / "m.tsv").write_text("path\n")
+    with pytest.raises(ValueError, match=r"m.tsv: a manifest must be .csv, .jsonl or .txt"):
+        list_items(tmp_path / "m.tsv")
+
+
+def test_audio_with_nan_samples_is_skipped(tmp_path):
+    """Float PCM can carry NaN: such a file is skipped with its reason, never cached."""
+    import av
+
+    path = tmp_path / "nan.mkv"
+    with av.open(str(path), "w") as container:
+        vstream = container.add_stream("ffv1", rate=10)
+        vstream.width, vstream.height, vstream.pix_fmt = 16, 16, "yuv420p"
+        astream = container.add_stream("pcm_f32le", rate=16000, layout="mono")
+        for i in range(20):
+            frame = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
+            frame.pts = i
+            container.mux(vstream.encode(frame))
+        container.mux(vstream.encode())
+        samples = np.zeros((1, 32000), np.float32)
+        samples[0, 20000] = np.nan
+        for start in range(0, 32000, 1600):
+            chunk = av.AudioFrame.from_ndarray(samples[:, start : start + 1600], "flt", "mono")
+            chunk.sample_rate, chunk.pts = 16000, start
+            container.mux(astream.encode(chunk))
+        container.mux(astream.encode())
+    ds = ClipDataset(tmp_path, ClipSpec(duration=1.5, fps=5.0, size=16, sample_rate=16000))
+    assert ds[0] is None
+    assert ds.skipped == {0: "audio has NaN or infinite samples"}
 
 
 class PoolModel(BaseModel):
@@ -171,12 +221,13 @@ def test_latent_cache_resumes_and_round_trips(folder, tmp_path):
     )
     assert manifest["complete"] and manifest["num_pairs"] == 2
     assert len(manifest["shards"]) == 3
-    assert {Path(p).name for p in manifest["skipped"]} == {
+    assert {Path(s["path"]).name for s in manifest["skipped"]} == {
         "silent.mp4",
         "short.mp4",
         "corrupt.mp4",
         "notes.mkv",
     }
+    assert manifest["skipped"][0].keys() == {"row", "path", "reason"}
     cache = load_latent_cache(out)
     batch = collate([ds[i] for i in range(len(ds))])
     torch.testing.assert_close(cache.audio, audio_model.encode(batch["audio"]))
@@ -197,6 +248,39 @@ def test_latent_cache_resumes_and_round_trips(folder, tmp_path):
     path.write_bytes(path.read_bytes()[:-1] + b"\x01")
     with pytest.raises(ValueError, match="sha256"):
         load_latent_cache(out)
+
+    # Other data, clip settings or base models: refused, saying what differs.
+    with pytest.raises(ValueError, match=r"made from other inputs \(data\.seed: was 1, now 2\)"):
+        cache_latents(ClipDataset(folder, SPEC, seed=2), audio_model, video_model, out,
+                      shard_size=2, progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="shard_size: was 2, now 3"):
+        cache_latents(ds, audio_model, video_model, out, shard_size=3, progress=False)
+
+
+def test_clips_with_non_finite_latents_are_skipped(folder, tmp_path):
+    class FirstCallNaN(PoolModel):
+        def encode(self, media: Tensor, generator: torch.Generator | None = None) -> Tensor:
+            out = super().encode(media, generator)
+            return out * float("nan") if self.calls == 1 else out
+
+    ds = ClipDataset(folder, SPEC, seed=1)  # good.mp4 is the first usable clip, good2 the last
+    manifest = cache_latents(ds, FirstCallNaN("audio"), PoolModel("video"), tmp_path,
+                             shard_size=2, batch_size=2, progress=False)  # fmt: skip
+    reasons = {Path(s["path"]).name: s["reason"] for s in manifest["skipped"]}
+    assert reasons["good.mp4"] == "encoded latents or text embeddings are not finite"
+    assert len(reasons) == 5 and manifest["num_pairs"] == 1
+    cache = load_latent_cache(tmp_path)
+    assert [Path(p).name for p in cache.paths] == ["good2.mp4"]
+    assert cache.audio.shape[0] == 1 and torch.isfinite(cache.audio).all()
+
+
+def test_clip_spec_numbers_are_checked():
+    with pytest.raises(ValueError, match=r"fps: must be > 0\.0, got 0\.0"):
+        ClipSpec(fps=0.0)
+    with pytest.raises(ValueError, match="duration: must be finite, got nan"):
+        ClipSpec(duration=float("nan"))
+    with pytest.raises(ValueError, match="size: must be an integer, got '256'"):
+        ClipSpec(size="256")
 
 
 def test_caption_dropout():

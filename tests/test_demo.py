@@ -94,5 +94,7 @@ def test_head_train_overrides_apply_to_their_head_only():
     mlp, other = settings.train_config("mlp"), settings.train_config("time_aligned")
     assert (mlp.steps, mlp.noise_range) == (7, (0.0, 1.0))
     assert other == settings.train and mlp.lr == other.lr
-    with pytest.raises(TypeError, match="stepz"):
-        DemoSettings(head_train={"mlp": {"stepz": 1}}).train_config("mlp")
+    with pytest.raises(ValueError, match=r"head_train\['mlp'\]: .*stepz"):  # when made
+        DemoSettings(head_train={"mlp": {"stepz": 1}})
+    with pytest.raises(ValueError, match=r"head_train\['mlp'\]: steps: must be >= 1, got 0"):
+        DemoSettings(head_train={"mlp": {"steps": 0}})

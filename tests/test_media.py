@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from mmdisco.media import (
-    _place_audio,
     frames_to_video,
     load_wav,
+    place_audio,
     read_mp4,
     save_wav,
     to_uint8_frames,
@@ -74,7 +74,7 @@ def test_priming_samples_before_zero_are_dropped():
         time_base=Fraction(1, SR),
         duration=6,
     )
-    out = _place_audio([frame([9, 9, 1, 2], -2), frame([3, 4, 5, 6], 2)], stream)
+    out = place_audio([frame([9, 9, 1, 2], -2), frame([3, 4, 5, 6], 2)], stream)
     assert out.tolist() == [1, 2, 3, 4, 5, 6]
 
 
@@ -90,6 +90,9 @@ def test_write_is_atomic_and_checks_input(tmp_path):
         write_mp4(path, np.zeros((4, 16, 16), np.uint8), 8)
     with pytest.raises(ValueError, match=r"audio must have shape \(L,\)"):
         write_mp4(path, np.zeros((4, 16, 16, 3), np.uint8), 8, np.zeros((2, 10)))
+    with pytest.raises(ValueError, match=r"upscaled 600x exceed H\.264's 8192 pixels a side"):
+        write_mp4(path, np.zeros((4, 16, 16, 3), np.uint8), 8, upscale=600)
+    assert path.read_bytes() == before
 
 
 def test_read_errors_name_the_file(tmp_path):
@@ -119,3 +122,58 @@ def test_wav_round_trip(tmp_path):
     bad.write_bytes(b"garbage")
     with pytest.raises(ValueError, match=re.escape(str(bad))):
         load_wav(bad)
+
+
+# ---------------------------------------------------------------- long files: decode the window
+
+
+LONG_FPS, LONG_SR, LONG_SECONDS = 4, 8000, 600
+
+
+@pytest.fixture(scope="module")
+def long_file(tmp_path_factory):
+    """A 10-minute file: frame i has red level i % 256, and a tone plays throughout."""
+    n = LONG_SECONDS * LONG_FPS
+    frames = np.zeros((n, 32, 32, 3), np.uint8)
+    frames[..., 0] = (np.arange(n) % 256)[:, None, None]
+    t = np.arange(LONG_SECONDS * LONG_SR) / LONG_SR
+    audio = (0.3 * np.sin(2 * np.pi * 440 * t) * (1 + (t // 60) % 2)).astype(np.float32) / 2
+    path = tmp_path_factory.mktemp("long") / "ten_minutes.mp4"
+    return write_mp4(path, frames, LONG_FPS, audio, sample_rate=LONG_SR, crf=30)
+
+
+def _peak_bytes(fn):
+    """Peak memory of ``fn()`` as tracemalloc sees it (numpy arrays included)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = fn()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_clip_of_a_long_file_costs_what_the_clip_costs(long_file):
+    from mmdisco.data import ClipItem, ClipSpec, read_clip
+
+    spec = ClipSpec(duration=2.0, fps=4.0, size=32, sample_rate=LONG_SR)
+    clip_bytes = 4 * (spec.num_samples + 3 * spec.num_frames * spec.size**2)
+    whole, whole_peak = _peak_bytes(lambda: read_mp4(long_file))
+    assert whole.frames.shape[0] == LONG_SECONDS * LONG_FPS
+    for start in (1.0, 300.0, 590.0):  # near the start, the middle and the end
+        clip, peak = _peak_bytes(lambda s=start: read_clip(ClipItem(long_file, start=s), spec))
+        # The same pixels and samples as decoding the whole file, at a cost set by the clip.
+        first = round(start * LONG_FPS)
+        want = whole.frames[first : first + spec.num_frames].astype(np.float32) / 127.5 - 1
+        got = clip.video.permute(1, 2, 3, 0).numpy()
+        assert np.abs(got - want).max() <= 1 / 127.5 + 1e-6
+        lo = round(start * LONG_SR)
+        np.testing.assert_allclose(clip.audio.numpy(), whole.audio[lo : lo + spec.num_samples],
+                                   atol=2e-3)  # fmt: skip
+        assert peak < 10 * clip_bytes < whole_peak / 10, (start, peak, whole_peak)
+    window, peak = _peak_bytes(lambda: read_mp4(long_file, start=300.0, duration=2.0))
+    assert window.frames.shape[0] == 8 and window.audio.shape == (2 * LONG_SR,)
+    assert peak < whole_peak / 20
+    diff = window.frames.astype(int) - whole.frames[1200:1208]
+    assert np.abs(diff).max() <= 1  # the same H.264 frames, decoded after a seek

@@ -1,6 +1,7 @@
 """End-to-end `mmdisco evaluate` on tiny synthesised directories, plus weight conversion."""
 
 import json
+from pathlib import Path
 
 import av
 import cv2
@@ -15,6 +16,7 @@ from mmdisco.metrics import convert as convert_mod
 from mmdisco.metrics.base import load_weights
 from mmdisco.metrics.evaluate import EvalOptions, evaluate_directories
 from mmdisco.metrics.io import load_media
+from mmdisco.metrics.offline import OfflineAudioExtractor
 from mmdisco.metrics.vggish import VGGish, VGGishConfig
 
 FPS, SR = 8, 16000
@@ -170,5 +172,75 @@ def test_convert_state_dict(tmp_path, monkeypatch):
     loaded = load_weights(VGGish(tiny), dst)
     for k, v in src.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v)
-    with pytest.raises(ValueError, match="unknown architecture"):
+    with pytest.raises(ValueError, match=r"arch: must be one of .* got 'resnet'"):
         convert_mod.convert("resnet", tmp_path / "ckpt.pth", tmp_path / "x.safetensors")
+
+
+def test_unusable_entries_are_named_and_counted(dirs, tmp_path):
+    """NaN audio, dangling and looping links and folders named like videos are skipped with
+    their reasons and counted, never silently ignored and never fatal."""
+    gen, _ = dirs
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in ("s0.mp4", "s1.mp4"):
+        (mixed / name).symlink_to(gen / name)
+    audio = np.zeros(SR, np.float32)
+    audio[100] = np.nan
+    soundfile.write(str(mixed / "nan.wav"), audio, SR, subtype="FLOAT")
+    (mixed / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    (mixed / "loop.mp4").symlink_to(mixed / "loop.mp4")
+    (mixed / "folder.mp4").mkdir()
+    report = evaluate_directories(mixed, None, EvalOptions(metrics=("av_align",), progress=False))
+    reasons = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
+    assert report["counts"]["generated"]["ok"] == 2
+    assert report["counts"]["generated"]["skipped"] == 4 == len(reasons)
+    assert reasons["nan.wav"] == "ValueError: audio has NaN or infinite samples (nan.wav)"
+    assert reasons["gone.mp4"].startswith("ValueError: dangling symbolic link")
+    assert reasons["loop.mp4"] == "ValueError: symbolic link loop"
+    assert "folder named like a media file" in reasons["folder.mp4"]
+
+
+def test_non_finite_features_skip_the_sample_and_name_it(dirs):
+    gen, ref = dirs
+
+    class NaNOnThirdSample(OfflineAudioExtractor):
+        calls = 0
+
+        def __call__(self, media):
+            self.calls += 1
+            out = super().__call__(media)
+            return out * np.nan if self.calls == 3 else out
+
+    options = EvalOptions(metrics=("fad",), progress=False)
+    report = evaluate_directories(gen, ref, options, NaNOnThirdSample(), None)
+    bad = [s for s in report["skipped"] if "not finite" in s["reason"]]
+    assert [Path(s["path"]).name for s in bad] == ["s2.mp4"]  # broken.mp4 never reaches it
+    assert bad[0]["reason"] == "ValueError: audio features are not finite (NaN or infinity)"
+    counts = report["counts"]["generated"]
+    assert (counts["ok"], counts["skipped"]) == (4, 1)  # loaded; broken.mp4 was not
+    assert counts["used"]["audio"]["samples"] == 3 and counts["skipped_per_metric"] == {"audio": 1}
+    assert bad[0]["metric"] == "audio"
+    assert np.isfinite(report["metrics"]["fad"])
+
+
+def test_max_seconds_bounds_what_a_long_file_costs(tmp_path):
+    """Memory follows the evaluated window, not the file: a 60 s file read for 2 s."""
+    import tracemalloc
+
+    folder = tmp_path / "long"
+    folder.mkdir()
+    video, audio = _clip((4, 12, 20, 27), 0)
+    _write_mp4(folder / "long.mp4", np.tile(video, (15, 1, 1, 1)), np.tile(audio, 15))
+    evaluate_directories(folder, None, EvalOptions(metrics=("av_align",), progress=False,
+                                                   max_seconds=0.5))  # fmt: skip
+    peaks = {}  # measured after a first run, which imports and compiles what the metric uses
+    for seconds in (2.0, None):
+        options = EvalOptions(metrics=("av_align",), progress=False, max_seconds=seconds)
+        tracemalloc.start()
+        report = evaluate_directories(folder, None, options)
+        peaks[seconds] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert (
+            report["counts"]["generated"]["ok"] == 1 and report["options"]["max_seconds"] == seconds
+        )
+    assert peaks[2.0] * 10 < peaks[None], peaks

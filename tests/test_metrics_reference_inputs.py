@@ -122,7 +122,7 @@ def test_i3d_unknown_file_needs_a_variant(tmp_path, monkeypatch):
         convert_mod.convert("i3d", tmp_path / "weights.pt", tmp_path / "i3d.safetensors")
     dst = convert_mod.convert("i3d", tmp_path / "weights.pt", tmp_path / "i3d.safetensors", "tfhub")
     assert weights_variant(dst) == "tfhub"
-    with pytest.raises(ValueError, match="unknown I3D variant 'kinetics'"):
+    with pytest.raises(ValueError, match="variant: must be one of 'deepmind', 'tfhub', got 'kin"):
         convert_mod.convert("i3d", tmp_path / "weights.pt", tmp_path / "x.safetensors", "kinetics")
 
 

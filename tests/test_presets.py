@@ -92,9 +92,11 @@ def test_config_fields_for_loudness_and_posterior(tmp_path):
     assert cfg.clip_spec().audio_peak == 0.8 and not cfg.clip_spec().remove_dc
     cfg = experiment_from_dict(tiny_config(tmp_path, data={"audio_peak": None}))
     assert cfg.clip_spec().audio_peak is None
-    with pytest.raises(ConfigError, match=r"data\.audio_peak must be 'model', a number or null"):
+    with pytest.raises(ConfigError, match=r"data\.audio_peak: must be 'model', a number or null"):
         experiment_from_dict(tiny_config(tmp_path, data={"audio_peak": "loud"}))
-    with pytest.raises(ConfigError, match=r"data\.posterior must be 'sample' or 'mode'"):
+    with pytest.raises(
+        ConfigError, match=r"data\.posterior: must be one of 'sample', 'mode', got 'mean'"
+    ):
         experiment_from_dict(tiny_config(tmp_path, data={"posterior": "mean"}))
 
 

@@ -213,7 +213,7 @@ def test_window_excludes_steps() -> None:
     audio, video = _streams(DDIMScheduler)
     disc = _disc(audio, video)
     plain = _run(audio, video)
-    empty = _run(audio, video, disc, window=(1.5, 2.0))
+    empty = _run(audio, video, disc, window=(1.0, 1.0))  # t / T < 1 at every step
     full = _run(audio, video, disc)
     late = _run(audio, video, disc, window=(0.0, 0.5))
     for x, y in zip(plain, empty, strict=True):
@@ -221,6 +221,21 @@ def test_window_excludes_steps() -> None:
     for x, y, z in zip(plain, full, late, strict=True):
         assert (x - y).abs().max() > 1e-3 and (y - z).abs().max() > 1e-4
         assert (x - z).abs().max() > 1e-4
+
+
+def test_bad_numbers_are_refused_before_sampling() -> None:
+    from mmdisco.sampling import GuidanceOptions, joint_sample
+
+    with pytest.raises(ValueError, match=r"window\[0\]: must be >= 0\.0 and <= 1\.0, got 1\.5"):
+        GuidanceOptions(window=(1.5, 2.0))
+    with pytest.raises(ValueError, match="chunk_size: must be >= 1, got 0"):
+        GuidanceOptions(chunk_size=0)
+    audio, video = _streams(DDIMScheduler)
+    with pytest.raises(ValueError, match="num_inference_steps: must be >= 1, got 0"):
+        joint_sample(audio, video, num_inference_steps=0, progress=False)
+    audio.guidance_scale = float("nan")
+    with pytest.raises(ValueError, match="audio guidance_scale: must be finite, got nan"):
+        joint_sample(audio, video, num_inference_steps=2, progress=False)
 
 
 def test_chunked_gradient_equals_unchunked() -> None:

@@ -124,7 +124,7 @@ def test_bf16_autocast_keeps_float32_weights_and_close_losses():
     assert torch.isfinite(norm_m) and all(p.dtype == torch.float32 for p in mixed.parameters())
     assert (stats_m[:3] - stats[:3]).abs().max() < 0.03 * stats[:3].abs().max()
     assert not torch.equal(stats_m, stats)  # bf16 did run
-    with pytest.raises(ValueError, match="mixed_precision must be one of"):
+    with pytest.raises(ValueError, match="mixed_precision: must be one of"):
         TrainConfig(mixed_precision="fp8")
 
 

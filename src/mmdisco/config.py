@@ -19,8 +19,19 @@ from typing import Any
 
 import yaml
 
+from mmdisco.errors import (
+    InputError,
+    MissingInputError,
+    check_bool,
+    check_choice,
+    check_float,
+    check_fraction_range,
+    check_int,
+    check_memory,
+)
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A bad experiment config; the message names the file and the field."""
 
 
@@ -37,6 +48,9 @@ class BaseModelConfig:
     # (torch.load with weights_only=True: tensors, never code); use it only for checkpoints
     # that ship no safetensors.
     allow_bin_weights: bool = False
+
+    def __post_init__(self) -> None:
+        self.cfg_scale = check_float("cfg_scale", self.cfg_scale)
 
 
 @dataclass
@@ -59,6 +73,22 @@ class DataConfig:
     audio_peak: float | str | None = "model"
     posterior: str = "sample"  # latents: "sample" the VAE posterior (reference) or its "mode"
 
+    def __post_init__(self) -> None:
+        self.duration = check_float("duration", self.duration, 0.0, open_min=True)
+        self.fps = check_float("fps", self.fps, 0.0, open_min=True)
+        self.caption_dropout = check_float("caption_dropout", self.caption_dropout, 0.0, 1.0,
+                                           open_max=True)  # fmt: skip
+        for name in ("size", "sample_rate", "shard_size", "batch_size"):
+            check_int(name, getattr(self, name), 1)
+        check_int("seed", self.seed, 0)
+        if isinstance(self.audio_peak, str):
+            if self.audio_peak != "model":
+                raise InputError(f"must be 'model', a number or null, got {self.audio_peak!r}",
+                                 "audio_peak")  # fmt: skip
+        elif self.audio_peak is not None:
+            self.audio_peak = check_float("audio_peak", self.audio_peak, 0.0, 1.0, open_min=True)
+        check_choice("posterior", self.posterior, ("sample", "mode"))
+
 
 @dataclass
 class FakesConfig:
@@ -68,6 +98,11 @@ class FakesConfig:
     out_dir: str = "fakes"
     batch_size: int = 8
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("num_samples", self.num_samples, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("seed", self.seed, 0)
 
 
 @dataclass
@@ -84,6 +119,16 @@ class SamplingConfig:
     cfg_on_discriminator: bool = False
     batch_size: int = 4
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("solver_order", self.solver_order, 1, 3)
+        check_int("num_inference_steps", self.num_inference_steps, 1)
+        for name in ("guidance_scale_audio", "guidance_scale_video"):
+            setattr(self, name, check_float(name, getattr(self, name)))
+        self.window = check_fraction_range("window", self.window, allow_empty=True)
+        check_bool("cfg_on_discriminator", self.cfg_on_discriminator)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("seed", self.seed, 0)
 
 
 @dataclass
@@ -112,42 +157,30 @@ class ExperimentConfig:
                 check_options(model.adapter, model.options)
             except ValueError as err:
                 raise ConfigError(f"{name}.options.{err}") from None
-        if isinstance(self.data.audio_peak, str) and self.data.audio_peak != "model":
-            raise ConfigError(
-                f"data.audio_peak must be 'model', a number or null, got {self.data.audio_peak!r}"
-            )
-        if self.data.posterior not in ("sample", "mode"):
-            raise ConfigError(
-                f"data.posterior must be 'sample' or 'mode', got {self.data.posterior!r}"
-            )
-        if not 0.0 <= self.data.caption_dropout < 1.0:
-            raise ConfigError(
-                f"data.caption_dropout must lie in [0, 1), got {self.data.caption_dropout}"
-            )
-        lo, hi = self.sampling.window
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ConfigError(f"sampling.window must satisfy 0 <= lo <= hi <= 1, got {(lo, hi)}")
         self.discriminator_config()  # validate now, not hours into a run
         self.train_config()
 
     # -- the library's config objects ------------------------------------------------------
     def discriminator_config(self) -> Any:
-        from mmdisco.discriminator import DiscriminatorConfig
+        """The discriminator's config; one too large to train on this machine is refused."""
+        from mmdisco.discriminator import Discriminator, DiscriminatorConfig
 
         spec = dict(self.discriminator)
         preset = spec.pop("preset", None)
         try:
             if preset is None:
-                return DiscriminatorConfig.from_dict(spec)
-            if preset not in ("text_to_av", "mm_diffusion"):
+                config = DiscriminatorConfig.from_dict(spec)
+            elif preset in ("text_to_av", "mm_diffusion"):
+                config = getattr(DiscriminatorConfig, preset)(**spec)
+            else:
                 raise ConfigError(
                     f"discriminator.preset: unknown {preset!r}; use 'text_to_av' or 'mm_diffusion'"
                 )
-            return getattr(DiscriminatorConfig, preset)(**spec)
         except (TypeError, ValueError) as err:
-            if isinstance(err, ConfigError):
-                raise
-            raise ConfigError(f"discriminator: {err}") from err
+            raise _in_section("discriminator", err) from err
+        # Weights, gradients and Adam's two moments, in float32.
+        check_memory(16 * Discriminator.num_parameters_for(config), "discriminator")
+        return config
 
     def train_config(self) -> Any:
         from mmdisco.training.trainer import TrainConfig
@@ -155,7 +188,7 @@ class ExperimentConfig:
         try:
             return TrainConfig.from_dict(dict(self.train))
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"train: {err}") from err
+            raise _in_section("train", err) from err
 
     def clip_spec(self, audio_model: Any = None) -> Any:
         """The clips' :class:`~mmdisco.data.ClipSpec`; ``audio_peak: model`` reads the peak
@@ -185,6 +218,16 @@ class ExperimentConfig:
 
 
 # -- loading -------------------------------------------------------------------------------
+
+
+def _in_section(section: str, err: Exception) -> ConfigError:
+    """``err`` (a field's error inside ``section``) as a ConfigError naming the dotted field."""
+    if isinstance(err, ConfigError):
+        return err
+    if isinstance(err, InputError) and err.field:
+        field_name = err.field.removeprefix("DiscriminatorConfig.").removeprefix("TrainConfig.")
+        return ConfigError(f"{section}.{field_name}: {err.problem}")
+    return ConfigError(f"{section}: {err}")
 
 
 def _type_name(tp: Any) -> str:
@@ -243,7 +286,12 @@ def _build(cls: type, data: Any, where: str) -> Any:
             kwargs[name] = _convert(data[name], hints[name], prefix + name)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{prefix}{name}: required field is missing")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except InputError as err:  # a number out of range: name the dotted field
+        raise _in_section(where, err) if where else ConfigError(str(err)) from None
 
 
 def experiment_from_dict(data: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
@@ -257,10 +305,9 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     """Read and validate a YAML experiment config."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such experiment config: {path}")
-    with open(path) as f:
-        try:
-            data = yaml.safe_load(f)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        raise MissingInputError(f"no such experiment config: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
     return experiment_from_dict(data or {}, str(path))

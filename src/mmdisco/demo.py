@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmdisco.io import write_json_atomic
+from mmdisco.errors import InputError, check_float, check_fraction_range, check_int
+from mmdisco.io import read_json, write_json_atomic
 from mmdisco.training.data import PairData, encode_pairs, fake_pairs
 from mmdisco.training.fakes import SampleSettings, generate_fakes, sample_pairs
 from mmdisco.training.trainer import TrainConfig, train_discriminator
@@ -116,6 +117,22 @@ class DemoSettings:
     seed: int = 0
     models_dir: str | None = None  # world base models; None: the shipped ones
 
+    def __post_init__(self) -> None:
+        counts = ("n_real", "n_real_eval", "n_fakes", "fake_steps", "n_eval", "sample_steps",
+                  "upscale")  # fmt: skip
+        for name in counts:
+            check_int(name, getattr(self, name), 1)
+        check_int("n_videos", self.n_videos, 0)
+        check_int("seed", self.seed, 0)
+        for name in ("guidance_scale_audio", "guidance_scale_video"):
+            setattr(self, name, check_float(name, getattr(self, name)))
+        self.guidance_window = check_fraction_range("guidance_window", self.guidance_window)
+        for head in self.head_train:
+            try:
+                self.train_config(head)
+            except (TypeError, ValueError) as err:
+                raise InputError(f"head_train[{head!r}]: {err}") from None
+
     @classmethod
     def quick(cls) -> DemoSettings:
         """A minute-scale run for tests: tiny sets, few steps; the pipeline, not the results."""
@@ -173,7 +190,9 @@ class PooledDiscriminator(nn.Module):
 
     def __init__(self, disc: nn.Module, video_pool: int = 1, audio_pool: int = 1) -> None:
         super().__init__()
-        self.disc, self.video_pool, self.audio_pool = disc, int(video_pool), int(audio_pool)
+        self.disc = disc
+        self.video_pool = check_int("video_pool", video_pool, 1)
+        self.audio_pool = check_int("audio_pool", audio_pool, 1)
 
     def forward(self, audio: Tensor, video: Tensor, t_audio: Tensor, t_video: Tensor, **kw: Any):
         if self.video_pool > 1:
@@ -234,7 +253,13 @@ def load_discriminator(directory: str | Path, device: str = "cpu") -> nn.Module:
     disc = Discriminator.from_pretrained(directory, device)
     pool_file = Path(directory) / POOL_CONFIG
     if pool_file.exists():
-        return PooledDiscriminator(disc, **json.loads(pool_file.read_text()))
+        pooling = read_json(pool_file)
+        if not isinstance(pooling, dict) or set(pooling) - {"video_pool", "audio_pool"}:
+            raise InputError(f"expected video_pool and audio_pool, got {pooling!r}", str(pool_file))
+        try:
+            return PooledDiscriminator(disc, **pooling)
+        except InputError as err:
+            raise InputError(str(err), str(pool_file)) from None
     return disc
 
 
@@ -251,6 +276,8 @@ def build_discriminator(
     with fusion head ``head``; ``kw`` overrides :meth:`DiscriminatorConfig.for_shapes`."""
     from mmdisco.discriminator import Discriminator, DiscriminatorConfig
 
+    check_int("video_pool", video_pool, 1)
+    check_int("audio_pool", audio_pool, 1)
     c, f, h, w = video_shape
     pooled_video = (c, f, h // video_pool, w // video_pool)
     pooled_audio = (*audio_shape[:-1], audio_shape[-1] // audio_pool)

@@ -11,15 +11,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
+
+from mmdisco.errors import BusyError, InputError, MissingInputError, NonFiniteError
+
+logger = logging.getLogger(__name__)
+
+TMP_MARK = ".tmp-"  # in every temporary name, so that orphans can be found and removed
+LOCK_NAME = ".lock"
 
 
 @contextmanager
@@ -30,19 +43,19 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_MARK}", suffix=suffix)
     os.close(fd)
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:  # on disk before it takes the final name
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; give what open() would
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _umask() -> int:
+def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -58,12 +71,62 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 def save_tensors_atomic(
-    path: str | os.PathLike, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None
+    path: str | os.PathLike,
+    tensors: dict[str, Tensor],
+    metadata: dict[str, str] | None = None,
+    finite: bool = True,
 ) -> None:
-    """``safetensors.torch.save_file`` through :func:`atomic_path`."""
+    """``safetensors.torch.save_file`` through :func:`atomic_path`; with ``finite`` (the
+    default) a tensor holding NaN or infinity is refused before anything is written."""
+    if finite:
+        check_finite(tensors, str(path))
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
+
+
+def load_tensors(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    finite: bool = True,
+    keys: list[str] | None = None,
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; a missing, corrupt or (with ``finite``)
+    non-finite file raises an error naming it. ``keys``: those that must be present."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"not a readable safetensors file ({err})", str(path)) from None
+    missing = sorted(set(keys or ()) - set(tensors))
+    if missing:
+        raise InputError(f"has no tensor {missing[0]!r} (found {sorted(tensors)})", str(path))
+    if finite:
+        check_finite(tensors, str(path))
+    return tensors, metadata
+
+
+def check_finite(tensors: Mapping[str, Tensor], where: str) -> None:
+    """Raise :class:`NonFiniteError` naming ``where`` and the first tensor with NaN or inf."""
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise NonFiniteError(f"{key!r} holds {bad} NaN or infinite values", where)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file; a missing or malformed file raises an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"not valid JSON ({err})", str(path)) from None
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -71,6 +134,16 @@ def sha256_file(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def tensor_digest(tensors: Mapping[str, Tensor]) -> str:
+    """sha256 over the names, shapes, dtypes and bytes of ``tensors`` (an input's identity)."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        value = tensors[key].detach().cpu().contiguous()
+        digest.update(f"{key}:{tuple(value.shape)}:{value.dtype};".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().data)
     return digest.hexdigest()
 
 
@@ -118,11 +191,122 @@ def load_pretrained(
     config_file, weights = directory / "config.json", directory / "model.safetensors"
     for file in (config_file, weights):
         if not file.is_file():
-            raise FileNotFoundError(f"{directory}: no {file.name} (expected {what})")
-    module = build(json.loads(config_file.read_text()))
-    state = load_file(str(weights))
+            raise MissingInputError(f"{directory}: no {file.name} (expected {what})")
+    module = build(read_json(config_file))
+    state, _ = load_tensors(weights)
     problems = state_dict_mismatches(module.state_dict(), state)
     if problems:
         raise ValueError(f"{weights} does not match {config_file}:\n  " + "\n  ".join(problems))
     module.load_state_dict(state)
     return module
+
+
+def remove_orphans(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files and folders that killed writers left in ``directory``
+    (names with :data:`TMP_MARK`). Call it only while holding the directory's lock."""
+    directory = Path(directory)
+    removed = []
+    found = {p for pattern in (f".*{TMP_MARK}*", f"{TMP_MARK}*") for p in directory.glob(pattern)}
+    for path in sorted(found) if directory.is_dir() else ():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    if removed:
+        logger.info("%s: removed %d temporary files of an interrupted run", directory, len(removed))
+    return removed
+
+
+class DirectoryLock:
+    """An exclusive lock on a directory: ``directory/.lock`` holds the writer's pid and host.
+
+    The lock file is created complete (written under a temporary name, then hard-linked into
+    place, which fails if it exists). A lock whose process is gone (same host, pid not
+    running) is stale and is taken over; one held by a live process, or by another host
+    (whose processes cannot be checked), raises :class:`~mmdisco.errors.BusyError`.
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / LOCK_NAME
+        self.owner = {"pid": os.getpid(), "host": socket.gethostname()}
+        self.held = False
+
+    def acquire(self) -> DirectoryLock:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        info = {**self.owner, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f"{LOCK_NAME}{TMP_MARK}")
+        try:
+            os.fchmod(fd, 0o644)  # readable by other users' runs, which check the holder
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(info))
+            for _ in range(3):
+                try:
+                    os.link(tmp, self.path)
+                    self.held = True
+                    return self
+                except FileExistsError:
+                    self._take_over_if_stale()
+        finally:
+            os.unlink(tmp)
+        raise BusyError(f"{self.path}: could not be taken (it keeps reappearing)")
+
+    def _take_over_if_stale(self) -> None:
+        holder = self._holder()
+        same_host = holder.get("host") == self.owner["host"]
+        if holder and not (same_host and not _pid_alive(holder.get("pid"))):
+            pid, host, started = holder.get("pid"), holder.get("host"), holder.get("started")
+            raise BusyError(
+                f"{self.directory} is being written by process {pid} on {host} (since "
+                f"{started}); wait for it to finish, or delete {self.path} if that process "
+                "is gone"
+            )
+        # Stale: move it aside under a unique name first, so that of two processes taking
+        # it over at once, only one removes it (the other finds it gone and retries).
+        aside = self.directory / f".lock{TMP_MARK}{os.getpid()}"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        if _read_lock(aside) != holder:  # someone else's fresh lock: put it back
+            with suppress(FileExistsError):
+                os.link(aside, self.path)
+            aside.unlink(missing_ok=True)
+            return
+        aside.unlink(missing_ok=True)
+        logger.warning("%s: removed the stale lock of process %s", self.directory, holder)
+
+    def _holder(self) -> dict[str, Any]:
+        return _read_lock(self.path)
+
+    def release(self) -> None:
+        if self.held and {k: self._holder().get(k) for k in self.owner} == self.owner:
+            self.path.unlink(missing_ok=True)
+        self.held = False
+
+    def __enter__(self) -> DirectoryLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_lock(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True

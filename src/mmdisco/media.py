@@ -11,9 +11,11 @@ decoder does not skip the priming itself.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -24,6 +26,8 @@ from torch import Tensor
 from mmdisco.io import atomic_path
 
 AAC_FRAME = 1024  # samples per AAC frame (used when the encoder does not say)
+MAX_SIDE = 8192  # x264 (level 6.2) encodes at most 8192 pixels a side
+PREROLL = 1.0  # seconds decoded before a window's start (audio decoders need a few frames)
 
 
 @dataclass
@@ -116,6 +120,11 @@ def write_mp4(
     if upscale < 1:
         raise ValueError(f"upscale must be >= 1, got {upscale}")
     pixels = to_uint8_frames(frames)
+    if max(pixels.shape[1:3]) * upscale > MAX_SIDE:
+        raise ValueError(
+            f"frames of {pixels.shape[1]}x{pixels.shape[2]} upscaled {upscale}x exceed H.264's "
+            f"{MAX_SIDE} pixels a side; use a smaller upscale"
+        )
     pixels = pixels.repeat(upscale, axis=1).repeat(upscale, axis=2)
     samples = None if audio is None else to_mono_audio(audio)
     path = Path(path)
@@ -130,83 +139,129 @@ def write_mp4(
     return path
 
 
-def _place_audio(frames: list, stream) -> np.ndarray:
-    """Mono float32 from decoded audio frames, each placed at its own pts relative to the
-    stream's start (samples before it, i.e. encoder priming, are dropped) and trimmed to the
-    stream's duration."""
+def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
+    return None if value is None or time_base is None else float(value * time_base)
+
+
+def decode_frames(
+    container: Any, streams: list[Any], start: float = 0.0, end: float | None = None
+) -> Iterator[tuple[Any, float, Any]]:
+    """``(stream, t, frame)`` for the decoded frames of ``streams``, ``t`` in seconds from the
+    stream's start, covering ``[start, end]``: the demuxer seeks to the keyframe before
+    ``start`` (less a second, so that audio decoders warm up) and stops once every stream
+    has passed ``end``. Memory and time grow with the window, not with the file."""
+    if start > PREROLL:
+        container.seek(round((start - PREROLL) * av.time_base))  # the keyframe at or before
+    origin = {s.index: _seconds(s.start_time, s.time_base) or 0.0 for s in streams}
+    pending = {s.index for s in streams}
+    for packet in container.demux(*streams):
+        if packet.stream.index not in pending:
+            continue
+        for frame in packet.decode():
+            t = _seconds(frame.pts, frame.time_base)
+            t = None if t is None else t - origin[packet.stream.index]
+            if end is not None and t is not None and t > end:
+                pending.discard(packet.stream.index)
+                break
+            yield packet.stream, t, frame
+        if not pending:
+            return
+
+
+def place_audio(
+    frames: list, stream: Any, start: float = 0.0, duration: float | None = None
+) -> np.ndarray:
+    """Mono float32 samples of ``[start, start + duration)`` seconds of an audio stream.
+
+    Each decoded frame is placed at its own pts relative to the stream's start (samples
+    before it, i.e. encoder priming, are dropped); a frame without pts follows the previous
+    one. The result ends where the decoded samples or the stream's duration end (so a short
+    result means the stream is short); gaps are zeros."""
     rate = stream.codec_context.sample_rate
-    start = stream.start_time * stream.time_base if stream.start_time is not None else 0
-    placed, cursor = [], 0
+    origin = _seconds(stream.start_time, stream.time_base) or 0.0
+    lo = round(start * rate)
+    placed, cursor = [], None
     for frame in frames:
         data = frame.to_ndarray().astype(np.float32)
         if frame.format.is_packed:
             data = data.reshape(-1, len(frame.layout.channels)).T
-        if frame.pts is None:  # no timestamp: follows the previous frame
-            offset = cursor
-        else:
-            offset = round((frame.pts * frame.time_base - start) * rate)
-        placed.append((offset, data.mean(0)))
+        t = _seconds(frame.pts, frame.time_base)
+        offset = cursor if t is None and cursor is not None else round(((t or 0.0) - origin) * rate)
+        placed.append((offset - lo, data.mean(0)))
         cursor = offset + data.shape[1]
     end = max((o + len(d) for o, d in placed), default=0)
     if stream.duration is not None:
-        end = min(end, round(stream.duration * stream.time_base * rate))
+        end = min(end, round(float(stream.duration * stream.time_base) * rate) - lo)
+    if duration is not None:
+        end = min(end, round(duration * rate))
     out = np.zeros(max(end, 0), np.float32)
     for offset, data in placed:
-        lo, hi = max(offset, 0), min(offset + len(data), end)
-        if hi > lo:
-            out[lo:hi] = data[lo - offset : hi - offset]
+        a, b = max(offset, 0), min(offset + len(data), len(out))
+        if b > a:
+            out[a:b] = data[a - offset : b - offset]
     return out
 
 
-def _decode(path: Path) -> tuple[np.ndarray, float, np.ndarray | None, int]:
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError(f"{path}: no video track")
-        vstream = container.streams.video[0]
-        astream = container.streams.audio[0] if container.streams.audio else None
-        images, sounds = [], []
-        for packet in container.demux(*(s for s in (vstream, astream) if s is not None)):
-            for frame in packet.decode():
-                if packet.stream is vstream:
-                    images.append(frame.to_ndarray(format="rgb24"))
-                else:
-                    sounds.append(frame)
-        if not images:
-            raise ValueError(f"{path}: video track has no frames")
-        fps = float(vstream.average_rate or vstream.guessed_rate or 0)
-        if astream is None:
-            return np.stack(images), fps, None, 0
-        return (
-            np.stack(images),
-            fps,
-            _place_audio(sounds, astream),
-            astream.codec_context.sample_rate,
-        )
-
-
-def read_mp4(path: str | os.PathLike, downscale: int = 1, require_audio: bool = True) -> MediaClip:
+def read_mp4(
+    path: str | os.PathLike,
+    downscale: int = 1,
+    require_audio: bool = True,
+    start: float = 0.0,
+    duration: float | None = None,
+    max_frames: int | None = None,
+    audio: bool = True,
+) -> MediaClip:
     """Read frames (and the first audio track, as mono) from a video file.
 
-    ``downscale`` averages ``k x k`` pixel blocks (the inverse of ``write_mp4``'s upscale).
-    Raises ``FileNotFoundError`` / ``ValueError`` naming ``path`` if it is missing,
-    unreadable, has no video, or has no audio while ``require_audio``.
+    Only ``[start, start + duration)`` seconds are decoded (the whole file by default), and
+    at most ``max_frames`` frames; ``audio=False`` skips the audio track. ``downscale``
+    averages ``k x k`` pixel blocks (the inverse of ``write_mp4``'s upscale). Raises
+    ``FileNotFoundError`` / ``ValueError`` naming ``path`` if it is missing, unreadable, has
+    no video, or has no audio while ``require_audio``.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such video file: {path}")
+    end = None if duration is None else start + duration
     try:
-        frames, fps, audio, rate = _decode(path)
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{path}: no video track")
+            vstream = container.streams.video[0]
+            astream = container.streams.audio[0] if audio and container.streams.audio else None
+            if astream is None and require_audio:
+                raise ValueError(f"{path}: no audio track")
+            streams = [s for s in (vstream, astream) if s is not None]
+            images, sounds = [], []
+            for stream, t, frame in decode_frames(container, streams, start, end):
+                if stream is astream:
+                    sounds.append(frame)
+                elif t is None or ((not start or t >= start - 1e-6) and (end is None or t < end)):
+                    if max_frames is None or len(images) < max_frames:
+                        images.append(
+                            _downscaled(frame.to_ndarray(format="rgb24"), downscale, path)
+                        )
+                    elif astream is None:
+                        break
+            fps = float(vstream.average_rate or vstream.guessed_rate or 0)
+            samples = None if astream is None else place_audio(sounds, astream, start, duration)
+            rate = 0 if astream is None else astream.codec_context.sample_rate
     except av.error.FFmpegError as err:
         raise ValueError(f"cannot read video file {path}: {err}") from err
-    if audio is None and require_audio:
-        raise ValueError(f"{path}: no audio track")
-    if downscale > 1:
-        f, h, w, c = frames.shape
-        if h % downscale or w % downscale:
-            raise ValueError(f"{path}: frame size {h}x{w} is not divisible by {downscale}")
-        blocks = frames.reshape(f, h // downscale, downscale, w // downscale, downscale, c)
-        frames = np.round(blocks.mean(axis=(2, 4))).astype(np.uint8)
-    return MediaClip(frames=frames, fps=fps, audio=audio, sample_rate=rate)
+    if not images:
+        raise ValueError(
+            f"{path}: video track has no frames" + (f" after {start} s" if start else "")
+        )
+    return MediaClip(frames=np.stack(images), fps=fps, audio=samples, sample_rate=rate)
+
+
+def _downscaled(frame: np.ndarray, k: int, path: Path) -> np.ndarray:
+    if k <= 1:
+        return frame
+    h, w, c = frame.shape
+    if h % k or w % k:
+        raise ValueError(f"{path}: frame size {h}x{w} is not divisible by {k}")
+    return np.round(frame.reshape(h // k, k, w // k, k, c).mean(axis=(1, 3))).astype(np.uint8)
 
 
 def frames_to_video(frames: np.ndarray) -> Tensor:

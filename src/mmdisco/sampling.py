@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from mmdisco.base_models.base import BaseModel
 from mmdisco.diffusion import NoiseSchedule, epsilon_delta_to_prediction
+from mmdisco.errors import check_float, check_fraction_range, check_int
 from mmdisco.guidance import DiscriminatorFn, guidance_correction
 
 
@@ -67,6 +68,11 @@ class GuidanceOptions:
     cfg_on_discriminator: bool = False  # the reference release's choice: CFG on grad h too
     chunk_size: int | None = None  # bound memory: discriminator gradient chunk by chunk
     extra: dict[str, Any] = field(default_factory=dict)  # further discriminator kwargs
+
+    def __post_init__(self) -> None:
+        self.window = check_fraction_range("window", self.window, allow_empty=True)
+        if self.chunk_size is not None:
+            check_int("chunk_size", self.chunk_size, 1)
 
 
 def _noise_level(schedule: NoiseSchedule, t: Tensor) -> float:
@@ -176,6 +182,11 @@ def joint_sample(
     A discriminator that is an ``nn.Module`` runs in eval mode (its mode is restored after).
     """
     options = options or GuidanceOptions()
+    check_int("num_inference_steps", num_inference_steps, 1)
+    check_int("batch_size", batch_size, 1)
+    for name, stream in (("audio", audio), ("video", video)):
+        check_float(f"{name} cfg_scale", stream.cfg_scale)
+        check_float(f"{name} guidance_scale", stream.guidance_scale)
     if discriminator is not None and options.cfg_on_discriminator:
         _check_cfg_on_discriminator(audio, video)
     audio.scheduler.set_timesteps(num_inference_steps, device=audio.model.device)

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from mmdisco.errors import InputError
+
 QUESTIONS = {
     "alignment": "In which clip do the sound and the picture belong together better "
     "(what you hear matches what you see, and when it happens)?",
@@ -74,7 +76,7 @@ CREATE TABLE answers (
 """
 
 
-class StudyError(ValueError):
+class StudyError(InputError):
     """A request or a study set-up that cannot be honoured; the message says why."""
 
 
@@ -94,8 +96,12 @@ def connect(db: str | os.PathLike) -> Iterator[sqlite3.Connection]:
     """A connection in autocommit mode (transactions are explicit), closed on exit."""
     conn = sqlite3.connect(db, isolation_level=None, timeout=30.0)
     try:
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA synchronous = FULL")  # a committed answer is on disk
+        try:
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = FULL")  # a committed answer is on disk
+            conn.execute("SELECT name FROM sqlite_master LIMIT 1")  # reads the header
+        except sqlite3.DatabaseError as err:
+            raise StudyError(f"{db}: not a study file ({err})") from None
         yield conn
     finally:
         conn.close()

@@ -80,6 +80,15 @@ class BaseModel(ABC):
         """One vector per sample summarising ``cond``, for the discriminator's text input."""
         return None
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies this model's outputs, recorded by the caches and runs made with
+        it (resuming with another model is refused). Override to add the weights' identity."""
+        return {
+            "class": type(self).__name__,
+            "latent_shape": list(self.latent_shape()),
+            "scheduler": {k: v for k, v in self.scheduler_config.items() if k[0] != "_"},
+        }
+
 
 @dataclass
 class PromptEmbeds:

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from mmdisco.cli import app
+from mmdisco.errors import InputError
 
 
 @app.command("convert-official")
@@ -30,14 +31,14 @@ def convert_official_cmd(
     ] = "",
 ) -> None:
     """Convert one of the paper's released discriminators for `mmdisco sample`."""
-    from mmdisco.discriminator.official import convert_official
+    from mmdisco.discriminator.official import RELEASES, convert_official
 
     name = release or checkpoint.stem
-    try:
-        disc = convert_official(checkpoint, name, out)
-    except (FileNotFoundError, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    if name not in RELEASES:
+        choices = ", ".join(map(repr, sorted(RELEASES)))
+        hint = "" if release else " (from the checkpoint's file name; pass --release)"
+        raise InputError(f"must be one of {choices}, got {name!r}{hint}", "release")
+    disc = convert_official(checkpoint, name, out)
     params = sum(p.numel() for p in disc.parameters())
     typer.echo(f"{name}: {params / 1e6:.1f}M parameters -> {out}")
 
@@ -50,9 +51,5 @@ def convert_auffusion_cmd(
     """Convert the released Auffusion checkpoint (pickled vocoder and adapters) to safetensors."""
     from mmdisco.base_models.auffusion import convert_auffusion
 
-    try:
-        convert_auffusion(source, out)
-    except (FileNotFoundError, ValueError, OSError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    convert_auffusion(source, out)  # errors: one line through the CLI's error path
     typer.echo(f"Auffusion converted -> {out}")

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from mmdisco.cli import app
+from mmdisco.errors import check_int
 
 
 @app.command("demo")
@@ -42,24 +43,30 @@ def demo_cmd(
     ] = 1,
 ) -> None:
     """Fakes, three discriminators, guided vs unguided sampling, evaluation and a report."""
+    import dataclasses
+
     import torch
 
     from mmdisco.demo import DemoSettings, render_markdown, run_demo
 
+    check_int("threads", threads, 0)
+    if train_steps is not None:
+        check_int("train_steps", train_steps, 1)
+    settings = DemoSettings.quick() if quick else DemoSettings()
+    changes: dict = {"seed": seed, "models_dir": None if models_dir is None else str(models_dir)}
+    if guidance_scale_audio is not None:
+        changes["guidance_scale_audio"] = guidance_scale_audio
+    if guidance_scale_video is not None:
+        changes["guidance_scale_video"] = guidance_scale_video
+    if train_steps is not None:  # every head, per-head step counts included
+        changes["train"] = dataclasses.replace(settings.train, steps=train_steps)
+        changes["head_train"] = {
+            head: {k: v for k, v in c.items() if k != "steps"}
+            for head, c in settings.head_train.items()
+        }
+    settings = dataclasses.replace(settings, **changes)  # checks every number again
     if threads > 0:
         torch.set_num_threads(threads)
-
-    settings = DemoSettings.quick() if quick else DemoSettings()
-    settings.seed = seed
-    settings.models_dir = None if models_dir is None else str(models_dir)
-    if guidance_scale_audio is not None:
-        settings.guidance_scale_audio = guidance_scale_audio
-    if guidance_scale_video is not None:
-        settings.guidance_scale_video = guidance_scale_video
-    if train_steps is not None:  # every head, per-head step counts included
-        settings.train.steps = train_steps
-        for changes in settings.head_train.values():
-            changes.pop("steps", None)
     report = run_demo(out, settings)
     typer.echo(render_markdown(report).split("\nSettings:")[0])
     typer.echo(f"report: {out / 'report.json'}, {out / 'report.md'}")
@@ -86,6 +93,9 @@ def build_world_pipeline_cmd(
     from mmdisco.demo import DemoSettings
     from mmdisco.world_pipeline import build_world_pipeline
 
+    check_int("threads", threads, 0)
+    for folder in (out, work):  # an unwritable folder fails now, not after the training
+        folder.mkdir(parents=True, exist_ok=True)
     if threads > 0:
         torch.set_num_threads(threads)
     settings = DemoSettings.quick() if quick else DemoSettings()

@@ -4,25 +4,31 @@ directories of samples."""
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 
 from mmdisco.cli import app
+from mmdisco.errors import InputError
+from mmdisco.io import read_json
 from mmdisco.metrics.av_align import VERSIONS, AVAlignConfig
 from mmdisco.metrics.base import FeatureExtractor
 from mmdisco.metrics.evaluate import ALL_METRICS, EvalOptions, evaluate_directories, write_report
 from mmdisco.metrics.protocols import PROTOCOLS, get_protocol
 
 
-def _load_factory(spec: str):
+def _load_factory(spec: str, option: str):
     """'package.module:callable' -> callable() (a user-supplied model)."""
     module_name, _, attr = spec.partition(":")
     if not attr:
-        raise typer.BadParameter(f"expected 'module:callable', got {spec!r}")
-    return getattr(importlib.import_module(module_name), attr)()
+        raise InputError(f"expected 'module:callable', got {spec!r}", option)
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise InputError(f"cannot import {spec!r} ({err})", option) from None
+    return factory()
 
 
 @app.command("evaluate")
@@ -119,6 +125,13 @@ def evaluate(
         int, typer.Option(help="Seed for KVD subsets, FVD reference windows, offline features.")
     ] = 0,
     device: Annotated[str, typer.Option(help="Torch device for the feature extractors.")] = "cpu",
+    max_seconds: Annotated[
+        float | None,
+        typer.Option(
+            help="Evaluate the first S seconds of every sample (long files: memory follows S, "
+            "not the file)."
+        ),
+    ] = None,
 ) -> None:
     """Evaluate generated samples (mp4, wav, or frame folders) against references."""
     preset = get_protocol(protocol) if protocol else None
@@ -127,31 +140,6 @@ def evaluate(
         if metrics
         else (preset.metrics if preset else ("fad", "fvd", "kvd", "av_align"))
     )
-    fad_input = fad_input or (preset.fad_input if preset else "audioldm_eval")
-    audio_ex, video_ex = _fidelity_extractors(
-        extractor, chosen, vggish_weights, i3d_weights, fad_input, seed, device
-    )
-    panns = None
-    if {"fd_panns", "kl_panns", "is_panns"} & set(chosen):
-        if panns_weights is None:
-            raise typer.BadParameter("fd_panns / kl_panns / is_panns need --panns-weights")
-        from mmdisco.metrics.panns import PANNsExtractor
-
-        panns = PANNsExtractor(panns_weights, device=device)
-    desync = None
-    if "desync" in chosen:
-        if sync_model is None:
-            raise typer.BadParameter("desync needs --sync-model (see docs/metrics.md, DeSync)")
-        from mmdisco.metrics.desync import DeSync
-
-        desync = DeSync(_load_factory(sync_model), device=device)
-    clap = None
-    if "clap" in chosen:
-        if clap_model is None:
-            raise typer.BadParameter("clap needs --clap-model (a local CLAP checkpoint directory)")
-        from mmdisco.metrics.clap import ClapScorer
-
-        clap = ClapScorer(clap_model, device=device)
     version = av_align_version or (preset.av_align_version if preset else "2025-02-13")
     if onset_spacing is None and preset is not None:
         onset_spacing = preset.onset_spacing
@@ -174,17 +162,55 @@ def evaluate(
             **({} if flow_threshold is None else {"flow_threshold": flow_threshold}),
         ),
         protocol=preset,
+        max_seconds=max_seconds,
     )
+    unknown = sorted(set(chosen) - set(ALL_METRICS))
+    if unknown or not chosen:
+        raise InputError(f"choose from {','.join(ALL_METRICS)}, got {metrics!r}", "metrics")
+    try:
+        torch.device(device)
+    except RuntimeError as err:
+        raise InputError(f"not a torch device ({err})", "device") from None
+    out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails before the features
+    fad_input = fad_input or (preset.fad_input if preset else "audioldm_eval")
+    audio_ex, video_ex = _fidelity_extractors(
+        extractor, chosen, vggish_weights, i3d_weights, fad_input, seed, device
+    )
+    panns = None
+    if {"fd_panns", "kl_panns", "is_panns"} & set(chosen):
+        if panns_weights is None:
+            raise InputError("is needed by fd_panns / kl_panns / is_panns", "panns_weights")
+        from mmdisco.metrics.panns import PANNsExtractor
+
+        panns = PANNsExtractor(panns_weights, device=device)
+    desync = None
+    if "desync" in chosen:
+        if sync_model is None:
+            raise InputError("is needed by desync (see docs/metrics.md, DeSync)", "sync_model")
+        from mmdisco.metrics.desync import DeSync
+
+        desync = DeSync(_load_factory(sync_model, "sync_model"), device=device)
+    clap = None
+    if "clap" in chosen:
+        if clap_model is None:
+            raise InputError("is needed by clap (a local CLAP checkpoint directory)", "clap_model")
+        from mmdisco.metrics.clap import ClapScorer
+
+        clap = ClapScorer(clap_model, device=device)
     if imagebind_model and imagebind_weights:
-        raise typer.BadParameter("give --imagebind-model or --imagebind-weights, not both")
+        raise InputError("give --imagebind-model or --imagebind-weights, not both")
     if captions and imagebind_weights and imagebind_bpe is None:
-        raise typer.BadParameter("--captions with --imagebind-weights needs --imagebind-bpe")
-    model = _load_factory(imagebind_model) if imagebind_model else None
+        raise InputError("is needed by --captions with --imagebind-weights", "imagebind_bpe")
+    model = _load_factory(imagebind_model, "imagebind_model") if imagebind_model else None
     if imagebind_weights is not None:
         from mmdisco.metrics.imagebind_model import load_imagebind
 
         model = load_imagebind(imagebind_weights, imagebind_bpe, device=device)
-    caption_map = json.loads(captions.read_text()) if captions else None
+    caption_map = read_json(captions) if captions else None
+    if caption_map is not None and not (
+        isinstance(caption_map, dict) and all(isinstance(v, str) for v in caption_map.values())
+    ):
+        raise InputError("must map file stems to caption strings", str(captions))
     report = evaluate_directories(
         generated, reference, options, audio_ex, video_ex, model, caption_map, panns, desync, clap
     )
@@ -213,16 +239,30 @@ def _fidelity_extractors(
     if extractor == "offline":
         return OfflineAudioExtractor(seed=seed), OfflineVideoExtractor()
     if extractor != "pretrained":
-        raise typer.BadParameter(
-            f"--extractor must be 'offline' or 'pretrained', got {extractor!r}"
-        )
+        raise InputError(f"must be 'offline' or 'pretrained', got {extractor!r}", "extractor")
     need_a, need_v = "fad" in chosen, bool({"fvd", "kvd"} & set(chosen))
     if need_a and vggish_weights is None:
-        raise typer.BadParameter("--extractor pretrained with fad needs --vggish-weights")
+        raise InputError("is needed by --extractor pretrained with fad", "vggish_weights")
     if need_v and i3d_weights is None:
-        raise typer.BadParameter("--extractor pretrained with fvd/kvd needs --i3d-weights")
+        raise InputError("is needed by --extractor pretrained with fvd/kvd", "i3d_weights")
     audio = (
         VGGishExtractor(vggish_weights, device=device, audio_input=fad_input) if need_a else None
     )
     video = I3DExtractor(i3d_weights, device=device) if need_v else None
     return audio, video
+
+
+@app.command("convert")
+def convert_cmd(
+    arch: Annotated[str, typer.Argument(help="vggish, i3d, imagebind or panns")],
+    src: Annotated[Path, typer.Argument(help="the published PyTorch checkpoint (.pth / .pt)")],
+    dst: Annotated[Path, typer.Argument(help="the safetensors file to write")],
+    variant: Annotated[
+        str | None, typer.Option(help="i3d only: tfhub or deepmind (default: from the name)")
+    ] = None,
+) -> None:
+    """Convert a published checkpoint to the safetensors file the extractors load (tensors
+    only: torch.load(weights_only=True) refuses pickled code)."""
+    from mmdisco.metrics.convert import convert
+
+    typer.echo(convert(arch, src, dst, variant))

@@ -13,31 +13,25 @@ from mmdisco.cli import app
 
 
 def load_config(path: Path):
-    """The experiment config, or exit with the error (which names the file and field)."""
-    from mmdisco.config import ConfigError, load_experiment
+    """The experiment config (errors name the file and the field)."""
+    from mmdisco.config import load_experiment
 
-    try:
-        return load_experiment(path)
-    except (ConfigError, FileNotFoundError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    return load_experiment(path)
 
 
-def _device() -> str:
+def process_device() -> str:
+    """This process's device. Under ``accelerate launch`` the process joins its group, so
+    the caches written by ``cache-latents`` and ``generate-fakes`` split their shards."""
     import torch
+    from accelerate import PartialState
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(PartialState(cpu=not torch.cuda.is_available()).device)
 
 
-def _run(stage, *args, **kwargs):
-    """Run one stage; config and missing-file errors become one line and exit status 2."""
-    from mmdisco.config import ConfigError
+def is_main_process() -> bool:
+    from mmdisco.shards import distributed
 
-    try:
-        return stage(*args, **kwargs)
-    except (ConfigError, FileNotFoundError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    return distributed()[0] == 0
 
 
 @app.command("cache-latents")
@@ -49,11 +43,12 @@ def cache_latents_cmd(
 
     cfg = load_config(config)
     start = time.perf_counter()
-    manifest = _run(cache_real_latents, cfg, _device())
-    typer.echo(
-        f"{manifest['num_pairs']} real pairs cached at {cfg.data.cache_dir} "
-        f"({len(manifest['skipped'])} files skipped, {time.perf_counter() - start:.0f} s)"
-    )
+    manifest = cache_real_latents(cfg, process_device())
+    if is_main_process():
+        typer.echo(
+            f"{manifest['num_pairs']} real pairs cached at {cfg.data.cache_dir} "
+            f"({len(manifest['skipped'])} rows skipped, {time.perf_counter() - start:.0f} s)"
+        )
 
 
 def generate_fakes_from_yaml(config: Path) -> None:
@@ -61,11 +56,12 @@ def generate_fakes_from_yaml(config: Path) -> None:
 
     cfg = load_config(config)
     start = time.perf_counter()
-    manifest = _run(generate_fakes_from_config, cfg, _device())
-    typer.echo(
-        f"{manifest['n']} fake pairs in {len(manifest['shards'])} shards at {cfg.fakes.out_dir} "
-        f"({time.perf_counter() - start:.0f} s)"
-    )
+    manifest = generate_fakes_from_config(cfg, process_device())
+    if is_main_process():
+        typer.echo(
+            f"{manifest['n']} fake pairs in {len(manifest['shards'])} shards at "
+            f"{cfg.fakes.out_dir} ({time.perf_counter() - start:.0f} s)"
+        )
 
 
 def train_from_yaml(
@@ -75,9 +71,9 @@ def train_from_yaml(
 
     cfg = load_config(config)
     if dry_run:
-        typer.echo(_run(dry_run_report, cfg, processes, memory_gib))
+        typer.echo(dry_run_report(cfg, processes, memory_gib))
         return
-    result = _run(train_from_config, cfg)
+    result = train_from_config(cfg)
     last = result.history[-1] if result.history else {}
     out = Path(cfg.output_dir) / DISCRIMINATOR_DIR
     typer.echo(f"trained in {result.seconds:.0f} s; last {last}; saved {out}")
@@ -92,6 +88,6 @@ def sample_from_yaml(
     from mmdisco.experiment import sample_from_config
 
     cfg = load_config(config)
-    runs = _run(sample_from_config, cfg, prompts or None, out, discriminator, _device())
+    runs = sample_from_config(cfg, prompts or None, out, discriminator, process_device())
     for run in runs.values():
         typer.echo("\n".join(str(p) for p in run.paths))

@@ -28,6 +28,7 @@ def toy(
     from mmdisco.toy.report import write_outputs
 
     cfg = ToyConfig.quick() if quick else dataclasses.replace(ToyConfig(), seeds=seeds)
+    out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails now, not after the run
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)  # restored below: the command may run in-process (tests)
     try:

@@ -8,7 +8,6 @@ through Hugging Face Accelerate, so ``accelerate launch -m mmdisco.cli train ...
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +15,8 @@ from typing import Annotated
 import typer
 
 from mmdisco.cli import app
+from mmdisco.errors import InputError, check_choice, check_int
+from mmdisco.io import load_tensors, read_json
 
 AudioModelDir = Annotated[
     Path | None, typer.Option(help="audio base model directory (default: shipped world model)")
@@ -38,8 +39,7 @@ def _require(**options: Path | None) -> None:
     """Options that are required unless ``--config`` gives an experiment YAML."""
     for name, value in options.items():
         if value is None:
-            flag = "--" + name.replace("_", "-")
-            raise typer.BadParameter(f"{flag} is required (or pass --config)", param_hint=flag)
+            raise InputError("is required (or pass --config)", name)
 
 
 @app.command("generate-fakes")
@@ -48,7 +48,7 @@ def generate_fakes_cmd(
     n: Annotated[int, typer.Option(help="number of independent pairs")] = 2048,
     seed: Annotated[int, typer.Option(help="seed of every random draw")] = 0,
     shard_size: Annotated[int, typer.Option(help="pairs per safetensors shard")] = 256,
-    steps: Annotated[int, typer.Option(help="sampler steps")] = 25,
+    num_inference_steps: Annotated[int, typer.Option("--steps", help="sampler steps")] = 25,
     scheduler: Annotated[
         str, typer.Option(help="default, ddpm, ddim, dpm, unipc or euler")
     ] = "dpm",
@@ -59,7 +59,10 @@ def generate_fakes_cmd(
         typer.Option(help="experiment YAML (configs/*.yaml): real base models and data"),
     ] = None,
 ) -> None:
-    """Sample N pairs independently from the two base models into a resumable cache."""
+    """Sample N pairs independently from the two base models into a resumable cache.
+
+    Under ``accelerate launch`` every process samples its own shards of the one cache."""
+    from mmdisco.cli.experiment import is_main_process, process_device
     from mmdisco.training.fakes import generate_fakes
 
     if config is not None:
@@ -67,7 +70,7 @@ def generate_fakes_cmd(
 
         return generate_fakes_from_yaml(config)
     _require(out=out)
-    audio, video = load_base_models(audio_model, video_model)
+    audio, video = load_base_models(audio_model, video_model, process_device())
     start = time.perf_counter()
     manifest = generate_fakes(
         audio,
@@ -76,13 +79,14 @@ def generate_fakes_cmd(
         out,
         seed=seed,
         shard_size=shard_size,
-        num_inference_steps=steps,
+        num_inference_steps=num_inference_steps,
         scheduler=scheduler,
     )
-    typer.echo(
-        f"{manifest['n']} fake pairs in {len(manifest['shards'])} shards at {out} "
-        f"({time.perf_counter() - start:.0f} s)"
-    )
+    if is_main_process():
+        typer.echo(
+            f"{manifest['n']} fake pairs in {len(manifest['shards'])} shards at {out} "
+            f"({time.perf_counter() - start:.0f} s)"
+        )
 
 
 @app.command("train")
@@ -133,10 +137,11 @@ def train_cmd(
     ] = None,
 ) -> None:
     """Train a discriminator on real pairs vs cached fakes (L_D + dlsm_weight * L_DLSM)."""
+    import torch
     from accelerate import Accelerator
-    from safetensors.torch import load_file
 
     from mmdisco.demo import DemoSettings, build_discriminator, world_real_pairs
+    from mmdisco.discriminator.config import FUSIONS
     from mmdisco.training.data import PairData, fake_pairs
     from mmdisco.training.trainer import TrainConfig, train_discriminator
 
@@ -147,18 +152,28 @@ def train_cmd(
     if dry_run:
         raise typer.BadParameter("--dry-run needs --config EXPERIMENT.yaml", param_hint="--dry-run")
     _require(fakes=fakes, out=out)
+    # Everything the options say is checked before the models and data are loaded.
     if config is not None:
-        cfg = TrainConfig.from_dict(json.loads(config.read_text()))
+        settings = read_json(config)
+        try:
+            cfg = TrainConfig.from_dict(settings)
+        except InputError as err:
+            raise InputError(str(err), str(config)) from None
     else:
         cfg = TrainConfig(
             steps=steps, batch_size=batch_size, lr=lr, dlsm_weight=dlsm_weight, seed=seed
         )
-    accelerator = Accelerator(cpu=not __import__("torch").cuda.is_available())
-    audio, video = load_base_models(audio_model, video_model, str(accelerator.device))
+    check_choice("head", head, FUSIONS)
+    if real is None:
+        check_int("n_real", n_real, 1)
+    fake_data = fake_pairs(fakes)
+    real_data = None
     if real is not None:
-        tensors = load_file(real)
+        tensors, _ = load_tensors(real, keys=["audio", "video"])
         real_data = PairData(tensors["audio"], tensors["video"])
-    else:
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    audio, video = load_base_models(audio_model, video_model, str(accelerator.device))
+    if real_data is None:
         real_data = world_real_pairs(audio, video, n_real, seed=seed)
     disc = build_discriminator(
         head,
@@ -168,7 +183,7 @@ def train_cmd(
         **DemoSettings().disc_kwargs,  # the small world discriminator
     )
     result = train_discriminator(
-        disc, audio, video, real_data, fake_pairs(fakes), cfg, out, accelerator=accelerator
+        disc, audio, video, real_data, fake_data, cfg, out, accelerator=accelerator
     )
     if accelerator.is_main_process:
         disc.save_pretrained(out / "discriminator")
@@ -184,15 +199,15 @@ def sample_cmd(
     out: Annotated[Path | None, typer.Option(help="where the .mp4 files go")] = None,
     n: Annotated[int, typer.Option(help="pairs per variant")] = 4,
     seed: Annotated[int, typer.Option(help="seed of every random draw")] = 0,
-    steps: Annotated[int, typer.Option(help="sampler steps")] = 25,
+    num_inference_steps: Annotated[int, typer.Option("--steps", help="sampler steps")] = 25,
     scheduler: Annotated[
         str, typer.Option(help="default, ddpm, ddim, dpm, unipc or euler")
     ] = "dpm",
-    scale_audio: Annotated[
-        float, typer.Option(help="joint guidance scale of the audio model")
+    guidance_scale_audio: Annotated[
+        float, typer.Option("--scale-audio", help="joint guidance scale of the audio model")
     ] = 1.0,
-    scale_video: Annotated[
-        float, typer.Option(help="joint guidance scale of the video model")
+    guidance_scale_video: Annotated[
+        float, typer.Option("--scale-video", help="joint guidance scale of the video model")
     ] = 1.0,
     upscale: Annotated[int, typer.Option(help="pixel upscaling of the written video")] = 8,
     audio_model: AudioModelDir = None,
@@ -215,10 +230,15 @@ def sample_cmd(
 
         return sample_from_yaml(config, out, discriminator, prompt)
     _require(discriminator=discriminator, out=out)
-    audio, video = load_base_models(audio_model, video_model)
-    disc = load_discriminator(discriminator).eval()
-    settings = SampleSettings(steps, scheduler, scale_audio, scale_video)
+    settings = SampleSettings(
+        num_inference_steps, scheduler, guidance_scale_audio, guidance_scale_video
+    )
+    check_int("n", n, 1)
+    check_int("seed", seed, 0)
+    check_int("upscale", upscale, 1)
     out.mkdir(parents=True, exist_ok=True)
+    disc = load_discriminator(discriminator).eval()
+    audio, video = load_base_models(audio_model, video_model)
     for name, d in (("independent", None), ("guided", disc)):
         a, v = sample_pairs(
             audio, video, n, seed, settings=settings, discriminator=d, progress=True

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from mmdisco.cli import app
+from mmdisco.errors import InputError, check_int
 
 
 @app.command("app")
@@ -31,6 +33,10 @@ def app_cmd(
     and steps, and see and hear the base models alone beside MMDisCo-guided generation."""
     import torch
 
+    _check_address(host, port)
+    check_int("threads", threads, 0)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
     from mmdisco.app import launch
     from mmdisco.pipeline import WORLD_PIPELINE
@@ -38,6 +44,15 @@ def app_cmd(
     if threads > 0:
         torch.set_num_threads(threads)
     launch(pipeline or WORLD_PIPELINE, host=host, port=port, out_dir=out)
+
+
+def _check_address(host: str, port: int) -> None:
+    """Refuse a port out of range or a host name that does not resolve, before any work."""
+    check_int("port", port, 1, 65535)
+    try:
+        socket.getaddrinfo(host, port)
+    except socket.gaierror as err:
+        raise InputError(f"cannot serve on {host!r} ({err.strerror})", "host") from None
 
 
 study = typer.Typer(
@@ -78,13 +93,24 @@ def study_create(
     samples of the same seeds (written beside the database)."""
     from mmdisco.study import create_study, invite, match_folders
 
+    check_int("num_pairs", num_pairs, 1)
+    check_int("first_seed", first_seed, 0)
+    check_int("listeners", listeners, 0)
+    check_int("seed", seed, 0)
+    if db.exists():
+        raise InputError(
+            "already exists; invite more listeners with `mmdisco study invite`", str(db)
+        )
     if pipeline is not None:
         if a is not None or b is not None:
-            raise typer.BadParameter("give either --pipeline or --a and --b, not both")
+            raise InputError("give either --pipeline or --a and --b, not both")
         a, b = _sample_study_clips(pipeline, db, num_pairs, first_seed, prompt)
         name_a, name_b = name_a or "unguided", name_b or "guided"
     elif a is None or b is None:
-        raise typer.BadParameter("give --a and --b (two folders of clips), or --pipeline")
+        missing = "a" if a is None else "b"
+        raise InputError(
+            "is required (with --a and --b: two folders of clips), or give --pipeline", missing
+        )
     questions = ("alignment", "quality") if quality else ("alignment",)
     pairs = match_folders(a, b)
     create_study(db, pairs, name_a or a.name, name_b or b.name, questions, seed)
@@ -101,8 +127,6 @@ def _sample_study_clips(
     from mmdisco.app import sample_both, write_both
     from mmdisco.pipeline import WORLD_PIPELINE, MMDisCoPipeline
 
-    if num_pairs < 1:
-        raise typer.BadParameter(f"--num-pairs must be >= 1, got {num_pairs}")
     torch.set_num_threads(1)
     pipe = MMDisCoPipeline.from_pretrained(WORLD_PIPELINE if str(pipeline) == "world" else pipeline)
     seeds = list(range(first_seed, first_seed + num_pairs))
@@ -127,6 +151,7 @@ def study_invite(
     """Invite listeners: each gets a secret token, a random order of the pairs and sides."""
     from mmdisco.study import invite
 
+    check_int("listeners", listeners, 1)
     _print_invitations(invite(db, listeners, name))
 
 
@@ -141,6 +166,7 @@ def study_serve(
     """Serve the listening page; each listener opens http://HOST:PORT/?token=THEIR_TOKEN."""
     from mmdisco.study import StudyServer, connect
 
+    _check_address(host, port)
     server = StudyServer(db, host, port)
     with connect(db) as conn:
         for name, token in conn.execute("SELECT name, token FROM listeners ORDER BY id"):

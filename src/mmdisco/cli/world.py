@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from mmdisco.cli import app
+from mmdisco.errors import check_choice, check_int
 from mmdisco.world.models import TrainConfig
 
 _DEFAULTS = TrainConfig()
@@ -47,8 +48,8 @@ def train_base(
 
     from mmdisco.world.models import train_world_model
 
-    if modality not in ("audio", "video"):
-        raise typer.BadParameter(f"--modality must be audio or video, got {modality!r}")
+    check_choice("modality", modality, ("audio", "video"))
+    check_int("threads", threads, 1)
     cfg = dataclasses.replace(
         _DEFAULTS,
         steps=steps,
@@ -57,6 +58,7 @@ def train_base(
         clips_per_chunk=clips_per_chunk,
         seed=seed,
     )
+    out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails now, not after training
     torch.set_num_threads(threads)
     start = time.perf_counter()
     model = train_world_model(

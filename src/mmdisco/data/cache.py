@@ -1,38 +1,41 @@
-"""Real pairs encoded once into the base models' spaces: safetensors shards + a JSON manifest.
+"""Real pairs encoded once into the base models' spaces: a :mod:`mmdisco.shards` cache.
 
 The discriminator trains on latents, so media go through each base model's ``encode`` once.
 Shard ``k`` holds the clips of dataset indices ``[k * shard_size, (k + 1) * shard_size)`` that
 could be decoded: ``audio`` / ``video`` latents, ``text_audio`` / ``text_video`` (the base
 models' pooled embeddings of each caption, the discriminator's text input) and, in its
-metadata, the captions, paths and start times. The manifest records each shard's sha256 and
-the skipped files with their reasons. Every file is written to a temporary name and moved
-into place, and the manifest is rewritten after each shard, so an interrupted run resumes at
-the first missing shard. ``uncond.safetensors`` holds the pooled embeddings of the empty
-prompt, which :func:`caption_dropout` substitutes during training.
+metadata, the captions, paths and start times. Its manifest entry lists the rows skipped
+(row, path and reason: a file listed twice is counted twice). A clip whose latents are not
+finite is skipped too, so NaN never reaches training. The fingerprint records the data (each
+item's path, size, caption and start), the clip settings and both base models; resuming
+with other inputs is refused. ``uncond.safetensors`` holds the pooled embeddings of the
+empty prompt, which :func:`caption_dropout` substitutes during training.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from mmdisco.base_models.base import BaseModel
 from mmdisco.data.clips import ClipDataset, collate
-from mmdisco.io import save_tensors_atomic, sha256_file, write_json_atomic
+from mmdisco.errors import InputError, check_int, check_memory
+from mmdisco.io import load_tensors, save_tensors_atomic
+from mmdisco.shards import ShardWriter, read_shards
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-FORMAT = "mmdisco-latent-cache-v1"
+FORMAT = "mmdisco-latent-cache/2"
 TEXT_KEYS = ("text_audio", "text_video")
+UNCOND = "uncond.safetensors"
 
 
 def _pooled(model: BaseModel, captions: list[str]) -> Tensor | None:
@@ -50,26 +53,42 @@ def _encode_shard(
     audio_model: BaseModel,
     video_model: BaseModel,
     batch_size: int,
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
+) -> tuple[dict[str, Tensor], dict[str, Any], list[dict[str, Any]]]:
+    """The shard's tensors, its metadata and its skipped rows."""
     tensors: dict[str, list[Tensor]] = {"audio": [], "video": [], **{k: [] for k in TEXT_KEYS}}
     meta: dict[str, list] = {"captions": [], "paths": [], "starts": []}
     for lo in range(indices.start, indices.stop, batch_size):
-        batch = collate([dataset[i] for i in range(lo, min(lo + batch_size, indices.stop))])
+        rows = range(lo, min(lo + batch_size, indices.stop))
+        clips = [dataset[i] for i in rows]
+        batch = collate(clips)
         if batch is None:
             continue
         with torch.no_grad():
-            for k, (key, model) in enumerate((("audio", audio_model), ("video", video_model))):
-                latents = model.encode(batch[key], _posterior_generator(dataset, lo, k))
-                tensors[key].append(latents.float().cpu())
+            encoded = {
+                key: model.encode(batch[key], _posterior_generator(dataset, lo, k)).float().cpu()
+                for k, (key, model) in enumerate((("audio", audio_model), ("video", video_model)))
+            }
         for key, model in zip(TEXT_KEYS, (audio_model, video_model), strict=True):
             pooled = _pooled(model, batch["caption"])
             if pooled is not None:
-                tensors[key].append(pooled)
-        meta["captions"] += batch["caption"]
-        meta["paths"] += batch["path"]
-        meta["starts"] += batch["start"].tolist()
-    out = {k: torch.cat(v) for k, v in tensors.items() if v}
-    return out, meta
+                encoded[key] = pooled
+        finite = torch.stack([v.flatten(1).isfinite().all(1) for v in encoded.values()]).all(0)
+        used = [i for i, clip in zip(rows, clips, strict=True) if clip is not None]
+        for i, ok in zip(used, finite.tolist(), strict=True):
+            if not ok:
+                dataset.skip(i, "encoded latents or text embeddings are not finite")
+        for key, value in encoded.items():
+            tensors[key].append(value[finite])
+        for name, key in (("captions", "caption"), ("paths", "path")):
+            meta[name] += [x for x, ok in zip(batch[key], finite.tolist(), strict=True) if ok]
+        meta["starts"] += batch["start"][finite].tolist()
+    out = {k: torch.cat(v) for k, v in tensors.items() if v and sum(len(x) for x in v)}
+    skipped = [
+        {"row": i, "path": str(dataset.items[i].path), "reason": dataset.skipped[i]}
+        for i in indices
+        if i in dataset.skipped
+    ]
+    return out, meta, skipped
 
 
 def _posterior_generator(dataset: ClipDataset, index: int, modality: int) -> torch.Generator | None:
@@ -91,55 +110,42 @@ def cache_latents(
     batch_size: int = 8,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Encode ``dataset`` into ``out_dir`` (resuming a partial cache); returns the manifest."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = _read_manifest(out_dir)
-    settings = {
-        "num_items": len(dataset),
+    """Encode ``dataset`` into ``out_dir`` (resuming a partial cache); returns the manifest.
+
+    Under ``torch.distributed`` each process encodes its own shards (:mod:`mmdisco.shards`).
+    """
+    check_int("shard_size", shard_size, 1)
+    check_int("batch_size", batch_size, 1)
+    spec = dataset.spec
+    clip_bytes = 4 * (spec.num_samples + 3 * spec.num_frames * spec.size**2)
+    latent_bytes = 4 * sum(math.prod(m.latent_shape()) for m in (audio_model, video_model))
+    check_memory(batch_size * clip_bytes + shard_size * latent_bytes, "batch_size / shard_size")
+    fingerprint = {
+        "data": dataset.fingerprint(),
         "shard_size": shard_size,
-        "spec": dataset.spec.__dict__,
-        "seed": dataset.seed,
+        "audio_model": audio_model.fingerprint(),
+        "video_model": video_model.fingerprint(),
     }
-    if manifest is None or manifest["settings"] != settings:
-        if manifest is not None:
-            logger.warning("%s: settings changed; rebuilding the cache", out_dir)
-        manifest = {"format": FORMAT, "settings": settings, "shards": [], "skipped": {}}
-    _write_uncond(out_dir, audio_model, video_model)
     starts = range(0, len(dataset), shard_size)
-    done = {e["index"]: e for e in manifest["shards"] if _shard_ok(out_dir, e)}
-    for k, lo in enumerate(tqdm(starts, desc="caching latents", disable=not progress)):
-        if k in done:
-            continue
-        indices = range(lo, min(lo + shard_size, len(dataset)))
-        tensors, meta = _encode_shard(dataset, indices, audio_model, video_model, batch_size)
-        name = f"shard-{k:05d}.safetensors"
-        if tensors:
-            path = out_dir / name
-            save_tensors_atomic(path, tensors, {k: json.dumps(v) for k, v in meta.items()})
-            done[k] = {
-                "index": k,
-                "file": name,
-                "count": len(meta["paths"]),
-                "sha256": sha256_file(path),
+    with ShardWriter(out_dir, FORMAT, fingerprint, len(starts)) as writer:
+        if writer.rank == 0:
+            _write_uncond(Path(out_dir), audio_model, video_model)
+        for k in tqdm(writer.pending(), desc="caching latents", disable=not progress):
+            indices = range(starts[k], min(starts[k] + shard_size, len(dataset)))
+            tensors, meta, skipped = _encode_shard(
+                dataset, indices, audio_model, video_model, batch_size
+            )
+            metadata = {key: json.dumps(value) for key, value in meta.items()}
+            writer.write(k, tensors, metadata, count=len(meta["paths"]), skipped=skipped)
+        manifest = writer.finish(
+            lambda shards: {
+                "num_pairs": sum(e["count"] for e in shards),
+                "skipped": [s for e in shards for s in e["skipped"]],
             }
-        else:
-            done[k] = {"index": k, "file": None, "count": 0, "sha256": None}
-        manifest["skipped"].update(
-            {p: r for p, r in dataset.skipped.items() if _in_shard(dataset, indices, p)}
         )
-        manifest["shards"] = [done[i] for i in sorted(done)]
-        manifest["complete"] = len(done) == len(starts)
-        write_json_atomic(out_dir / MANIFEST, manifest)
-    manifest["complete"] = True
-    manifest["num_pairs"] = sum(e["count"] for e in manifest["shards"])
-    write_json_atomic(out_dir / MANIFEST, manifest)
-    logger.info("latent cache %s: %s", out_dir, dataset.summary())
+    used = manifest.get("num_pairs", 0)
+    logger.info("latent cache %s: %d of %d rows used", out_dir, used, len(dataset))
     return manifest
-
-
-def _in_shard(dataset: ClipDataset, indices: range, path: str) -> bool:
-    return any(str(dataset.items[i].path) == path for i in indices)
 
 
 def _write_uncond(out_dir: Path, audio_model: BaseModel, video_model: BaseModel) -> None:
@@ -149,25 +155,7 @@ def _write_uncond(out_dir: Path, audio_model: BaseModel, video_model: BaseModel)
         if pooled is not None:
             tensors[key] = pooled[0]
     if tensors:
-        save_tensors_atomic(out_dir / "uncond.safetensors", tensors)
-
-
-def _read_manifest(out_dir: Path) -> dict[str, Any] | None:
-    path = out_dir / MANIFEST
-    if not path.exists():
-        return None
-    with open(path) as f:
-        manifest = json.load(f)
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an mmdisco latent cache (format {manifest.get('format')!r})")
-    return manifest
-
-
-def _shard_ok(out_dir: Path, entry: dict[str, Any]) -> bool:
-    if entry["file"] is None:
-        return True
-    path = out_dir / entry["file"]
-    return path.is_file() and sha256_file(path) == entry["sha256"]
+        save_tensors_atomic(out_dir / UNCOND, tensors)
 
 
 @dataclass
@@ -184,34 +172,17 @@ class LatentCache:
 def load_latent_cache(out_dir: str | Path, verify: bool = True) -> LatentCache:
     """Read a complete cache (checking each shard's sha256 by default)."""
     out_dir = Path(out_dir)
-    manifest = _read_manifest(out_dir)
-    if manifest is None:
-        raise FileNotFoundError(f"no {MANIFEST} in {out_dir}: build it with cache_latents first")
-    if not manifest.get("complete"):
-        raise ValueError(f"{out_dir}: the cache is incomplete; run cache_latents again to resume")
-    parts: dict[str, list[Tensor]] = {}
-    captions, paths = [], []
-    for entry in manifest["shards"]:
-        if entry["file"] is None:
-            continue
-        path = out_dir / entry["file"]
-        if verify and sha256_file(path) != entry["sha256"]:
-            raise ValueError(f"{path}: sha256 does not match {out_dir / MANIFEST}")
-        with safe_open(path, "pt") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                parts.setdefault(key, []).append(f.get_tensor(key))
-            meta = f.metadata()
-        captions += json.loads(meta["captions"])
-        paths += json.loads(meta["paths"])
-    if not parts:
-        raise ValueError(f"{out_dir}: the cache holds no pairs (every file was skipped)")
-    data = {k: torch.cat(v) for k, v in parts.items()}
-    uncond = {}
-    if (out_dir / "uncond.safetensors").exists():
-        with safe_open(out_dir / "uncond.safetensors", "pt") as f:
-            uncond = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    hint = "run `mmdisco cache-latents` (same config)"
+    shards = read_shards(out_dir, FORMAT, hint, verify)
+    data = shards.tensors
+    for key in ("audio", "video"):
+        if key not in data:
+            raise InputError(f"the shards hold no {key!r} tensor", str(out_dir))
+    captions = [c for meta in shards.metadata for c in json.loads(meta["captions"])]
+    paths = [p for meta in shards.metadata for p in json.loads(meta["paths"])]
+    uncond = load_tensors(out_dir / UNCOND)[0] if (out_dir / UNCOND).exists() else {}
     cond = {k: data[k] for k in TEXT_KEYS if k in data}
-    return LatentCache(data["audio"], data["video"], cond, uncond, captions, paths, manifest)
+    return LatentCache(data["audio"], data["video"], cond, uncond, captions, paths, shards.manifest)
 
 
 def caption_dropout(

@@ -16,13 +16,15 @@ and reason, and counts it in :attr:`ClipDataset.skipped`.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -30,6 +32,16 @@ import numpy as np
 import torch
 from scipy.signal import resample_poly
 from torch import Tensor
+
+from mmdisco.errors import (
+    InputError,
+    MissingInputError,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+)
+from mmdisco.media import decode_frames, place_audio
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +72,16 @@ class ClipSpec:
     posterior: str = "sample"
 
     def __post_init__(self) -> None:
-        if self.posterior not in ("sample", "mode"):
-            raise ValueError(f"posterior must be 'sample' or 'mode', got {self.posterior!r}")
-        if self.audio_peak is not None and not 0 < self.audio_peak <= 1:
-            raise ValueError(f"audio_peak must lie in (0, 1], got {self.audio_peak}")
+        check_float("duration", self.duration, 0.0, open_min=True)
+        check_float("fps", self.fps, 0.0, open_min=True)
+        check_int("size", self.size, 1)
+        check_int("sample_rate", self.sample_rate, 1)
+        if self.num_frames < 1:
+            raise InputError(f"duration * fps gives no frame ({self.duration} * {self.fps})")
+        check_choice("posterior", self.posterior, ("sample", "mode"))
+        if self.audio_peak is not None:
+            check_float("audio_peak", self.audio_peak, 0.0, 1.0, open_min=True)
+        check_bool("remove_dc", self.remove_dc)
 
     @property
     def num_frames(self) -> int:
@@ -91,36 +109,69 @@ class Clip:
 
 
 def list_items(source: str | Path) -> list[ClipItem]:
-    """Items from a folder (recursively, sorted) or a ``.csv`` / ``.jsonl`` manifest whose
-    relative paths are resolved against the manifest's folder."""
+    """Items from a folder (recursively, sorted) or a manifest whose relative paths are
+    resolved against the manifest's folder: ``.csv`` (a ``path`` column, optional
+    ``caption`` and ``start``), ``.jsonl`` (one such object a line) or ``.txt`` (one path a
+    line; blank lines and ``#`` comments skipped). A UTF-8 byte order mark (Excel's default
+    for CSV) is ignored. Every row is an item, so a file listed twice gives two clips; exact
+    duplicate rows are logged."""
     source = Path(source)
     if source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
         return [ClipItem(p) for p in files]
     if not source.is_file():
-        raise FileNotFoundError(f"no such folder or manifest: {source}")
-    if source.suffix == ".csv":
-        with open(source, newline="") as f:
-            rows = list(csv.DictReader(f))
-    elif source.suffix in (".jsonl", ".json"):
-        with open(source) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    else:
-        raise ValueError(f"{source}: a manifest must be .csv or .jsonl")
+        raise MissingInputError(f"no such folder or manifest: {source}")
+    rows = _read_rows(source)
     items = []
     for i, row in enumerate(rows):
-        if not row.get("path"):
-            raise ValueError(f"{source}: row {i + 1} has no 'path'")
-        path = Path(row["path"])
+        where = f"{source}: row {i + 1}"
+        if not isinstance(row, dict) or not row.get("path"):
+            columns = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise InputError(f"{where} has no 'path' (found {columns})")
+        path = Path(str(row["path"]))
         start = row.get("start")
+        if start not in (None, ""):
+            try:
+                start = float(start)
+            except (TypeError, ValueError):
+                message = f"{where}: start must be a number of seconds, got {start!r}"
+                raise InputError(message) from None
+            if not math.isfinite(start) or start < 0:
+                raise InputError(f"{where}: start must be finite and >= 0, got {start}")
         items.append(
             ClipItem(
                 path if path.is_absolute() else source.parent / path,
                 str(row.get("caption") or ""),
-                float(start) if start not in (None, "") else None,
+                None if start in (None, "") else start,
             )
         )
+    repeated = len(items) - len(set(items))
+    if repeated:
+        logger.warning("%s: %d rows repeat an earlier row exactly", source, repeated)
     return items
+
+
+def _read_rows(source: Path) -> list:
+    suffix = source.suffix.lower()
+    try:
+        text = source.read_text(encoding="utf-8-sig")  # -sig: drop a byte order mark
+    except UnicodeDecodeError as err:
+        raise InputError(f"{source}: not UTF-8 text ({err})") from None
+    if suffix == ".csv":
+        return list(csv.DictReader(text.splitlines()))
+    if suffix in (".jsonl", ".json"):
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise InputError(f"{source}: line {n} is not JSON ({err})") from None
+        return rows
+    if suffix == ".txt":
+        lines = (line.strip() for line in text.splitlines())
+        return [{"path": line} for line in lines if line and not line.startswith("#")]
+    raise InputError(f"{source}: a manifest must be .csv, .jsonl or .txt")
 
 
 def clip_start(path: Path, length: float, duration: float, seed: int) -> float:
@@ -141,32 +192,6 @@ def resize_center_crop(frame: np.ndarray, size: int) -> np.ndarray:
     return frame[top : top + size, left : left + size]
 
 
-def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
-    return None if value is None or time_base is None else float(value * time_base)
-
-
-def _audio_mono(frames: list, stream) -> tuple[np.ndarray, int]:
-    """Mono samples placed at their pts from the stream start (priming dropped)."""
-    rate = stream.codec_context.sample_rate
-    start = _seconds(stream.start_time, stream.time_base) or 0.0
-    placed, cursor = [], 0
-    for frame in frames:
-        data = frame.to_ndarray().astype(np.float32)
-        if frame.format.is_packed:
-            data = data.reshape(-1, len(frame.layout.channels)).T
-        t = _seconds(frame.pts, frame.time_base)
-        offset = cursor if t is None else round((t - start) * rate)
-        placed.append((offset, data.mean(0)))
-        cursor = offset + data.shape[1]
-    end = max((o + len(d) for o, d in placed), default=0)
-    out = np.zeros(max(end, 0), np.float32)
-    for offset, data in placed:
-        lo, hi = max(offset, 0), min(offset + len(data), end)
-        if hi > lo:
-            out[lo:hi] = data[lo - offset : hi - offset]
-    return out, rate
-
-
 def read_clip(item: ClipItem, spec: ClipSpec, seed: int = 0) -> Clip:
     """Decode one clip; raises :class:`SkipClip` with the reason if the file is unusable."""
     path = item.path
@@ -184,7 +209,7 @@ def read_clip(item: ClipItem, spec: ClipSpec, seed: int = 0) -> Clip:
         vstream, astream = container.streams.video[0], container.streams.audio[0]
         length = container.duration / av.time_base if container.duration else None
         if length is None:
-            length = _seconds(vstream.duration, vstream.time_base) or 0.0
+            length = float(vstream.duration * vstream.time_base) if vstream.duration else 0.0
         if length + 1e-3 < spec.duration:
             raise SkipClip(f"too short ({length:.2f} s < {spec.duration} s)")
         start = (
@@ -193,7 +218,6 @@ def read_clip(item: ClipItem, spec: ClipSpec, seed: int = 0) -> Clip:
         if start + spec.duration > length + 1e-3:
             raise SkipClip(f"clip [{start}, {start + spec.duration}] s exceeds {length:.2f} s")
         times = start + np.arange(spec.num_frames) / spec.fps
-        v_start = _seconds(vstream.start_time, vstream.time_base) or 0.0
         frames: list[np.ndarray | None] = [None] * spec.num_frames
 
         def place(t: float, frame: av.VideoFrame) -> None:
@@ -205,37 +229,41 @@ def read_clip(item: ClipItem, spec: ClipSpec, seed: int = 0) -> Clip:
 
         sounds, before = [], None
         try:
-            for packet in container.demux(vstream, astream):
-                for frame in packet.decode():
-                    if packet.stream is astream:
-                        sounds.append(frame)
-                        continue
-                    t = (_seconds(frame.pts, frame.time_base) or 0.0) - v_start
-                    if t > times[-1] + 1e-6:
-                        continue
-                    if t <= times[0] + 1e-6:  # only the latest of these is used: convert later
-                        before = (t, frame)
-                        continue
-                    if before is not None:
-                        place(*before)
-                        before = None
-                    place(t, frame)
+            # Seeks to the clip: a long file costs what the clip costs.
+            for stream, t, frame in decode_frames(
+                container, [vstream, astream], start, start + spec.duration
+            ):
+                if stream is astream:
+                    sounds.append(frame)
+                    continue
+                t = t or 0.0
+                if t > times[-1] + 1e-6:
+                    continue
+                if t <= times[0] + 1e-6:  # only the latest of these is used: convert later
+                    before = (t, frame)
+                    continue
+                if before is not None:
+                    place(*before)
+                    before = None
+                place(t, frame)
             if before is not None:
                 place(*before)
         except av.error.FFmpegError as err:
             raise SkipClip(f"decoding failed ({err})") from err
         if any(f is None for f in frames):
             raise SkipClip("video track has no frames for the clip")
-        audio, rate = _audio_mono(sounds, astream)
-    lo = round(start * rate)
+        rate = astream.codec_context.sample_rate
+        audio = place_audio(sounds, astream, start, spec.duration)
     need = math.ceil(spec.duration * rate)
-    if len(audio) < lo + need - round(0.05 * rate):  # allow 50 ms of trailing padding
-        raise SkipClip(f"audio track too short ({len(audio) / rate:.2f} s)")
-    audio = np.pad(audio[lo : lo + need], (0, max(0, lo + need - len(audio))))
+    if len(audio) < need - round(0.05 * rate):  # allow 50 ms of trailing padding
+        raise SkipClip(f"audio track too short ({(round(start * rate) + len(audio)) / rate:.2f} s)")
+    audio = np.pad(audio, (0, max(0, need - len(audio))))
     if rate != spec.sample_rate:
         g = math.gcd(rate, spec.sample_rate)
         audio = resample_poly(audio, spec.sample_rate // g, rate // g).astype(np.float32)
     audio = np.pad(audio, (0, max(0, spec.num_samples - len(audio))))[: spec.num_samples]
+    if not np.isfinite(audio).all():
+        raise SkipClip("audio has NaN or infinite samples")
     if spec.audio_peak is not None:
         audio = normalize_peak(audio, spec.audio_peak, spec.remove_dc)
     video = torch.from_numpy(np.stack(frames).astype(np.float32) / 127.5 - 1.0)
@@ -260,8 +288,9 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __init__(self, source: str | Path, spec: ClipSpec, seed: int = 0) -> None:
         self.items = list_items(source)
+        self.root = Path(source) if Path(source).is_dir() else Path(source).parent
         self.spec, self.seed = spec, seed
-        self.skipped: dict[str, str] = {}  # path -> reason
+        self.skipped: dict[int, str] = {}  # item index -> reason (a path may repeat)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -271,9 +300,25 @@ class ClipDataset(torch.utils.data.Dataset):
         try:
             return read_clip(item, self.spec, self.seed)
         except SkipClip as err:
-            self.skipped[str(item.path)] = str(err)
-            logger.warning("skipping %s: %s", item.path, err)
+            self.skip(index, str(err))
             return None
+
+    def skip(self, index: int, reason: str) -> None:
+        """Record that item ``index`` is unusable (and why)."""
+        self.skipped[index] = reason
+        logger.warning("skipping %s: %s", self.items[index].path, reason)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the clips are made from: each item's path (relative to the source), size,
+        caption and start, the clip settings and the seed. Cheap: files are not read."""
+        digest = hashlib.sha256()
+        for item in self.items:
+            size = item.path.stat().st_size if item.path.is_file() else -1
+            path = os.path.relpath(item.path, self.root)
+            digest.update(json.dumps([path, size, item.caption, item.start]).encode() + b"\n")
+        spec = dataclasses.asdict(self.spec)
+        return {"items": len(self.items), "sha256": digest.hexdigest(), "spec": spec,
+                "seed": self.seed}  # fmt: skip
 
     def summary(self) -> str:
         reasons: dict[str, int] = {}

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from mmdisco.errors import InputError, check_bool, check_float, check_int, check_ints
+
 AUDIO_KINDS = ("1d", "2d")
 FUSIONS = ("separable", "mlp", "transformer", "time_aligned")
 
@@ -69,7 +71,8 @@ class DiscriminatorConfig:
     text_drop_prob: float = 0.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+        mult = check_ints("DiscriminatorConfig.channel_mult", self.channel_mult, minimum=1)
+        object.__setattr__(self, "channel_mult", mult)
         positive = (
             "audio_channels",
             "video_channels",
@@ -85,47 +88,34 @@ class DiscriminatorConfig:
             "num_positions",
         )
         for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"DiscriminatorConfig.{name} must be a positive int, got {value!r}"
-                )
-        if not self.channel_mult or min(self.channel_mult) < 1:
-            raise ValueError(
-                f"DiscriminatorConfig.channel_mult must be non-empty positive ints, "
-                f"got {self.channel_mult!r}"
-            )
+            check_int(f"DiscriminatorConfig.{name}", getattr(self, name), 1)
+        for name in ("dropout", "text_drop_prob"):
+            value = check_float(f"DiscriminatorConfig.{name}", getattr(self, name), 0.0, 1.0,
+                                open_max=True)  # fmt: skip
+            object.__setattr__(self, name, value)
+        check_bool("DiscriminatorConfig.fusion_product", self.fusion_product)
         if self.audio_kind not in AUDIO_KINDS:
-            raise ValueError(
+            raise InputError(
                 f"DiscriminatorConfig.audio_kind must be one of {AUDIO_KINDS}, "
                 f"got {self.audio_kind!r}"
             )
         if self.fusion not in FUSIONS:
-            raise ValueError(
+            raise InputError(
                 f"DiscriminatorConfig.fusion must be one of {FUSIONS}, got {self.fusion!r}"
             )
         if self.fusion_width % self.fusion_heads:
-            raise ValueError(
+            raise InputError(
                 f"DiscriminatorConfig.fusion_width ({self.fusion_width}) must be divisible by "
                 f"fusion_heads ({self.fusion_heads})"
             )
         if self.fusion == "time_aligned" and self.fusion_width % 2:
-            raise ValueError(
+            raise InputError(
                 f"DiscriminatorConfig.fusion_width must be even for fusion='time_aligned' (half "
                 f"audio, half video channels per frame), got {self.fusion_width}"
             )
         for name in ("text_dim_audio", "text_dim_video"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(
-                    f"DiscriminatorConfig.{name} must be None or a positive int, got {value!r}"
-                )
-        if not 0.0 <= self.text_drop_prob < 1.0:
-            raise ValueError(
-                f"DiscriminatorConfig.text_drop_prob must lie in [0, 1), got {self.text_drop_prob}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"DiscriminatorConfig.dropout must lie in [0, 1), got {self.dropout}")
+            if getattr(self, name) is not None:
+                check_int(f"DiscriminatorConfig.{name}", getattr(self, name), 1)
 
     # -- serialisation ---------------------------------------------------------------------
 
@@ -139,7 +129,7 @@ class DiscriminatorConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown DiscriminatorConfig field(s): {', '.join(unknown)}")
+            raise InputError(f"unknown DiscriminatorConfig field(s): {', '.join(unknown)}")
         return cls(**data)
 
     def to_json(self) -> str:
@@ -222,9 +212,9 @@ class DiscriminatorConfig:
         """
         audio_shape, video_shape = tuple(audio_shape), tuple(video_shape)
         if len(audio_shape) not in (2, 3):
-            raise ValueError(f"audio_shape must be (C, L) or (C, T, F), got {audio_shape}")
+            raise InputError(f"audio_shape must be (C, L) or (C, T, F), got {audio_shape}")
         if len(video_shape) != 4:
-            raise ValueError(f"video_shape must be (C, F, H, W), got {video_shape}")
+            raise InputError(f"video_shape must be (C, F, H, W), got {video_shape}")
         settings: dict[str, Any] = {
             "audio_channels": audio_shape[0],
             "video_channels": video_shape[0],
@@ -255,5 +245,5 @@ def _checked_fields(changes: dict[str, Any]) -> dict[str, Any]:
     known = {f.name for f in fields(DiscriminatorConfig)}
     unknown = sorted(set(changes) - known)
     if unknown:
-        raise ValueError(f"unknown DiscriminatorConfig field(s): {', '.join(unknown)}")
+        raise InputError(f"unknown DiscriminatorConfig field(s): {', '.join(unknown)}")
     return changes

@@ -9,14 +9,12 @@ BatchNorm), so ``grad sum(h)`` is every sample's own gradient.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from mmdisco.discriminator.blocks import (
@@ -28,7 +26,14 @@ from mmdisco.discriminator.blocks import (
 )
 from mmdisco.discriminator.config import DiscriminatorConfig
 from mmdisco.discriminator.heads import build_head
-from mmdisco.io import save_tensors_atomic, state_dict_mismatches, write_text_atomic
+from mmdisco.errors import InputError, MissingInputError
+from mmdisco.io import (
+    load_tensors,
+    read_json,
+    save_tensors_atomic,
+    state_dict_mismatches,
+    write_text_atomic,
+)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -248,21 +253,27 @@ class Discriminator(nn.Module):
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (config_path, weights_path):
             if not path.is_file():
-                raise FileNotFoundError(f"no {path.name} in {directory} (expected {path})")
+                raise MissingInputError(f"no {path.name} in {directory} (expected {path})")
         try:
-            config = DiscriminatorConfig.from_dict(json.loads(config_path.read_text()))
+            config = DiscriminatorConfig.from_dict(read_json(config_path))
         except (ValueError, TypeError) as err:
-            raise ValueError(f"invalid discriminator config {config_path}: {err}") from err
+            raise InputError(f"invalid discriminator config ({err})", str(config_path)) from err
         model = cls(config)
-        state = load_file(str(weights_path))
+        state, _ = load_tensors(weights_path)  # refuses NaN / inf: they would poison sampling
         problems = state_dict_mismatches(model.state_dict(), state)
         if problems:
-            raise ValueError(
+            raise InputError(
                 f"weights {weights_path} do not match config {config_path}:\n  "
                 + "\n  ".join(problems)
             )
         model.load_state_dict(state)
         return model.to(device)
+
+    @staticmethod
+    def num_parameters_for(config: DiscriminatorConfig) -> int:
+        """The parameter count of a discriminator with ``config``, without allocating it."""
+        with torch.device("meta"):
+            return sum(p.numel() for p in Discriminator(config).parameters())
 
 
 def _per_sample(t: Tensor | float, batch: int, name: str, device: torch.device) -> Tensor:

@@ -18,8 +18,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
+
+from mmdisco.io import load_tensors
 
 
 @dataclass
@@ -88,9 +89,9 @@ def load_weights(module: nn.Module, path: str | os.PathLike) -> nn.Module:
     if path.suffix != ".safetensors":
         raise ValueError(
             f"{path}: expected a .safetensors file; convert checkpoints with "
-            "`python -m mmdisco.metrics.convert` (see docs/metrics.md)"
+            "`mmdisco convert` (see docs/metrics.md)"
         )
-    state = load_file(str(path))
+    state, _ = load_tensors(path, finite=False)
     check_state_dict(module, state, str(path))
     module.load_state_dict(state, strict=True)
     return module

@@ -1,9 +1,11 @@
 """Convert a PyTorch state-dict checkpoint to the safetensors file the extractors load.
 
-    python -m mmdisco.metrics.convert vggish vggish-10086976.pth vggish.safetensors
-    python -m mmdisco.metrics.convert i3d i3d_pretrained_400.pt i3d.safetensors
-    python -m mmdisco.metrics.convert imagebind imagebind_huge.pth imagebind.safetensors
-    python -m mmdisco.metrics.convert panns Cnn14_16k_mAP=0.438.pth panns.safetensors
+    mmdisco convert vggish vggish-10086976.pth vggish.safetensors
+    mmdisco convert i3d i3d_pretrained_400.pt i3d.safetensors
+    mmdisco convert imagebind imagebind_huge.pth imagebind.safetensors
+    mmdisco convert panns Cnn14_16k_mAP=0.438.pth panns.safetensors
+
+(``python -m mmdisco.metrics.convert ...`` runs the same command.)
 
 Sources whose key layout matches ours directly:
 * ``vggish``: harritaylor/torchvggish ``vggish-10086976.pth`` (``features.*``,
@@ -28,13 +30,15 @@ and the result is checked against the architecture before it is written (atomica
 
 from __future__ import annotations
 
-import argparse
 import os
+import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from mmdisco.errors import InputError, MissingInputError, check_choice
 from mmdisco.io import save_tensors_atomic
 from mmdisco.metrics.base import check_state_dict
 from mmdisco.metrics.i3d import InceptionI3d
@@ -49,6 +53,30 @@ I3D_VARIANTS = {"i3d_pretrained_400": "tfhub", "rgb_imagenet": "deepmind"}
 IMAGEBIND_UNUSED = ("depth", "thermal", "imu")
 
 
+def _load_tensors_only(src: str | os.PathLike) -> Any:
+    """``torch.load(weights_only=True)``: a file holding anything but tensors (pickled code)
+    is refused with an error naming it."""
+    if not Path(src).is_file():
+        raise MissingInputError(f"{src}: no such checkpoint")
+    try:
+        state = torch.load(src, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        if lines and lines[0].startswith("Weights only load failed"):  # torch's refusal
+            detail = next((x for x in lines if x.startswith("Unsupported")), lines[-1])
+            raise InputError(
+                f"refused: it is not a plain state dict of tensors ({detail}), and other "
+                "pickled objects could run code",
+                str(src),
+            ) from None
+        raise InputError(
+            f"not a PyTorch checkpoint ({lines[-1] if lines else err!r})", str(src)
+        ) from None
+    if not isinstance(state, dict):
+        raise InputError(f"expected a state dict, found {type(state).__name__}", str(src))
+    return state
+
+
 def convert_imagebind(
     src: str | os.PathLike, dst: str | os.PathLike, config: ImageBindConfig | None = None
 ) -> Path:
@@ -56,7 +84,7 @@ def convert_imagebind(
 
     ``config`` defaults to imagebind_huge (other sizes are for tests).
     """
-    state = torch.load(src, map_location="cpu", weights_only=True)
+    state = _load_tensors_only(src)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     state = {k.removeprefix("module."): v for k, v in state.items()}
     state = {  # "modality_trunks.depth.blocks..." -> modality "depth"
@@ -94,12 +122,12 @@ def convert(
     """Read ``src`` (a state dict), keep the architecture's keys, verify, write ``dst``.
 
     ``variant`` only applies to ``i3d`` (see the module docstring)."""
+    check_choice("arch", arch, sorted([*ARCHITECTURES, "imagebind"]))
+    if variant is not None:
+        check_choice("variant", variant, sorted(set(I3D_VARIANTS.values())))
     if arch == "imagebind":
         return convert_imagebind(src, dst)
-    if arch not in ARCHITECTURES:
-        choices = sorted([*ARCHITECTURES, "imagebind"])
-        raise ValueError(f"unknown architecture {arch!r}; choose from {choices}")
-    state = torch.load(src, map_location="cpu", weights_only=True)
+    state = _load_tensors_only(src)
     for wrapper in ("state_dict", "model"):  # PANNs checkpoints hold {"model": ..., ...}
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -121,20 +149,17 @@ def convert(
     metadata = {"architecture": arch, "source": Path(src).name}
     if arch == "i3d":
         metadata["variant"] = i3d_variant(src, variant)
-    save_tensors_atomic(dst, state, metadata=metadata)
+    save_tensors_atomic(dst, state, metadata=metadata, finite=False)
     return dst
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("arch", choices=sorted([*ARCHITECTURES, "imagebind"]))
-    parser.add_argument("src")
-    parser.add_argument("dst")
-    parser.add_argument(
-        "--variant", choices=sorted(set(I3D_VARIANTS.values())), help="i3d only: which weights"
-    )
-    args = parser.parse_args()
-    print(convert(args.arch, args.src, args.dst, args.variant))
+    """``python -m mmdisco.metrics.convert ARCH SRC DST``: ``mmdisco convert`` (one error path)."""
+    import sys
+
+    from mmdisco.cli import app
+
+    app(["convert", *sys.argv[1:]], prog_name="python -m mmdisco.metrics.convert")
 
 
 if __name__ == "__main__":

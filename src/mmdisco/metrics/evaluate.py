@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mmdisco.errors import check_float, check_int
 from mmdisco.io import write_text_atomic
 from mmdisco.metrics.av_align import AVAlignConfig, av_align_score
 from mmdisco.metrics.base import AudioClip, FeatureExtractor, VideoClip
@@ -62,6 +63,20 @@ class EvalOptions:
     av_align: AVAlignConfig = field(default_factory=AVAlignConfig)
     protocol: Protocol | None = None
     progress: bool = True
+    # Evaluate the first max_seconds of every sample (None: all of it). Long files are
+    # decoded only that far, so memory follows this, not the file's length.
+    max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        self.fps = check_float("fps", self.fps, 0.0, open_min=True)
+        check_int("kvd_subsets", self.kvd_subsets, 1)
+        check_int("kvd_subset_size", self.kvd_subset_size, 2)
+        check_int("seed", self.seed, 0)
+        check_float("window_frames", self.av_align.window_frames, 0.0, open_min=True)
+        if self.av_align.min_onset_spacing is not None:
+            check_float("onset_spacing", self.av_align.min_onset_spacing, 0.0, open_min=True)
+        if self.max_seconds is not None:
+            self.max_seconds = check_float("max_seconds", self.max_seconds, 0.0, open_min=True)
 
 
 @dataclass
@@ -167,9 +182,16 @@ def _process_set(
     res = _SetResult()
     steps = _steps(label, options, models)
     paths = list_media(directory, options.prefer_sibling_audio)
+    # Decode only what the metrics read: an FVD-only run needs the extractor's first frames.
+    first_frames_only = set(steps) <= {"video", "audio", "panns", "clap"} and not (
+        label == "reference" and options.fvd_reference_clips != "first"
+    )
+    max_frames = getattr(models.get("video"), "num_frames", None) if first_frames_only else None
+    need_audio = bool(set(steps) - {"video"})
     for path in tqdm(paths, desc=f"{label} ({directory.name})", disable=not options.progress):
         try:
-            item = load_media(path, options.fps, options.prefer_sibling_audio)
+            item = load_media(path, options.fps, options.prefer_sibling_audio,
+                              options.max_seconds, max_frames, need_audio)  # fmt: skip
         except Exception as err:
             res.skipped.append(
                 {"path": str(path), "metric": "all", "reason": f"{type(err).__name__}: {err}"}
@@ -182,12 +204,22 @@ def _process_set(
             res.fps_seen.append(float(item.video.fps))
         for key, step in steps.items():
             try:
-                res.add(key, path.stem, step(item))
+                res.add(key, path.stem, _finite(step(item), key))
             except Exception as err:
                 res.skipped.append(
                     {"path": str(path), "metric": key, "reason": f"{type(err).__name__}: {err}"}
                 )
     return res
+
+
+def _finite(value: Any, key: str) -> Any:
+    """``value`` if every number in it is finite; else this sample's ``key`` is skipped."""
+    parts = value if isinstance(value, (tuple, list)) else (value,)
+    for part in parts:
+        array = part.detach().cpu().numpy() if torch.is_tensor(part) else part
+        if isinstance(array, (np.ndarray, float, int)) and not np.isfinite(array).all():
+            raise ValueError(f"{key} features are not finite (NaN or infinity)")
+    return value
 
 
 def _describe(ex: Any) -> dict[str, Any] | None:
@@ -282,6 +314,7 @@ def evaluate_directories(
             "ground_truth": options.ground_truth,
             "seed": options.seed,
             "av_align": vars(options.av_align) | {"version": options.av_align.version_name},
+            "max_seconds": options.max_seconds,
         },
     }
 

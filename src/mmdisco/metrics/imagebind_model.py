@@ -35,10 +35,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import nn
 
-from mmdisco.io import save_tensors_atomic
+from mmdisco.io import load_tensors, save_tensors_atomic
 from mmdisco.metrics.base import check_state_dict
 
 MODALITIES = ("vision", "audio", "text")
@@ -435,7 +434,7 @@ class ClipTokenizer:
 def save_imagebind(model: ImageBind, path: str | os.PathLike) -> Path:
     """Write the weights and the config (JSON metadata) to a safetensors file atomically."""
     meta = {"architecture": "imagebind", "config": json.dumps(asdict(model.config))}
-    save_tensors_atomic(path, model.state_dict(), metadata=meta)
+    save_tensors_atomic(path, model.state_dict(), metadata=meta, finite=False)  # -inf mask
     return Path(path)
 
 
@@ -454,9 +453,7 @@ def load_imagebind(
         raise FileNotFoundError(f"ImageBind weights not found: {path}")
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: expected .safetensors; convert with mmdisco.metrics.convert")
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    state, meta = load_tensors(path, device, finite=False)  # the text mask holds -inf
     config = ImageBindConfig(**json.loads(meta["config"])) if "config" in meta else None
     tokenizer = ClipTokenizer(bpe_path) if bpe_path is not None else None
     with torch.device("meta"):

@@ -10,6 +10,8 @@ state to save.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ import torch
 from torch import Tensor
 
 from mmdisco.base_models.base import BaseModel
+from mmdisco.io import tensor_digest
 from mmdisco.training.fakes import derive_seed, load_fakes
 
 
@@ -46,6 +49,13 @@ class PairData:
 
     def __len__(self) -> int:
         return self.audio.shape[0]
+
+    def digest(self) -> str:
+        """sha256 of the pairs, their per-pair inputs and captions: the data's identity."""
+        tensors = {"audio": self.audio, "video": self.video}
+        tensors |= {f"cond.{k}": v for k, v in self.cond.items()}
+        captions = json.dumps(self.captions).encode()
+        return hashlib.sha256(tensor_digest(tensors).encode() + captions).hexdigest()
 
     def take(self, index: Tensor, device: torch.device | str = "cpu") -> PairData:
         return PairData(

@@ -2,20 +2,19 @@
 
 MMDisCo's discriminator learns to tell real pairs from pairs the base models generate
 *independently* (METHOD.md). Generating those is the expensive part of training, so it is
-done once, into a cache of safetensors shards plus a JSON manifest:
-
-    out_dir/manifest.json          config, seed, shard list (index, count, file, sha256)
-    out_dir/shard-00000.safetensors  {"audio": (n, ...), "video": (n, ...)}, captions in metadata
+done once, into a :mod:`mmdisco.shards` cache: shard ``k`` holds ``{"audio": (n, ...),
+"video": (n, ...)}`` with its captions in the metadata, and the manifest's fingerprint
+records the settings and both base models.
 
 Each shard's random numbers come from seeds derived from ``(seed, shard index)`` alone, so
-the cache does not depend on how often the run was interrupted. Shards and the manifest are
-written to a temporary file and moved into place with ``os.replace``; on resume a shard
-counts as done only if the manifest lists it and its sha256 still matches.
+the cache does not depend on how often the run was interrupted, nor on how many processes
+wrote it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +22,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from mmdisco.base_models.base import BaseModel
-from mmdisco.io import save_tensors_atomic, sha256_file, write_json_atomic
+from mmdisco.errors import (
+    InputError,
+    check_choice,
+    check_float,
+    check_fraction_range,
+    check_int,
+    check_memory,
+)
 from mmdisco.sampling import GuidanceOptions, Stream, joint_sample
+from mmdisco.shards import ShardWriter, read_shards
 
-MANIFEST_NAME = "manifest.json"
-CACHE_FORMAT = "mmdisco-fakes/1"
+CACHE_FORMAT = "mmdisco-fakes/2"
 SCHEDULERS: dict[str, str | None] = {
     "default": None,  # the base model's own scheduler class
     "ddpm": "DDPMScheduler",
@@ -71,6 +76,13 @@ class SampleSettings:
     cfg_scale: float = 1.0
     window: tuple[float, float] = (0.0, 1.0)
 
+    def __post_init__(self) -> None:
+        check_int("num_inference_steps", self.num_inference_steps, 1)
+        check_choice("scheduler", self.scheduler, tuple(SCHEDULERS))
+        for name in ("guidance_scale_audio", "guidance_scale_video", "cfg_scale"):
+            setattr(self, name, check_float(name, getattr(self, name)))
+        self.window = check_fraction_range("window", self.window, allow_empty=True)
+
 
 def sample_pairs(
     audio_model: BaseModel,
@@ -91,6 +103,9 @@ def sample_pairs(
     sampling the same seed with and without ``discriminator`` compares like with like.
     """
     settings = settings or SampleSettings()
+    check_int("n", n, 1)
+    check_int("seed", seed, 0)
+    check_int("batch_size", batch_size, 1)
     out_a, out_v = [], []
     for b, start in enumerate(range(0, n, batch_size)):
         m = min(batch_size, n - start)
@@ -131,32 +146,8 @@ def _stream(
 
 
 # --------------------------------------------------------------------------------------------
-# The shard cache
+# The cache
 # --------------------------------------------------------------------------------------------
-
-
-def _shard_counts(n: int, shard_size: int) -> list[int]:
-    return [min(shard_size, n - start) for start in range(0, n, shard_size)]
-
-
-def _shard_name(index: int) -> str:
-    return f"shard-{index:05d}.safetensors"
-
-
-def _read_manifest(out_dir: Path) -> dict[str, Any] | None:
-    path = out_dir / MANIFEST_NAME
-    if not path.exists():
-        return None
-    with open(path) as f:
-        manifest = json.load(f)
-    if manifest.get("format") != CACHE_FORMAT:
-        raise ValueError(f"{path}: not an mmdisco fake cache (format {manifest.get('format')!r})")
-    return manifest
-
-
-def _shard_ok(out_dir: Path, entry: dict[str, Any], count: int) -> bool:
-    path = out_dir / entry["file"]
-    return entry["count"] == count and path.exists() and sha256_file(path) == entry["sha256"]
 
 
 def generate_fakes(
@@ -179,42 +170,44 @@ def generate_fakes(
 
     ``prompts`` (optional) are captions, one per pair (cycled if shorter than ``n``); each
     pair's two base models are conditioned on its caption, and the captions are stored with
-    the latents. Re-running with the same settings skips shards that are complete and intact;
-    different settings are refused rather than mixed into one cache.
+    the latents. Re-running with the same inputs skips shards that are complete and intact;
+    other inputs (settings or base models) are refused rather than mixed into one cache.
+    Under ``torch.distributed`` each process samples its own shards (see
+    :mod:`mmdisco.shards`).
     """
-    if n <= 0 or shard_size <= 0:
-        raise ValueError(f"n and shard_size must be positive, got n={n}, shard_size={shard_size}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    captions = None if prompts is None else [prompts[i % len(prompts)] for i in range(n)]
+    check_int("n", n, 1)
+    check_int("shard_size", shard_size, 1)
+    check_int("seed", seed, 0)
+    if batch_size is not None:
+        check_int("batch_size", batch_size, 1)
+    settings = SampleSettings(num_inference_steps, scheduler, cfg_scale=cfg_scale)
     if prompts is not None and len(prompts) == 0:
-        raise ValueError("prompts is empty; pass None for unconditional generation")
-    config = {
+        raise InputError("is empty; pass None for unconditional generation", "prompts")
+    pair_bytes = 4 * sum(math.prod(m.latent_shape()) for m in (audio_model, video_model))
+    check_memory(2 * min(shard_size, n) * pair_bytes, "shard_size")  # a shard, and its noise
+    out_dir = Path(out_dir)
+    captions = None if prompts is None else [prompts[i % len(prompts)] for i in range(n)]
+    fingerprint = {
         "seed": seed,
         "shard_size": shard_size,
         "num_inference_steps": num_inference_steps,
         "scheduler": scheduler,
         "cfg_scale": cfg_scale,
         "prompts": None if prompts is None else list(prompts),
-        "audio_latent_shape": list(audio_model.latent_shape()),
-        "video_latent_shape": list(video_model.latent_shape()),
+        "audio_model": audio_model.fingerprint(),
+        "video_model": video_model.fingerprint(),
         **(extra_config or {}),
     }
-    manifest = _read_manifest(out_dir)
-    if manifest is not None and manifest["config"] != config:
-        raise ValueError(
-            f"{out_dir / MANIFEST_NAME} was written with different settings "
-            f"({manifest['config']}); use another directory or the same settings ({config})"
-        )
-    counts = _shard_counts(n, shard_size)
-    done = {e["index"]: e for e in (manifest or {}).get("shards", [])}
-    done = {i: e for i, e in done.items() if i < len(counts) and _shard_ok(out_dir, e, counts[i])}
-    manifest = {"format": CACHE_FORMAT, "config": config, "n": n, "shards": []}
-    settings = SampleSettings(num_inference_steps, scheduler, cfg_scale=cfg_scale)
-    bar = tqdm(total=n, disable=not progress, desc="fakes", unit="pair")
-    for index, count in enumerate(counts):
-        if index not in done:
-            start = index * shard_size
+    counts = [min(shard_size, n - start) for start in range(0, n, shard_size)]
+    writer = ShardWriter(
+        out_dir, CACHE_FORMAT, fingerprint, len(counts),
+        entry_ok=lambda entry: entry.get("count") == counts[entry["index"]],
+    )  # fmt: skip
+    with writer:
+        pending = writer.pending()
+        bar = tqdm(total=sum(counts[i] for i in pending), disable=not progress, desc="fakes")
+        for index in pending:
+            start, count = index * shard_size, counts[index]
             shard_captions = None if captions is None else captions[start : start + count]
             audio, video = sample_pairs(
                 audio_model,
@@ -225,23 +218,11 @@ def generate_fakes(
                 batch_size=batch_size or count,
                 prompts=shard_captions,
             )
-            path = out_dir / _shard_name(index)
             metadata = {"captions": json.dumps(shard_captions)} if shard_captions else None
-            save_tensors_atomic(path, {"audio": audio, "video": video}, metadata)
-            done[index] = {
-                "index": index,
-                "file": path.name,
-                "count": count,
-                "sha256": sha256_file(path),
-            }
-            manifest["shards"] = [done[i] for i in sorted(done)]
-            write_json_atomic(out_dir / MANIFEST_NAME, manifest)
-        bar.update(count)
-    bar.close()
-    manifest["shards"] = [done[i] for i in sorted(done)]
-    manifest["complete"] = True
-    write_json_atomic(out_dir / MANIFEST_NAME, manifest)
-    return manifest
+            writer.write(index, {"audio": audio, "video": video}, metadata, count=count)
+            bar.update(count)
+        bar.close()
+        return writer.finish(lambda shards: {"n": n})
 
 
 @dataclass
@@ -254,21 +235,11 @@ class FakeCache:
 
 def load_fakes(out_dir: str | Path, verify: bool = True) -> FakeCache:
     """Read a complete cache written by :func:`generate_fakes` (checking sha256 by default)."""
-    out_dir = Path(out_dir)
-    manifest = _read_manifest(out_dir)
-    if manifest is None:
-        raise FileNotFoundError(f"no {MANIFEST_NAME} in {out_dir}: run generate-fakes first")
-    if not manifest.get("complete"):
-        raise ValueError(f"{out_dir} is incomplete: re-run generate-fakes to finish it")
-    audio, video, captions = [], [], []
-    for entry in manifest["shards"]:
-        path = out_dir / entry["file"]
-        if verify and sha256_file(path) != entry["sha256"]:
-            raise ValueError(f"{path}: sha256 does not match {out_dir / MANIFEST_NAME}")
-        with safe_open(path, "pt") as f:
-            audio.append(f.get_tensor("audio"))
-            video.append(f.get_tensor("video"))
-            meta = f.metadata() or {}
-        if "captions" in meta:
-            captions.extend(json.loads(meta["captions"]))
-    return FakeCache(torch.cat(audio), torch.cat(video), captions if captions else None, manifest)
+    hint = "run `mmdisco generate-fakes` (same settings)"
+    shards = read_shards(out_dir, CACHE_FORMAT, hint, verify)
+    for key in ("audio", "video"):
+        if key not in shards.tensors:
+            raise InputError(f"the shards hold no {key!r} tensor", str(out_dir))
+    captions = [c for meta in shards.metadata for c in json.loads(meta.get("captions", "[]"))]
+    audio, video = shards.tensors["audio"], shards.tensors["video"]
+    return FakeCache(audio, video, captions or None, shards.manifest)

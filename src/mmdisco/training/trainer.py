@@ -26,9 +26,12 @@ step needs (:mod:`mmdisco.training.memory`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import shutil
+import tempfile
 import time
 import warnings
 from contextlib import nullcontext
@@ -37,18 +40,39 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mmdisco.base_models.base import BaseModel
 from mmdisco.diffusion import to_epsilon
-from mmdisco.io import save_tensors_atomic, write_json_atomic
+from mmdisco.errors import (
+    InputError,
+    NonFiniteError,
+    check_bool,
+    check_choice,
+    check_float,
+    check_fraction_range,
+    check_int,
+    check_memory,
+)
+from mmdisco.io import (
+    TMP_MARK,
+    DirectoryLock,
+    load_tensors,
+    read_json,
+    remove_orphans,
+    save_tensors_atomic,
+    state_dict_mismatches,
+    umask,
+    write_json_atomic,
+)
+from mmdisco.shards import fingerprint_differences, jsonable, on_rank0
 from mmdisco.training.data import BatchOrder, PairData
 from mmdisco.training.fakes import derive_seed
 from mmdisco.training.losses import EpsFn, mmdisco_loss
 
 CHECKPOINT_DIR = "checkpoints"
+INPUTS_FILE = "inputs.json"  # what the run is made from (see run_inputs)
 # Settings that may change between a run and its resumption without changing its result.
 RESUMABLE_CHANGES = {
     "steps",
@@ -100,27 +124,34 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)  # JSON gives lists
-        self.noise_range = tuple(self.noise_range)
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(
-                f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
-            )
-        if self.fake_pairing not in ("fixed", "shuffle"):
-            raise ValueError(
-                f"fake_pairing must be 'fixed' or 'shuffle', got {self.fake_pairing!r}"
-            )
-        if self.steps < 0 or self.batch_size <= 0:
-            raise ValueError(
-                f"need steps >= 0 and batch_size > 0, got {self.steps}, {self.batch_size}"
-            )
-        if not isinstance(self.grad_accum, int) or self.grad_accum < 1:
-            raise ValueError(f"grad_accum must be a positive int, got {self.grad_accum!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(
-                f"mixed_precision must be one of {sorted(MIXED_PRECISION)}, "
-                f"got {self.mixed_precision!r}"
-            )
+        """Every number checked (type, finiteness, range) before any work is done."""
+        check_int("steps", self.steps, 1)
+        check_int("batch_size", self.batch_size, 1)
+        self.lr = check_float("lr", self.lr, 0.0, open_min=True)
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
+            raise InputError(f"must be a pair [beta1, beta2], got {self.betas!r}", "betas")
+        self.betas = tuple(
+            check_float(f"betas[{i}]", b, 0.0, 1.0, open_max=True) for i, b in enumerate(self.betas)
+        )
+        self.weight_decay = check_float("weight_decay", self.weight_decay, 0.0)
+        check_choice("lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        self.lr_min_ratio = check_float("lr_min_ratio", self.lr_min_ratio, 0.0, 1.0)
+        check_int("warmup_steps", self.warmup_steps, 0)
+        self.dlsm_weight = check_float("dlsm_weight", self.dlsm_weight, 0.0)
+        for name in ("use_d", "use_dlsm", "shared_timesteps", "gradient_checkpointing"):
+            check_bool(name, getattr(self, name))
+        if not (self.use_d or self.use_dlsm):
+            raise InputError("use_d and use_dlsm are both false: there is nothing to train")
+        self.noise_range = check_fraction_range("noise_range", self.noise_range)
+        check_choice("fake_pairing", self.fake_pairing, ("fixed", "shuffle"))
+        if self.grad_clip is not None:
+            self.grad_clip = check_float("grad_clip", self.grad_clip, 0.0, open_min=True)
+        check_int("grad_accum", self.grad_accum, 1)
+        check_choice("mixed_precision", self.mixed_precision, tuple(MIXED_PRECISION))
+        check_int("checkpoint_every", self.checkpoint_every, 1)
+        check_int("keep_checkpoints", self.keep_checkpoints, 1)
+        check_int("log_every", self.log_every, 1)
+        check_int("seed", self.seed, 0)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -129,10 +160,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        if not isinstance(d, dict):
+            raise InputError(f"a TrainConfig must be a mapping of fields, got {d!r}")
         known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+        unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
+            raise InputError(f"unknown field; expected one of {sorted(known)}", unknown[0])
         return cls(**d)
 
     def lr_at(self, step: int) -> float:
@@ -207,25 +240,31 @@ def save_checkpoint(
     step: int,
     config: TrainConfig,
 ) -> Path:
-    """Write ``directory/step-XXXXXXX`` atomically (temporary directory, then rename)."""
+    """Write ``directory/step-XXXXXXX`` atomically (temporary directory, then rename).
+
+    Non-finite weights are refused (:class:`~mmdisco.errors.NonFiniteError`): a checkpoint
+    is always one a run can resume from."""
     final = directory / f"step-{step:08d}"
-    tmp = directory / f".tmp-step-{step:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    opt_tensors, opt_meta = flatten_optimizer_state(optimizer.state_dict())
-    save_tensors_atomic(tmp / "model.safetensors", model.state_dict())
-    save_tensors_atomic(tmp / "optimizer.safetensors", opt_tensors)
-    write_json_atomic(
-        tmp / "state.json",
-        {
-            "step": step,
-            "config": config.to_dict(),
-            "optimizer": opt_meta,
-            "rng": "derived from (config.seed, step, rank); nothing else to restore",
-        },
-    )
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".{final.name}{TMP_MARK}"))
+    try:
+        opt_tensors, opt_meta = flatten_optimizer_state(optimizer.state_dict())
+        save_tensors_atomic(tmp / "model.safetensors", model.state_dict())
+        save_tensors_atomic(tmp / "optimizer.safetensors", opt_tensors)
+        write_json_atomic(
+            tmp / "state.json",
+            {
+                "step": step,
+                "config": config.to_dict(),
+                "optimizer": opt_meta,
+                "rng": "derived from (config.seed, step, rank); nothing else to restore",
+            },
+        )
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
@@ -241,21 +280,77 @@ def load_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig
 ) -> int:
     """Restore model and optimizer from ``path``; returns the step to continue from."""
-    with open(path / "state.json") as f:
-        state = json.load(f)
-    saved = TrainConfig.from_dict(state["config"]).to_dict()
+    state = read_json(path / "state.json")
+    try:
+        saved = TrainConfig.from_dict(state["config"]).to_dict()
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"is not a checkpoint this version can read ({err})", str(path)) from None
     diff = {
         k: (saved[k], v)
         for k, v in config.to_dict().items()
         if k not in RESUMABLE_CHANGES and saved[k] != v
     }
     if diff:
-        raise ValueError(f"cannot resume from {path}: settings differ (saved, now): {diff}")
+        raise InputError(
+            f"settings differ (saved, now): {diff}; use the saved settings, or another output "
+            "directory to start fresh",
+            f"cannot resume from {path}",
+        )
     device = next(model.parameters()).device
-    model.load_state_dict(load_file(path / "model.safetensors", device=str(device)))
-    tensors = load_file(path / "optimizer.safetensors", device=str(device))
+    weights, _ = load_tensors(path / "model.safetensors", device)
+    problems = state_dict_mismatches(model.state_dict(), weights)
+    if problems:
+        raise InputError("does not fit this discriminator: " + "; ".join(problems), str(path))
+    model.load_state_dict(weights)
+    tensors, _ = load_tensors(path / "optimizer.safetensors", device)
     optimizer.load_state_dict(unflatten_optimizer_state(tensors, state["optimizer"]))
     return int(state["step"])
+
+
+def run_inputs(
+    discriminator: nn.Module,
+    audio_model: BaseModel,
+    video_model: BaseModel,
+    real: PairData,
+    fake: PairData,
+    config: TrainConfig,
+) -> dict[str, Any]:
+    """What a training run is made from: its data (hashed), settings, discriminator
+    architecture and base models. A run resumes only from a checkpoint with the same."""
+    architecture = {k: list(v.shape) for k, v in discriminator.state_dict().items()}
+    disc_config = getattr(discriminator, "config", None)
+    settings = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
+    return {
+        "real": real.digest(),
+        "fake": fake.digest(),
+        "settings": settings,
+        "discriminator": {
+            "class": type(discriminator).__name__,
+            "config": disc_config.to_dict() if hasattr(disc_config, "to_dict") else None,
+            "architecture": hashlib.sha256(json.dumps(architecture).encode()).hexdigest(),
+        },
+        "audio_model": audio_model.fingerprint(),
+        "video_model": video_model.fingerprint(),
+    }
+
+
+def _open_run(out: Path, inputs: dict[str, Any], resume: bool) -> None:
+    """Rank 0, holding the run's lock: remove what killed runs left, and refuse to resume a
+    run that was made from other inputs."""
+    for directory in (out, out / CHECKPOINT_DIR):
+        remove_orphans(directory)
+    path = out / INPUTS_FILE
+    if resume and latest_checkpoint(out / CHECKPOINT_DIR) is not None and path.exists():
+        differences = fingerprint_differences(read_json(path), inputs)
+        if differences:
+            raise InputError(
+                "holds a run made from other inputs ("
+                + "; ".join(differences)
+                + f"); use another output directory, or delete {out / CHECKPOINT_DIR} to "
+                "start fresh",
+                str(out),
+            )
+    write_json_atomic(path, jsonable(inputs))
 
 
 def _prune(directory: Path, keep: int) -> None:
@@ -267,6 +362,18 @@ def _prune(directory: Path, keep: int) -> None:
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
+
+
+def _with_resume_advice(err: NonFiniteError, ckpt_dir: Path | None) -> NonFiniteError:
+    latest = latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
+    where = (
+        f"the last good checkpoint, {latest}, is kept; run the same command again to resume from it"
+        if latest is not None
+        else "no checkpoint was written yet"
+    )
+    return NonFiniteError(
+        f"{err}, and {where}. Check the real and fake data for NaN, or lower the learning rate"
+    )
 
 
 def _all_reduce_mean(tensor: Tensor, world_size: int) -> Tensor:
@@ -390,8 +497,21 @@ def train_step(
     grad_norm = torch.nn.utils.clip_grad_norm_(
         discriminator.parameters(), config.grad_clip or float("inf")
     )
+    if device.type != "meta":  # (the memory estimate runs this step on the meta device)
+        _stop_if_not_finite(stats[0] / len(batches), grad_norm, step, world)
     optimizer.step()
     return stats / len(batches), grad_norm
+
+
+def _stop_if_not_finite(loss: Tensor, grad_norm: Tensor, step: int, world: int) -> None:
+    """Stop before a non-finite update reaches the weights (and so any checkpoint); every
+    process sees the same decision."""
+    bad = (~torch.isfinite(torch.stack([loss, grad_norm.to(loss)]))).any().float()
+    if _all_reduce_mean(bad, world).item() > 0:
+        raise NonFiniteError(
+            f"step {step + 1}: the loss is {loss.item():.4g} and the gradient norm "
+            f"{grad_norm.item():.4g}; training stopped before updating the weights"
+        )
 
 
 def _text_drop_prob(discriminator: nn.Module) -> float:
@@ -480,16 +600,19 @@ def train_discriminator(
     that many steps are done, as if the run had been killed: for tests and time-sliced jobs.
     ``fake_cfg_scales`` are the CFG scales the fakes were sampled with (audio, video); with
     captioned real pairs, a base model whose ``cfg_scale`` differs is warned about
-    (:func:`check_cfg_scales`).
+    (:func:`check_cfg_scales`). A checkpoint of a run made from other inputs
+    (:func:`run_inputs`) is refused; ``out_dir`` is locked while training (a second run on it
+    stops at once); a non-finite loss or gradient stops training before the update, keeping
+    the last good checkpoint.
     """
     from accelerate import Accelerator
 
+    pair_bytes = 4 * (real.audio[0].numel() + real.video[0].numel())
+    # A step holds real and fake batches, their noised copies and the activations' inputs.
+    check_memory(8 * config.batch_size * pair_bytes, "batch_size")
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
-    rank, world = accelerator.process_index, accelerator.num_processes
-    device = accelerator.device
-    main = accelerator.is_main_process
-    discriminator.to(device).train()
-    _broadcast_parameters(discriminator, world)
+    discriminator.to(accelerator.device).train()
+    _broadcast_parameters(discriminator, accelerator.num_processes)
     optimizer = torch.optim.Adam(
         discriminator.parameters(),
         lr=config.lr,
@@ -497,6 +620,49 @@ def train_discriminator(
         weight_decay=config.weight_decay,
     )
     out = Path(out_dir) if out_dir is not None else None
+    lock = DirectoryLock(out) if out is not None else None
+    if out is not None:
+        inputs = run_inputs(discriminator, audio_model, video_model, real, fake, config)
+
+        def open_run() -> None:
+            lock.acquire()
+            try:
+                _open_run(out, inputs, resume)
+            except BaseException:
+                lock.release()
+                raise
+
+        on_rank0(open_run)
+    try:
+        return _train(
+            discriminator, optimizer, audio_model, video_model, real, fake, config, out,
+            accelerator=accelerator, resume=resume, progress=progress, stop_after=stop_after,
+            fake_cfg_scales=fake_cfg_scales,
+        )  # fmt: skip
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(
+    discriminator: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    audio_model: BaseModel,
+    video_model: BaseModel,
+    real: PairData,
+    fake: PairData,
+    config: TrainConfig,
+    out: Path | None,
+    *,
+    accelerator: Any,
+    resume: bool,
+    progress: bool,
+    stop_after: int | None,
+    fake_cfg_scales: tuple[float, float] | None,
+) -> TrainResult:
+    rank, world = accelerator.process_index, accelerator.num_processes
+    device = accelerator.device
+    main = accelerator.is_main_process
     ckpt_dir = out / CHECKPOINT_DIR if out is not None else None
     step = 0
     if resume and ckpt_dir is not None and (latest := latest_checkpoint(ckpt_dir)) is not None:
@@ -539,17 +705,20 @@ def train_discriminator(
     while step < end:
         for group in optimizer.param_groups:
             group["lr"] = config.lr_at(step)
-        stats, grad_norm = train_step(
-            discriminator,
-            optimizer,
-            audio_model,
-            video_model,
-            micro_batches(real, fake, orders, config, step, rank, world, device),
-            config,
-            step,
-            rank,
-            world,
-        )
+        try:
+            stats, grad_norm = train_step(
+                discriminator,
+                optimizer,
+                audio_model,
+                video_model,
+                micro_batches(real, fake, orders, config, step, rank, world, device),
+                config,
+                step,
+                rank,
+                world,
+            )
+        except NonFiniteError as err:
+            raise _with_resume_advice(err, ckpt_dir) from None
         step += 1
         running += stats.double().cpu()
         n_running += 1

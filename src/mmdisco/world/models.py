@@ -24,7 +24,6 @@ The shipped weights are ``mmdisco train-base --modality audio|video`` with its d
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
@@ -34,12 +33,25 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from mmdisco.base_models.base import BaseModel
 from mmdisco.diffusion import from_epsilon
-from mmdisco.io import save_tensors_atomic, state_dict_mismatches, write_json_atomic
+from mmdisco.errors import (
+    InputError,
+    MissingInputError,
+    check_float,
+    check_fraction_range,
+    check_int,
+)
+from mmdisco.io import (
+    load_tensors,
+    read_json,
+    save_tensors_atomic,
+    state_dict_mismatches,
+    tensor_digest,
+    write_json_atomic,
+)
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "world"
 CONFIG_NAME = "config.json"
@@ -323,6 +335,9 @@ class WorldDiffusionModel(BaseModel):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
 
+    def fingerprint(self) -> dict[str, Any]:
+        return {**super().fingerprint(), "weights": tensor_digest(self.net.state_dict())}
+
     def predict(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         """The network's prediction in ``self.prediction_type`` (the clean clip, for the shipped
         models; :func:`mmdisco.diffusion.to_epsilon` converts). ``t``: a scalar or (B,) tensor
@@ -362,14 +377,24 @@ class WorldDiffusionModel(BaseModel):
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (config_path, weights_path):
             if not path.is_file():
-                raise FileNotFoundError(f"{cls.__name__}.from_pretrained: missing {path}")
-        config = json.loads(config_path.read_text())
-        model_type = config.pop("model_type", None)
-        config.pop("modality", None)
+                raise MissingInputError(f"{cls.__name__}.from_pretrained: missing {path}")
+        config = read_json(config_path)
+        model_type = config.pop("model_type", None) if isinstance(config, dict) else None
         if model_type != cls.__name__:
-            raise ValueError(f"{config_path} describes a {model_type!r}, not a {cls.__name__!r}")
-        net = cls.build_network(config)
-        state = load_file(weights_path)
+            raise InputError(
+                f"describes a {model_type!r}, not a {cls.__name__!r}", str(config_path)
+            )
+        config.pop("modality", None)
+        missing = sorted(set(cls.default_config()) - set(config))
+        if missing:
+            raise InputError(f"has no {missing[0]!r} section", str(config_path))
+        try:
+            net = cls.build_network(config)
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(
+                f"does not describe a valid network ({err!r})", str(config_path)
+            ) from err
+        state, _ = load_tensors(weights_path)
         problems = state_dict_mismatches(net.state_dict(), state)
         if problems:
             raise ValueError(
@@ -490,6 +515,17 @@ class TrainConfig:
     # where a clip's class and events are decided, which uniform t visits too rarely.
     t_focus: tuple[float, float] | None = (0.6, 0.95)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "clips_per_chunk", "passes_per_chunk"):
+            check_int(name, getattr(self, name), 1)
+        check_int("warmup", self.warmup, 0)
+        check_int("seed", self.seed, 0)
+        check_float("lr", self.lr, 0.0, open_min=True)
+        check_float("ema_decay", self.ema_decay, 0.0, 1.0, open_max=True)
+        check_float("grad_clip", self.grad_clip, 0.0, open_min=True)
+        if self.t_focus is not None:
+            check_fraction_range("t_focus", self.t_focus)
 
 
 def _sample_timesteps(
