@@ -105,6 +105,9 @@ class TrainConfig:
     use_d: bool = True
     use_dlsm: bool = True
     shared_timesteps: bool = True
+    # Fraction of pairs with one modality held clean (log-SNR at the clip), so that the same
+    # discriminator also guides conditional generation with a clean given modality.
+    clean_prob: float = 0.0
     # Fractions of the noise schedule (1 = pure noise) training draws noise levels from; a
     # discriminator only needs to be right where it guides (GuidanceOptions.window).
     noise_range: tuple[float, float] = (0.0, 1.0)
@@ -571,6 +574,7 @@ def _micro_loss(
             use_dlsm=config.use_dlsm,
             shared_timesteps=config.shared_timesteps,
             noise_range=tuple(config.noise_range),
+            clean_prob=config.clean_prob,
             cond_real=cond_real,
             cond_fake=f.cond,
             generator=generator,
