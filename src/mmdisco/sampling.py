@@ -37,7 +37,7 @@ from mmdisco.diffusion import CleanSchedule, NoiseSchedule, epsilon_delta_to_pre
 from mmdisco.errors import InputError, check_choice, check_float, check_fraction_range, check_int
 from mmdisco.guidance import DiscriminatorFn, guidance_correction
 
-GIVEN_MODES = (None, "clean", "renoise")
+GIVEN_MODES = ("clean", "renoise")  # Stream.given, when a modality is given
 CLEAN = CleanSchedule()
 
 
@@ -62,7 +62,7 @@ class Stream:
 
     def __post_init__(self) -> None:
         if self.given is not None:
-            check_choice("given", self.given, GIVEN_MODES[1:])
+            check_choice("given", self.given, GIVEN_MODES)
 
     @property
     def uses_cfg(self) -> bool:
