@@ -179,15 +179,18 @@ def test_batch_mismatch_raises() -> None:
         mmdisco_loss(TinyDisc(), ra, rv, fa, fv[:2], SCHED_A, SCHED_V, use_dlsm=False)
 
 
+def perfect(x0: Tensor, schedule: DiscreteSchedule):
+    """The base model that knows the clean batch ``x0``: it predicts the noise exactly."""
+
+    def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:
+        alpha, sigma = schedule.alpha_sigma(t)
+        return (x_t - alpha.double()[:, None] * x0) / sigma.double()[:, None]
+
+    return eps_fn
+
+
 def test_dlsm_zero_for_perfect_base_model_and_constant_h() -> None:
     ra, rv, _, _ = _data()
-
-    def perfect(x0: Tensor, schedule: DiscreteSchedule):
-        def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:
-            alpha, sigma = schedule.alpha_sigma(t)
-            return (x_t - alpha.double()[:, None] * x0) / sigma.double()[:, None]
-
-        return eps_fn
 
     bias = nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
 
@@ -232,13 +235,6 @@ def test_clean_prob_zero_is_the_old_objective_and_dlsm_ignores_clean_rows() -> N
     torch.testing.assert_close(same.total, base.total)
     # A perfect base model and a constant logit: every residual is zero, clean rows included.
     ra, rv, _, _ = _data()
-
-    def perfect(x0: Tensor, schedule: DiscreteSchedule):
-        def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:
-            alpha, sigma = schedule.alpha_sigma(t)
-            return (x_t - alpha.double()[:, None] * x0) / sigma.double()[:, None]
-
-        return eps_fn
 
     def constant(a, v, snr_a, snr_v, **cond):
         return 0.0 * (a.sum(1) + v.sum(1))
