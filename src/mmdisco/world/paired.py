@@ -188,7 +188,9 @@ class JointView(BaseModel):
 
     ``predict(x_t, t, cond)`` needs the other modality's ``x_t`` at the same timestep as
     ``cond``. ``joint_sample`` recognises two views of one joint model (``.joint``) and calls
-    :meth:`WorldJointModel.predict_pair` once per step instead.
+    :meth:`WorldJointModel.predict_pair` once per step instead; when the partner stream is
+    given (conditional generation), the view sees it as the sampler enters it, which with
+    ``given="renoise"`` is the replacement method.
     """
 
     def __init__(self, joint: WorldJointModel, modality: str) -> None:
