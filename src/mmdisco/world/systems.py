@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from mmdisco.demo import EVAL_SEED_OFFSET, HELD_OUT_SEED_OFFSET, REAL_SEED_OFFSET
 from mmdisco.demo import world_real_pairs as real_pairs
@@ -219,6 +220,7 @@ def sample_pool(
     seed: int,
     settings: SystemsSettings,
     sampling: SampleSettings,
+    progress: bool = False,
     **kwargs: Any,
 ) -> Pool:
     """``k`` candidates for each of ``settings.n_eval`` outputs (``kwargs``: those of
@@ -226,7 +228,7 @@ def sample_pool(
     so it is the plain sample every row without resampling takes."""
     audio, video = [], []
     start = time.process_time()
-    for j in range(k):
+    for j in tqdm(range(k), desc=f"{k} x {settings.n_eval} pairs", disable=not progress):
         a, v = sample_pairs(
             audio_model,
             video_model,
@@ -347,7 +349,14 @@ class Comparison:
             sampling = self.settings.sampling(guide.scales[task], guide.window)
             kwargs["discriminator"] = guide.discriminator
         return sample_pool(
-            audio_model, video_model, k, self.eval_seed, self.settings, sampling, **kwargs
+            audio_model,
+            video_model,
+            k,
+            self.eval_seed,
+            self.settings,
+            sampling,
+            self.progress,
+            **kwargs,
         )
 
     def make_fakes(self, name: str, audio_model: Any, video_model: Any) -> None:
