@@ -643,40 +643,46 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def figure(report: dict[str, Any], path: Path) -> Path:
-    """Semantic and temporal agreement of best-of-N and re-ranking against N, with guidance,
-    the cascade and the joint model marked; and alignment against training cost."""
+    """Semantic and temporal agreement of best-of-N and re-ranking against N (argmax solid,
+    SIR dashed), with the cascade, the joint model and chance marked; and each joint-generation
+    system's alignment against its training cost."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = {r["name"]: r for r in report["rows"]}
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    methods = sorted({name.rsplit(" (", 1)[0] for name in report["curves"]})
+    colours = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.2))
     for ax, metric in zip(axes[:2], ("semantic", "temporal"), strict=True):
         for name, curve in report["curves"].items():
+            method, mode = name.rsplit(" (", 1)
             n = [int(k) for k in curve]
-            style = "--" if name.endswith("(sir)") else "-"
-            ax.plot(n, [curve[k][metric] for k in curve], style, marker="o", ms=3, label=name)
+            ax.plot(n, [curve[k][metric] for k in curve], "--" if mode == "sir)" else "-",
+                    marker="o", ms=3, color=colours[method],
+                    label=method if mode == "argmax)" else None)  # fmt: skip
         for name, colour in (("cascade T2V -> V2A", "k"), ("joint model from scratch", "grey")):
             if name in rows:
                 ax.axhline(rows[name][metric], color=colour, ls=":", label=name)
         ax.axhline(report["chance"][metric], color="r", ls=":", lw=0.8, label="chance")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("candidates N (base-model evaluations per kept pair / one sampling run)")
+        ax.set_xlabel("N: base-model evaluations per kept pair, in sampling runs")
         ax.set_ylabel(metric)
         ax.set_ylim(0, 1.02)
-    axes[0].legend(fontsize=6, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     ax = axes[2]
-    for row in report["rows"]:
-        if row["task"] != "joint" or not row["train_cpu_s"]:
-            continue
-        score = (row["semantic"] + row["temporal"]) / 2
-        ax.scatter(row["train_cpu_s"], score)
-        ax.annotate(row["name"], (row["train_cpu_s"], score), fontsize=6)
-    ax.set_xscale("log")
+    for row in report["rows"]:  # the exact ratio is an oracle: no training cost to place
+        if row["task"] == "joint" and "exact" not in row["name"]:
+            score = (row["semantic"] + row["temporal"]) / 2
+            ax.scatter(row["train_cpu_s"], score, s=18, label=row["name"])
+    ax.legend(fontsize=7, loc="center right")
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlim(-1, 1e4)
     ax.set_xlabel("training CPU-seconds on top of the frozen base models")
-    ax.set_ylabel("(semantic + temporal) / 2")
-    fig.tight_layout()
+    ax.set_ylabel("(semantic + temporal) / 2, joint generation")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=90)
     plt.close(fig)
