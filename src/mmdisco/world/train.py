@@ -246,8 +246,8 @@ def train_world_model(
         **asdict(cfg),
         "steps": steps_run,
         "kind": kind,
-        "cpu_seconds": round(time.process_time() - cpu_start, 1),
-        "wall_seconds": round(time.perf_counter() - wall_start, 1),
+        "cpu_seconds": round(time.process_time() - cpu_start, 3),
+        "wall_seconds": round(time.perf_counter() - wall_start, 3),
         "threads": torch.get_num_threads(),
     }
     trained = cls(config, ema)
