@@ -19,6 +19,8 @@ trained by :func:`mmdisco.world.train.train_world_model`.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +28,7 @@ from torch import Tensor, nn
 
 from mmdisco.base_models.base import BaseModel
 from mmdisco.world.models import (
+    ASSETS_DIR,
     NETWORK_CONFIG,
     SCHEDULER_CONFIG,
     ClipMixer,
@@ -39,6 +42,7 @@ from mmdisco.world.models import (
     token_dim,
 )
 
+PAIRED_ASSETS_DIR = ASSETS_DIR.parent / "world_paired"
 MODALITIES = ("audio", "video")
 # The joint network is wider than one base model so that it holds about as many parameters
 # as the two base models together (3.5M vs 1.5M + 1.7M).
@@ -220,3 +224,16 @@ class JointView(BaseModel):
 
     def decode(self, latents: Tensor) -> Tensor:
         return self.joint.codecs[self.modality].decode(latents)
+
+
+def load_paired_models(
+    directory: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """The shipped models trained on pairs (``src/mmdisco/assets/world_paired``): the
+    cascade's ``video-to-audio`` and ``audio-to-video`` models and the ``joint`` model."""
+    root = Path(directory) if directory is not None else PAIRED_ASSETS_DIR
+    return {
+        "video-to-audio": WorldConditionalModel.from_pretrained(root / "video-to-audio", device),
+        "audio-to-video": WorldConditionalModel.from_pretrained(root / "audio-to-video", device),
+        "joint": WorldJointModel.from_pretrained(root / "joint", device),
+    }

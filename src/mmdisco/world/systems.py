@@ -45,11 +45,10 @@ from mmdisco.training.data import PairData, fake_pairs
 from mmdisco.training.fakes import SampleSettings, derive_seed, generate_fakes, sample_pairs
 from mmdisco.world.detectors import Detection, chance_levels, detect_audio, detect_video, summarize
 from mmdisco.world.generator import generate_clips
-from mmdisco.world.models import ASSETS_DIR, load_world_models
-from mmdisco.world.paired import WorldConditionalModel, WorldJointModel
+from mmdisco.world.models import load_world_models
+from mmdisco.world.paired import WorldJointModel, load_paired_models
 from mmdisco.world.ratio import ExactLogRatio
 
-PAIRED_ASSETS = ASSETS_DIR.parent / "world_paired"
 METRICS = ("semantic", "temporal", "validity_audio", "validity_video", "diversity")
 TASKS = ("joint", "video-to-audio", "audio-to-video")
 EXACT_SCALES = {"joint": (1.0, 1.0), "video-to-audio": (1.0, 0.0), "audio-to-video": (0.0, 1.0)}
@@ -298,18 +297,9 @@ def _mean_std(runs: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def load_paired_models(directory: str | Path | None = None) -> dict[str, Any]:
-    """The shipped cascade models (``video-to-audio``, ``audio-to-video``) and ``joint``."""
-    root = Path(directory) if directory is not None else PAIRED_ASSETS
-    return {
-        "video-to-audio": WorldConditionalModel.from_pretrained(root / "video-to-audio"),
-        "audio-to-video": WorldConditionalModel.from_pretrained(root / "audio-to-video"),
-        "joint": WorldJointModel.from_pretrained(root / "joint"),
-    }
-
-
 class Comparison:
-    """State shared by the rows of one run: models, data, seeds, the unguided pools."""
+    """What the rows of one run share: the models, real pairs, held-out clips, seeds, fakes,
+    and the rows and curves filled so far."""
 
     def __init__(self, out: Path, settings: SystemsSettings, progress: bool) -> None:
         self.out, self.settings, self.progress = out, settings, progress
