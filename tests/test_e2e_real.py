@@ -35,6 +35,7 @@ from mmdisco.cli import app
 from mmdisco.config import ConfigError, load_experiment
 from mmdisco.data import load_latent_cache
 from mmdisco.discriminator import Discriminator
+from mmdisco.errors import InputError
 from mmdisco.experiment import (
     ConfiguredModel,
     check_clip_spec,
@@ -209,7 +210,7 @@ def test_audioldm_animatediff_cache_fakes_train_sample(tmp_path, dtype):
     assert not torch.allclose(v2a["guided"].audio_latents, v2a["independent"].audio_latents)
     with pytest.raises(ConfigError, match="2 prompts for 1 given video files"):
         sample_from_config(cfg, ["a", "b"], tmp_path / "x", given=("video", [given]))
-    with pytest.raises(ConfigError, match=r"given\.mp4: 4 frames; the model makes 2 frames"):
+    with pytest.raises(InputError, match=r"given\.mp4: more than 2 frames; the model makes 2"):
         short = replace(cfg, video=replace(cfg.video, options={**cfg.video.options,
                                                                 "num_frames": 2}))  # fmt: skip
         sample_from_config(short, None, tmp_path / "y", given=("video", [given]))

@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from mmdisco.cli import app
+from mmdisco.errors import InputError, MissingInputError
 from mmdisco.media import (
     MediaSpec,
     load_given,
@@ -55,14 +56,32 @@ def test_audio_within_half_a_frame_is_trimmed_or_padded_at_the_end(tmp_path):
     assert np.abs(short[-600:]).max() == 0.0  # the missing end is silence
 
 
-def test_audio_of_the_wrong_length_is_refused_naming_the_file(tmp_path):
-    path = save_wav(tmp_path / "clip.wav", _tone(1.5, 16000), 16000)
-    expected = (
-        r"clip\.wav: audio lasts 1\.500 s \(24000 samples at 16000 Hz\); the model makes "
-        r"2\.000 s clips \(32000 samples\)"
-    )
-    with pytest.raises(ValueError, match=expected):
+@pytest.mark.parametrize(("seconds", "rate", "lasts"), [
+    (1.5, 16000, "1.500 s (24000 samples at 16000 Hz)"),
+    (2.5, 44100, "2.500 s (40000 samples at 16000 Hz)"),  # counted at the model's rate
+    (600.0, 8000, "600.000 s (9600000 samples at 16000 Hz)"),  # refused from the header
+])  # fmt: skip
+def test_audio_of_the_wrong_length_is_refused_naming_the_file(tmp_path, seconds, rate, lasts):
+    path = save_wav(tmp_path / "clip.wav", np.zeros(round(seconds * rate), np.float32), rate)
+    with pytest.raises(InputError) as info:
         read_given_audio(path, SPEC)
+    assert str(info.value) == (
+        f"{path}: audio lasts {lasts}; the model makes 2.000 s clips (32000 samples)"
+    )
+
+
+def test_a_video_files_audio_track_of_the_wrong_length_is_refused(tmp_path):
+    """A long file's track is read only up to a second past the model's duration."""
+    path = write_mp4(tmp_path / "long.mp4", torch.zeros(3, 80, 16, 16), fps=8,
+                     audio=np.zeros(160000, np.float32), sample_rate=16000)  # fmt: skip
+    with pytest.raises(InputError) as info:
+        read_given_audio(path, SPEC)
+    assert str(info.value) == (
+        f"{path}: audio lasts more than 3.000 s; the model makes 2.000 s clips (32000 samples)"
+    )
+    silent = write_mp4(tmp_path / "silent.mp4", torch.zeros(3, 16, 16, 16), fps=8)
+    with pytest.raises(InputError, match=r"silent\.mp4: no audio track"):
+        read_given_audio(silent, SPEC)
 
 
 @pytest.fixture(scope="module")
@@ -88,19 +107,30 @@ def test_video_written_upscaled_reads_back_at_the_model_size(tmp_path, world_cli
     [
         (10, 16, 16, r"v\.mp4: 10 fps; the model makes 8 fps clips"),
         (8, 12, 16, r"v\.mp4: 12 frames; the model makes 16 frames \(2 s at 8 fps\)"),
+        (8, 40, 16, r"v\.mp4: more than 16 frames; the model makes 16 frames \(2 s at 8 fps\)"),
         (8, 16, 20, r"v\.mp4: frames of 20x20 pixels; the model makes 16x16 \(or an integer"),
     ],
 )
 def test_video_of_the_wrong_rate_length_or_size_is_refused(tmp_path, fps, frames, size, match):
     video = torch.zeros(3, frames, size, size)
     path = write_mp4(tmp_path / "v.mp4", video, fps=fps)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match):
         read_given_video(path, SPEC)
 
 
-def _message(output: str) -> str:
-    """The CLI's error text without the box rich draws around it, on one line."""
-    return " ".join(w for w in output.split() if w.strip("│╭╮╰╯─") == w)
+def test_missing_or_unreadable_given_files_are_named(tmp_path):
+    with pytest.raises(MissingInputError, match=r"nowhere\.mp4: no such file"):
+        read_given_video(tmp_path / "nowhere.mp4", SPEC)
+    with pytest.raises(MissingInputError, match=r"nowhere\.wav: no such file"):
+        load_given([tmp_path / "nowhere.wav"], "audio", SPEC)
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"not a video" * 10)
+    with pytest.raises(InputError, match=r"garbage\.mp4: cannot read video file"):
+        read_given_video(garbage, SPEC)
+    noise = tmp_path / "noise.wav"
+    noise.write_bytes(b"RIFF not a wav" * 10)
+    with pytest.raises(InputError, match=r"noise\.wav: cannot read audio file"):
+        read_given_audio(noise, SPEC)
 
 
 def _tiny_discriminator(path):
@@ -141,21 +171,26 @@ def test_sample_cli_generates_audio_for_given_videos(tmp_path, world_clips):
 
 
 @pytest.mark.parametrize(
-    ("extra", "match"),
+    ("extra", "message"),
     [
-        (["--given-audio", "b.wav"], "either --given-video"),
-        (["--n", "3"], "3 pairs but 1 --given-video files"),
-        (["--prompt", "a", "--prompt", "b"], "2 prompts but 1 --given-video files"),
-        (["--given-mode", "noisy"], "must be clean or renoise"),
+        (["--given-audio", "b.wav"], "--given-audio: give either --given-video (video-to-audio) "
+                                     "or --given-audio (audio-to-video), not both"),
+        (["--n", "3"], "--n: 3 pairs but 1 --given-video files; give one per file"),
+        (["--prompt", "a", "--prompt", "b"],
+         "--prompt: 2 prompts but 1 --given-video files; give one per file"),
+        (["--given-mode", "noisy"], "--given-mode: must be one of 'clean', 'renoise', got 'noisy'"),
+        (["--n", "0"], "--n: must be >= 1, got 0"),
+        ([], "{tmp}/a.mp4: no such file (--given-video)"),
     ],
-)
-def test_sample_cli_refuses_inconsistent_given_options(tmp_path, extra, match):
+)  # fmt: skip
+def test_sample_cli_refuses_inconsistent_given_options(tmp_path, extra, message):
+    """Refused in one line before any model is loaded (the files are checked last)."""
     result = CliRunner().invoke(
         app, ["sample", "--discriminator", "d", "--out", str(tmp_path), "--given-video",
-              "a.mp4", *extra],
+              str(tmp_path / "a.mp4"), *extra],
     )  # fmt: skip
     assert result.exit_code == 2
-    assert match in _message(result.output)
+    assert result.output == f"error: {message.format(tmp=tmp_path)}\n"
 
 
 def test_sample_cli_names_a_bad_given_file(tmp_path):
@@ -166,4 +201,6 @@ def test_sample_cli_names_a_bad_given_file(tmp_path):
               "--given-video", str(path)],
     )  # fmt: skip
     assert result.exit_code == 2
-    assert "short.mp4: 10 frames; the model makes 16 frames" in _message(result.output)
+    assert result.output == (
+        f"error: {path}: 10 frames; the model makes 16 frames (2 s at 8 fps)\n"
+    )

@@ -218,21 +218,22 @@ def read_mp4(
     Only ``[start, start + duration)`` seconds are decoded (the whole file by default), and
     at most ``max_frames`` frames; ``audio=False`` skips the audio track. ``downscale``
     averages ``k x k`` pixel blocks (the inverse of ``write_mp4``'s upscale). Raises
-    ``FileNotFoundError`` / ``ValueError`` naming ``path`` if it is missing, unreadable, has
+    :class:`~mmdisco.errors.MissingInputError` / :class:`~mmdisco.errors.InputError`
+    (a ``FileNotFoundError`` / ``ValueError``) naming ``path`` if it is missing, unreadable, has
     no video, or has no audio while ``require_audio``.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such video file: {path}")
+        raise MissingInputError(f"no such video file: {path}")
     end = None if duration is None else start + duration
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise ValueError(f"{path}: no video track")
+                raise InputError("no video track", str(path))
             vstream = container.streams.video[0]
             astream = container.streams.audio[0] if audio and container.streams.audio else None
             if astream is None and require_audio:
-                raise ValueError(f"{path}: no audio track")
+                raise InputError("no audio track", str(path))
             streams = [s for s in (vstream, astream) if s is not None]
             images, sounds = [], []
             for stream, t, frame in decode_frames(container, streams, start, end):
@@ -249,10 +250,10 @@ def read_mp4(
             samples = None if astream is None else place_audio(sounds, astream, start, duration)
             rate = 0 if astream is None else astream.codec_context.sample_rate
     except av.error.FFmpegError as err:
-        raise ValueError(f"cannot read video file {path}: {err}") from err
+        raise InputError(f"cannot read video file {path}: {err}") from err
     if not images:
-        raise ValueError(
-            f"{path}: video track has no frames" + (f" after {start} s" if start else "")
+        raise InputError(
+            "video track has no frames" + (f" after {start} s" if start else ""), str(path)
         )
     return MediaClip(frames=np.stack(images), fps=fps, audio=samples, sample_rate=rate)
 
@@ -389,11 +390,11 @@ def read_given_audio(path: str | os.PathLike, spec: MediaSpec) -> np.ndarray:
         seconds = len(audio) / rate if len(audio) < round(window * rate) else math.inf
     audio = resample_audio(np.asarray(audio), rate, spec.sample_rate)
     slack = round(spec.sample_rate / (2 * spec.fps))
-    samples = round(min(seconds, window) * spec.sample_rate)
-    if abs(samples - spec.num_samples) > slack:
+    samples = round(seconds * spec.sample_rate) if math.isfinite(seconds) else None
+    if samples is None or abs(samples - spec.num_samples) > slack:
         lasts = (
             f"more than {window:.3f} s"
-            if math.isinf(seconds)
+            if samples is None
             else f"{seconds:.3f} s ({samples} samples at {spec.sample_rate} Hz)"
         )
         raise InputError(
