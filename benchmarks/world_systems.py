@@ -14,12 +14,14 @@ which a rerun resumes, and copies the report, table and figure to
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
+from mmdisco.errors import check_int
 from mmdisco.io import atomic_path
 from mmdisco.world.systems import SystemsSettings, run_systems
 
@@ -38,10 +40,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
     settings = SystemsSettings.quick_settings() if args.quick else SystemsSettings()
     if args.seeds is not None:
-        settings.disc_seeds = tuple(range(args.seeds))
+        check_int("--seeds", args.seeds, 1)
+        settings = dataclasses.replace(settings, disc_seeds=tuple(range(args.seeds)))
+    torch.set_num_threads(check_int("--threads", args.threads, 1))
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         report = run_systems(work, settings)

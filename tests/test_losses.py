@@ -241,5 +241,5 @@ def test_clean_prob_zero_is_the_old_objective_and_dlsm_ignores_clean_rows() -> N
 
     out = _loss(constant, perfect(ra, SCHED_A), perfect(rv, SCHED_V), use_d=False, clean_prob=0.5)
     assert out.dlsm.item() < 1e-20
-    with pytest.raises(ValueError, match=r"clean_prob must lie in \[0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"clean_prob: must be >= 0.0 and <= 1.0, got 1.5"):
         _loss(disc, eps_a, eps_v, clean_prob=1.5)

@@ -75,3 +75,19 @@ def test_given_clips_come_back_valid_and_a_rerun_resumes(report, tmp_path):
     ]
     fakes_cost = {r["name"]: r["train_cpu_s"] for r in again["rows"]}
     assert fakes_cost == {r["name"]: r["train_cpu_s"] for r in rep["rows"]}  # recorded once
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("n_eval", 0, "n_eval: must be >= 1, got 0"),
+        ("scheduler", "euler-ish", "scheduler: must be one of 'default', "),
+        ("table_candidates", 9, "table_candidates: must be >= 1 and <= 8, got 9"),
+        ("disc_seeds", (), r"disc_seeds: must be a non-empty list of integers, got \(\)"),
+        ("disc_seeds", (0, -1), r"disc_seeds\[1\]: must be >= 0, got -1"),
+        ("clean_prob", float("nan"), "clean_prob: must be finite, got nan"),
+    ],
+)
+def test_settings_are_checked_before_any_work(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        SystemsSettings(**{field: value})

@@ -127,3 +127,15 @@ def test_train_base_cli_trains_a_cascade_model(tmp_path):
     assert WorldConditionalModel.from_pretrained(out).modality == "audio"
     bad = CliRunner().invoke(app, ["train-base", "--modality", "v2a", "--out", str(out)])
     assert bad.exit_code == 2 and all(k in bad.output for k in KINDS[:2])
+
+
+def test_fingerprints_tell_paired_models_apart_by_their_weights():
+    """Caches and runs made with a paired model record its weights (resuming with another
+    model is refused)."""
+    world = WorldConfig()
+    joint_a, joint_b = new_model("joint", world, seed=0), new_model("joint", world, seed=1)
+    assert joint_a.audio.fingerprint() != joint_b.audio.fingerprint()
+    assert joint_a.audio.fingerprint() != joint_a.video.fingerprint()
+    assert joint_a.audio.fingerprint() == new_model("joint", world, seed=0).audio.fingerprint()
+    v2a = [new_model("video-to-audio", world, seed=s).fingerprint() for s in (0, 1)]
+    assert v2a[0]["class"] == "WorldConditionalModel" and v2a[0] != v2a[1]

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmdisco.diffusion import LOG_SNR_LIMIT, NoiseSchedule, _broadcast
+from mmdisco.errors import check_float
 from mmdisco.guidance import DiscriminatorFn, discriminator_gradients
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
@@ -135,8 +136,7 @@ def mmdisco_loss(
     lo, hi = noise_range
     if not 0.0 <= lo < hi <= 1.0:
         raise ValueError(f"noise_range must satisfy 0 <= low < high <= 1, got {noise_range}")
-    if not 0.0 <= clean_prob <= 1.0:
-        raise ValueError(f"clean_prob must lie in [0, 1], got {clean_prob}")
+    check_float("clean_prob", clean_prob, 0.0, 1.0)
     if use_dlsm and (eps_audio is None or eps_video is None):
         raise ValueError("L_DLSM needs the base models: pass eps_audio and eps_video")
     for name, a, v in (("real", real_audio, real_video), ("fake", fake_audio, fake_video)):

@@ -146,6 +146,7 @@ class TrainConfig:
         if not (self.use_d or self.use_dlsm):
             raise InputError("use_d and use_dlsm are both false: there is nothing to train")
         self.noise_range = check_fraction_range("noise_range", self.noise_range)
+        self.clean_prob = check_float("clean_prob", self.clean_prob, 0.0, 1.0)
         check_choice("fake_pairing", self.fake_pairing, ("fixed", "shuffle"))
         if self.grad_clip is not None:
             self.grad_clip = check_float("grad_clip", self.grad_clip, 0.0, open_min=True)

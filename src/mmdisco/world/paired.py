@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from mmdisco.base_models.base import BaseModel
+from mmdisco.io import tensor_digest
 from mmdisco.world.models import (
     ASSETS_DIR,
     NETWORK_CONFIG,
@@ -167,6 +168,10 @@ class WorldJointModel(WorldNetwork):
     def latent_shapes(self) -> dict[str, tuple[int, ...]]:
         return latent_shapes(self.config)
 
+    def fingerprint(self) -> dict[str, Any]:
+        """Not a base model itself: its class and weights (each view adds its own part)."""
+        return {"class": type(self).__name__, "weights": tensor_digest(self.net.state_dict())}
+
     def predict_pair(
         self, audio_t: Tensor, video_t: Tensor, t_audio: Tensor, t_video: Tensor
     ) -> tuple[Tensor, Tensor]:
@@ -208,6 +213,9 @@ class JointView(BaseModel):
 
     def latent_shape(self) -> tuple[int, ...]:
         return self.joint.latent_shapes()[self.modality]
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {**super().fingerprint(), "joint": self.joint.fingerprint()}
 
     def predict(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         if not torch.is_tensor(cond):

@@ -39,10 +39,17 @@ from tqdm.auto import tqdm
 
 from mmdisco.demo import EVAL_SEED_OFFSET, HELD_OUT_SEED_OFFSET, REAL_SEED_OFFSET
 from mmdisco.demo import world_real_pairs as real_pairs
+from mmdisco.errors import check_bool, check_choice, check_float, check_int, check_ints
 from mmdisco.io import write_json_atomic, write_text_atomic
 from mmdisco.resampling import score_pairs, select, t0_log_snr
 from mmdisco.training.data import PairData, fake_pairs
-from mmdisco.training.fakes import SampleSettings, derive_seed, generate_fakes, sample_pairs
+from mmdisco.training.fakes import (
+    SCHEDULERS,
+    SampleSettings,
+    derive_seed,
+    generate_fakes,
+    sample_pairs,
+)
 from mmdisco.world.detectors import Detection, chance_levels, detect_audio, detect_video, summarize
 from mmdisco.world.generator import generate_clips
 from mmdisco.world.models import load_world_models
@@ -78,6 +85,17 @@ class SystemsSettings:
     models_dir: str | None = None  # world base models; None: the shipped ones
     paired_dir: str | None = None  # cascade and joint models; None: the shipped ones
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n_eval", "n_real", "n_fakes", "fake_steps", "sample_steps", "batch_size"):
+            check_int(name, getattr(self, name), 1)
+        check_choice("scheduler", self.scheduler, tuple(SCHEDULERS))
+        check_int("candidates", self.candidates, 1)
+        check_int("table_candidates", self.table_candidates, 1, self.candidates)
+        self.disc_seeds = check_ints("disc_seeds", self.disc_seeds, 0)
+        self.clean_prob = check_float("clean_prob", self.clean_prob, 0.0, 1.0)
+        check_bool("quick", self.quick)
+        check_int("seed", self.seed, 0)
 
     @classmethod
     def quick_settings(cls) -> SystemsSettings:
