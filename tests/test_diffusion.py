@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
@@ -15,6 +17,7 @@ from mmdisco.diffusion import (
     from_epsilon,
     prediction_type_of,
     schedule_from_scheduler_config,
+    seen_alpha,
     to_epsilon,
 )
 
@@ -227,11 +230,16 @@ def test_correction_relations_of_method_md(ptype: str) -> None:
     torch.testing.assert_close(got, change)
 
 
-def test_correction_is_dropped_at_pure_noise() -> None:
+def test_correction_at_pure_noise_divides_by_the_alpha_the_discriminator_sees() -> None:
+    """At alpha = 0 the discriminator is told log-SNR -LOG_SNR_LIMIT, i.e. alpha = sigma *
+    exp(-10); its gradient shrinks like that alpha, and the conversion divides by the same."""
     de = torch.ones(2, 3)
-    out = epsilon_delta_to_prediction(
-        de, torch.tensor([0.0, 0.5]), torch.tensor([1.0, 0.5]), "flow"
-    )
+    alpha, sigma = torch.tensor([0.0, 0.5]), torch.tensor([1.0, 0.5])
+    out = epsilon_delta_to_prediction(de, alpha, sigma, "flow")
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out[0], torch.zeros(3))
+    seen = math.exp(-LOG_SNR_LIMIT / 2)
+    torch.testing.assert_close(out[0], torch.full((3,), 1 / seen))
     torch.testing.assert_close(out[1], 2 * torch.ones(3))
+    # The floor is where the log-SNR clip starts: the schedule reports exactly -LOG_SNR_LIMIT.
+    lam = 2 * math.log(seen_alpha(alpha, sigma)[0].item() / sigma[0].item())
+    assert lam == pytest.approx(-LOG_SNR_LIMIT)

@@ -35,6 +35,7 @@ from mmdisco.cli import app
 from mmdisco.config import ConfigError, load_experiment
 from mmdisco.data import load_latent_cache
 from mmdisco.discriminator import Discriminator
+from mmdisco.errors import InputError
 from mmdisco.experiment import (
     ConfiguredModel,
     check_clip_spec,
@@ -43,7 +44,7 @@ from mmdisco.experiment import (
     make_sampler,
     sample_from_config,
 )
-from mmdisco.media import read_mp4, write_mp4
+from mmdisco.media import load_given, media_spec, read_mp4, write_mp4
 from mmdisco.training.fakes import load_fakes
 
 CAPTIONS = ["a dog barks", "hammer hits wood", "cat runs"]
@@ -197,6 +198,22 @@ def test_audioldm_animatediff_cache_fakes_train_sample(tmp_path, dtype):
     ind, gui = runs["independent"], runs["guided"]
     assert not torch.allclose(ind.audio_latents, gui.audio_latents)
     assert not torch.allclose(ind.video_latents, gui.video_latents)
+
+    # Video-to-audio through the config: the given clip is kept, one prompt per given file.
+    given = write_mp4(tmp_path / "given.mp4", torch.rand(3, 4, 16, 16) * 2 - 1, fps=8.0)
+    v2a = sample_from_config(cfg, ["a dog barks"], tmp_path / "v2a", progress=False,
+                             given=("video", [given]), given_mode="renoise")  # fmt: skip
+    audio_model, video_model = load_models(cfg)
+    media = load_given([given], "video", media_spec(audio_model, video_model))
+    expected = video_model.encode(media)
+    torch.testing.assert_close(v2a["guided"].video_latents, expected)
+    assert not torch.allclose(v2a["guided"].audio_latents, v2a["independent"].audio_latents)
+    with pytest.raises(ConfigError, match="2 prompts for 1 given video files"):
+        sample_from_config(cfg, ["a", "b"], tmp_path / "x", given=("video", [given]))
+    with pytest.raises(InputError, match=r"given\.mp4: more than 2 frames; the model makes 2"):
+        short = replace(cfg, video=replace(cfg.video, options={**cfg.video.options,
+                                                                "num_frames": 2}))  # fmt: skip
+        sample_from_config(short, None, tmp_path / "y", given=("video", [given]))
 
     # The config's sampler for discrete-time models, and clear errors naming the fields.
     audio, video = load_models(cfg)

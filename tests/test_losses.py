@@ -179,15 +179,18 @@ def test_batch_mismatch_raises() -> None:
         mmdisco_loss(TinyDisc(), ra, rv, fa, fv[:2], SCHED_A, SCHED_V, use_dlsm=False)
 
 
+def perfect(x0: Tensor, schedule: DiscreteSchedule):
+    """The base model that knows the clean batch ``x0``: it predicts the noise exactly."""
+
+    def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:
+        alpha, sigma = schedule.alpha_sigma(t)
+        return (x_t - alpha.double()[:, None] * x0) / sigma.double()[:, None]
+
+    return eps_fn
+
+
 def test_dlsm_zero_for_perfect_base_model_and_constant_h() -> None:
     ra, rv, _, _ = _data()
-
-    def perfect(x0: Tensor, schedule: DiscreteSchedule):
-        def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:
-            alpha, sigma = schedule.alpha_sigma(t)
-            return (x_t - alpha.double()[:, None] * x0) / sigma.double()[:, None]
-
-        return eps_fn
 
     bias = nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
 
@@ -200,3 +203,43 @@ def test_dlsm_zero_for_perfect_base_model_and_constant_h() -> None:
     off_a = perfect(ra, SCHED_A)
     out = _loss(constant, lambda x, t: off_a(x, t) + 0.5, perfect(rv, SCHED_V), use_d=False)
     torch.testing.assert_close(out.dlsm.item(), 0.25)
+
+
+def test_clean_prob_holds_one_modality_clean_at_the_log_snr_clip() -> None:
+    """With clean_prob = 1 every pair, real and fake, has exactly one modality as given: not
+    noised and told log-SNR +LOG_SNR_LIMIT; the other is noised as usual."""
+    from mmdisco.diffusion import LOG_SNR_LIMIT
+
+    ra, rv, fa, fv = _data(n=64)
+    seen: list[tuple[Tensor, ...]] = []
+
+    def disc(a: Tensor, v: Tensor, snr_a: Tensor, snr_v: Tensor) -> Tensor:
+        seen.append((a.detach(), v.detach(), snr_a, snr_v))
+        return (a.sum(1) + v.sum(1)) * 0.0
+
+    mmdisco_loss(disc, ra, rv, fa, fv, SCHED_A, SCHED_V, use_dlsm=False, clean_prob=1.0,
+                 generator=torch.Generator().manual_seed(0))  # fmt: skip
+    for (a, v, snr_a, snr_v), (x_a, x_v) in zip(seen, ((ra, rv), (fa, fv)), strict=True):
+        clean_a, clean_v = snr_a == LOG_SNR_LIMIT, snr_v == LOG_SNR_LIMIT
+        assert bool((clean_a ^ clean_v).all())  # exactly one side per pair
+        assert 10 < int(clean_a.sum()) < 54  # both sides, about half each
+        assert torch.equal(a[clean_a], x_a[clean_a]) and torch.equal(v[clean_v], x_v[clean_v])
+        assert (a[~clean_a] != x_a[~clean_a]).all() and (v[~clean_v] != x_v[~clean_v]).all()
+
+
+def test_clean_prob_zero_is_the_old_objective_and_dlsm_ignores_clean_rows() -> None:
+    disc = TinyDisc()
+    eps_a, eps_v = FrozenEps(3), FrozenEps(4)
+    base = _loss(disc, eps_a, eps_v)
+    same = _loss(disc, eps_a, eps_v, clean_prob=0.0)
+    torch.testing.assert_close(same.total, base.total)
+    # A perfect base model and a constant logit: every residual is zero, clean rows included.
+    ra, rv, _, _ = _data()
+
+    def constant(a, v, snr_a, snr_v, **cond):
+        return 0.0 * (a.sum(1) + v.sum(1))
+
+    out = _loss(constant, perfect(ra, SCHED_A), perfect(rv, SCHED_V), use_d=False, clean_prob=0.5)
+    assert out.dlsm.item() < 1e-20
+    with pytest.raises(ValueError, match=r"clean_prob: must be >= 0.0 and <= 1.0, got 1.5"):
+        _loss(disc, eps_a, eps_v, clean_prob=1.5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
 from mmdisco.base_models.base import BaseModel
-from mmdisco.diffusion import FlowSchedule, from_epsilon
+from mmdisco.diffusion import LOG_SNR_LIMIT, FlowSchedule, from_epsilon
 from mmdisco.sampling import GuidanceOptions, Stream, joint_sample
 
 STEPS = 8
@@ -288,7 +289,8 @@ def test_other_parameterisations_get_epsilon_consistent_corrections(ptype: str) 
 
 def test_flow_model_correction_is_delta_eps_over_one_minus_t() -> None:
     """Euler on a flow model with guidance: u_hat = u + d_eps / (1 - s), d_eps = -lambda s grad h;
-    at s = 1 (pure noise) the correction is undefined and dropped, so nothing becomes NaN."""
+    at s = 1 (pure noise) it divides by the alpha the discriminator is told (its log-SNR clip,
+    s * exp(-LOG_SNR_LIMIT / 2)), so nothing becomes NaN."""
     sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=100)
     sched_v = FlowMatchEulerDiscreteScheduler(num_train_timesteps=100)
     audio = Stream(UNetModel(tiny_unet2d(0, 2), sched, "audio"), sched, guidance_scale=1.5)
@@ -305,13 +307,13 @@ def test_flow_model_correction_is_delta_eps_over_one_minus_t() -> None:
     for i, t in enumerate(ref.timesteps):
         s, s_next = ref.sigmas[i], ref.sigmas[i + 1]
         u_a, u_v = audio.model.predict(a, t), video.model.predict(v, t)
-        if s < 1:
-            snr = flow.log_snr(t).expand(3)
-            with torch.enable_grad():
-                a_, v_ = a.clone().requires_grad_(), v.clone().requires_grad_()
-                g_a, g_v = torch.autograd.grad(disc(a_, v_, snr, snr).sum(), (a_, v_))
-            u_a = u_a - 1.5 * s * g_a / (1 - s)
-            u_v = u_v - 0.5 * s * g_v / (1 - s)
+        snr = flow.log_snr(t).expand(3)
+        with torch.enable_grad():
+            a_, v_ = a.clone().requires_grad_(), v.clone().requires_grad_()
+            g_a, g_v = torch.autograd.grad(disc(a_, v_, snr, snr).sum(), (a_, v_))
+        seen = max(1 - s, s * math.exp(-LOG_SNR_LIMIT / 2))
+        u_a = u_a - 1.5 * s * g_a / seen
+        u_v = u_v - 0.5 * s * g_v / seen
         a, v = a + (s_next - s) * u_a, v + (s_next - s) * u_v
     torch.testing.assert_close(a_out, a, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(v_out, v, rtol=1e-4, atol=1e-5)

@@ -189,6 +189,7 @@ def test_a_batch_too_large_for_the_machine_is_refused(tmp_path):
         ("steps", "100", "steps: must be an integer, got '100'"),
         ("grad_clip", 0.0, r"grad_clip: must be > 0\.0, got 0\.0"),
         ("use_dlsm", "no", "use_dlsm: must be true or false, got 'no'"),
+        ("clean_prob", 1.5, r"clean_prob: must be >= 0\.0 and <= 1\.0, got 1\.5"),
     ],
 )
 def test_train_config_numbers_are_checked(field, value, message):

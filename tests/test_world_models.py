@@ -200,7 +200,7 @@ def test_train_base_cli_is_reproducible_and_loadable(tmp_path):
 
 def test_training_callback_can_stop_early_and_matches_a_shorter_run(tmp_path):
     """With a constant rate after warmup, a run stopped at step N equals an N-step run."""
-    from mmdisco.world.models import TrainConfig, train_world_model
+    from mmdisco.world.train import TrainConfig, train_world_model
 
     cfg = TrainConfig(steps=4, batch_size=4, clips_per_chunk=16, warmup=2, decay=False)
     seen = []

@@ -168,6 +168,20 @@ class FlowSchedule(NoiseSchedule):
         return u.float() * self.num_train_timesteps
 
 
+class CleanSchedule(NoiseSchedule):
+    """No noise at all: ``alpha = 1``, ``sigma = 0``, log-SNR at ``+LOG_SNR_LIMIT``.
+
+    The noise level of a modality that is given clean in conditional generation (its one
+    timestep is 0): the discriminator sees it at the clip, and its correction is zero.
+    """
+
+    num_train_timesteps = 1
+
+    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        t = self.check_timesteps(t)
+        return torch.ones(t.shape, device=t.device), torch.zeros(t.shape, device=t.device)
+
+
 def schedule_from_scheduler_config(config: Mapping[str, Any]) -> NoiseSchedule:
     """Build the schedule a diffusers scheduler uses, from its ``config`` (a dict or FrozenDict).
 
@@ -282,8 +296,11 @@ def from_epsilon(
     return eps - x0  # flow
 
 
-ALPHA_MIN = 1e-4
-"""Below this alpha (pure noise) a correction cannot be expressed outside epsilon space."""
+def seen_alpha(alpha: Tensor, sigma: Tensor) -> Tensor:
+    """The alpha a discriminator is told about: ``alpha`` floored where the log-SNR it sees
+    is clipped at ``-LOG_SNR_LIMIT`` (``alpha >= sigma * exp(-LOG_SNR_LIMIT / 2)``, 4.5e-5 at
+    pure noise)."""
+    return torch.maximum(alpha, sigma * math.exp(-LOG_SNR_LIMIT / 2))
 
 
 def epsilon_delta_to_prediction(
@@ -295,15 +312,21 @@ def epsilon_delta_to_prediction(
     change is linear (METHOD.md): ``dv = de (a^2 + s^2) / a`` (``de / a`` for VP),
     ``dx0 = -s de / a`` and, on the flow path, ``du = de (a + s) / a = de / (1 - t)``.
     Adding it to the raw prediction avoids a round trip through ``x_0`` that divides by
-    ``alpha``. All of them diverge as ``alpha -> 0`` (pure noise, e.g. the first step of a
-    flow sampler); there the correction is dropped (set to zero) rather than made infinite.
+    ``alpha``.
+
+    The ``1 / alpha`` has a finite limit at pure noise (``alpha -> 0``: zero-terminal-SNR
+    schedules, the first step of a flow sampler): the optimal logit's input-gradient is
+    ``alpha / sigma^2 * (E[x0 | x_t, other] - E[x0 | x_t])``, so ``dx0`` tends to the shift of
+    the posterior mean by the other modality. The discriminator sees the log-SNR clipped at
+    ``-LOG_SNR_LIMIT``, so its gradient shrinks like the alpha it is told
+    (:func:`seen_alpha`), and dividing by that same alpha (never below 4.5e-5 of sigma) gives
+    the limit without amplifying rounding.
     """
     _check_prediction_type(prediction_type)
     if prediction_type == "epsilon":
         return delta_eps
     a, s = _broadcast(alpha, delta_eps), _broadcast(sigma, delta_eps)
-    safe = a >= ALPHA_MIN
-    inv_a = torch.where(safe, 1.0 / a.clamp_min(ALPHA_MIN), torch.zeros_like(a))
+    inv_a = 1.0 / seen_alpha(a, s)
     if prediction_type == "sample":
         return -s * inv_a * delta_eps
     if prediction_type == "v_prediction":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -682,11 +681,9 @@ def for_aac(audio: Tensor, rate: int) -> tuple[Tensor, int]:
     """A waveform at a rate an AAC track can carry (16 kHz when ``rate`` is not one)."""
     if rate in AAC_RATES:
         return audio, rate
-    from scipy.signal import resample_poly
+    from mmdisco.media import resample_audio
 
-    g = math.gcd(rate, 16000)
-    out = resample_poly(audio.cpu().numpy(), 16000 // g, rate // g, axis=-1)
-    return torch.from_numpy(out.astype("float32")), 16000
+    return torch.from_numpy(resample_audio(audio.cpu().numpy(), rate, 16000)), 16000
 
 
 def sample_from_config(
@@ -696,16 +693,34 @@ def sample_from_config(
     discriminator: str | Path | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    given: tuple[str, list[Path]] | None = None,
+    given_mode: str = "clean",
 ) -> dict[str, SampleRun]:
     """Joint samples with the trained discriminator ("guided") and without it
     ("independent") from the same seeds; writes ``{variant}-{i:03d}.mp4`` with sound.
 
     ``prompts`` default to the first ``sampling.batch_size`` captions of the real cache.
+    ``given = (modality, files)``: conditional generation of the other modality for each
+    file (checked by :func:`mmdisco.media.load_given`), one prompt per file (default: the
+    empty prompt); the files' clips enter the discriminator as ``given_mode`` says.
     """
     from mmdisco.demo import load_discriminator
+    from mmdisco.media import load_given, media_spec
 
     s = cfg.sampling
     audio, video = load_models(cfg, device)
+    given_latents = None
+    if given is not None:
+        modality, files = given
+        if prompts and len(prompts) != len(files):
+            raise ConfigError(f"{len(prompts)} prompts for {len(files)} given {modality} files")
+        prompts = list(prompts or [""] * len(files))
+        model = audio if modality == "audio" else video
+        media = load_given(files, modality, media_spec(audio, video))  # refuses naming the file
+        with torch.no_grad():
+            given_latents = torch.cat(
+                [model.encode(x.to(device)) for x in media.split(s.batch_size)]
+            )
     disc_dir = Path(discriminator or Path(cfg.output_dir) / DISCRIMINATOR_DIR)
     disc = load_discriminator(disc_dir, str(device)).eval()
     dcfg = disc_config_of(disc)
@@ -732,6 +747,10 @@ def sample_from_config(
                 )
                 for k, (model, modality) in enumerate(((audio, "audio"), (video, "video")))
             ]
+            if given is not None:
+                held = streams[0 if given[0] == "audio" else 1]
+                held.latents = given_latents[lo : lo + s.batch_size]
+                held.given = given_mode
             parts.append(
                 joint_sample(
                     *streams,

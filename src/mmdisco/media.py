@@ -10,6 +10,7 @@ decoder does not skip the priming itself.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import soundfile
 import torch
 from torch import Tensor
 
+from mmdisco.errors import InputError, MissingInputError, check_choice
 from mmdisco.io import atomic_path
 
 AAC_FRAME = 1024  # samples per AAC frame (used when the encoder does not say)
@@ -216,21 +218,22 @@ def read_mp4(
     Only ``[start, start + duration)`` seconds are decoded (the whole file by default), and
     at most ``max_frames`` frames; ``audio=False`` skips the audio track. ``downscale``
     averages ``k x k`` pixel blocks (the inverse of ``write_mp4``'s upscale). Raises
-    ``FileNotFoundError`` / ``ValueError`` naming ``path`` if it is missing, unreadable, has
+    :class:`~mmdisco.errors.MissingInputError` / :class:`~mmdisco.errors.InputError`
+    (a ``FileNotFoundError`` / ``ValueError``) naming ``path`` if it is missing, unreadable, has
     no video, or has no audio while ``require_audio``.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such video file: {path}")
+        raise MissingInputError(f"no such video file: {path}")
     end = None if duration is None else start + duration
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise ValueError(f"{path}: no video track")
+                raise InputError("no video track", str(path))
             vstream = container.streams.video[0]
             astream = container.streams.audio[0] if audio and container.streams.audio else None
             if astream is None and require_audio:
-                raise ValueError(f"{path}: no audio track")
+                raise InputError("no audio track", str(path))
             streams = [s for s in (vstream, astream) if s is not None]
             images, sounds = [], []
             for stream, t, frame in decode_frames(container, streams, start, end):
@@ -247,10 +250,10 @@ def read_mp4(
             samples = None if astream is None else place_audio(sounds, astream, start, duration)
             rate = 0 if astream is None else astream.codec_context.sample_rate
     except av.error.FFmpegError as err:
-        raise ValueError(f"cannot read video file {path}: {err}") from err
+        raise InputError(f"cannot read video file {path}: {err}") from err
     if not images:
-        raise ValueError(
-            f"{path}: video track has no frames" + (f" after {start} s" if start else "")
+        raise InputError(
+            "video track has no frames" + (f" after {start} s" if start else ""), str(path)
         )
     return MediaClip(frames=np.stack(images), fps=fps, audio=samples, sample_rate=rate)
 
@@ -288,3 +291,160 @@ def load_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     except (RuntimeError, soundfile.LibsndfileError) as err:
         raise ValueError(f"cannot read audio file {path}: {err}") from err
     return data.mean(1), int(rate)
+
+
+def resample_audio(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """Polyphase resampling along the last axis from ``rate`` to ``target`` Hz (float32)."""
+    if rate == target:
+        return audio.astype(np.float32)
+    from scipy.signal import resample_poly
+
+    g = math.gcd(rate, target)
+    return resample_poly(audio, target // g, rate // g, axis=-1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Given clips for conditional generation, checked against what the model expects
+# --------------------------------------------------------------------------------------------
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+
+
+@dataclass(frozen=True)
+class MediaSpec:
+    """The clips a pair of base models makes: the given clips of conditional generation are
+    checked against it (and resampled where that cannot misalign them)."""
+
+    sample_rate: int
+    num_samples: int
+    fps: float
+    num_frames: int
+    height: int
+    width: int
+
+    @property
+    def duration(self) -> float:
+        return self.num_samples / self.sample_rate
+
+
+def media_spec(audio_model: Any, video_model: Any) -> MediaSpec:
+    """The clips two base models make, from their ``sample_rate`` / ``num_samples`` (audio)
+    and ``fps`` / ``num_frames`` / ``height`` / ``width`` (video)."""
+    try:
+        return MediaSpec(
+            int(audio_model.sample_rate),
+            int(audio_model.num_samples),
+            float(video_model.fps),
+            int(video_model.num_frames),
+            int(video_model.height),
+            int(video_model.width),
+        )
+    except AttributeError as err:
+        raise InputError(f"cannot tell what clips these base models make: {err}") from None
+
+
+def _given_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"{path}: no such file")
+    return path
+
+
+def _video_info(path: Path) -> tuple[float, int, int]:
+    """A video file's frame rate, height and width, from its header (nothing decoded)."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputError("no video track", str(path))
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            return fps, stream.codec_context.height, stream.codec_context.width
+    except av.error.FFmpegError as err:
+        raise InputError(f"cannot read video file ({err})", str(path)) from err
+
+
+def read_given_audio(path: str | os.PathLike, spec: MediaSpec) -> np.ndarray:
+    """A given audio clip as ``(spec.num_samples,)`` float32 mono at ``spec.sample_rate``.
+
+    Audio files (wav, flac, ...) or the audio track of a video file. Another sample rate is
+    resampled. The clip must last the model's duration: up to half a video frame of codec
+    padding is trimmed or zero-padded at the end (the start, which alignment hangs on, is
+    never moved); anything longer or shorter is refused with a message naming the file.
+    Only the model's duration and a second more are read, however long the file.
+    """
+    path = _given_file(path)
+    window = spec.duration + 1.0
+    if path.suffix.lower() in AUDIO_SUFFIXES:
+        try:
+            info = soundfile.info(str(path))
+            data, rate = soundfile.read(
+                str(path), frames=math.ceil(window * info.samplerate), dtype="float32",
+                always_2d=True,
+            )  # fmt: skip
+        except (RuntimeError, soundfile.LibsndfileError) as err:
+            raise InputError(f"cannot read audio file ({err})", str(path)) from err
+        audio, seconds = data.mean(1), info.frames / info.samplerate
+    else:  # the track is read up to the window's end: longer only shows as reaching it
+        clip = read_mp4(path, duration=window, max_frames=1)
+        audio, rate = clip.audio, clip.sample_rate
+        seconds = len(audio) / rate if len(audio) < round(window * rate) else math.inf
+    audio = resample_audio(np.asarray(audio), rate, spec.sample_rate)
+    slack = round(spec.sample_rate / (2 * spec.fps))
+    samples = round(seconds * spec.sample_rate) if math.isfinite(seconds) else None
+    if samples is None or abs(samples - spec.num_samples) > slack:
+        lasts = (
+            f"more than {window:.3f} s"
+            if samples is None
+            else f"{seconds:.3f} s ({samples} samples at {spec.sample_rate} Hz)"
+        )
+        raise InputError(
+            f"audio lasts {lasts}; the model makes {spec.duration:.3f} s clips "
+            f"({spec.num_samples} samples)",
+            str(path),
+        )
+    return np.pad(audio, (0, max(0, spec.num_samples - len(audio))))[: spec.num_samples]
+
+
+def read_given_video(path: str | os.PathLike, spec: MediaSpec) -> np.ndarray:
+    """A given video clip as ``(num_frames, height, width, 3)`` uint8 frames.
+
+    The frame rate and the number of frames must be the model's (resampling time would move
+    the events the audio must follow); frames may be an integer multiple of the model's size
+    (as :func:`write_mp4` upscales) and are then block-averaged down. Anything else is refused
+    with a message naming the file and what was expected. At most one frame more than the
+    model's is decoded, however long the file.
+    """
+    path = _given_file(path)
+    fps, h, w = _video_info(path)
+    if abs(fps - spec.fps) > 1e-3:
+        raise InputError(
+            f"{fps:g} fps; the model makes {spec.fps:g} fps clips (re-encode at {spec.fps:g} fps)",
+            str(path),
+        )
+    k = h // spec.height
+    if k < 1 or (h, w) != (k * spec.height, k * spec.width):
+        raise InputError(
+            f"frames of {h}x{w} pixels; the model makes {spec.height}x{spec.width} "
+            "(or an integer multiple of it)",
+            str(path),
+        )
+    frames = read_mp4(
+        path, downscale=k, require_audio=False, audio=False, max_frames=spec.num_frames + 1
+    ).frames
+    if len(frames) != spec.num_frames:
+        got = f"more than {spec.num_frames}" if len(frames) > spec.num_frames else len(frames)
+        raise InputError(
+            f"{got} frames; the model makes {spec.num_frames} frames "
+            f"({spec.num_frames / spec.fps:g} s at {spec.fps:g} fps)",
+            str(path),
+        )
+    return frames
+
+
+def load_given(paths: list[Path], modality: str, spec: MediaSpec) -> Tensor:
+    """Given clips of ``modality`` as one batch: audio ``(N, L)`` float in [-1, 1], or video
+    ``(N, 3, F, H, W)`` float in [-1, 1]."""
+    check_choice("modality", modality, ("audio", "video"))
+    if modality == "audio":
+        return torch.from_numpy(np.stack([read_given_audio(p, spec) for p in paths]))
+    return torch.stack([frames_to_video(read_given_video(p, spec)) for p in paths])

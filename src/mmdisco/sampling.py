@@ -8,6 +8,14 @@ each modality's own diffusers sampling loop (tests/test_sampling.py checks DDPM,
 DPM-Solver++, UniPC and flow matching). Per step, guidance costs one discriminator forward
 and one backward to its inputs (two of each with ``cfg_on_discriminator``); schedules and
 scheduler-step arguments are built once per run.
+
+Conditional generation uses the same loop: a stream with ``given`` set is not sampled. Its
+``latents`` are the given clips (clean, in its model's space), which enter the discriminator
+either clean (``given="clean"``: log-SNR at the clip, :class:`~mmdisco.diffusion.CleanSchedule`;
+needs a discriminator trained with clean modalities, ``TrainConfig.clean_prob``) or noised
+afresh at every step to the level of its own scheduler's timestep (``given="renoise"``: the
+noise level the other modality has when both schedules match, as in training with shared
+timesteps; draws from the stream's ``generator``). Only the free modality is corrected.
 """
 
 from __future__ import annotations
@@ -25,9 +33,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mmdisco.base_models.base import BaseModel
-from mmdisco.diffusion import NoiseSchedule, epsilon_delta_to_prediction
-from mmdisco.errors import check_float, check_fraction_range, check_int
+from mmdisco.diffusion import CleanSchedule, NoiseSchedule, epsilon_delta_to_prediction
+from mmdisco.errors import InputError, check_choice, check_float, check_fraction_range, check_int
 from mmdisco.guidance import DiscriminatorFn, guidance_correction
+
+GIVEN_MODES = ("clean", "renoise")  # Stream.given, when a modality is given
+CLEAN = CleanSchedule()
 
 
 @dataclass
@@ -42,17 +53,26 @@ class Stream:
     guidance_scale: float = 1.0  # lambda: the weight of the discriminator term
     generator: torch.Generator | None = None
     # Initial noise, unit variance: scaled by the scheduler's init_noise_sigma as diffusers
-    # pipelines scale given latents. Drawn from ``generator`` when None.
+    # pipelines scale given latents. Drawn from ``generator`` when None. For a ``given``
+    # stream: the given clips, clean, used as they are.
     latents: Tensor | None = None
     disc_text: Tensor | None = None  # pooled text embedding for the discriminator
     disc_text_uncond: Tensor | None = None
+    given: str | None = None  # "clean" or "renoise": ``latents`` are given clips, not sampled
+
+    def __post_init__(self) -> None:
+        if self.given is not None:
+            check_choice("given", self.given, GIVEN_MODES)
 
     @property
     def uses_cfg(self) -> bool:
         return self.uncond is not None and self.cfg_scale != 1.0
 
-    def predict(self, x: Tensor, t: Tensor) -> Tensor:
-        out = self.model.predict(x, t, self.cond)
+    def predict(self, x: Tensor, t: Tensor, partner: Tensor | None = None) -> Tensor:
+        """The model's prediction with CFG; a view of a joint model (``model.joint``) takes
+        ``partner``, the other modality's current input, as its conditioning."""
+        cond = partner if _joint_of(self) is not None else self.cond
+        out = self.model.predict(x, t, cond)
         if self.uses_cfg:
             out_uncond = self.model.predict(x, t, self.uncond)
             out = out_uncond + self.cfg_scale * (out - out_uncond)
@@ -198,8 +218,9 @@ def joint_sample(
             f"the schedulers disagree on the number of steps ({len(steps_a)} for audio, "
             f"{len(steps_v)} for video); use schedulers that take {num_inference_steps} steps"
         )
-    a = _initial_latents(audio, batch_size)
-    v = _initial_latents(video, batch_size)
+    if audio.given and video.given:
+        raise InputError("both streams are given; one modality must be sampled")
+    a, v = _start(audio, batch_size), _start(video, batch_size)
     # Built once per run: schedules, prediction types and scheduler-step kwargs are constant.
     schedules = (audio.model.schedule, video.model.schedule)
     ptypes = (audio.model.prediction_type, video.model.prediction_type)
@@ -208,20 +229,24 @@ def joint_sample(
     steps = list(zip(steps_a, steps_v, strict=True))
     with _eval_mode(discriminator):
         for t_a, t_v in tqdm(steps, disable=not progress, desc="sampling"):
-            in_a = _model_input(audio.scheduler, a, t_a)
-            in_v = _model_input(video.scheduler, v, t_v)
-            out_a, out_v = audio.predict(in_a, t_a), video.predict(in_v, t_v)
-            guide_a = lo <= _noise_level(schedules[0], t_a) <= hi
-            guide_v = lo <= _noise_level(schedules[1], t_v) <= hi
+            (in_a, td_a, sd_a), (in_v, td_v, sd_v) = (
+                _inputs(audio, a, t_a, schedules[0]),
+                _inputs(video, v, t_v, schedules[1]),
+            )
+            out_a, out_v = _predict(audio, video, in_a, in_v, t_a, t_v)  # None: given
+            guide_a = out_a is not None and lo <= _noise_level(schedules[0], t_a) <= hi
+            guide_v = out_v is not None and lo <= _noise_level(schedules[1], t_v) <= hi
             if discriminator is not None and (guide_a or guide_v):
+                # The discriminator is told each modality's level: td_* on schedule sd_*.
                 delta_a, delta_v = _correction(
-                    discriminator, audio, video, in_a, in_v, t_a, t_v, options, True, schedules
-                )
+                    discriminator, audio, video, in_a, in_v, td_a, td_v, options, True,
+                    (sd_a, sd_v),
+                )  # fmt: skip
                 if options.cfg_on_discriminator:
                     # Same mixing as the base models' CFG, each modality with its own scale.
                     un_a, un_v = _correction(
-                        discriminator, audio, video, in_a, in_v, t_a, t_v, options, False,
-                        schedules,
+                        discriminator, audio, video, in_a, in_v, td_a, td_v, options, False,
+                        (sd_a, sd_v),
                     )  # fmt: skip
                     delta_a = un_a + audio.cfg_scale * (delta_a - un_a)
                     delta_v = un_v + video.cfg_scale * (delta_v - un_v)
@@ -229,9 +254,54 @@ def joint_sample(
                     out_a = _apply(schedules[0], ptypes[0], out_a, delta_a, t_a)
                 if guide_v:
                     out_v = _apply(schedules[1], ptypes[1], out_v, delta_v, t_v)
-            a = audio.scheduler.step(out_a, t_a, a, **step_kwargs[0]).prev_sample
-            v = video.scheduler.step(out_v, t_v, v, **step_kwargs[1]).prev_sample
+            if out_a is not None:
+                a = audio.scheduler.step(out_a, t_a, a, **step_kwargs[0]).prev_sample
+            if out_v is not None:
+                v = video.scheduler.step(out_v, t_v, v, **step_kwargs[1]).prev_sample
     return a, v
+
+
+def _joint_of(stream: Stream) -> Any:
+    """The joint model a stream's model is a view of (``model.joint``), or None."""
+    return getattr(stream.model, "joint", None)
+
+
+def _start(stream: Stream, batch_size: int) -> Tensor:
+    if not stream.given:
+        return _initial_latents(stream, batch_size)
+    if stream.latents is None or stream.latents.shape[0] != batch_size:
+        got = None if stream.latents is None else tuple(stream.latents.shape)
+        raise InputError(
+            f"a given {stream.model.modality} stream needs latents with {batch_size} rows "
+            f"(the given clips), got {got}"
+        )
+    return stream.latents
+
+
+def _inputs(
+    stream: Stream, x: Tensor, t: Tensor, schedule: NoiseSchedule
+) -> tuple[Tensor, Tensor, NoiseSchedule]:
+    """What the model and the discriminator see of a stream at one step: its input, and the
+    timestep and schedule that give its noise level."""
+    if stream.given == "clean":
+        return x, torch.zeros_like(torch.as_tensor(t)), CLEAN
+    if stream.given == "renoise":
+        noise = randn_tensor(x.shape, generator=stream.generator, device=x.device, dtype=x.dtype)
+        return schedule.add_noise(x, noise, torch.as_tensor(t, device=x.device)), t, schedule
+    return _model_input(stream.scheduler, x, t), t, schedule
+
+
+def _predict(
+    audio: Stream, video: Stream, in_a: Tensor, in_v: Tensor, t_a: Tensor, t_v: Tensor
+) -> tuple[Tensor | None, Tensor | None]:
+    """Both free streams' predictions (None for a given one). Two views of one joint model
+    (:class:`mmdisco.world.paired.WorldJointModel`) are run as one network call."""
+    joint = _joint_of(audio)
+    if joint is not None and joint is _joint_of(video) and not (audio.given or video.given):
+        return joint.predict_pair(in_a, in_v, t_a, t_v)
+    out_a = None if audio.given else audio.predict(in_a, t_a, partner=in_v)
+    out_v = None if video.given else video.predict(in_v, t_v, partner=in_a)
+    return out_a, out_v
 
 
 def _model_input(scheduler: SchedulerMixin, x: Tensor, t: Tensor) -> Tensor:

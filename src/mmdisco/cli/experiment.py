@@ -84,10 +84,15 @@ def sample_from_yaml(
     out: Path | None = None,
     discriminator: Path | None = None,
     prompts: list[str] | None = None,
+    given: tuple[str, list[Path]] | None = None,
+    given_mode: str = "clean",
 ) -> None:
     from mmdisco.experiment import sample_from_config
 
     cfg = load_config(config)
-    runs = sample_from_config(cfg, prompts or None, out, discriminator, process_device())
+    runs = sample_from_config(
+        cfg, prompts or None, out, discriminator, process_device(),
+        given=given, given_mode=given_mode,
+    )  # fmt: skip
     for run in runs.values():
         typer.echo("\n".join(str(p) for p in run.paths))

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from mmdisco.cli import app
-from mmdisco.errors import InputError, check_choice, check_int
+from mmdisco.errors import InputError, MissingInputError, check_choice, check_int
 from mmdisco.io import load_tensors, read_json
 
 AudioModelDir = Annotated[
@@ -197,7 +197,10 @@ def sample_cmd(
         Path | None, typer.Option(help="directory from Discriminator.save_pretrained")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="where the .mp4 files go")] = None,
-    n: Annotated[int, typer.Option(help="pairs per variant")] = 4,
+    n: Annotated[
+        int | None,
+        typer.Option(help="pairs per variant (default 4; with --given-*, one per given file)"),
+    ] = None,
     seed: Annotated[int, typer.Option(help="seed of every random draw")] = 0,
     num_inference_steps: Annotated[int, typer.Option("--steps", help="sampler steps")] = 25,
     scheduler: Annotated[
@@ -212,6 +215,27 @@ def sample_cmd(
     upscale: Annotated[int, typer.Option(help="pixel upscaling of the written video")] = 8,
     audio_model: AudioModelDir = None,
     video_model: VideoModelDir = None,
+    given_video: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="video-to-audio: a video file to generate audio for (repeatable); it must "
+            "have the video model's frame rate, frame count and frame size (or a multiple)"
+        ),
+    ] = None,
+    given_audio: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="audio-to-video: an audio (or video) file to generate video for "
+            "(repeatable); it must last the audio model's duration, any sample rate"
+        ),
+    ] = None,
+    given_mode: Annotated[
+        str,
+        typer.Option(
+            help="how given clips enter the discriminator: clean (needs one trained with "
+            "clean_prob > 0) or renoise (noised to the generated modality's level each step)"
+        ),
+    ] = "clean",
     config: Annotated[
         Path | None,
         typer.Option(help="experiment YAML (configs/*.yaml): real base models and data"),
@@ -221,27 +245,80 @@ def sample_cmd(
         typer.Option(help="with --config: a prompt (repeatable; default: real-cache captions)"),
     ] = None,
 ) -> None:
-    """Joint generation with the discriminator, and without it from the same seeds."""
+    """Joint generation with the discriminator, and without it from the same seeds; with
+    --given-video or --given-audio, generate the other modality for each given file."""
     from mmdisco.demo import load_discriminator, write_videos
     from mmdisco.training.fakes import SampleSettings, sample_pairs
 
+    given = _given_files(given_video, given_audio, given_mode, n, prompt)
     if config is not None:
         from mmdisco.cli.experiment import sample_from_yaml
 
-        return sample_from_yaml(config, out, discriminator, prompt)
+        return sample_from_yaml(config, out, discriminator, prompt, given, given_mode)
     _require(discriminator=discriminator, out=out)
     settings = SampleSettings(
         num_inference_steps, scheduler, guidance_scale_audio, guidance_scale_video
     )
-    check_int("n", n, 1)
     check_int("seed", seed, 0)
     check_int("upscale", upscale, 1)
-    out.mkdir(parents=True, exist_ok=True)
-    disc = load_discriminator(discriminator).eval()
     audio, video = load_base_models(audio_model, video_model)
+    given_latents = None if given is None else _encode_given(given, audio, video)
+    n = len(given[1]) if given is not None else (n or 4)
+    disc = load_discriminator(discriminator).eval()
+    out.mkdir(parents=True, exist_ok=True)
     for name, d in (("independent", None), ("guided", disc)):
         a, v = sample_pairs(
-            audio, video, n, seed, settings=settings, discriminator=d, progress=True
-        )
+            audio, video, n, seed, settings=settings, discriminator=d, given=given_latents,
+            given_mode=given_mode, progress=True,
+        )  # fmt: skip
         paths = write_videos(out, name, audio.decode(a), video.decode(v), range(n), upscale)
         typer.echo("\n".join(str(p) for p in paths))
+
+
+def _given_files(
+    given_video: list[Path] | None,
+    given_audio: list[Path] | None,
+    mode: str,
+    n: int | None,
+    prompts: list[str] | None,
+) -> tuple[str, list[Path]] | None:
+    """``(modality, files)`` of the given clips, checked against ``--n`` and ``--prompt``
+    (one pair and one prompt per file), before any model is loaded."""
+    if n is not None:
+        check_int("n", n, 1)
+    from mmdisco.sampling import GIVEN_MODES
+
+    check_choice("given_mode", mode, GIVEN_MODES)
+    if given_video and given_audio:
+        raise InputError(
+            "give either --given-video (video-to-audio) or --given-audio (audio-to-video), "
+            "not both",
+            "given_audio",
+        )
+    if not (given_video or given_audio):
+        return None
+    modality, files = ("video", given_video) if given_video else ("audio", given_audio)
+    for field, count in (("n", n), ("prompt", len(prompts) if prompts else None)):
+        if count is not None and count != len(files):
+            what = "pairs" if field == "n" else "prompts"
+            raise InputError(
+                f"{count} {what} but {len(files)} --given-{modality} files; give one per file",
+                field,
+            )
+    for path in files:
+        if not path.is_file():
+            raise MissingInputError(f"{path}: no such file (--given-{modality})")
+    return modality, files
+
+
+def _encode_given(given: tuple[str, list[Path]], audio, video):
+    """The given files, checked and resampled as :mod:`mmdisco.media` says (a bad file is
+    refused naming it), in their base model's space."""
+    import torch
+
+    from mmdisco.media import load_given, media_spec
+
+    modality, files = given
+    media = load_given(files, modality, media_spec(audio, video))
+    with torch.no_grad():
+        return modality, (audio if modality == "audio" else video).encode(media)

@@ -1,4 +1,5 @@
-"""`mmdisco train-base`: train one of the synthetic world's single-modal base models."""
+"""`mmdisco train-base`: train one of the synthetic world's models: a single-modal base model,
+a cascade's conditional model, or the joint model."""
 
 from __future__ import annotations
 
@@ -10,14 +11,20 @@ import typer
 
 from mmdisco.cli import app
 from mmdisco.errors import check_choice, check_int
-from mmdisco.world.models import TrainConfig
+from mmdisco.world.train import KINDS, TrainConfig
 
 _DEFAULTS = TrainConfig()
 
 
 @app.command("train-base")
 def train_base(
-    modality: Annotated[str, typer.Option(help="audio or video")],
+    modality: Annotated[
+        str,
+        typer.Option(
+            help="audio or video (base models), video-to-audio or audio-to-video (a cascade's "
+            "conditional model), or joint (one model of both, trained on pairs)"
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="output directory (config.json + model.safetensors)")],
     steps: Annotated[int, typer.Option(help="optimisation steps")] = _DEFAULTS.steps,
     seed: Annotated[
@@ -35,7 +42,8 @@ def train_base(
         int, typer.Option(help="torch CPU threads (1 is fastest for these small networks)")
     ] = 1,
 ) -> None:
-    """Train a world base model on its own modality only, on freshly generated world clips.
+    """Train a world model on freshly generated world clips: a base model on its own modality
+    only, or a conditional or joint model on pairs.
 
     Adam (warmup, then cosine decay), EMA of the weights, clean-clip (x0) loss on the
     1000-step cosine DDPM schedule with half of each batch at high noise; the EMA weights are
@@ -46,9 +54,9 @@ def train_base(
 
     import torch
 
-    from mmdisco.world.models import train_world_model
+    from mmdisco.world.train import train_world_model
 
-    check_choice("modality", modality, ("audio", "video"))
+    check_choice("modality", modality, KINDS)
     check_int("threads", threads, 1)
     cfg = dataclasses.replace(
         _DEFAULTS,
@@ -66,5 +74,6 @@ def train_base(
     )
     typer.echo(
         f"trained {modality} model ({model.num_parameters():,} parameters) in "
-        f"{time.perf_counter() - start:.0f} s; saved to {out}"
+        f"{time.perf_counter() - start:.0f} s ({model.config['training']['cpu_seconds']:.0f} "
+        f"CPU-s); saved to {out}"
     )

@@ -30,7 +30,6 @@ import av
 import cv2
 import numpy as np
 import torch
-from scipy.signal import resample_poly
 from torch import Tensor
 
 from mmdisco.errors import (
@@ -41,7 +40,7 @@ from mmdisco.errors import (
     check_float,
     check_int,
 )
-from mmdisco.media import decode_frames, place_audio
+from mmdisco.media import decode_frames, place_audio, resample_audio
 
 logger = logging.getLogger(__name__)
 
@@ -258,9 +257,7 @@ def read_clip(item: ClipItem, spec: ClipSpec, seed: int = 0) -> Clip:
     if len(audio) < need - round(0.05 * rate):  # allow 50 ms of trailing padding
         raise SkipClip(f"audio track too short ({(round(start * rate) + len(audio)) / rate:.2f} s)")
     audio = np.pad(audio, (0, max(0, need - len(audio))))
-    if rate != spec.sample_rate:
-        g = math.gcd(rate, spec.sample_rate)
-        audio = resample_poly(audio, spec.sample_rate // g, rate // g).astype(np.float32)
+    audio = resample_audio(audio, rate, spec.sample_rate)
     audio = np.pad(audio, (0, max(0, spec.num_samples - len(audio))))[: spec.num_samples]
     if not np.isfinite(audio).all():
         raise SkipClip("audio has NaN or infinite samples")

@@ -34,7 +34,7 @@ from mmdisco.errors import (
     check_int,
     check_memory,
 )
-from mmdisco.sampling import GuidanceOptions, Stream, joint_sample
+from mmdisco.sampling import GIVEN_MODES, GuidanceOptions, Stream, joint_sample
 from mmdisco.shards import ShardWriter, read_shards
 
 CACHE_FORMAT = "mmdisco-fakes/2"
@@ -95,13 +95,24 @@ def sample_pairs(
     batch_size: int = 64,
     prompts: Sequence[str] | None = None,
     disc_kwargs: dict[str, Any] | None = None,
+    given: tuple[str, Tensor] | None = None,
+    given_mode: str = "clean",
+    model_cond: tuple[str, Tensor] | None = None,
     progress: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """``n`` pairs of latents, batch ``b`` drawn from seeds derived from ``(seed, b)``.
 
     The initial noise and the sampler noise depend only on ``seed`` and the batch index, so
     sampling the same seed with and without ``discriminator`` compares like with like.
+    ``given = (modality, latents)`` (``n`` rows) generates only the other modality, the given
+    clips entering the discriminator as ``given_mode`` says (``Stream.given``); they are
+    returned unchanged in their slot. ``model_cond = (modality, cond)`` (``n`` rows) is that
+    modality's model's per-pair conditioning, e.g. the given video for a cascade's
+    video-to-audio model.
     """
+    if given is not None and given[1].shape[0] != n:
+        raise InputError(f"{n} pairs requested but {given[1].shape[0]} given {given[0]} clips")
+    check_choice("given_mode", given_mode, GIVEN_MODES)
     settings = settings or SampleSettings()
     check_int("n", n, 1)
     check_int("seed", seed, 0)
@@ -114,6 +125,13 @@ def sample_pairs(
             _stream(model, settings, derive_seed(seed, b, k), batch_prompts)
             for k, model in enumerate((audio_model, video_model))
         ]
+        if model_cond is not None:
+            stream = streams[0 if model_cond[0] == "audio" else 1]
+            stream.cond = model_cond[1][start : start + m].to(stream.model.device)
+        if given is not None:
+            stream = streams[0 if given[0] == "audio" else 1]
+            stream.latents = given[1][start : start + m].to(stream.model.device)
+            stream.given = given_mode
         if discriminator is not None:
             for stream, scale in zip(
                 streams, (settings.guidance_scale_audio, settings.guidance_scale_video), strict=True

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmdisco.diffusion import NoiseSchedule, _broadcast
+from mmdisco.diffusion import LOG_SNR_LIMIT, NoiseSchedule, _broadcast
+from mmdisco.errors import check_float
 from mmdisco.guidance import DiscriminatorFn, discriminator_gradients
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
@@ -72,6 +73,28 @@ def _noise(
     return schedule.add_noise(x0, noise, t), noise, t
 
 
+def _rows(mask: Tensor, like: Tensor) -> Tensor:
+    """A per-sample boolean mask ``(B,)`` shaped to broadcast against ``like`` ``(B, ...)``."""
+    return mask.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _hold_clean(
+    x0: Tensor, x_t: Tensor, log_snr: Tensor, clean: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """``x_t`` and its log-SNR with the ``clean`` rows replaced by ``x0`` at the clip."""
+    if clean is None:
+        return x_t, log_snr
+    x_t = torch.where(_rows(clean, x_t), x0, x_t)
+    return x_t, torch.where(clean, torch.full_like(log_snr, LOG_SNR_LIMIT), log_snr)
+
+
+def _zero_residual(
+    pred: Tensor, noise: Tensor, sigma: Tensor, clean: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Base prediction and sigma for which a clean row's L_DLSM residual is exactly zero."""
+    return torch.where(_rows(clean, pred), noise, pred), torch.where(clean, 0.0, sigma)
+
+
 def mmdisco_loss(
     disc: DiscriminatorFn,
     real_audio: Tensor,
@@ -88,6 +111,7 @@ def mmdisco_loss(
     use_dlsm: bool = True,
     shared_timesteps: bool = True,
     noise_range: tuple[float, float] = (0.0, 1.0),
+    clean_prob: float = 0.0,
     cond_real: Mapping[str, Any] | None = None,
     cond_fake: Mapping[str, Any] | None = None,
     generator: torch.Generator | None = None,
@@ -98,6 +122,12 @@ def mmdisco_loss(
     the paper), mapped onto each modality's own schedule, and independent noise. Noise
     levels are drawn uniformly from ``noise_range``, a sub-range of [0, 1] (fractions of the
     schedule, 1 = pure noise), e.g. to match a guidance window.
+
+    ``clean_prob``: the fraction of pairs (real and fake alike) in which one modality, audio
+    or video with equal odds, is held clean: not noised, and told log-SNR ``+LOG_SNR_LIMIT``,
+    as a given clip is in conditional generation (``Stream(given="clean")``). Its L_DLSM
+    residual is zero (there is no noise to predict); the other modality's residual then asks
+    for the conditional score ``grad log p(x_t | given)``.
     ``eps_audio`` / ``eps_video`` are the frozen base models in epsilon form; they are
     called under ``torch.no_grad()`` and are needed only when ``use_dlsm``.
     """
@@ -106,6 +136,7 @@ def mmdisco_loss(
     lo, hi = noise_range
     if not 0.0 <= lo < hi <= 1.0:
         raise ValueError(f"noise_range must satisfy 0 <= low < high <= 1, got {noise_range}")
+    check_float("clean_prob", clean_prob, 0.0, 1.0)
     if use_dlsm and (eps_audio is None or eps_video is None):
         raise ValueError("L_DLSM needs the base models: pass eps_audio and eps_video")
     for name, a, v in (("real", real_audio, real_video), ("fake", fake_audio, fake_video)):
@@ -122,11 +153,22 @@ def mmdisco_loss(
         u_a = draw()
         return u_a, (u_a if shared_timesteps else draw())
 
+    def held_clean(n: int) -> tuple[Tensor | None, Tensor | None]:
+        """Which pairs hold their audio / their video clean (None: no clean draws at all)."""
+        if clean_prob == 0.0:
+            return None, None
+        held = torch.rand(n, generator=generator, device=device) < clean_prob
+        audio_side = torch.rand(n, generator=generator, device=device) < 0.5
+        return held & audio_side, held & ~audio_side
+
     u_a, u_v = fractions(real_audio.shape[0])
     a_t, noise_a, t_a = _noise(real_audio, schedule_audio, u_a, generator)
     v_t, noise_v, t_v = _noise(real_video, schedule_video, u_v, generator)
     cond_real = dict(cond_real or {})
     snr_a, snr_v = schedule_audio.log_snr(t_a).to(device), schedule_video.log_snr(t_v).to(device)
+    clean_a, clean_v = held_clean(real_audio.shape[0])
+    a_t, snr_a = _hold_clean(real_audio, a_t, snr_a, clean_a)
+    v_t, snr_v = _hold_clean(real_video, v_t, snr_v, clean_v)
 
     zero = real_audio.new_zeros(())
     if use_dlsm:
@@ -136,6 +178,9 @@ def mmdisco_loss(
             pred_a, pred_v = eps_audio(a_t, t_a), eps_video(v_t, t_v)  # type: ignore[misc]
         sigma_a = schedule_audio.alpha_sigma(t_a)[1].to(device)
         sigma_v = schedule_video.alpha_sigma(t_v)[1].to(device)
+        if clean_a is not None and clean_v is not None:  # a clean modality: zero residual
+            pred_a, sigma_a = _zero_residual(pred_a, noise_a, sigma_a, clean_a)
+            pred_v, sigma_v = _zero_residual(pred_v, noise_v, sigma_v, clean_v)
         l_dlsm = dlsm_loss(
             out.grad_audio, out.grad_video, pred_a, pred_v, noise_a, noise_v, sigma_a, sigma_v
         )
@@ -149,6 +194,9 @@ def mmdisco_loss(
         fv_t, _, ft_v = _noise(fake_video, schedule_video, u_v, generator)
         snr_fa = schedule_audio.log_snr(ft_a).to(device)
         snr_fv = schedule_video.log_snr(ft_v).to(device)
+        clean_a, clean_v = held_clean(fake_audio.shape[0])
+        fa_t, snr_fa = _hold_clean(fake_audio, fa_t, snr_fa, clean_a)
+        fv_t, snr_fv = _hold_clean(fake_video, fv_t, snr_fv, clean_v)
         logits_fake = disc(fa_t, fv_t, snr_fa, snr_fv, **dict(cond_fake or {}))
         l_d = discriminator_loss(logits_real, logits_fake)
     else:

@@ -105,6 +105,9 @@ class TrainConfig:
     use_d: bool = True
     use_dlsm: bool = True
     shared_timesteps: bool = True
+    # Fraction of pairs with one modality held clean (log-SNR at the clip), so that the same
+    # discriminator also guides conditional generation with a clean given modality.
+    clean_prob: float = 0.0
     # Fractions of the noise schedule (1 = pure noise) training draws noise levels from; a
     # discriminator only needs to be right where it guides (GuidanceOptions.window).
     noise_range: tuple[float, float] = (0.0, 1.0)
@@ -143,6 +146,7 @@ class TrainConfig:
         if not (self.use_d or self.use_dlsm):
             raise InputError("use_d and use_dlsm are both false: there is nothing to train")
         self.noise_range = check_fraction_range("noise_range", self.noise_range)
+        self.clean_prob = check_float("clean_prob", self.clean_prob, 0.0, 1.0)
         check_choice("fake_pairing", self.fake_pairing, ("fixed", "shuffle"))
         if self.grad_clip is not None:
             self.grad_clip = check_float("grad_clip", self.grad_clip, 0.0, open_min=True)
@@ -571,6 +575,7 @@ def _micro_loss(
             use_dlsm=config.use_dlsm,
             shared_timesteps=config.shared_timesteps,
             noise_range=tuple(config.noise_range),
+            clean_prob=config.clean_prob,
             cond_real=cond_real,
             cond_fake=f.cond,
             generator=generator,

@@ -11,6 +11,7 @@ from mmdisco.world.detectors import (
     detect_video,
     evaluate,
     match_events,
+    summarize,
 )
 from mmdisco.world.generator import Clips, WorldConfig, generate_clips
 from mmdisco.world.models import WorldAudioModel, WorldVideoModel, load_world_models
@@ -29,4 +30,5 @@ __all__ = [
     "generate_clips",
     "load_world_models",
     "match_events",
+    "summarize",
 ]

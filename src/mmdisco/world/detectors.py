@@ -280,7 +280,21 @@ def evaluate(
     config = config or WorldConfig()
     if len(video) != len(audio):
         raise ValueError(f"video and audio batch sizes differ: {len(video)} vs {len(audio)}")
-    dv, da = detect_video(video, config), detect_audio(audio, config)
+    return summarize(detect_video(video, config), detect_audio(audio, config), config,
+                     reference_clips)  # fmt: skip
+
+
+def summarize(
+    dv: Sequence[Detection],
+    da: Sequence[Detection],
+    config: WorldConfig | None = None,
+    reference_clips: Clips | None = None,
+) -> dict[str, float]:
+    """:func:`evaluate`'s metrics from detections already made (``dv[i]`` and ``da[i]`` are
+    pair ``i``), e.g. for subsets of a scored pool of candidates."""
+    config = config or WorldConfig()
+    if len(dv) != len(da):
+        raise ValueError(f"{len(dv)} video detections but {len(da)} audio detections")
     n = max(len(dv), 1)
     if reference_clips is None:
         ref_cls, ref_ev = data_histograms(config)

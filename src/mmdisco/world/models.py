@@ -19,14 +19,15 @@ x0-thresholding to [-1, 1], ``lambda_min_clipped=-5.1``) or with the DDPM schedu
 ``scheduler_config`` (``clip_sample=True``).
 
 The shipped weights are ``mmdisco train-base --modality audio|video`` with its defaults
-(``TrainConfig`` in each ``config.json``), on one CPU thread.
+(:mod:`mmdisco.world.train`, ``TrainConfig`` in each ``config.json``), on one CPU thread.
+:mod:`mmdisco.world.paired` builds the models trained on pairs (the cascade's conditional
+models, the joint model) from the same parts.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,14 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmdisco.base_models.base import BaseModel
-from mmdisco.diffusion import from_epsilon
-from mmdisco.errors import (
-    InputError,
-    MissingInputError,
-    check_float,
-    check_fraction_range,
-    check_int,
-)
+from mmdisco.errors import InputError, MissingInputError
 from mmdisco.io import (
     load_tensors,
     read_json,
@@ -68,6 +62,7 @@ SCHEDULER_CONFIG: dict[str, Any] = {
     "clip_sample_range": 1.0,
     "variance_type": "fixed_small",
 }
+WORLD_FPS = 8.0  # WorldConfig().fps: the shipped configs predate an "fps" entry
 NETWORK_CONFIG: dict[str, Any] = {"num_tokens": 16, "width": 128, "depth": 6}
 
 
@@ -233,10 +228,65 @@ class MixerBlock(nn.Module):
         return x + gate2 * self.channel_mlp(h)
 
 
-class ClipMixer(nn.Module):
+def to_tokens(x: Tensor, num_tokens: int) -> Tensor:
+    """``(B, C, T, *rest)`` -> ``(B, num_tokens, C * T / num_tokens * prod(rest))``: the time
+    axis cut into ``num_tokens`` slices, each flattened into one token."""
+    b, c, length = x.shape[:3]
+    sliced = x.reshape(b, c, num_tokens, length // num_tokens, *x.shape[3:])
+    return sliced.movedim(2, 1).reshape(b, num_tokens, -1)
+
+
+def from_tokens(tokens: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
+    """Inverse of :func:`to_tokens` for a clip of ``shape`` (batch axis included)."""
+    b, c, length = shape[:3]
+    n = tokens.shape[1]
+    return tokens.reshape(b, n, c, length // n, *shape[3:]).movedim(1, 2).reshape(shape)
+
+
+def token_dim(shape: tuple[int, ...], num_tokens: int) -> int:
+    """Size of one token of a clip of ``shape`` (no batch axis) cut into ``num_tokens``."""
+    channels, length, *rest = shape
+    if length % num_tokens:
+        raise ValueError(f"time axis {length} is not a multiple of num_tokens={num_tokens}")
+    return channels * (length // num_tokens) * math.prod(rest)
+
+
+class MixerTrunk(nn.Module):
+    """The part of every world denoiser between tokens in and tokens out: learned positions,
+    the noise-level embedding, :class:`MixerBlock` s and an adaLN output norm.
+
+    Subclasses add their own token embeddings and output layers around :meth:`mix`; they call
+    :meth:`_build_trunk` between the two so that parameters are created (and drawn from the
+    seeded RNG) in the same order as the shipped weights were.
+    """
+
+    def _build_trunk(self, num_tokens: int, width: int, depth: int) -> None:
+        self.num_tokens, self.width = num_tokens, width
+        self.positions = nn.Parameter(torch.randn(num_tokens, width))
+        self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.blocks = nn.ModuleList(MixerBlock(width, num_tokens) for _ in range(depth))
+        self.out_norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.out_modulation = nn.Linear(width, 2 * width)
+
+    def mix(self, z: Tensor, t: Tensor) -> Tensor:
+        """Embedded tokens ``(B, num_tokens, width)`` at timesteps ``t`` -> output features."""
+        z = z + self.positions
+        emb = F.silu(self.time_mlp(timestep_embedding(t, self.width)))
+        for block in self.blocks:
+            z = block(z, emb)
+        scale, shift = self.out_modulation(emb)[:, None].chunk(2, -1)
+        return self.out_norm(z) * (1 + scale) + shift
+
+
+class ClipMixer(MixerTrunk):
     """Denoiser for one clip ``(B, C, T, *rest)``: the time axis is cut into ``num_tokens``
     slices (one per video frame), each slice flattened into a token, and the tokens run
     through :class:`MixerBlock` s; a linear layer maps every token back to its slice.
+
+    With ``cond_shape`` the network is conditional: a clean clip of that shape (the other
+    modality, for the cascade's video-to-audio model) is cut into the same number of slices
+    and each slice's embedding is added to the token of the same time, so a frame and the
+    audio heard with it meet in one token.
 
     Why mixing over time and not attention: the world's clips are a handful of whole-clip
     patterns (a class and a bounce or onset pattern), and where these are decided, at high
@@ -247,33 +297,37 @@ class ClipMixer(nn.Module):
     """
 
     def __init__(
-        self, latent_shape: tuple[int, ...], num_tokens: int = 16, width: int = 128, depth: int = 6
+        self,
+        latent_shape: tuple[int, ...],
+        num_tokens: int = 16,
+        width: int = 128,
+        depth: int = 6,
+        cond_shape: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
-        channels, length, *rest = latent_shape
-        if length % num_tokens:
-            raise ValueError(f"time axis {length} is not a multiple of num_tokens={num_tokens}")
-        self.latent_shape, self.num_tokens, self.width = tuple(latent_shape), num_tokens, width
-        token_dim = channels * (length // num_tokens) * math.prod(rest)
-        self.embed = nn.Linear(token_dim, width)
-        self.positions = nn.Parameter(torch.randn(num_tokens, width))
-        self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        self.blocks = nn.ModuleList(MixerBlock(width, num_tokens) for _ in range(depth))
-        self.out_norm = nn.LayerNorm(width, elementwise_affine=False)
-        self.out_modulation = nn.Linear(width, 2 * width)
-        self.out = nn.Linear(width, token_dim)
+        self.latent_shape = tuple(latent_shape)
+        dim = token_dim(self.latent_shape, num_tokens)
+        self.embed = nn.Linear(dim, width)
+        self._build_trunk(num_tokens, width, depth)
+        self.out = nn.Linear(width, dim)
+        self.cond_shape = None if cond_shape is None else tuple(cond_shape)
+        self.cond_embed = (
+            None if cond_shape is None else nn.Linear(token_dim(self.cond_shape, num_tokens), width)
+        )
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        b, c, length = x.shape[:3]
-        rest, n = x.shape[3:], self.num_tokens
-        tokens = x.reshape(b, c, n, length // n, *rest).movedim(2, 1).reshape(b, n, -1)
-        z = self.embed(tokens) + self.positions
-        emb = F.silu(self.time_mlp(timestep_embedding(t, self.width)))
-        for block in self.blocks:
-            z = block(z, emb)
-        scale, shift = self.out_modulation(emb)[:, None].chunk(2, -1)
-        y = self.out(self.out_norm(z) * (1 + scale) + shift)
-        return y.reshape(b, n, c, length // n, *rest).movedim(1, 2).reshape(x.shape)
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        z = self.embed(to_tokens(x, self.num_tokens))
+        if self.cond_embed is not None:
+            if cond is None or tuple(cond.shape) != (x.shape[0], *self.cond_shape):
+                got = None if cond is None else tuple(cond.shape)
+                raise ValueError(
+                    f"this ClipMixer is conditional: cond must have shape "
+                    f"({x.shape[0]}, {', '.join(map(str, self.cond_shape))}), got {got}"
+                )
+            z = z + self.cond_embed(to_tokens(cond, self.num_tokens))
+        elif cond is not None:
+            raise ValueError("this ClipMixer is unconditional; got a cond")
+        return from_tokens(self.out(self.mix(z, t)), x.shape)
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,41 +335,81 @@ class ClipMixer(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-class WorldDiffusionModel(BaseModel):
-    """Shared machinery of the two world models: a denoising network, its config and I/O.
+class PixelCodec:
+    """The video "codec" of the world models: pixels are the model space (checked, as float)."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = tuple(shape)
+
+    def encode(self, video: Tensor) -> Tensor:
+        if tuple(video.shape[1:]) != self.shape:
+            raise ValueError(
+                f"video must have shape (N, {', '.join(map(str, self.shape))}), "
+                f"got {tuple(video.shape)}"
+            )
+        return video.float()
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return latents.clamp(-1.0, 1.0)
+
+
+def media_config() -> dict[str, Any]:
+    """The default description of both modalities' spaces (``codec`` for audio, ``video``)."""
+    return {
+        "codec": asdict(SpectrogramConfig()),
+        "video": {"channels": 3, "num_frames": 16, "frame_size": 16},
+    }
+
+
+def latent_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Each modality's latent shape (no batch axis) described by a model config; a config
+    holds ``codec`` (audio), ``video`` or both."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    if "codec" in config:
+        codec = SpectrogramConfig(**config["codec"])
+        shapes["audio"] = (codec.n_bands, codec.n_frames)
+    if "video" in config:
+        v = config["video"]
+        shapes["video"] = (v["channels"], v["num_frames"], v["frame_size"], v["frame_size"])
+    return shapes
+
+
+def media_codecs(config: dict[str, Any]) -> dict[str, BandSpectrogram | PixelCodec]:
+    """Encoders/decoders between media and latents for the modalities ``config`` describes."""
+    codecs: dict[str, BandSpectrogram | PixelCodec] = {}
+    if "codec" in config:
+        codecs["audio"] = BandSpectrogram(SpectrogramConfig(**config["codec"]))
+    if "video" in config:
+        codecs["video"] = PixelCodec(latent_shapes(config)["video"])
+    return codecs
+
+
+class WorldNetwork:
+    """Shared machinery of every world model: one denoising network, its config and I/O.
 
     ``config`` is a JSON-able dict holding everything needed to rebuild the model
     (``network`` kwargs, the media description and the scheduler config); it is saved as
     ``config.json`` beside ``model.safetensors``.
     """
 
-    modality: ClassVar[str]
+    modality: str
 
     def __init__(self, config: dict[str, Any], net: nn.Module) -> None:
         self.config = config
         self.scheduler_config = dict(config.get("scheduler", SCHEDULER_CONFIG))
         self.net = net.eval().requires_grad_(False)
+        self.codecs = media_codecs(config)
 
     @classmethod
     def default_config(cls) -> dict[str, Any]:
         raise NotImplementedError
 
     @classmethod
-    def shape_from_config(cls, config: dict[str, Any]) -> tuple[int, ...]:
-        """The model's latent shape (no batch axis) as described by ``config``."""
+    def build_network(cls, config: dict[str, Any]) -> nn.Module:
         raise NotImplementedError
 
     @classmethod
-    def build_network(cls, config: dict[str, Any]) -> nn.Module:
-        return ClipMixer(cls.shape_from_config(config), **config["network"])
-
-    def latent_shape(self) -> tuple[int, ...]:
-        return self.shape_from_config(self.config)
-
-    @classmethod
-    def from_config(
-        cls, config: dict[str, Any] | None = None, seed: int = 0
-    ) -> WorldDiffusionModel:
+    def from_config(cls, config: dict[str, Any] | None = None, seed: int = 0) -> Any:
         """A freshly initialised model; the seed fixes the initial weights without touching
         the global RNG."""
         config = config or cls.default_config()
@@ -328,7 +422,7 @@ class WorldDiffusionModel(BaseModel):
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 
-    def to(self, device: str | torch.device) -> WorldDiffusionModel:
+    def to(self, device: str | torch.device) -> Any:
         self.net.to(device)
         return self
 
@@ -336,21 +430,15 @@ class WorldDiffusionModel(BaseModel):
         return sum(p.numel() for p in self.net.parameters())
 
     def fingerprint(self) -> dict[str, Any]:
+        """:meth:`BaseModel.fingerprint` with the weights' identity."""
         return {**super().fingerprint(), "weights": tensor_digest(self.net.state_dict())}
 
-    def predict(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
-        """The network's prediction in ``self.prediction_type`` (the clean clip, for the shipped
-        models; :func:`mmdisco.diffusion.to_epsilon` converts). ``t``: a scalar or (B,) tensor
-        of timesteps in [0, 1000)."""
-        if cond is not None:
-            raise ValueError(f"{type(self).__name__} is unconditional; got cond={cond!r}")
-        if tuple(x_t.shape[1:]) != self.latent_shape():
+    def _check_input(self, x: Tensor, shape: tuple[int, ...], name: str = "x_t") -> None:
+        if tuple(x.shape[1:]) != shape:
             raise ValueError(
-                f"{type(self).__name__}.predict expects x_t of shape (B, "
-                f"{', '.join(map(str, self.latent_shape()))}), got {tuple(x_t.shape)}"
+                f"{type(self).__name__}.predict expects {name} of shape (B, "
+                f"{', '.join(map(str, shape))}), got {tuple(x.shape)}"
             )
-        t = torch.as_tensor(t, device=x_t.device).float().reshape(-1).expand(x_t.shape[0])
-        return self.net(x_t, t)
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -370,9 +458,7 @@ class WorldDiffusionModel(BaseModel):
         return directory
 
     @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike, device: str | torch.device = "cpu"
-    ) -> WorldDiffusionModel:
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu"):
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (config_path, weights_path):
@@ -404,39 +490,73 @@ class WorldDiffusionModel(BaseModel):
         return cls(config, net).to(device)
 
 
-class WorldAudioModel(WorldDiffusionModel):
-    """Audio base model in the band-spectrogram space of :class:`BandSpectrogram`."""
+class WorldDiffusionModel(WorldNetwork, BaseModel):
+    """A world model of one modality as a frozen base model (:class:`BaseModel`)."""
 
-    modality = "audio"
-
-    def __init__(self, config: dict[str, Any], net: nn.Module) -> None:
-        super().__init__(config, net)
-        self.codec = BandSpectrogram(SpectrogramConfig(**config["codec"]))
+    modality: ClassVar[str]
 
     @classmethod
     def default_config(cls) -> dict[str, Any]:
+        media = media_config()
+        key = "codec" if cls.modality == "audio" else "video"
         return {
-            "codec": asdict(SpectrogramConfig()),
+            key: media[key],
             "network": dict(NETWORK_CONFIG),
             "scheduler": dict(SCHEDULER_CONFIG),
         }
 
     @classmethod
     def shape_from_config(cls, config: dict[str, Any]) -> tuple[int, ...]:
-        codec = SpectrogramConfig(**config["codec"])
-        return (codec.n_bands, codec.n_frames)
+        """The model's latent shape (no batch axis) as described by ``config``."""
+        return latent_shapes(config)[cls.modality]
+
+    @classmethod
+    def build_network(cls, config: dict[str, Any]) -> nn.Module:
+        return ClipMixer(cls.shape_from_config(config), **config["network"])
+
+    def latent_shape(self) -> tuple[int, ...]:
+        return self.shape_from_config(self.config)
+
+    def predict(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        """The network's prediction in ``self.prediction_type`` (the clean clip, for the shipped
+        models; :func:`mmdisco.diffusion.to_epsilon` converts). ``t``: a scalar or (B,) tensor
+        of timesteps in [0, 1000)."""
+        if cond is not None:
+            raise ValueError(f"{type(self).__name__} is unconditional; got cond={cond!r}")
+        self._check_input(x_t, self.latent_shape())
+        return self.net(x_t, batch_timesteps(t, x_t))
+
+    def encode(self, media: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Media -> latents through the modality's codec (deterministic: ``generator`` is
+        unused)."""
+        return self.codecs[self.modality].encode(media.to(self.device))
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return self.codecs[self.modality].decode(latents)
+
+
+def batch_timesteps(t: Tensor, x: Tensor) -> Tensor:
+    """A scalar or ``(B,)`` timestep as ``(B,)`` float on ``x``'s device."""
+    return torch.as_tensor(t, device=x.device).float().reshape(-1).expand(x.shape[0])
+
+
+class WorldAudioModel(WorldDiffusionModel):
+    """Audio base model in the band-spectrogram space of :class:`BandSpectrogram`:
+    ``encode`` takes (N, L) waveforms, ``decode`` gives 16 kHz waveforms in [-1, 1]."""
+
+    modality = "audio"
+
+    @property
+    def codec(self) -> BandSpectrogram:
+        return self.codecs["audio"]  # type: ignore[return-value]
 
     @property
     def sample_rate(self) -> int:
         return self.codec.config.sample_rate
 
-    def encode(self, media: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """(N, L) waveform -> (N, n_bands, n_frames) spectrogram (deterministic)."""
-        return self.codec.encode(media.to(self.device))
-
-    def decode(self, latents: Tensor) -> Tensor:
-        """(N, n_bands, n_frames) spectrogram -> (N, L) 16 kHz waveform in [-1, 1]."""
-        return self.codec.decode(latents)
+    @property
+    def num_samples(self) -> int:
+        return self.codec.config.num_samples
 
 
 class WorldVideoModel(WorldDiffusionModel):
@@ -444,35 +564,19 @@ class WorldVideoModel(WorldDiffusionModel):
 
     modality = "video"
 
-    @classmethod
-    def default_config(cls) -> dict[str, Any]:
-        return {
-            "video": {"channels": 3, "num_frames": 16, "frame_size": 16},
-            "network": dict(NETWORK_CONFIG),
-            "scheduler": dict(SCHEDULER_CONFIG),
-        }
+    @property
+    def num_frames(self) -> int:
+        return self.config["video"]["num_frames"]
 
-    @classmethod
-    def shape_from_config(cls, config: dict[str, Any]) -> tuple[int, ...]:
-        v = config["video"]
-        return (v["channels"], v["num_frames"], v["frame_size"], v["frame_size"])
+    @property
+    def height(self) -> int:
+        return self.config["video"]["frame_size"]
+
+    width = height
 
     @property
     def fps(self) -> float:
-        from mmdisco.world.generator import WorldConfig
-
-        return float(WorldConfig().fps)
-
-    def encode(self, media: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        if tuple(media.shape[1:]) != self.latent_shape():
-            raise ValueError(
-                f"video must have shape (N, {', '.join(map(str, self.latent_shape()))}), "
-                f"got {tuple(media.shape)}"
-            )
-        return media.to(self.device).float()
-
-    def decode(self, latents: Tensor) -> Tensor:
-        return latents.clamp(-1.0, 1.0)
+        return float(self.config["video"].get("fps", WORLD_FPS))
 
 
 MODEL_CLASSES: dict[str, type[WorldDiffusionModel]] = {
@@ -492,168 +596,8 @@ def load_world_models(
 
 
 # --------------------------------------------------------------------------------------------
-# Training and sampling
+# Sampling
 # --------------------------------------------------------------------------------------------
-
-DATA_SEED_OFFSET = 1_000_003  # training data seeds stay clear of small evaluation seeds
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Settings of :func:`train_world_model` (saved in the checkpoint's config.json)."""
-
-    steps: int = 6000
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup: int = 100
-    decay: bool = True  # cosine decay to 0.1 * lr over ``steps``; off: constant after warmup
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    clips_per_chunk: int = 1024
-    passes_per_chunk: int = 2
-    # Half of every batch draws t uniformly from this fraction of [0, T): the high-noise range
-    # where a clip's class and events are decided, which uniform t visits too rarely.
-    t_focus: tuple[float, float] | None = (0.6, 0.95)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "clips_per_chunk", "passes_per_chunk"):
-            check_int(name, getattr(self, name), 1)
-        check_int("warmup", self.warmup, 0)
-        check_int("seed", self.seed, 0)
-        check_float("lr", self.lr, 0.0, open_min=True)
-        check_float("ema_decay", self.ema_decay, 0.0, 1.0, open_max=True)
-        check_float("grad_clip", self.grad_clip, 0.0, open_min=True)
-        if self.t_focus is not None:
-            check_fraction_range("t_focus", self.t_focus)
-
-
-def _sample_timesteps(
-    n: int, num_steps: int, focus: tuple[float, float] | None, gen: torch.Generator
-) -> Tensor:
-    """``n`` training timesteps: uniform, or half uniform and half uniform in ``focus``."""
-    t = torch.randint(0, num_steps, (n,), generator=gen)
-    if focus is not None:
-        lo, hi = round(focus[0] * num_steps), round(focus[1] * num_steps)
-        focused = torch.randint(lo, hi, (n,), generator=gen)
-        t = torch.where(torch.arange(n) % 2 == 1, focused, t)
-    return t
-
-
-def _world_batches(model: WorldDiffusionModel, cfg: TrainConfig, world_config: Any):
-    """Endless minibatches in the model's space from freshly generated world clips.
-
-    Chunk ``i`` is ``generate_clips(clips_per_chunk, seed=DATA_SEED_OFFSET + 1000 * seed + i)``,
-    encoded once and visited ``passes_per_chunk`` times in seeded random order.
-    """
-    from mmdisco.world.generator import generate_clips
-
-    gen = torch.Generator().manual_seed(cfg.seed)
-    chunk = 0
-    while True:
-        clips = generate_clips(
-            cfg.clips_per_chunk,
-            seed=DATA_SEED_OFFSET + 1000 * cfg.seed + chunk,
-            config=world_config,
-        )
-        media = clips.audio if model.modality == "audio" else clips.video
-        with torch.no_grad():
-            data = model.encode(media).cpu()
-        for _ in range(cfg.passes_per_chunk):
-            order = torch.randperm(len(data), generator=gen)
-            for start in range(0, len(data) - cfg.batch_size + 1, cfg.batch_size):
-                yield data[order[start : start + cfg.batch_size]]
-        chunk += 1
-
-
-def train_world_model(
-    modality: str,
-    cfg: TrainConfig | None = None,
-    out_dir: str | os.PathLike | None = None,
-    world_config: Any = None,
-    progress: bool = True,
-    callback: Callable[[int, WorldDiffusionModel], bool] | None = None,
-    callback_every: int = 250,
-    weights_dtype: torch.dtype | None = None,
-) -> WorldDiffusionModel:
-    """Train one world base model on its own modality with the DDPM loss on the
-    scheduler's ``prediction_type`` (the clean clip for the defaults).
-
-    Adam with linear warmup then a constant rate (or cosine decay if ``cfg.decay``),
-    gradient clipping, and an EMA of the weights (the EMA is what is returned and saved).
-    Every randomness (initial weights, data, t, noise) derives from ``cfg.seed``, so the same
-    seed gives the same weights on one machine; with a constant rate the first N steps of a
-    longer run are exactly an N-step run, so a run stopped early is still reproducible.
-
-    ``callback(step, ema_model)`` runs every ``callback_every`` steps (e.g. to measure
-    sample validity); returning True stops training there, recorded as ``training.steps``.
-    """
-    from tqdm.auto import tqdm
-
-    from mmdisco.world.generator import WorldConfig
-
-    if modality not in MODEL_CLASSES:
-        raise ValueError(f"modality must be one of {sorted(MODEL_CLASSES)}, got {modality!r}")
-    cfg = cfg or TrainConfig()
-    world_config = world_config or WorldConfig()
-    cls = MODEL_CLASSES[modality]
-    config = cls.default_config()
-    if modality == "audio":
-        config["codec"].update(
-            sample_rate=world_config.sample_rate,
-            num_samples=world_config.num_samples,
-        )
-    else:
-        config["video"].update(
-            num_frames=world_config.num_frames, frame_size=world_config.frame_size
-        )
-    config["training"] = asdict(cfg)
-    model = cls.from_config(config, seed=cfg.seed)
-    net = model.net.train().requires_grad_(True)
-    ema = cls.build_network(config).eval().requires_grad_(False)
-    ema.load_state_dict(net.state_dict())
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup:
-            return (step + 1) / cfg.warmup
-        if not cfg.decay:
-            return 1.0
-        frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    alphas_cumprod = model.schedule.alphas_cumprod.float()
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    batches = _world_batches(model, cfg, world_config)
-    bar = tqdm(range(cfg.steps), desc=f"train-base {modality}", disable=not progress)
-    for step in bar:
-        x0 = next(batches)
-        t = _sample_timesteps(len(x0), len(alphas_cumprod), cfg.t_focus, gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        abar = alphas_cumprod[t].reshape(-1, *[1] * (x0.ndim - 1))
-        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-        target = from_epsilon(noise, x_t, abar.sqrt(), (1 - abar).sqrt(), model.prediction_type)
-        loss = F.mse_loss(net(x_t, t.float()), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), net.parameters(), strict=True):
-                p_ema.lerp_(p, 1 - decay)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        due = callback is not None and (step + 1) % callback_every == 0
-        if due and callback(step + 1, cls(config, ema)):
-            config["training"]["steps"] = step + 1
-            break
-    trained = cls(config, ema)
-    if out_dir is not None:
-        trained.save_pretrained(out_dir, dtype=weights_dtype)
-    return trained
 
 
 @torch.no_grad()
