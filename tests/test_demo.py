@@ -57,7 +57,8 @@ def test_quick_demo_writes_a_complete_report(tmp_path):
 
 
 def test_pooled_discriminator_round_trip_and_spread_gradient(tmp_path):
-    from mmdisco.demo import SummedDiscriminators, build_discriminator, load_discriminator
+    from mmdisco.demo import build_discriminator
+    from mmdisco.discriminator import SummedDiscriminators, load_discriminator
     from mmdisco.guidance import discriminator_gradients
 
     disc = build_discriminator(

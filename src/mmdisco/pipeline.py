@@ -4,8 +4,8 @@ A pipeline folder holds ``model_index.json`` and the discriminator::
 
     model_index.json     the two base models (adapter, path, CFG scale, dtype, options, as in a
                          YAML preset), the discriminator's folder and the sampling defaults
-    discriminator/       whatever :func:`mmdisco.demo.load_discriminator` reads (config.json +
-                         model.safetensors, or several such parts)
+    discriminator/       whatever :func:`mmdisco.discriminator.load_discriminator` reads
+                         (config.json + model.safetensors, or several such parts)
 
 The base models are frozen and published elsewhere, so the index *names* them (a Hugging Face
 repo id or a local folder, relative to the pipeline folder when it lies beside it) and
@@ -131,7 +131,7 @@ class MMDisCoPipeline:
         cls, path: str | os.PathLike, device: str | torch.device = "cpu"
     ) -> MMDisCoPipeline:
         """Load the pipeline folder ``path`` (see the module docstring)."""
-        from mmdisco.demo import load_discriminator
+        from mmdisco.discriminator import load_discriminator
 
         folder = Path(path)
         config = read_index(folder)
@@ -157,7 +157,7 @@ class MMDisCoPipeline:
         """A pipeline from a YAML preset (``configs/*.yaml``) and its trained discriminator
         (default: ``output_dir/discriminator``); ``save_pretrained`` then writes the folder."""
         from mmdisco.config import load_experiment
-        from mmdisco.demo import load_discriminator
+        from mmdisco.discriminator import load_discriminator
         from mmdisco.experiment import DISCRIMINATOR_DIR as TRAINED_DIR
         from mmdisco.experiment import load_model
 

@@ -157,8 +157,9 @@ def train_world_discriminator(
     video needs a video scale: 100. ``fake_pairing="fixed"`` for fakes whose pairs are
     dependent (a joint model's samples).
     """
-    from mmdisco.demo import DemoSettings, SummedDiscriminators, build_discriminator
-    from mmdisco.demo import load_discriminator as load
+    from mmdisco.demo import DemoSettings, build_discriminator
+    from mmdisco.discriminator import SummedDiscriminators
+    from mmdisco.discriminator import load_discriminator as load
     from mmdisco.training.trainer import train_discriminator
 
     demo = DemoSettings.quick() if quick else DemoSettings()
