@@ -51,7 +51,8 @@ class DemoSettings:
 
     n_real: int = 2048
     n_real_eval: int = 256
-    n_fakes: int = 512  # re-paired every step (fake_pairing="shuffle"): 512^2 fake pairs
+    n_fakes: int = 1024  # re-paired every step (fake_pairing="shuffle"): 1024^2 fake pairs
+    n_fakes_eval: int = 256  # more fakes, held out for the calibration report
     # Fakes come from the sampler the comparison uses, so the discriminator learns the
     # ratio to the very distribution it corrects.
     fake_steps: int = 25
@@ -66,14 +67,45 @@ class DemoSettings:
     # the video. Far above the theoretical 1: the discriminator is under-confident at high
     # noise. (Time-aligned head, 96 pairs: audio 300 / video 0 gave temporal 0.92, audio 30
     # / video 30 gave 0.62.)
-    guidance_scale_audio: float = 300.0
-    guidance_scale_video: float = 0.0
+    # The scales of the theory (METHOD.md): with a discriminator that is the density ratio,
+    # scale 1 on both modalities samples the joint. (The network heads below needed audio
+    # 300 / video 0; docs/training_the_discriminator.md.)
+    guidance_scale_audio: float = 1.0
+    guidance_scale_video: float = 1.0
     # Guide only while t / T lies in this range (Discriminator Guidance's window), the range
     # the discriminator is trained on (train.noise_range): class and event times are decided
     # at high noise, and the last steps, which set the detail the detectors check, run
     # unguided.
-    guidance_window: tuple[float, float] = (0.5, 1.0)
-    heads: tuple[str, ...] = HEADS
+    guidance_window: tuple[float, float] = (0.0, 1.0)
+    # The demo's discriminator: one CodebookDiscriminator (mmdisco.discriminator.codebook),
+    # anchors by k-means of real and fake clips, coupling counted from the real pairs, then
+    # trained with L_D + L_DLSM (codebook_train), L_DLSM read from a bank of
+    # ``bank_noisings`` noisings per real pair.
+    codebook_codes: int = 320
+    codebook_video_pool: int = 1
+    bank_noisings: int = 2
+    codebook_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=200,
+            batch_size=128,
+            lr=2e-3,
+            lr_schedule="cosine",
+            # L_DLSM is a mean over elements, L_D over samples: weight ~ elements per audio
+            # sample (2048) balances them, as the paper's per-sample squared norm does.
+            dlsm_weight=2048.0,
+            dlsm_batch_size=32,
+            fake_pairing="shuffle",
+            noise_range=(0.6, 1.0),
+            checkpoint_every=100,
+            log_every=20,
+        )
+    )
+    exact_row: bool = True  # also sample with the world's exact ratio: the method's ceiling
+    calibration: bool = True  # calibrate every discriminator against the exact ratio
+    # Network discriminators (mmdisco.discriminator.Discriminator) with these fusion heads,
+    # trained with ``train`` / ``head_train`` below: none by default (the earlier demo's
+    # recipe, kept for comparison and for the systems benchmark).
+    heads: tuple[str, ...] = ()
     # Also sample with the sum of the mlp and time_aligned logits (a product of the two
     # ratio estimates): see run_demo.
     combine_heads: bool = True
@@ -120,8 +152,9 @@ class DemoSettings:
     models_dir: str | None = None  # world base models; None: the shipped ones
 
     def __post_init__(self) -> None:
-        counts = ("n_real", "n_real_eval", "n_fakes", "fake_steps", "n_eval", "sample_steps",
-                  "upscale")  # fmt: skip
+        counts = ("n_real", "n_real_eval", "n_fakes", "n_fakes_eval", "fake_steps", "n_eval",
+                  "sample_steps", "upscale", "codebook_codes", "codebook_video_pool",
+                  "bank_noisings")  # fmt: skip
         for name in counts:
             check_int(name, getattr(self, name), 1)
         check_int("n_videos", self.n_videos, 0)
@@ -142,6 +175,7 @@ class DemoSettings:
             n_real=32,
             n_real_eval=16,
             n_fakes=16,
+            n_fakes_eval=8,
             fake_steps=3,
             n_eval=8,
             sample_steps=3,
@@ -154,6 +188,18 @@ class DemoSettings:
                 log_every=3,
             ),
             head_train={"mlp": {"noise_range": (0.0, 1.0)}},
+            codebook_codes=8,
+            bank_noisings=1,
+            codebook_train=TrainConfig(
+                steps=4,
+                batch_size=8,
+                dlsm_weight=2048.0,
+                dlsm_batch_size=4,
+                fake_pairing="shuffle",
+                noise_range=(0.6, 1.0),
+                checkpoint_every=2,
+                log_every=2,
+            ),
             n_videos=1,
             upscale=2,
         )
@@ -175,6 +221,7 @@ class DemoSettings:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["train"] = self.train.to_dict()
+        d["codebook_train"] = self.codebook_train.to_dict()
         return d
 
 
@@ -203,6 +250,74 @@ def build_discriminator(
     if video_pool == audio_pool == 1:
         return disc
     return PooledDiscriminator(disc, video_pool, audio_pool)
+
+
+def train_codebook(
+    out: Path,
+    audio_model: Any,
+    video_model: Any,
+    real: PairData,
+    fake: PairData,
+    settings: DemoSettings,
+    progress: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The demo's discriminator: anchors, coupling, then L_D + L_DLSM from a noise bank.
+    Saved to ``out/disc_codebook/discriminator``; returns it and a training summary."""
+    from mmdisco.discriminator.codebook import CodebookConfig, CodebookDiscriminator
+    from mmdisco.training.bank import build_noise_bank, load_noise_bank
+
+    start = time.perf_counter()
+    train = settings.codebook_train
+    config = CodebookConfig(
+        audio_model.latent_shape(),
+        video_model.latent_shape(),
+        settings.codebook_codes,
+        settings.codebook_codes,
+        video_pool=settings.codebook_video_pool,
+    )
+    both_audio, both_video = (
+        torch.cat([real.audio, fake.audio]),
+        torch.cat([real.video, fake.video]),
+    )
+    disc = CodebookDiscriminator.from_samples(config, both_audio, both_video, seed=settings.seed)
+    disc.couple(real.audio, real.video)
+    init = time.perf_counter()
+    bank = None
+    if train.use_dlsm:
+        build_noise_bank(
+            audio_model,
+            video_model,
+            real,
+            out / "dlsm_bank",
+            noisings=settings.bank_noisings,
+            noise_range=tuple(train.noise_range),
+            seed=settings.seed,
+            progress=progress,
+        )
+        bank = load_noise_bank(out / "dlsm_bank")
+    banked = time.perf_counter()
+    run_dir = out / "disc_codebook"
+    result = train_discriminator(
+        disc, audio_model, video_model, real, fake, train, run_dir, progress=progress, bank=bank
+    )
+    disc.eval()
+    disc.save_pretrained(run_dir / "discriminator")
+    summary = _training_summary(disc, result)
+    summary["init_seconds"] = round(init - start, 2)
+    summary["bank_seconds"] = round(banked - init, 2)
+    return disc, summary
+
+
+def _training_summary(disc: nn.Module, result: Any) -> dict[str, Any]:
+    last = result.history[-1] if result.history else {}
+    return {
+        "seconds": round(result.seconds, 2),
+        "resumed_from_step": result.start_step,
+        "parameters": sum(p.numel() for p in disc.parameters()),
+        "final_accuracy": round(last.get("accuracy", float("nan")), 4),
+        "final_loss_d": round(last.get("loss_d", float("nan")), 4),
+        "final_loss_dlsm": round(last.get("loss_dlsm", float("nan")), 4),
+    }
 
 
 def world_real_pairs(audio_model: Any, video_model: Any, n: int, seed: int) -> PairData:
@@ -245,7 +360,9 @@ def _scores(metrics: dict[str, Any]) -> dict[str, Any]:
 def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bool = True) -> dict:
     """Run the whole demo into ``out``; returns the report (also written as report.json)."""
     from mmdisco.world import chance_levels, evaluate, generate_clips
+    from mmdisco.world.calibration import calibrate, plot_calibration
     from mmdisco.world.models import load_world_models
+    from mmdisco.world.ratio import ExactLogRatio
 
     settings = settings or DemoSettings()
     out = Path(out)
@@ -263,11 +380,12 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
         audio_model, video_model, settings.n_real, REAL_SEED_OFFSET + settings.seed
     )
     held_out = generate_clips(settings.n_real_eval, seed=HELD_OUT_SEED_OFFSET + settings.seed)
+    real_eval = encode_pairs(audio_model, video_model, held_out.audio, held_out.video)
     t = lap("real_data", t)
     generate_fakes(
         audio_model,
         video_model,
-        settings.n_fakes,
+        settings.n_fakes + settings.n_fakes_eval,
         out / "fakes",
         seed=settings.seed,
         shard_size=256,
@@ -275,11 +393,17 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
         scheduler=settings.fake_scheduler,
         progress=progress,
     )
-    fake = fake_pairs(out / "fakes")
+    all_fakes = fake_pairs(out / "fakes")
+    fake = PairData(all_fakes.audio[: settings.n_fakes], all_fakes.video[: settings.n_fakes])
+    fake_eval = (all_fakes.audio[settings.n_fakes :], all_fakes.video[settings.n_fakes :])
     t = lap("fakes", t)
 
     discs: dict[str, nn.Module] = {}
     training: dict[str, Any] = {}
+    discs["codebook"], training["codebook"] = train_codebook(
+        out, audio_model, video_model, real, fake, settings, progress
+    )
+    t = lap("train_codebook", t)
     for head in settings.heads:
         disc = build_discriminator(
             head,
@@ -302,25 +426,30 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
         disc.eval()
         disc.save_pretrained(run_dir / "discriminator")
         discs[head] = disc
-        last = result.history[-1] if result.history else {}
-        training[head] = {
-            "seconds": round(result.seconds, 2),
-            "resumed_from_step": result.start_step,
-            "parameters": sum(p.numel() for p in disc.parameters()),
-            "final_accuracy": round(last.get("accuracy", float("nan")), 4),
-            "final_loss_d": round(last.get("loss_d", float("nan")), 4),
-            "final_loss_dlsm": round(last.get("loss_dlsm", float("nan")), 4),
-        }
+        training[head] = _training_summary(disc, result)
         t = lap(f"train_{head}", t)
 
     if settings.combine_heads and {"mlp", "time_aligned"} <= discs.keys():
         discs[COMBINED] = SummedDiscriminators(discs["mlp"], discs["time_aligned"])
         discs[COMBINED].save_pretrained(out / f"disc_{COMBINED}" / "discriminator")
+    exact = ExactLogRatio.from_world(audio_model, video_model)
+    calibration: dict[str, Any] = {}
+    if settings.calibration:
+        real_cal = (real_eval.audio, real_eval.video)
+        schedules = (audio_model.schedule, video_model.schedule)
+        for name, disc in [*discs.items(), ("exact", exact)]:
+            calibration[name] = calibrate(disc, exact, real_cal, fake_eval, *schedules)
+        plot_calibration(out / "calibration.png", calibration, "against the world's exact ratio")
+        t = lap("calibration", t)
+    rows: list[tuple[str, nn.Module | None]] = [("independent", None)]
+    if settings.exact_row:
+        rows.append(("exact_ratio", exact))
+    rows += [(f"mmdisco_{h}", d) for h, d in discs.items()]
     sample = settings.sample_settings()
     eval_seed = EVAL_SEED_OFFSET + settings.seed
     media: dict[str, tuple[Tensor, Tensor]] = {}
     report: dict[str, Any] = {}
-    for name, disc in [("independent", None), *((f"mmdisco_{h}", d) for h, d in discs.items())]:
+    for name, disc in rows:
         a, v = sample_pairs(
             audio_model,
             video_model,
@@ -336,7 +465,6 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
         report[name] = _scores(evaluate(video, audio))
         t = lap(f"sample_{name}", t)
     # The ceiling: held-out real clips through the base models' spaces and back.
-    real_eval = encode_pairs(audio_model, video_model, held_out.audio, held_out.video)
     report["real"] = _scores(
         evaluate(
             video_model.decode(real_eval.video),
@@ -357,6 +485,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
             "best": best,
             "chance": chance_levels(),
             "training": training,
+            "calibration": calibration,
             "timings": timings,
             "torch_threads": torch.get_num_threads(),
             "settings": settings.to_dict(),
@@ -371,7 +500,9 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The paper-style table: one row per method, the detectors' scores as columns."""
-    rows = ["independent", *(k for k in report if k.startswith("mmdisco_")), "real"]
+    rows = ["independent", *(k for k in report if k.startswith("mmdisco_"))]
+    rows += ["exact_ratio"] if "exact_ratio" in report else []
+    rows += ["real"]
     lines = [
         "# MMDisCo on the synthetic audio-visual world",
         "",
@@ -383,6 +514,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         label = name.replace("mmdisco_", "MMDisCo, ") + (" (ceiling)" if name == "real" else "")
         if name == f"mmdisco_{COMBINED}":
             label = "MMDisCo, mlp + time_aligned (logits summed)"
+        if name == "mmdisco_codebook":
+            label = "MMDisCo, one codebook discriminator (L_D + L_DLSM)"
+        if name == "exact_ratio":
+            label = "exact ratio (the method's ceiling)"
         lines.append(f"| {label} | " + " | ".join(f"{m[k]:.3f}" for k in METRICS) + " |")
     chance = report.get("chance", {})
     if chance:
@@ -397,9 +532,31 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"- {head}: {info['seconds']:.0f} s, {info['parameters']:,} parameters, "
             f"final accuracy {info['final_accuracy']:.3f}"
         )
-    lines += ["", f"Total wall time: {report['seconds']:.0f} s.", ""]
+    s_a, s_v = (report["settings"][f"guidance_scale_{m}"] for m in ("audio", "video"))
+    lines += ["", f"Guidance scales: audio {s_a:g}, video {s_v:g}.", ""]
+    if report.get("calibration"):
+        lines += [
+            "Calibration against the exact ratio (input-gradient cosine audio / video, "
+            "accuracy vs Bayes):",
+            "",
+        ]
+        for name, table in report["calibration"].items():
+            if name == "exact":
+                continue
+            cells = [
+                f"t/T={r['noise_level']:.1f}: {_fmt(r['cos_audio'])} / {_fmt(r['cos_video'])}, "
+                f"acc {r['accuracy']:.3f} vs {r['bayes_accuracy']:.3f}"
+                for r in table
+            ]
+            lines.append(f"- {name}: " + "; ".join(cells))
+        lines.append("")
+    lines += [f"Total wall time: {report['seconds']:.0f} s.", ""]
     lines += ["Settings:", "", "```json", json.dumps(report["settings"], indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _write_artifacts(

@@ -327,13 +327,18 @@ class CodebookDiscriminator(nn.Module):
 
     # -- persistence -----------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+    def save_pretrained(
+        self, directory: str | os.PathLike[str], dtype: torch.dtype | None = None
+    ) -> None:
+        """``config.json`` + ``model.safetensors`` (weights cast to ``dtype`` if given)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         write_text_atomic(
             directory / CONFIG_NAME, json.dumps(self.config.to_dict(), indent=2, sort_keys=True)
         )
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        state = {
+            k: v.detach().to(dtype or v.dtype).contiguous() for k, v in self.state_dict().items()
+        }
         save_tensors_atomic(directory / WEIGHTS_NAME, state, metadata={"format": "pt"})
 
     @classmethod
