@@ -93,7 +93,7 @@ class DemoSettings:
             # L_DLSM is a mean over elements, L_D over samples: weight ~ elements per audio
             # sample (2048) balances them, as the paper's per-sample squared norm does.
             dlsm_weight=2048.0,
-            dlsm_batch_size=32,
+            dlsm_batch_size=16,
             fake_pairing="shuffle",
             noise_range=(0.6, 1.0),
             checkpoint_every=100,
