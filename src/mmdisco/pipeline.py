@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +178,18 @@ class MMDisCoPipeline:
             raise ValueError("this pipeline has no discriminator to save")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.discriminator.save_pretrained(directory / DISCRIMINATOR_DIR, dtype=dtype)
+        # A fresh folder swapped in whole: files of another kind of discriminator saved there
+        # before (e.g. summed.json and its parts) must not outlive it.
+        final = directory / DISCRIMINATOR_DIR
+        fresh = directory / f".{DISCRIMINATOR_DIR}.new-{os.getpid()}"
+        stale = directory / f".{DISCRIMINATOR_DIR}.old-{os.getpid()}"
+        for leftover in (fresh, stale):
+            shutil.rmtree(leftover, ignore_errors=True)
+        self.discriminator.save_pretrained(fresh, dtype=dtype)
+        if final.exists():
+            final.rename(stale)
+        fresh.rename(final)
+        shutil.rmtree(stale, ignore_errors=True)
         source = self.name_or_path
         config = dataclasses.replace(
             self.config,
