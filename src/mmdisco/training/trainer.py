@@ -483,13 +483,14 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     audio_model: BaseModel,
     video_model: BaseModel,
-    batches: list[tuple[PairData, PairData, BankRows | None]],
+    batches: list[tuple[PairData, PairData] | tuple[PairData, PairData, BankRows | None]],
     config: TrainConfig,
     step: int,
     rank: int = 0,
     world: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """One optimiser step on ``batches`` (micro-batches of equal size): gradients of the mean
+    """One optimiser step on ``batches`` (micro-batches of equal size, each ``(real, fake)``
+    or ``(real, fake, bank rows)``): gradients of the mean
     loss accumulated, averaged over processes, clipped, applied. Returns the mean
     ``(total, L_D, L_DLSM, accuracy)`` and the gradient norm before clipping.
 
@@ -499,7 +500,8 @@ def train_step(
     device = next(discriminator.parameters()).device
     optimizer.zero_grad(set_to_none=True)
     stats = torch.zeros(4, device=device)
-    for micro, (r, f, b) in enumerate(batches):
+    for micro, (r, f, *bank_rows) in enumerate(batches):
+        b = bank_rows[0] if bank_rows else None
         tag = (micro,) if len(batches) > 1 else ()
         loss = _micro_loss(
             discriminator, audio_model, video_model, r, f, b, config, (step, rank, *tag), device
