@@ -6,11 +6,15 @@ independent. The demo
 
 1. encodes real world clips into the base models' spaces (real pairs),
 2. samples independent pairs from the base models (the fakes cache),
-3. trains one discriminator per fusion head (``mlp``, ``time_aligned``, ``separable``),
-4. samples the same seeds without and with each discriminator's guidance,
-5. scores every set with the world's exact detectors (:func:`mmdisco.world.evaluate`),
+3. trains one discriminator with L_D + L_DLSM (:func:`train_codebook`; network
+   discriminators too, if ``DemoSettings.heads`` names fusion heads),
+4. calibrates it against the world's exact density ratio
+   (:mod:`mmdisco.world.calibration`),
+5. samples the same seeds unguided, guided by it and guided by the exact ratio (the
+   method's ceiling), at scale 1 on both modalities,
+6. scores every set with the world's exact detectors (:func:`mmdisco.world.evaluate`),
 
-and writes ``report.json``, ``report.md``, a figure and a few ``.mp4`` files to watch.
+and writes ``report.json``, ``report.md``, figures and a few ``.mp4`` files to watch.
 """
 
 from __future__ import annotations

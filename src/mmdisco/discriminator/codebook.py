@@ -1,7 +1,7 @@
 """A discriminator whose dependence on the noise level is the forward process's own.
 
 ``CodebookDiscriminator`` models each modality with a codebook of clean anchors
-``mu_1..mu_K`` (k-means of the base model's own samples) and the two modalities' pairing
+``mu_1..mu_K`` (k-means of clean clips of that modality) and the two modalities' pairing
 with a coupling matrix ``W``. If clean pairs were anchor pairs ``(mu_j, nu_k)`` drawn with
 probability ``P(j, k)``, the noised density ratio would be, exactly,
 
@@ -15,8 +15,9 @@ with the anchor posteriors of a variance-preserving forward process at log-SNR `
 
 where ``g`` is the pooling factor (average-pooling the video by ``p x p`` divides the noise
 variance by ``g = p^2``). The discriminator is this formula with ``W = log P(j,k) / (P(j)
-P(k))`` learned (up to a normalisation that keeps ``E_fake[r] = 1``), and priors and anchors
-refined, by MMDisCo's losses.
+P(k))`` counted from real pairs (:meth:`CodebookDiscriminator.couple`; code pairs never seen
+together are off the support, so the ratio's contrast is unbounded, as the true ratio's is),
+normalised so that ``E_fake[r] = 1``, and then trained with MMDisCo's losses.
 
 Why this form (docs/training_the_discriminator.md has the measurements): a generic network
 learns the ratio where real and fake pairs are easy to tell apart (low noise) and stays
@@ -29,8 +30,11 @@ synthetic world's exact ratio (:class:`mmdisco.world.ratio.ExactLogRatio`) is th
 case with one anchor per clip and a diagonal coupling.
 
 Both towers are independent until the last step, so :meth:`pair_logits` scores every audio
-with every video of a batch for the price of one forward per sample: the trainer uses it
-for all-pairs fake batches (``TrainConfig.fake_pairing = "all"``).
+with every video of a batch for the price of one forward per sample.
+
+For data that is a finite set of clips (the synthetic world) this is exact; for continuous
+data it is a kernel estimate of the ratio, as good as the anchors' coverage of the data at
+the noise levels that guide.
 """
 
 from __future__ import annotations
