@@ -39,23 +39,18 @@ the noise levels that guide.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from mmdisco.diffusion import LOG_SNR_LIMIT
-from mmdisco.io import save_tensors_atomic, state_dict_mismatches, write_text_atomic
+from mmdisco.io import load_pretrained, save_pretrained
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 KIND = "codebook"
 
 
@@ -366,39 +361,19 @@ class CodebookDiscriminator(nn.Module):
         self, directory: str | os.PathLike[str], dtype: torch.dtype | None = None
     ) -> None:
         """``config.json`` + ``model.safetensors`` (weights cast to ``dtype`` if given)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(
-            directory / CONFIG_NAME, json.dumps(self.config.to_dict(), indent=2, sort_keys=True)
-        )
-        state = {
-            k: v.detach().to(dtype or v.dtype).contiguous() for k, v in self.state_dict().items()
-        }
-        save_tensors_atomic(directory / WEIGHTS_NAME, state, metadata={"format": "pt"})
+        save_pretrained(directory, self.config.to_dict(), self, dtype)
 
     @classmethod
     def from_pretrained(
         cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu"
     ) -> CodebookDiscriminator:
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"no {path.name} in {directory} (expected {path})")
-        try:
-            config = CodebookConfig.from_dict(json.loads(config_path.read_text()))
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"invalid codebook discriminator config {config_path}: {err}") from err
-        model = cls(config)
-        state = load_file(str(weights_path))
-        problems = state_dict_mismatches(model.state_dict(), state)
-        if problems:
-            raise ValueError(
-                f"weights {weights_path} do not match config {config_path}:\n  "
-                + "\n  ".join(problems)
-            )
-        model.load_state_dict(state)
-        return model.to(device)
+        """Load what :meth:`save_pretrained` wrote; errors name the file that is wrong."""
+
+        def build(config: dict[str, Any]) -> CodebookDiscriminator:
+            return cls(CodebookConfig.from_dict(config))
+
+        model = load_pretrained(directory, build, "a codebook discriminator")
+        return model.to(device)  # type: ignore[return-value]
 
 
 _NO_SUPPORT = -1e4  # a coupling entry this low marks "no support": it is left out of sums
