@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from mmdisco.cli import app
-from mmdisco.demo import COMBINED, HEADS, METRICS
+from mmdisco.demo import METRICS
 
 
 @pytest.mark.slow
@@ -28,15 +28,23 @@ def test_quick_demo_writes_a_complete_report(tmp_path):
     assert result.exit_code == 0, result.output + repr(result.exception)
 
     report = json.loads(first)
-    rows = ["independent", *(f"mmdisco_{h}" for h in (*HEADS, COMBINED)), "real"]
+    rows = ["independent", "exact_ratio", "mmdisco_codebook", "real"]
     for row in rows:
         for metric in METRICS:
             assert 0.0 <= report[row][metric] <= 1.0, (row, metric)
     # Held-out real pairs agree (the ceiling); the world's detectors are exact.
     assert report["real"]["semantic"] > 0.9 and report["real"]["temporal"] > 0.8
-    assert set(report["training"]) == set(HEADS)
-    assert all(report["training"][h]["seconds"] > 0 for h in HEADS)
-    assert report["settings"]["train"]["steps"] == 6 and report["seconds"] > 0
+    assert set(report["training"]) == {"codebook"}
+    assert report["training"]["codebook"]["seconds"] > 0
+    assert report["settings"]["codebook_train"]["steps"] == 4 and report["seconds"] > 0
+    # Calibration of the trained discriminator and of the exact ratio against itself.
+    calibration = report["calibration"]
+    assert set(calibration) == {"codebook", "exact"}
+    assert [r["noise_level"] for r in calibration["codebook"]] == [0.1, 0.3, 0.5, 0.7, 0.9]
+    for row in calibration["exact"]:
+        assert row["logit_corr"] == pytest.approx(1.0, abs=1e-6)
+        assert row["cos_audio"] is None or row["cos_audio"] == pytest.approx(1.0, abs=1e-4)
+    assert (out / "calibration.png").stat().st_size > 1000
 
     md = (out / "report.md").read_text()
     assert md.count("\n| ") == len(rows) + 1  # header + one row per method
@@ -51,40 +59,9 @@ def test_quick_demo_writes_a_complete_report(tmp_path):
     # Checkpoints and the fake cache make a second run resume instead of redoing the work.
     assert again.exit_code == 0, again.output
     report2 = json.loads((out / "report.json").read_text())
-    assert all(report2["training"][h]["resumed_from_step"] == 6 for h in HEADS)
+    assert report2["training"]["codebook"]["resumed_from_step"] == 4
     for row in rows:
         assert report2[row] == report[row]  # same seeds, same weights: same samples
-
-
-def test_pooled_discriminator_round_trip_and_spread_gradient(tmp_path):
-    from mmdisco.demo import SummedDiscriminators, build_discriminator, load_discriminator
-    from mmdisco.guidance import discriminator_gradients
-
-    disc = build_discriminator(
-        "mlp", (32, 64), (3, 16, 16, 16), seed=1, video_pool=4, audio_pool=4,
-        channels=8, channel_mult=(1, 2), norm_groups=4, time_embed_dim=16, fusion_product=True,
-    )  # fmt: skip
-    with torch.no_grad():  # zero-initialised output layers: make every branch live
-        for p in disc.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
-    disc.save_pretrained(tmp_path)
-    loaded = load_discriminator(tmp_path).eval()
-    disc.eval()
-    g = torch.Generator().manual_seed(0)
-    audio, video = torch.randn(3, 32, 64, generator=g), torch.randn(3, 3, 16, 16, 16, generator=g)
-    snr = torch.tensor([2.0, 0.0, -3.0])
-    out = discriminator_gradients(disc, audio, video, snr, snr)
-    torch.testing.assert_close(discriminator_gradients(loaded, audio, video, snr, snr).logits,
-                               out.logits)  # fmt: skip
-    # Average pooling spreads each pooled cell's gradient evenly over the cell.
-    cells_a = out.grad_audio.reshape(3, 32, 16, 4)
-    torch.testing.assert_close(cells_a, cells_a[..., :1].expand_as(cells_a))
-    cells_v = out.grad_video.reshape(3, 3, 16, 4, 4, 4, 4)
-    torch.testing.assert_close(cells_v, cells_v[:, :, :, :, :1, :, :1].expand_as(cells_v))
-    assert out.grad_audio.abs().sum() > 0 and out.grad_video.abs().sum() > 0
-
-    summed = SummedDiscriminators(disc, loaded)
-    torch.testing.assert_close(summed(audio, video, snr, snr), 2 * out.logits)
 
 
 def test_head_train_overrides_apply_to_their_head_only():

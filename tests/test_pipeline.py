@@ -350,3 +350,28 @@ def test_real_preset_models_through_the_pipeline(tmp_path):
         loaded()
     with pytest.raises(ValueError, match="negative_prompt has 3 entries for 2 prompts"):
         loaded(["a", "b"], negative_prompt=["x", "y", "z"])
+
+
+def test_saving_over_another_kind_of_discriminator_leaves_only_the_new_one(tmp_path, world_pipe):
+    """The shipped pipeline once held summed parts; a codebook saved over it must load as
+    itself, not as the stale parts."""
+    from mmdisco.discriminator import CodebookConfig, CodebookDiscriminator, SummedDiscriminators
+    from mmdisco.pipeline import MMDisCoPipeline
+
+    audio, video = world_pipe.audio_model, world_pipe.video_model
+    summed = MMDisCoPipeline(
+        audio, video, SummedDiscriminators(world_pipe.discriminator), world_pipe.config
+    )
+    summed.save_pretrained(tmp_path)
+    assert (tmp_path / "discriminator" / "summed.json").exists()
+    codebook = CodebookDiscriminator(
+        CodebookConfig(audio.latent_shape(), video.latent_shape(), 3, 3)
+    )
+    MMDisCoPipeline(audio, video, codebook, world_pipe.config).save_pretrained(tmp_path)
+    loaded = MMDisCoPipeline.from_pretrained(tmp_path)
+    assert isinstance(loaded.discriminator, CodebookDiscriminator)
+    assert sorted(p.name for p in (tmp_path / "discriminator").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

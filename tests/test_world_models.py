@@ -130,8 +130,10 @@ def test_shipped_models_load_with_the_right_shapes(shipped):
         assert eps.shape == x.shape and torch.isfinite(eps).all()
     assert audio.decode(torch.zeros(2, 32, 64)).shape == (2, 32000)
     assert video.decode(torch.zeros(2, 3, 16, 16, 16)).shape == (2, 3, 16, 16, 16)
+    # Two base models, the cascade's and the joint model (float16) and the pipeline's codebook
+    # discriminator (float16 anchors, 9.4 MB) ship with the package: keep them in bounds.
     size = sum(p.stat().st_size for p in ASSETS_DIR.rglob("*") if p.is_file())
-    assert size < 8 * 2**20
+    assert size < 20 * 2**20
 
 
 def test_shipped_models_denoise_real_clips_better_than_chance(shipped, clips):

@@ -6,11 +6,15 @@ independent. The demo
 
 1. encodes real world clips into the base models' spaces (real pairs),
 2. samples independent pairs from the base models (the fakes cache),
-3. trains one discriminator per fusion head (``mlp``, ``time_aligned``, ``separable``),
-4. samples the same seeds without and with each discriminator's guidance,
-5. scores every set with the world's exact detectors (:func:`mmdisco.world.evaluate`),
+3. trains one discriminator with L_D + L_DLSM (:func:`train_codebook`; network
+   discriminators too, if ``DemoSettings.heads`` names fusion heads),
+4. calibrates it against the world's exact density ratio
+   (:mod:`mmdisco.world.calibration`),
+5. samples the same seeds unguided, guided by it and guided by the exact ratio (the
+   method's ceiling), at scale 1 on both modalities,
+6. scores every set with the world's exact detectors (:func:`mmdisco.world.evaluate`),
 
-and writes ``report.json``, ``report.md``, a figure and a few ``.mp4`` files to watch.
+and writes ``report.json``, ``report.md``, figures and a few ``.mp4`` files to watch.
 """
 
 from __future__ import annotations
@@ -27,8 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmdisco.discriminator.composite import (
+    PooledDiscriminator,
+    SummedDiscriminators,
+)
 from mmdisco.errors import InputError, check_float, check_fraction_range, check_int
-from mmdisco.io import read_json, write_json_atomic
+from mmdisco.io import write_json_atomic
 from mmdisco.training.data import PairData, encode_pairs, fake_pairs
 from mmdisco.training.fakes import SampleSettings, generate_fakes, sample_pairs
 from mmdisco.training.trainer import TrainConfig, train_discriminator
@@ -39,8 +47,6 @@ METRICS = ("semantic", "temporal", "validity_audio", "validity_video")
 REAL_SEED_OFFSET = 50_000  # world clips for the demo stay clear of the base models' data
 HELD_OUT_SEED_OFFSET = 60_000
 EVAL_SEED_OFFSET = 70_000
-POOL_CONFIG = "pooling.json"
-SUM_CONFIG = "summed.json"
 
 
 @dataclass
@@ -49,7 +55,8 @@ class DemoSettings:
 
     n_real: int = 2048
     n_real_eval: int = 256
-    n_fakes: int = 512  # re-paired every step (fake_pairing="shuffle"): 512^2 fake pairs
+    n_fakes: int = 1024  # re-paired every step (fake_pairing="shuffle"): 1024^2 fake pairs
+    n_fakes_eval: int = 256  # more fakes, held out for the calibration report
     # Fakes come from the sampler the comparison uses, so the discriminator learns the
     # ratio to the very distribution it corrects.
     fake_steps: int = 25
@@ -64,14 +71,45 @@ class DemoSettings:
     # the video. Far above the theoretical 1: the discriminator is under-confident at high
     # noise. (Time-aligned head, 96 pairs: audio 300 / video 0 gave temporal 0.92, audio 30
     # / video 30 gave 0.62.)
-    guidance_scale_audio: float = 300.0
-    guidance_scale_video: float = 0.0
+    # The scales of the theory (METHOD.md): with a discriminator that is the density ratio,
+    # scale 1 on both modalities samples the joint. (The network heads below needed audio
+    # 300 / video 0; docs/training_the_discriminator.md.)
+    guidance_scale_audio: float = 1.0
+    guidance_scale_video: float = 1.0
     # Guide only while t / T lies in this range (Discriminator Guidance's window), the range
     # the discriminator is trained on (train.noise_range): class and event times are decided
     # at high noise, and the last steps, which set the detail the detectors check, run
     # unguided.
-    guidance_window: tuple[float, float] = (0.5, 1.0)
-    heads: tuple[str, ...] = HEADS
+    guidance_window: tuple[float, float] = (0.0, 1.0)
+    # The demo's discriminator: one CodebookDiscriminator (mmdisco.discriminator.codebook),
+    # anchors by k-means of real and fake clips, coupling counted from the real pairs, then
+    # trained with L_D + L_DLSM (codebook_train), L_DLSM read from a bank of
+    # ``bank_noisings`` noisings per real pair.
+    codebook_codes: int = 320
+    codebook_video_pool: int = 1
+    bank_noisings: int = 2
+    codebook_train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=200,
+            batch_size=128,
+            lr=2e-3,
+            lr_schedule="cosine",
+            # L_DLSM is a mean over elements, L_D over samples: weight ~ elements per audio
+            # sample (2048) balances them, as the paper's per-sample squared norm does.
+            dlsm_weight=2048.0,
+            dlsm_batch_size=16,
+            fake_pairing="shuffle",
+            noise_range=(0.6, 1.0),
+            checkpoint_every=100,
+            log_every=20,
+        )
+    )
+    exact_row: bool = True  # also sample with the world's exact ratio: the method's ceiling
+    calibration: bool = True  # calibrate every discriminator against the exact ratio
+    # Network discriminators (mmdisco.discriminator.Discriminator) with these fusion heads,
+    # trained with ``train`` / ``head_train`` below: none by default (the earlier demo's
+    # recipe, kept for comparison and for the systems benchmark).
+    heads: tuple[str, ...] = ()
     # Also sample with the sum of the mlp and time_aligned logits (a product of the two
     # ratio estimates): see run_demo.
     combine_heads: bool = True
@@ -118,8 +156,9 @@ class DemoSettings:
     models_dir: str | None = None  # world base models; None: the shipped ones
 
     def __post_init__(self) -> None:
-        counts = ("n_real", "n_real_eval", "n_fakes", "fake_steps", "n_eval", "sample_steps",
-                  "upscale")  # fmt: skip
+        counts = ("n_real", "n_real_eval", "n_fakes", "n_fakes_eval", "fake_steps", "n_eval",
+                  "sample_steps", "upscale", "codebook_codes", "codebook_video_pool",
+                  "bank_noisings")  # fmt: skip
         for name in counts:
             check_int(name, getattr(self, name), 1)
         check_int("n_videos", self.n_videos, 0)
@@ -140,6 +179,7 @@ class DemoSettings:
             n_real=32,
             n_real_eval=16,
             n_fakes=16,
+            n_fakes_eval=8,
             fake_steps=3,
             n_eval=8,
             sample_steps=3,
@@ -152,6 +192,18 @@ class DemoSettings:
                 log_every=3,
             ),
             head_train={"mlp": {"noise_range": (0.0, 1.0)}},
+            codebook_codes=8,
+            bank_noisings=1,
+            codebook_train=TrainConfig(
+                steps=4,
+                batch_size=8,
+                dlsm_weight=2048.0,
+                dlsm_batch_size=4,
+                fake_pairing="shuffle",
+                noise_range=(0.6, 1.0),
+                checkpoint_every=2,
+                log_every=2,
+            ),
             n_videos=1,
             upscale=2,
         )
@@ -173,94 +225,8 @@ class DemoSettings:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["train"] = self.train.to_dict()
+        d["codebook_train"] = self.codebook_train.to_dict()
         return d
-
-
-class PooledDiscriminator(nn.Module):
-    """A :class:`mmdisco.discriminator.Discriminator` that sees the video average-pooled by
-    ``video_pool`` in H and W and the audio average-pooled by ``audio_pool`` along time.
-
-    Pooling is linear, so the input-gradient is the discriminator's gradient spread evenly
-    back over each pooled cell, and guidance works in the full spaces. It cuts the
-    discriminator's cost on a CPU by the pool size, while one-pixel shifts of the world's
-    object still change the pooled values. ``audio_pool=4`` would bring the audio to the
-    video's frame rate; the demo keeps the audio's full rate (pooled, the mlp head stayed on
-    its starting saddle for 700 steps in our runs).
-    """
-
-    def __init__(self, disc: nn.Module, video_pool: int = 1, audio_pool: int = 1) -> None:
-        super().__init__()
-        self.disc = disc
-        self.video_pool = check_int("video_pool", video_pool, 1)
-        self.audio_pool = check_int("audio_pool", audio_pool, 1)
-
-    def forward(self, audio: Tensor, video: Tensor, t_audio: Tensor, t_video: Tensor, **kw: Any):
-        if self.video_pool > 1:
-            video = F.avg_pool3d(video, (1, self.video_pool, self.video_pool))
-        if self.audio_pool > 1:
-            audio = F.avg_pool1d(audio, self.audio_pool)
-        return self.disc(audio, video, t_audio, t_video, **kw)
-
-    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
-        self.disc.save_pretrained(directory, dtype=dtype)
-        write_json_atomic(
-            Path(directory) / POOL_CONFIG,
-            {"video_pool": self.video_pool, "audio_pool": self.audio_pool},
-        )
-
-
-class SummedDiscriminators(nn.Module):
-    """Logits of several discriminators added: the product of their ratio estimates.
-
-    In the world, class and event times are independent, in real pairs and in fakes alike, so
-    the log ratio is a class term plus an event term. Each head tends to learn one of them
-    (the time-aligned head the events, which alone tell almost every fake apart, so its class
-    features never get a gradient; the pooled mlp head only the class), and their sum guides
-    towards both.
-    """
-
-    def __init__(self, *discs: nn.Module) -> None:
-        super().__init__()
-        self.discs = nn.ModuleList(discs)
-
-    def forward(self, audio: Tensor, video: Tensor, t_audio: Tensor, t_video: Tensor, **kw: Any):
-        return sum(d(audio, video, t_audio, t_video, **kw) for d in self.discs)
-
-    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
-        """Each part in ``directory/part_{i}``, listed in ``directory/summed.json``."""
-        parts = [f"part_{i}" for i in range(len(self.discs))]
-        for name, disc in zip(parts, self.discs, strict=True):
-            disc.save_pretrained(Path(directory) / name, dtype=dtype)
-        write_json_atomic(Path(directory) / SUM_CONFIG, {"parts": parts})
-
-
-def load_discriminator(directory: str | Path, device: str = "cpu") -> nn.Module:
-    """A discriminator saved by ``Discriminator``, :class:`PooledDiscriminator` or
-    :class:`SummedDiscriminators`, or converted from the reference release by
-    :func:`mmdisco.discriminator.official.convert_official`: the one loader for every saved
-    discriminator."""
-    from mmdisco.discriminator import Discriminator
-    from mmdisco.discriminator.official import OfficialDiscriminator, is_official
-
-    sum_file = Path(directory) / SUM_CONFIG
-    if sum_file.exists():
-        parts = json.loads(sum_file.read_text())["parts"]
-        return SummedDiscriminators(
-            *(load_discriminator(Path(directory) / p, device) for p in parts)
-        )
-    if is_official(directory):
-        return OfficialDiscriminator.from_pretrained(directory, device)
-    disc = Discriminator.from_pretrained(directory, device)
-    pool_file = Path(directory) / POOL_CONFIG
-    if pool_file.exists():
-        pooling = read_json(pool_file)
-        if not isinstance(pooling, dict) or set(pooling) - {"video_pool", "audio_pool"}:
-            raise InputError(f"expected video_pool and audio_pool, got {pooling!r}", str(pool_file))
-        try:
-            return PooledDiscriminator(disc, **pooling)
-        except InputError as err:
-            raise InputError(str(err), str(pool_file)) from None
-    return disc
 
 
 def build_discriminator(
@@ -288,6 +254,74 @@ def build_discriminator(
     if video_pool == audio_pool == 1:
         return disc
     return PooledDiscriminator(disc, video_pool, audio_pool)
+
+
+def train_codebook(
+    out: Path,
+    audio_model: Any,
+    video_model: Any,
+    real: PairData,
+    fake: PairData,
+    settings: DemoSettings,
+    progress: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The demo's discriminator: anchors, coupling, then L_D + L_DLSM from a noise bank.
+    Saved to ``out/disc_codebook/discriminator``; returns it and a training summary."""
+    from mmdisco.discriminator.codebook import CodebookConfig, CodebookDiscriminator
+    from mmdisco.training.bank import build_noise_bank, load_noise_bank
+
+    start = time.perf_counter()
+    train = settings.codebook_train
+    config = CodebookConfig(
+        audio_model.latent_shape(),
+        video_model.latent_shape(),
+        settings.codebook_codes,
+        settings.codebook_codes,
+        video_pool=settings.codebook_video_pool,
+    )
+    both_audio, both_video = (
+        torch.cat([real.audio, fake.audio]),
+        torch.cat([real.video, fake.video]),
+    )
+    disc = CodebookDiscriminator.from_samples(config, both_audio, both_video, seed=settings.seed)
+    disc.couple(real.audio, real.video)
+    init = time.perf_counter()
+    bank = None
+    if train.use_dlsm:
+        build_noise_bank(
+            audio_model,
+            video_model,
+            real,
+            out / "dlsm_bank",
+            noisings=settings.bank_noisings,
+            noise_range=tuple(train.noise_range),
+            seed=settings.seed,
+            progress=progress,
+        )
+        bank = load_noise_bank(out / "dlsm_bank")
+    banked = time.perf_counter()
+    run_dir = out / "disc_codebook"
+    result = train_discriminator(
+        disc, audio_model, video_model, real, fake, train, run_dir, progress=progress, bank=bank
+    )
+    disc.eval()
+    disc.save_pretrained(run_dir / "discriminator")
+    summary = _training_summary(disc, result)
+    summary["init_seconds"] = round(init - start, 2)
+    summary["bank_seconds"] = round(banked - init, 2)
+    return disc, summary
+
+
+def _training_summary(disc: nn.Module, result: Any) -> dict[str, Any]:
+    last = result.history[-1] if result.history else {}
+    return {
+        "seconds": round(result.seconds, 2),
+        "resumed_from_step": result.start_step,
+        "parameters": sum(p.numel() for p in disc.parameters()),
+        "final_accuracy": round(last.get("accuracy", float("nan")), 4),
+        "final_loss_d": round(last.get("loss_d", float("nan")), 4),
+        "final_loss_dlsm": round(last.get("loss_dlsm", float("nan")), 4),
+    }
 
 
 def world_real_pairs(audio_model: Any, video_model: Any, n: int, seed: int) -> PairData:
@@ -330,7 +364,9 @@ def _scores(metrics: dict[str, Any]) -> dict[str, Any]:
 def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bool = True) -> dict:
     """Run the whole demo into ``out``; returns the report (also written as report.json)."""
     from mmdisco.world import chance_levels, evaluate, generate_clips
+    from mmdisco.world.calibration import calibrate, plot_calibration
     from mmdisco.world.models import load_world_models
+    from mmdisco.world.ratio import ExactLogRatio
 
     settings = settings or DemoSettings()
     out = Path(out)
@@ -348,11 +384,12 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
         audio_model, video_model, settings.n_real, REAL_SEED_OFFSET + settings.seed
     )
     held_out = generate_clips(settings.n_real_eval, seed=HELD_OUT_SEED_OFFSET + settings.seed)
+    real_eval = encode_pairs(audio_model, video_model, held_out.audio, held_out.video)
     t = lap("real_data", t)
     generate_fakes(
         audio_model,
         video_model,
-        settings.n_fakes,
+        settings.n_fakes + settings.n_fakes_eval,
         out / "fakes",
         seed=settings.seed,
         shard_size=256,
@@ -360,11 +397,17 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
         scheduler=settings.fake_scheduler,
         progress=progress,
     )
-    fake = fake_pairs(out / "fakes")
+    all_fakes = fake_pairs(out / "fakes")
+    fake = PairData(all_fakes.audio[: settings.n_fakes], all_fakes.video[: settings.n_fakes])
+    fake_eval = (all_fakes.audio[settings.n_fakes :], all_fakes.video[settings.n_fakes :])
     t = lap("fakes", t)
 
     discs: dict[str, nn.Module] = {}
     training: dict[str, Any] = {}
+    discs["codebook"], training["codebook"] = train_codebook(
+        out, audio_model, video_model, real, fake, settings, progress
+    )
+    t = lap("train_codebook", t)
     for head in settings.heads:
         disc = build_discriminator(
             head,
@@ -387,25 +430,30 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
         disc.eval()
         disc.save_pretrained(run_dir / "discriminator")
         discs[head] = disc
-        last = result.history[-1] if result.history else {}
-        training[head] = {
-            "seconds": round(result.seconds, 2),
-            "resumed_from_step": result.start_step,
-            "parameters": sum(p.numel() for p in disc.parameters()),
-            "final_accuracy": round(last.get("accuracy", float("nan")), 4),
-            "final_loss_d": round(last.get("loss_d", float("nan")), 4),
-            "final_loss_dlsm": round(last.get("loss_dlsm", float("nan")), 4),
-        }
+        training[head] = _training_summary(disc, result)
         t = lap(f"train_{head}", t)
 
     if settings.combine_heads and {"mlp", "time_aligned"} <= discs.keys():
         discs[COMBINED] = SummedDiscriminators(discs["mlp"], discs["time_aligned"])
         discs[COMBINED].save_pretrained(out / f"disc_{COMBINED}" / "discriminator")
+    exact = ExactLogRatio.from_world(audio_model, video_model)
+    calibration: dict[str, Any] = {}
+    if settings.calibration:
+        real_cal = (real_eval.audio, real_eval.video)
+        schedules = (audio_model.schedule, video_model.schedule)
+        for name, disc in [*discs.items(), ("exact", exact)]:
+            calibration[name] = calibrate(disc, exact, real_cal, fake_eval, *schedules)
+        plot_calibration(out / "calibration.png", calibration, "against the world's exact ratio")
+        t = lap("calibration", t)
+    rows: list[tuple[str, nn.Module | None]] = [("independent", None)]
+    if settings.exact_row:
+        rows.append(("exact_ratio", exact))
+    rows += [(f"mmdisco_{h}", d) for h, d in discs.items()]
     sample = settings.sample_settings()
     eval_seed = EVAL_SEED_OFFSET + settings.seed
     media: dict[str, tuple[Tensor, Tensor]] = {}
     report: dict[str, Any] = {}
-    for name, disc in [("independent", None), *((f"mmdisco_{h}", d) for h, d in discs.items())]:
+    for name, disc in rows:
         a, v = sample_pairs(
             audio_model,
             video_model,
@@ -421,7 +469,6 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
         report[name] = _scores(evaluate(video, audio))
         t = lap(f"sample_{name}", t)
     # The ceiling: held-out real clips through the base models' spaces and back.
-    real_eval = encode_pairs(audio_model, video_model, held_out.audio, held_out.video)
     report["real"] = _scores(
         evaluate(
             video_model.decode(real_eval.video),
@@ -442,6 +489,7 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
             "best": best,
             "chance": chance_levels(),
             "training": training,
+            "calibration": calibration,
             "timings": timings,
             "torch_threads": torch.get_num_threads(),
             "settings": settings.to_dict(),
@@ -456,7 +504,9 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The paper-style table: one row per method, the detectors' scores as columns."""
-    rows = ["independent", *(k for k in report if k.startswith("mmdisco_")), "real"]
+    rows = ["independent", *(k for k in report if k.startswith("mmdisco_"))]
+    rows += ["exact_ratio"] if "exact_ratio" in report else []
+    rows += ["real"]
     lines = [
         "# MMDisCo on the synthetic audio-visual world",
         "",
@@ -468,6 +518,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         label = name.replace("mmdisco_", "MMDisCo, ") + (" (ceiling)" if name == "real" else "")
         if name == f"mmdisco_{COMBINED}":
             label = "MMDisCo, mlp + time_aligned (logits summed)"
+        if name == "mmdisco_codebook":
+            label = "MMDisCo, one codebook discriminator (L_D + L_DLSM)"
+        if name == "exact_ratio":
+            label = "exact ratio (the method's ceiling)"
         lines.append(f"| {label} | " + " | ".join(f"{m[k]:.3f}" for k in METRICS) + " |")
     chance = report.get("chance", {})
     if chance:
@@ -482,9 +536,31 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"- {head}: {info['seconds']:.0f} s, {info['parameters']:,} parameters, "
             f"final accuracy {info['final_accuracy']:.3f}"
         )
-    lines += ["", f"Total wall time: {report['seconds']:.0f} s.", ""]
+    s_a, s_v = (report["settings"][f"guidance_scale_{m}"] for m in ("audio", "video"))
+    lines += ["", f"Guidance scales: audio {s_a:g}, video {s_v:g}.", ""]
+    if report.get("calibration"):
+        lines += [
+            "Calibration against the exact ratio (input-gradient cosine audio / video, "
+            "accuracy vs Bayes):",
+            "",
+        ]
+        for name, table in report["calibration"].items():
+            if name == "exact":
+                continue
+            cells = [
+                f"t/T={r['noise_level']:.1f}: {_fmt(r['cos_audio'])} / {_fmt(r['cos_video'])}, "
+                f"acc {r['accuracy']:.3f} vs {r['bayes_accuracy']:.3f}"
+                for r in table
+            ]
+            lines.append(f"- {name}: " + "; ".join(cells))
+        lines.append("")
+    lines += [f"Total wall time: {report['seconds']:.0f} s.", ""]
     lines += ["Settings:", "", "```json", json.dumps(report["settings"], indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _write_artifacts(

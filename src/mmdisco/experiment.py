@@ -704,7 +704,7 @@ def sample_from_config(
     file (checked by :func:`mmdisco.media.load_given`), one prompt per file (default: the
     empty prompt); the files' clips enter the discriminator as ``given_mode`` says.
     """
-    from mmdisco.demo import load_discriminator
+    from mmdisco.discriminator import load_discriminator
     from mmdisco.media import load_given, media_spec
 
     s = cfg.sampling

@@ -173,13 +173,21 @@ def state_dict_mismatches(expected: Mapping[str, Tensor], found: Mapping[str, Te
 
 
 def save_pretrained(
-    directory: str | os.PathLike, config: dict[str, Any], module: nn.Module
+    directory: str | os.PathLike,
+    config: dict[str, Any],
+    module: nn.Module,
+    dtype: torch.dtype | None = None,
 ) -> None:
-    """``config.json`` and ``model.safetensors`` of ``module`` in ``directory`` (atomically)."""
+    """``config.json`` and ``model.safetensors`` of ``module`` in ``directory`` (atomically;
+    floating-point weights cast to ``dtype`` if given)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     write_json_atomic(directory / "config.json", config)
-    save_tensors_atomic(directory / "model.safetensors", module.state_dict())
+    state = {
+        k: v.detach().to(dtype if dtype is not None and v.is_floating_point() else v.dtype)
+        for k, v in module.state_dict().items()
+    }
+    save_tensors_atomic(directory / "model.safetensors", state)
 
 
 def load_pretrained(
@@ -192,11 +200,14 @@ def load_pretrained(
     for file in (config_file, weights):
         if not file.is_file():
             raise MissingInputError(f"{directory}: no {file.name} (expected {what})")
-    module = build(read_json(config_file))
-    state, _ = load_tensors(weights)
+    try:
+        module = build(read_json(config_file))
+    except (ValueError, TypeError) as err:
+        raise InputError(f"invalid config for {what} ({err})", str(config_file)) from err
+    state, _ = load_tensors(weights)  # refuses NaN / inf
     problems = state_dict_mismatches(module.state_dict(), state)
     if problems:
-        raise ValueError(f"{weights} does not match {config_file}:\n  " + "\n  ".join(problems))
+        raise InputError(f"does not match {config_file}:\n  " + "\n  ".join(problems), str(weights))
     module.load_state_dict(state)
     return module
 

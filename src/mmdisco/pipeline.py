@@ -4,8 +4,8 @@ A pipeline folder holds ``model_index.json`` and the discriminator::
 
     model_index.json     the two base models (adapter, path, CFG scale, dtype, options, as in a
                          YAML preset), the discriminator's folder and the sampling defaults
-    discriminator/       whatever :func:`mmdisco.demo.load_discriminator` reads (config.json +
-                         model.safetensors, or several such parts)
+    discriminator/       whatever :func:`mmdisco.discriminator.load_discriminator` reads
+                         (config.json + model.safetensors, or several such parts)
 
 The base models are frozen and published elsewhere, so the index *names* them (a Hugging Face
 repo id or a local folder, relative to the pipeline folder when it lies beside it) and
@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,7 @@ class MMDisCoPipeline:
         cls, path: str | os.PathLike, device: str | torch.device = "cpu"
     ) -> MMDisCoPipeline:
         """Load the pipeline folder ``path`` (see the module docstring)."""
-        from mmdisco.demo import load_discriminator
+        from mmdisco.discriminator import load_discriminator
 
         folder = Path(path)
         config = read_index(folder)
@@ -157,7 +158,7 @@ class MMDisCoPipeline:
         """A pipeline from a YAML preset (``configs/*.yaml``) and its trained discriminator
         (default: ``output_dir/discriminator``); ``save_pretrained`` then writes the folder."""
         from mmdisco.config import load_experiment
-        from mmdisco.demo import load_discriminator
+        from mmdisco.discriminator import load_discriminator
         from mmdisco.experiment import DISCRIMINATOR_DIR as TRAINED_DIR
         from mmdisco.experiment import load_model
 
@@ -177,7 +178,18 @@ class MMDisCoPipeline:
             raise ValueError("this pipeline has no discriminator to save")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.discriminator.save_pretrained(directory / DISCRIMINATOR_DIR, dtype=dtype)
+        # A fresh folder swapped in whole: files of another kind of discriminator saved there
+        # before (e.g. summed.json and its parts) must not outlive it.
+        final = directory / DISCRIMINATOR_DIR
+        fresh = directory / f".{DISCRIMINATOR_DIR}.new-{os.getpid()}"
+        stale = directory / f".{DISCRIMINATOR_DIR}.old-{os.getpid()}"
+        for leftover in (fresh, stale):
+            shutil.rmtree(leftover, ignore_errors=True)
+        self.discriminator.save_pretrained(fresh, dtype=dtype)
+        if final.exists():
+            final.rename(stale)
+        fresh.rename(final)
+        shutil.rmtree(stale, ignore_errors=True)
         source = self.name_or_path
         config = dataclasses.replace(
             self.config,

@@ -34,7 +34,8 @@ def build_world_pipeline(
 ) -> dict[str, Any]:
     """Train (or resume) the demo in ``work_dir`` and write its best discriminator to ``out``
     as a pipeline folder; returns what ``out/eval.json`` holds."""
-    from mmdisco.demo import EVAL_SEED_OFFSET, METRICS, DemoSettings, load_discriminator, run_demo
+    from mmdisco.demo import EVAL_SEED_OFFSET, METRICS, DemoSettings, run_demo
+    from mmdisco.discriminator import load_discriminator
     from mmdisco.training.fakes import SCHEDULERS, sample_pairs
     from mmdisco.world import evaluate
     from mmdisco.world.models import ASSETS_DIR, load_world_models

@@ -7,6 +7,7 @@ and out of its space (latents). Adapters for diffusers pipelines implement this 
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +35,14 @@ class BaseModel(ABC):
 
     @property
     def schedule(self) -> NoiseSchedule:
-        return schedule_from_scheduler_config(self.scheduler_config)
+        """The forward process of ``scheduler_config``, built once per distinct config (a
+        cosine schedule takes milliseconds to build, and training asks for it every step)."""
+        key = json.dumps(self.scheduler_config, sort_keys=True, default=str)
+        cached = self.__dict__.get("_schedule_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, schedule_from_scheduler_config(self.scheduler_config))
+            self.__dict__["_schedule_cache"] = cached
+        return cached[1]
 
     @property
     def device(self) -> torch.device:

@@ -32,7 +32,9 @@ def demo_cmd(
     ] = None,
     train_steps: Annotated[
         int | None,
-        typer.Option(help="discriminator training steps, every head (default: the demo's)"),
+        typer.Option(
+            help="discriminator training steps, every discriminator (default: the demo's)"
+        ),
     ] = None,
     threads: Annotated[
         int,
@@ -42,7 +44,8 @@ def demo_cmd(
         ),
     ] = 1,
 ) -> None:
-    """Fakes, three discriminators, guided vs unguided sampling, evaluation and a report."""
+    """Fakes, one discriminator (L_D + L_DLSM), sampling unguided, guided and with the exact
+    ratio, calibration against the exact ratio, evaluation and a report."""
     import dataclasses
 
     import torch
@@ -58,7 +61,8 @@ def demo_cmd(
         changes["guidance_scale_audio"] = guidance_scale_audio
     if guidance_scale_video is not None:
         changes["guidance_scale_video"] = guidance_scale_video
-    if train_steps is not None:  # every head, per-head step counts included
+    if train_steps is not None:  # every discriminator, per-head step counts included
+        changes["codebook_train"] = dataclasses.replace(settings.codebook_train, steps=train_steps)
         changes["train"] = dataclasses.replace(settings.train, steps=train_steps)
         changes["head_train"] = {
             head: {k: v for k, v in c.items() if k != "steps"}

@@ -247,7 +247,8 @@ def sample_cmd(
 ) -> None:
     """Joint generation with the discriminator, and without it from the same seeds; with
     --given-video or --given-audio, generate the other modality for each given file."""
-    from mmdisco.demo import load_discriminator, write_videos
+    from mmdisco.demo import write_videos
+    from mmdisco.discriminator import load_discriminator
     from mmdisco.training.fakes import SampleSettings, sample_pairs
 
     given = _given_files(given_video, given_audio, given_mode, n, prompt)

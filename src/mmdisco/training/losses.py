@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,9 @@ from torch import Tensor
 from mmdisco.diffusion import LOG_SNR_LIMIT, NoiseSchedule, _broadcast
 from mmdisco.errors import check_float
 from mmdisco.guidance import DiscriminatorFn, discriminator_gradients
+
+if TYPE_CHECKING:
+    from mmdisco.training.bank import BankRows
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
 """A frozen base model in epsilon form: ``eps_fn(x_t, t) -> eps`` (conditioning closed over)."""
@@ -95,6 +98,28 @@ def _zero_residual(
     return torch.where(_rows(clean, pred), noise, pred), torch.where(clean, 0.0, sigma)
 
 
+def _bank_dlsm(
+    disc: DiscriminatorFn,
+    bank: BankRows,
+    schedule_audio: NoiseSchedule,
+    schedule_video: NoiseSchedule,
+) -> Tensor:
+    """L_DLSM on bank rows: ``residual - sigma grad h``, with ``residual = eps_theta - eps``."""
+    device = bank.audio.device
+    a_t = schedule_audio.add_noise(bank.audio, bank.noise_audio, bank.t_audio)
+    v_t = schedule_video.add_noise(bank.video, bank.noise_video, bank.t_video)
+    snr_a = schedule_audio.log_snr(bank.t_audio).to(device)
+    snr_v = schedule_video.log_snr(bank.t_video).to(device)
+    out = discriminator_gradients(disc, a_t, v_t, snr_a, snr_v, create_graph=True, **bank.cond)
+    sigma_a = schedule_audio.alpha_sigma(bank.t_audio)[1].to(device)
+    sigma_v = schedule_video.alpha_sigma(bank.t_video)[1].to(device)
+    zeros_a, zeros_v = torch.zeros_like(bank.residual_audio), torch.zeros_like(bank.residual_video)
+    return dlsm_loss(
+        out.grad_audio, out.grad_video, bank.residual_audio, bank.residual_video,
+        zeros_a, zeros_v, sigma_a, sigma_v,
+    )  # fmt: skip
+
+
 def mmdisco_loss(
     disc: DiscriminatorFn,
     real_audio: Tensor,
@@ -114,6 +139,7 @@ def mmdisco_loss(
     clean_prob: float = 0.0,
     cond_real: Mapping[str, Any] | None = None,
     cond_fake: Mapping[str, Any] | None = None,
+    bank: BankRows | None = None,
     generator: torch.Generator | None = None,
 ) -> LossOutput:
     """One evaluation of the MMDisCo objective on a batch of real and of fake pairs.
@@ -129,7 +155,12 @@ def mmdisco_loss(
     residual is zero (there is no noise to predict); the other modality's residual then asks
     for the conditional score ``grad log p(x_t | given)``.
     ``eps_audio`` / ``eps_video`` are the frozen base models in epsilon form; they are
-    called under ``torch.no_grad()`` and are needed only when ``use_dlsm``.
+    called under ``torch.no_grad()`` and are needed only when ``use_dlsm`` without a bank.
+
+    ``bank``: noised real pairs with the base models' residuals precomputed
+    (:mod:`mmdisco.training.bank`); L_DLSM is then computed on them and calls no base model,
+    while L_D's real pairs get fresh noise (a discriminator shown the bank's few fixed
+    noisings as its real class memorises them).
     """
     if not (use_d or use_dlsm):
         raise ValueError("at least one of use_d and use_dlsm must be set")
@@ -137,7 +168,9 @@ def mmdisco_loss(
     if not 0.0 <= lo < hi <= 1.0:
         raise ValueError(f"noise_range must satisfy 0 <= low < high <= 1, got {noise_range}")
     check_float("clean_prob", clean_prob, 0.0, 1.0)
-    if use_dlsm and (eps_audio is None or eps_video is None):
+    if bank is not None and clean_prob > 0:
+        raise ValueError("clean_prob > 0 needs L_DLSM computed live, not from a bank")
+    if use_dlsm and bank is None and (eps_audio is None or eps_video is None):
         raise ValueError("L_DLSM needs the base models: pass eps_audio and eps_video")
     for name, a, v in (("real", real_audio, real_video), ("fake", fake_audio, fake_video)):
         if a.shape[0] != v.shape[0]:
@@ -171,7 +204,10 @@ def mmdisco_loss(
     v_t, snr_v = _hold_clean(real_video, v_t, snr_v, clean_v)
 
     zero = real_audio.new_zeros(())
-    if use_dlsm:
+    if use_dlsm and bank is not None:
+        l_dlsm = _bank_dlsm(disc, bank, schedule_audio, schedule_video)
+        logits_real = disc(a_t, v_t, snr_a, snr_v, **cond_real)
+    elif use_dlsm:
         out = discriminator_gradients(disc, a_t, v_t, snr_a, snr_v, create_graph=True, **cond_real)
         logits_real = out.logits
         with torch.no_grad():

@@ -67,6 +67,7 @@ from mmdisco.io import (
     write_json_atomic,
 )
 from mmdisco.shards import fingerprint_differences, jsonable, on_rank0
+from mmdisco.training.bank import BankRows, NoiseBank
 from mmdisco.training.data import BatchOrder, PairData
 from mmdisco.training.fakes import derive_seed
 from mmdisco.training.losses import EpsFn, mmdisco_loss
@@ -115,6 +116,9 @@ class TrainConfig:
     # video at random. Independent samples stay independent under any pairing, so for
     # unconditional fakes shuffling gives N^2 fake pairs from N samples of each model.
     fake_pairing: str = "fixed"
+    # Real pairs per step in L_DLSM when it reads a noise bank (None: batch_size). L_DLSM's
+    # double backward is the costly part of a step; a smaller batch buys it cheaply.
+    dlsm_batch_size: int | None = None
     grad_clip: float | None = 1.0
     # Memory (module docstring): micro-batches per step and process, activation
     # checkpointing of the discriminator, "no" or "bf16" autocast.
@@ -148,6 +152,8 @@ class TrainConfig:
         self.noise_range = check_fraction_range("noise_range", self.noise_range)
         self.clean_prob = check_float("clean_prob", self.clean_prob, 0.0, 1.0)
         check_choice("fake_pairing", self.fake_pairing, ("fixed", "shuffle"))
+        if self.dlsm_batch_size is not None:
+            check_int("dlsm_batch_size", self.dlsm_batch_size, 1)
         if self.grad_clip is not None:
             self.grad_clip = check_float("grad_clip", self.grad_clip, 0.0, open_min=True)
         check_int("grad_accum", self.grad_accum, 1)
@@ -444,26 +450,31 @@ def check_cfg_scales(
 def micro_batches(
     real: PairData,
     fake: PairData,
-    orders: tuple[BatchOrder, BatchOrder, BatchOrder],
+    orders: tuple[BatchOrder, ...],
     config: TrainConfig,
     step: int,
     rank: int,
     world: int,
     device: torch.device,
-) -> list[tuple[PairData, PairData]]:
+    bank: NoiseBank | None = None,
+) -> list[tuple[PairData, PairData, BankRows | None]]:
     """This process's real and fake pairs of ``step``, as ``grad_accum`` equal parts."""
-    real_order, fake_order, fake_video_order = orders
+    real_order, fake_order, fake_video_order, *bank_order = orders
     parts = []
     indices = (
         real_order.local_batch(step, rank, world).chunk(config.grad_accum),
         fake_order.local_batch(step, rank, world).chunk(config.grad_accum),
         fake_video_order.local_batch(step, rank, world).chunk(config.grad_accum),
     )
-    for i_real, i_fake, i_video in zip(*indices, strict=True):
+    rows: tuple[Tensor | None, ...] = (None,) * config.grad_accum
+    if bank is not None:
+        rows = bank_order[0].local_batch(step, rank, world).chunk(config.grad_accum)
+    for i_real, i_fake, i_video, i_bank in zip(*indices, rows, strict=True):
         f = fake.take(i_fake, device)
         if config.fake_pairing == "shuffle":
             f.video = fake.video[i_video].to(device)
-        parts.append((real.take(i_real, device), f))
+        b = None if bank is None or i_bank is None else bank.rows(i_bank, real, device)
+        parts.append((real.take(i_real, device), f, b))
     return parts
 
 
@@ -472,13 +483,14 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     audio_model: BaseModel,
     video_model: BaseModel,
-    batches: list[tuple[PairData, PairData]],
+    batches: list[tuple[PairData, PairData] | tuple[PairData, PairData, BankRows | None]],
     config: TrainConfig,
     step: int,
     rank: int = 0,
     world: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """One optimiser step on ``batches`` (micro-batches of equal size): gradients of the mean
+    """One optimiser step on ``batches`` (micro-batches of equal size, each ``(real, fake)``
+    or ``(real, fake, bank rows)``): gradients of the mean
     loss accumulated, averaged over processes, clipped, applied. Returns the mean
     ``(total, L_D, L_DLSM, accuracy)`` and the gradient norm before clipping.
 
@@ -488,10 +500,11 @@ def train_step(
     device = next(discriminator.parameters()).device
     optimizer.zero_grad(set_to_none=True)
     stats = torch.zeros(4, device=device)
-    for micro, (r, f) in enumerate(batches):
+    for micro, (r, f, *bank_rows) in enumerate(batches):
+        b = bank_rows[0] if bank_rows else None
         tag = (micro,) if len(batches) > 1 else ()
         loss = _micro_loss(
-            discriminator, audio_model, video_model, r, f, config, (step, rank, *tag), device
+            discriminator, audio_model, video_model, r, f, b, config, (step, rank, *tag), device
         )
         (loss.total / len(batches)).backward()
         correct = (loss.logits_real > 0).sum() + (loss.logits_fake <= 0).sum()
@@ -505,6 +518,24 @@ def train_step(
         _stop_if_not_finite(stats[0] / len(batches), grad_norm, step, world)
     optimizer.step()
     return stats / len(batches), grad_norm
+
+
+def _check_bank(
+    bank: NoiseBank, real: PairData, config: TrainConfig, text_drop_prob: float
+) -> None:
+    fingerprint = bank.manifest.get("fingerprint", {})
+    if fingerprint.get("real") != real.digest():
+        raise InputError("was built from other real pairs than this run's", "bank")
+    if not config.use_dlsm:
+        raise InputError("a noise bank serves L_DLSM, but use_dlsm is false", "bank")
+    if config.clean_prob > 0:
+        raise InputError("clean_prob > 0 needs L_DLSM computed live (no bank)", "bank")
+    if real.captions is not None and text_drop_prob > 0:
+        raise InputError(
+            "the discriminator drops captions (text_drop_prob > 0), and the bank holds only "
+            "the captioned predictions; train with L_DLSM computed live (no bank)",
+            "bank",
+        )
 
 
 def _stop_if_not_finite(loss: Tensor, grad_norm: Tensor, step: int, world: int) -> None:
@@ -532,6 +563,7 @@ def _micro_loss(
     video_model: BaseModel,
     r: PairData,
     f: PairData,
+    b: BankRows | None,
     config: TrainConfig,
     parts: tuple[int, ...],
     device: torch.device,
@@ -546,7 +578,7 @@ def _micro_loss(
         cond_real["text_drop"] = drop.to(device)
         captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
     eps_a = eps_v = None
-    if config.use_dlsm:
+    if config.use_dlsm and b is None:
         # L_DLSM corrects the prediction the sampler uses: the one for the pair's caption.
         cond_a = None if captions is None else audio_model.encode_prompt(captions)
         cond_v = None if captions is None else video_model.encode_prompt(captions)
@@ -578,6 +610,7 @@ def _micro_loss(
             clean_prob=config.clean_prob,
             cond_real=cond_real,
             cond_fake=f.cond,
+            bank=b,
             generator=generator,
         )
 
@@ -596,6 +629,7 @@ def train_discriminator(
     progress: bool = True,
     stop_after: int | None = None,
     fake_cfg_scales: tuple[float, float] | None = None,
+    bank: NoiseBank | None = None,
 ) -> TrainResult:
     """Train ``discriminator`` in place; checkpoints and TensorBoard logs go under ``out_dir``.
 
@@ -608,9 +642,13 @@ def train_discriminator(
     (:func:`check_cfg_scales`). A checkpoint of a run made from other inputs
     (:func:`run_inputs`) is refused; ``out_dir`` is locked while training (a second run on it
     stops at once); a non-finite loss or gradient stops training before the update, keeping
-    the last good checkpoint.
+    the last good checkpoint. ``bank`` (:func:`mmdisco.training.bank.load_noise_bank`, built
+    from ``real``) makes L_DLSM read the base models' predictions instead of calling them.
     """
     from accelerate import Accelerator
+
+    if bank is not None:
+        _check_bank(bank, real, config, _text_drop_prob(discriminator))
 
     pair_bytes = 4 * (real.audio[0].numel() + real.video[0].numel())
     # A step holds real and fake batches, their noised copies and the activations' inputs.
@@ -628,6 +666,8 @@ def train_discriminator(
     lock = DirectoryLock(out) if out is not None else None
     if out is not None:
         inputs = run_inputs(discriminator, audio_model, video_model, real, fake, config)
+        if bank is not None:
+            inputs["bank"] = bank.manifest.get("fingerprint")
 
         def open_run() -> None:
             lock.acquire()
@@ -642,7 +682,7 @@ def train_discriminator(
         return _train(
             discriminator, optimizer, audio_model, video_model, real, fake, config, out,
             accelerator=accelerator, resume=resume, progress=progress, stop_after=stop_after,
-            fake_cfg_scales=fake_cfg_scales,
+            fake_cfg_scales=fake_cfg_scales, bank=bank,
         )  # fmt: skip
     finally:
         if lock is not None:
@@ -664,6 +704,7 @@ def _train(
     progress: bool,
     stop_after: int | None,
     fake_cfg_scales: tuple[float, float] | None,
+    bank: NoiseBank | None = None,
 ) -> TrainResult:
     rank, world = accelerator.process_index, accelerator.num_processes
     device = accelerator.device
@@ -677,6 +718,9 @@ def _train(
         BatchOrder(len(data), config.batch_size, derive_seed(config.seed, k))
         for k, data in ((1, real), (2, fake), (3, fake))
     )
+    if bank is not None:
+        dlsm_batch = config.dlsm_batch_size or config.batch_size
+        orders += (BatchOrder(len(bank), dlsm_batch, derive_seed(config.seed, 4)),)
     local = config.batch_size // world
     if local % config.grad_accum:
         raise ValueError(
@@ -716,7 +760,7 @@ def _train(
                 optimizer,
                 audio_model,
                 video_model,
-                micro_batches(real, fake, orders, config, step, rank, world, device),
+                micro_batches(real, fake, orders, config, step, rank, world, device, bank),
                 config,
                 step,
                 rank,

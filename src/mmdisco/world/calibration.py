@@ -8,8 +8,9 @@ compares a discriminator with :class:`mmdisco.world.ratio.ExactLogRatio` on the 
 * ``logit_corr``: Pearson correlation of the logits with ``log r_t`` over real and fake pairs;
 * ``cos_audio`` / ``cos_video``: mean cosine between the input-gradients, per modality, over
   the pairs whose exact gradient matters (``sigma * |grad log r| >= GRAD_FLOOR`` in epsilon
-  units; ``None`` when there are none, e.g. video at low noise, where the video's clip is
-  already certain and ``grad_v log r`` vanishes); ``frac_*`` is the share of pairs counted;
+  units; ``None`` when fewer than ``MIN_PAIRS`` pairs qualify, e.g. video at low noise,
+  where the video's clip is already certain and ``grad_v log r`` vanishes for 99.6 % of
+  pairs: a mean of one or two cosines says nothing); ``frac_*`` is the share of pairs counted;
 * ``gain_audio`` / ``gain_video``: median over those pairs of ``|grad h| / |grad log r|``,
   the scale at which guiding with ``h`` moves as far as the exact ratio at scale 1;
 * ``accuracy`` and ``bce`` of the discriminator, next to the exact ratio's
@@ -33,6 +34,7 @@ from mmdisco.guidance import DiscriminatorOutput, discriminator_gradients
 
 NOISE_LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)
 GRAD_FLOOR = 1e-2  # sigma * |grad log r| below this moves epsilon by < 1e-2: nothing to match
+MIN_PAIRS = 8  # fewer pairs with a gradient to match: no cosine reported
 
 
 def _noised(x0: Tensor, schedule: NoiseSchedule, t: Tensor, generator: torch.Generator) -> Tensor:
@@ -45,8 +47,8 @@ def _cosine(g: Tensor, ref: Tensor, sigma: Tensor) -> tuple[float | None, float,
     g, ref = g.flatten(1).double(), ref.flatten(1).double()
     ref_norm, g_norm = ref.norm(dim=1), g.norm(dim=1)
     keep = sigma.double() * ref_norm >= GRAD_FLOOR
-    if not keep.any():
-        return None, 0.0, None
+    if keep.sum() < MIN_PAIRS:
+        return None, float(keep.double().mean()), None
     cos = F.cosine_similarity(g[keep], ref[keep], dim=1, eps=1e-30)
     gain = (g_norm[keep] / ref_norm[keep]).median()
     return float(cos.mean()), float(keep.double().mean()), float(gain)

@@ -144,55 +144,47 @@ def train_world_discriminator(
     seed: int,
     clean_prob: float,
     fake_pairing: str = "shuffle",
+    use_dlsm: bool = True,
     quick: bool = False,
     progress: bool = False,
 ) -> Guide:
     """Train the world's MMDisCo discriminator into ``out_dir`` (resumed from checkpoints,
     loaded when complete; the CPU-seconds recorded are those of the run that finished it).
 
-    Today the demo's recipe (:class:`mmdisco.demo.DemoSettings`): an ``mlp`` and a
-    ``time_aligned`` head trained separately with L_D, logits summed, audio-led guidance
-    (audio 300, video 0, window t/T in [0.5, 1]); ``clean_prob`` of the pairs hold one
-    modality clean so that the same discriminator guides conditional generation. Audio-to-
-    video needs a video scale: 100. ``fake_pairing="fixed"`` for fakes whose pairs are
-    dependent (a joint model's samples).
+    The demo's recipe (:func:`mmdisco.demo.train_codebook`): one codebook discriminator,
+    anchors from real and fake clips, coupling counted from the real pairs, L_D + L_DLSM,
+    scale 1. A given clean modality needs no special training: at the clip's log-SNR the
+    anchors' posterior is exact, so ``clean_prob`` is not used (kept for the callers' record).
+    ``fake_pairing="fixed"`` for fakes whose pairs are dependent (a joint model's samples);
+    ``use_dlsm=False`` where the base models cannot be called one modality at a time (the
+    joint model's views), so no L_DLSM bank can be built: L_D only.
     """
-    from mmdisco.demo import DemoSettings, SummedDiscriminators, build_discriminator
-    from mmdisco.demo import load_discriminator as load
-    from mmdisco.training.trainer import train_discriminator
+    from mmdisco.demo import DemoSettings, train_codebook
+    from mmdisco.discriminator import load_discriminator as load
 
+    del clean_prob
     demo = DemoSettings.quick() if quick else DemoSettings()
-    heads = ("mlp", "time_aligned")
     record = out_dir / TRAINED
+    disc_dir = out_dir / "disc_codebook" / "discriminator"
     if record.exists():
         cpu_seconds = json.loads(record.read_text())["cpu_seconds"]
-        discs = [load(out_dir / head / "discriminator") for head in heads]
+        disc = load(disc_dir)
     else:
-        discs, start = [], time.process_time()
-        for head in heads:
-            disc = build_discriminator(
-                head,
-                audio_model.latent_shape(),
-                video_model.latent_shape(),
-                seed=seed,
-                **demo.disc_kwargs,
-            )
-            cfg = dataclasses.replace(
-                demo.train_config(head), seed=seed, clean_prob=clean_prob, fake_pairing=fake_pairing
-            )
-            run = out_dir / head
-            train_discriminator(
-                disc, audio_model, video_model, real, fake, cfg, run, progress=progress
-            )
-            disc.eval().save_pretrained(run / "discriminator")
-            discs.append(disc)
+        start = time.process_time()
+        train = dataclasses.replace(
+            demo.codebook_train, seed=seed, fake_pairing=fake_pairing, use_dlsm=use_dlsm
+        )
+        settings = dataclasses.replace(demo, seed=seed, codebook_train=train)
+        disc, _ = train_codebook(
+            out_dir, audio_model, video_model, real, fake, settings, progress=progress
+        )
         cpu_seconds = round(time.process_time() - start, 1)
         write_json_atomic(record, {"cpu_seconds": cpu_seconds})
-    disc = SummedDiscriminators(*discs).eval()
+    disc = disc.eval()
     a, v = demo.guidance_scale_audio, demo.guidance_scale_video
     return Guide(
         disc,
-        scales={"joint": (a, v), "video-to-audio": (a, 0.0), "audio-to-video": (0.0, 100.0)},
+        scales={"joint": (a, v), "video-to-audio": (a, 0.0), "audio-to-video": (0.0, v)},
         window=tuple(demo.guidance_window),
         parameters=sum(p.numel() for p in disc.parameters()),
         train_cpu_s=cpu_seconds,
@@ -529,6 +521,7 @@ def _joint_plus_mmdisco(c: Comparison, seed: int) -> None:
         seed=seed,
         clean_prob=0.0,
         fake_pairing="fixed",
+        use_dlsm=False,  # the joint model's views denoise only together: no bank of them
         quick=s.quick,
         progress=c.progress,
     )
