@@ -169,3 +169,16 @@ def test_calibration_scores_the_exact_ratio_perfectly_and_a_random_network_near_
         assert row["bayes_accuracy"] > 0.8 and row["accuracy"] < row["bayes_accuracy"]
     path = plot_calibration(tmp_path / "calibration.png", {"exact": perfect, "random": rows})
     assert path.stat().st_size > 1000
+
+
+def test_no_cosine_is_reported_over_fewer_than_min_pairs():
+    from mmdisco.world.calibration import GRAD_FLOOR, MIN_PAIRS, _cosine
+
+    ref = torch.zeros(100, 4)
+    ref[: MIN_PAIRS - 1, 0] = 1.0  # one pair short of a measurable cosine
+    sigma = torch.ones(100)
+    cos, frac, gain = _cosine(ref.clone(), ref, sigma)
+    assert cos is None and gain is None and frac == pytest.approx((MIN_PAIRS - 1) / 100)
+    ref[MIN_PAIRS - 1, 0] = 2 * GRAD_FLOOR
+    cos, frac, gain = _cosine(-ref, ref, sigma)
+    assert cos == pytest.approx(-1.0) and gain == pytest.approx(1.0)
