@@ -145,7 +145,7 @@ def plot_calibration(
         ("logit_corr", "logit correlation with log r"),
         ("cos_audio", "input-gradient cosine, audio"),
         ("cos_video", "input-gradient cosine, video"),
-        ("accuracy", "accuracy (dashed: exact ratio)"),
+        ("accuracy", "accuracy (dashed: Bayes rate)"),
     )
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     for ax, (key, label) in zip(axes[0], panels, strict=True):
@@ -161,8 +161,16 @@ def plot_calibration(
                     color=line.get_color(),
                     alpha=0.6,
                 )
+        missing = sorted(
+            {row["noise_level"] for rows in reports.values() for row in rows if row[key] is None}
+        )
+        if missing:
+            levels = ", ".join(f"{u:g}" for u in missing)
+            ax.text(0.03, 0.05, f"no cosine at t/T = {levels}:\nfewer than {MIN_PAIRS} pairs "
+                    "with an exact gradient", transform=ax.transAxes, fontsize=7)  # fmt: skip
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("noise level t / T")
+        ax.set_xlim(0.0, 1.0)
         ax.set_ylim(-0.1 if key != "accuracy" else 0.4, 1.02)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
