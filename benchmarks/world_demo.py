@@ -7,7 +7,7 @@ directory and writes ``benchmarks/results/demo/``: ``seeds.json`` / ``seeds.md``
 per row and score), and seed 0's report, table and figures (the fakes cache, checkpoints and
 mp4s stay behind).
 
-    python benchmarks/world_demo.py                 # 3 seeds (about 4 minutes each, 2 CPU cores)
+    python benchmarks/world_demo.py                 # 3 seeds (about 2.5 minutes each, 2 CPU cores)
     python benchmarks/world_demo.py --quick         # smoke run (well under a minute)
 """
 
