@@ -254,7 +254,7 @@ def _fidelity_extractors(
 
 @app.command("convert")
 def convert_cmd(
-    arch: Annotated[str, typer.Argument(help="vggish, i3d, imagebind or panns")],
+    arch: Annotated[str, typer.Argument(help="vggish, i3d, imagebind, panns or synchformer")],
     src: Annotated[Path, typer.Argument(help="the published PyTorch checkpoint (.pth / .pt)")],
     dst: Annotated[Path, typer.Argument(help="the safetensors file to write")],
     variant: Annotated[
