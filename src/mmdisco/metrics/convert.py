@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -56,6 +57,7 @@ DROP_PREFIXES = {"vggish": ("pproc.",), "i3d": (), "panns": ()}
 # I3D weight files: name fragment -> variant recorded in the converted file's metadata.
 I3D_VARIANTS = {"i3d_pretrained_400": "tfhub", "rgb_imagenet": "deepmind"}
 IMAGEBIND_UNUSED = ("depth", "thermal", "imu")
+Model = TypeVar("Model", bound=nn.Module)
 
 
 def _load_tensors_only(src: str | os.PathLike) -> Any:
@@ -82,6 +84,25 @@ def _load_tensors_only(src: str | os.PathLike) -> Any:
     return state
 
 
+def _convert_on_meta(
+    src: str | os.PathLike,
+    build: Callable[[], Model],
+    keep: Callable[[str], bool] = lambda key: True,
+) -> Model:
+    """A whole-model checkpoint (optionally under ``state_dict``, keys optionally prefixed
+    ``module.``) assigned to ``build()`` made on the meta device, every key and shape
+    checked, so a multi-GB model is held in memory once."""
+    state = _load_tensors_only(src)
+    state = state["state_dict"] if isinstance(state.get("state_dict"), dict) else state
+    state = {k.removeprefix("module."): v.contiguous() for k, v in state.items()}
+    state = {k: v for k, v in state.items() if keep(k)}
+    with torch.device("meta"):
+        model = build()
+    check_state_dict(model, state, str(src))
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
+
+
 def convert_imagebind(
     src: str | os.PathLike, dst: str | os.PathLike, config: ImageBindConfig | None = None
 ) -> Path:
@@ -89,18 +110,10 @@ def convert_imagebind(
 
     ``config`` defaults to imagebind_huge (other sizes are for tests).
     """
-    state = _load_tensors_only(src)
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    state = {  # "modality_trunks.depth.blocks..." -> modality "depth"
-        k: v.contiguous()
-        for k, v in state.items()
-        if [*k.split("."), ""][1] not in IMAGEBIND_UNUSED
-    }
-    with torch.device("meta"):
-        model = ImageBind(config)
-    check_state_dict(model, state, str(src))
-    model.load_state_dict(state, strict=True, assign=True)
+    # "modality_trunks.depth.blocks..." -> modality "depth"
+    model = _convert_on_meta(
+        src, lambda: ImageBind(config), lambda k: [*k.split("."), ""][1] not in IMAGEBIND_UNUSED
+    )
     return save_imagebind(model, dst)
 
 
@@ -111,14 +124,7 @@ def convert_synchformer(
 
     ``config`` defaults to the released model (other sizes are for tests).
     """
-    state = _load_tensors_only(src)
-    state = state.get("state_dict", state) if isinstance(state.get("state_dict"), dict) else state
-    state = {k.removeprefix("module."): v.contiguous() for k, v in state.items()}
-    with torch.device("meta"):
-        model = Synchformer(config)
-    check_state_dict(model, state, str(src))
-    model.load_state_dict(state, strict=True, assign=True)
-    return save_synchformer(model, dst)
+    return save_synchformer(_convert_on_meta(src, lambda: Synchformer(config)), dst)
 
 
 def i3d_variant(src: str | os.PathLike, variant: str | None) -> str:
