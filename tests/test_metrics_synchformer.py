@@ -146,7 +146,7 @@ def test_convert_released_layout_and_key_errors(tmp_path):
     with pytest.raises(InputError, match=r"code\.pth: refused: it is not a plain state dict"):
         convert_synchformer(tmp_path / "code.pth", tmp_path / "x.safetensors", model.config)
     assert not (tmp_path / "x.safetensors").exists()
-    with pytest.raises(ValueError, match=r"expected \.safetensors; convert synchformer"):
+    with pytest.raises(ValueError, match=r"full\.pth: expected a \.safetensors file; convert"):
         load_synchformer(tmp_path / "full.pth")
 
 

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmdisco.io import load_tensors, save_tensors_atomic
-from mmdisco.metrics.base import check_state_dict
+from mmdisco.io import save_tensors_atomic
+from mmdisco.metrics.base import check_state_dict, read_weights
 
 
 @dataclass(frozen=True)
@@ -418,18 +418,10 @@ def save_synchformer(model: Synchformer, path: str | os.PathLike) -> Path:
 
 def load_synchformer(weights: str | os.PathLike, device: str | torch.device = "cpu") -> Synchformer:
     """Synchformer from a safetensors file written by ``mmdisco convert synchformer``, in eval."""
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"Synchformer weights not found: {path}")
-    if path.suffix != ".safetensors":
-        raise ValueError(
-            f"{path}: expected .safetensors; convert synchformer_state_dict.pth with "
-            "`mmdisco convert synchformer`"
-        )
-    state, meta = load_tensors(path, device)
+    state, meta = read_weights(weights, device)
     config = SynchformerConfig(**json.loads(meta["config"])) if "config" in meta else None
     with torch.device("meta"):
         model = Synchformer(config)
-    check_state_dict(model, state, str(path))
+    check_state_dict(model, state, str(weights))
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
