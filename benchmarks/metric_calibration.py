@@ -13,8 +13,9 @@ over clips (with its standard error) of
 * the world's exact temporal and semantic scores (``mmdisco.world.evaluate``);
 * the ImageBind AV score, only with real weights (``--imagebind-weights``; random weights
   would be meaningless);
-* DeSync, only with a Synchformer (``--sync-model module:factory``); its 4.8 s window needs
-  longer clips, so those conditions use a 40-frame (5 s) world.
+* DeSync, only with Synchformer weights (``--sync-weights synchformer.safetensors`` from
+  ``mmdisco convert synchformer``, or another network with ``--sync-model module:factory``);
+  its 4.8 s window needs longer clips, so those conditions use a 40-frame (5 s) world.
 
 A metric ranks offsets correctly when its mean falls as |offset| grows: we report Spearman's
 rank correlation between |offset| and the per-condition mean (-1: perfect) and whether the
@@ -149,7 +150,9 @@ def calibrate(
             "no ImageBind weights (--imagebind-weights): random weights are meaningless"
         )
     if sync_model is None:
-        skipped["desync"] = "no Synchformer (--sync-model): the network is not built in"
+        skipped["desync"] = (
+            "no Synchformer weights (--sync-weights): random weights are meaningless"
+        )
     else:
         long_config = WorldConfig(num_frames=40)  # 5 s: DeSync's windows are 4.8 s
         long_clips = inner_clips(n_clips, seed, long_config, max(abs(k) for k in offsets))
@@ -297,6 +300,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=None, help="real pairs (default 64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--imagebind-weights", type=Path, default=None)
+    parser.add_argument("--sync-weights", type=Path, default=None, help="convert synchformer")
     parser.add_argument("--sync-model", default=None, help="module:factory of a Synchformer")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -307,6 +311,10 @@ def main() -> None:
 
         imagebind = load_imagebind(args.imagebind_weights)
     sync = _factory(args.sync_model) if args.sync_model else None
+    if args.sync_weights is not None:
+        from mmdisco.metrics.synchformer import load_synchformer
+
+        sync = load_synchformer(args.sync_weights)
     n = args.clips or (4 if args.quick else 64)
     result = calibrate(n, args.seed, imagebind=imagebind, sync_model=sync)
     stem = "metric_calibration_quick" if args.quick else "metric_calibration"

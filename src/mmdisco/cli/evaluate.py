@@ -72,6 +72,10 @@ def evaluate(
         str | None,
         typer.Option(help="'module:factory' returning a Synchformer-interface model (desync)."),
     ] = None,
+    sync_weights: Annotated[
+        Path | None,
+        typer.Option(help="Built-in Synchformer: safetensors from `convert synchformer` (desync)."),
+    ] = None,
     clap_model: Annotated[
         Path | None, typer.Option(help="Local transformers CLAP checkpoint directory (clap).")
     ] = None,
@@ -185,11 +189,17 @@ def evaluate(
         panns = PANNsExtractor(panns_weights, device=device)
     desync = None
     if "desync" in chosen:
-        if sync_model is None:
-            raise InputError("is needed by desync (see docs/metrics.md, DeSync)", "sync_model")
+        if (sync_model is None) == (sync_weights is None):
+            raise InputError("desync needs one of --sync-weights or --sync-model (docs/metrics.md)")
         from mmdisco.metrics.desync import DeSync
 
-        desync = DeSync(_load_factory(sync_model, "sync_model"), device=device)
+        if sync_weights is not None:
+            from mmdisco.metrics.synchformer import load_synchformer
+
+            net = load_synchformer(sync_weights, device=device)
+        else:
+            net = _load_factory(sync_model, "sync_model")
+        desync = DeSync(net, device=device)
     clap = None
     if "clap" in chosen:
         if clap_model is None:
@@ -254,7 +264,7 @@ def _fidelity_extractors(
 
 @app.command("convert")
 def convert_cmd(
-    arch: Annotated[str, typer.Argument(help="vggish, i3d, imagebind or panns")],
+    arch: Annotated[str, typer.Argument(help="vggish, i3d, imagebind, panns or synchformer")],
     src: Annotated[Path, typer.Argument(help="the published PyTorch checkpoint (.pth / .pt)")],
     dst: Annotated[Path, typer.Argument(help="the safetensors file to write")],
     variant: Annotated[

@@ -77,12 +77,11 @@ def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: 
         raise ValueError(f"{source} does not match {type(module).__name__}: " + "; ".join(parts))
 
 
-def load_weights(module: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a safetensors state dict into ``module`` strictly, with a readable error.
-
-    Missing / unexpected keys and shape mismatches are all listed with the file name, because
-    a silently half-loaded network gives plausible-looking but meaningless features.
-    """
+def read_weights(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a converted weights file; a missing file or another format is
+    an error naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
@@ -91,7 +90,16 @@ def load_weights(module: nn.Module, path: str | os.PathLike) -> nn.Module:
             f"{path}: expected a .safetensors file; convert checkpoints with "
             "`mmdisco convert` (see docs/metrics.md)"
         )
-    state, _ = load_tensors(path, finite=False)
+    return load_tensors(path, device, finite=False)
+
+
+def load_weights(module: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a safetensors state dict into ``module`` strictly, with a readable error.
+
+    Missing / unexpected keys and shape mismatches are all listed with the file name, because
+    a silently half-loaded network gives plausible-looking but meaningless features.
+    """
+    state, _ = read_weights(path)
     check_state_dict(module, state, str(path))
     module.load_state_dict(state, strict=True)
     return module

@@ -4,6 +4,7 @@
     mmdisco convert i3d i3d_pretrained_400.pt i3d.safetensors
     mmdisco convert imagebind imagebind_huge.pth imagebind.safetensors
     mmdisco convert panns Cnn14_16k_mAP=0.438.pth panns.safetensors
+    mmdisco convert synchformer synchformer_state_dict.pth synchformer.safetensors
 
 (``python -m mmdisco.metrics.convert ...`` runs the same command.)
 
@@ -23,6 +24,9 @@ Sources whose key layout matches ours directly:
 * ``imagebind``: facebookresearch/ImageBind ``imagebind_huge.pth``; the vision / audio / text
   keys load as they are, the depth / thermal / IMU ones are dropped (see
   :mod:`mmdisco.metrics.imagebind_model`). The model is checked on the meta device.
+* ``synchformer``: hkchengrex/MMAudio's ``synchformer_state_dict.pth`` (av-benchmark's DeSync
+  network, v-iashin/Synchformer ``24-01-04T16-39-21``); every key loads as it is (see
+  :mod:`mmdisco.metrics.synchformer`), checked on the meta device.
 
 The checkpoint is read with ``torch.load(weights_only=True)`` (tensors only, no pickled code)
 and the result is checked against the architecture before it is written (atomically).
@@ -32,8 +36,9 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -44,6 +49,7 @@ from mmdisco.metrics.base import check_state_dict
 from mmdisco.metrics.i3d import InceptionI3d
 from mmdisco.metrics.imagebind_model import ImageBind, ImageBindConfig, save_imagebind
 from mmdisco.metrics.panns import Cnn14
+from mmdisco.metrics.synchformer import Synchformer, SynchformerConfig, save_synchformer
 from mmdisco.metrics.vggish import VGGish
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"vggish": VGGish, "i3d": InceptionI3d, "panns": Cnn14}
@@ -51,6 +57,7 @@ DROP_PREFIXES = {"vggish": ("pproc.",), "i3d": (), "panns": ()}
 # I3D weight files: name fragment -> variant recorded in the converted file's metadata.
 I3D_VARIANTS = {"i3d_pretrained_400": "tfhub", "rgb_imagenet": "deepmind"}
 IMAGEBIND_UNUSED = ("depth", "thermal", "imu")
+Model = TypeVar("Model", bound=nn.Module)
 
 
 def _load_tensors_only(src: str | os.PathLike) -> Any:
@@ -77,6 +84,25 @@ def _load_tensors_only(src: str | os.PathLike) -> Any:
     return state
 
 
+def _convert_on_meta(
+    src: str | os.PathLike,
+    build: Callable[[], Model],
+    keep: Callable[[str], bool] = lambda key: True,
+) -> Model:
+    """A whole-model checkpoint (optionally under ``state_dict``, keys optionally prefixed
+    ``module.``) assigned to ``build()`` made on the meta device, every key and shape
+    checked, so a multi-GB model is held in memory once."""
+    state = _load_tensors_only(src)
+    state = state["state_dict"] if isinstance(state.get("state_dict"), dict) else state
+    state = {k.removeprefix("module."): v.contiguous() for k, v in state.items()}
+    state = {k: v for k, v in state.items() if keep(k)}
+    with torch.device("meta"):
+        model = build()
+    check_state_dict(model, state, str(src))
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
+
+
 def convert_imagebind(
     src: str | os.PathLike, dst: str | os.PathLike, config: ImageBindConfig | None = None
 ) -> Path:
@@ -84,19 +110,21 @@ def convert_imagebind(
 
     ``config`` defaults to imagebind_huge (other sizes are for tests).
     """
-    state = _load_tensors_only(src)
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    state = {  # "modality_trunks.depth.blocks..." -> modality "depth"
-        k: v.contiguous()
-        for k, v in state.items()
-        if [*k.split("."), ""][1] not in IMAGEBIND_UNUSED
-    }
-    with torch.device("meta"):
-        model = ImageBind(config)
-    check_state_dict(model, state, str(src))
-    model.load_state_dict(state, strict=True, assign=True)
+    # "modality_trunks.depth.blocks..." -> modality "depth"
+    model = _convert_on_meta(
+        src, lambda: ImageBind(config), lambda k: [*k.split("."), ""][1] not in IMAGEBIND_UNUSED
+    )
     return save_imagebind(model, dst)
+
+
+def convert_synchformer(
+    src: str | os.PathLike, dst: str | os.PathLike, config: SynchformerConfig | None = None
+) -> Path:
+    """Check a Synchformer state dict key for key and shape for shape, write ``dst``.
+
+    ``config`` defaults to the released model (other sizes are for tests).
+    """
+    return save_synchformer(_convert_on_meta(src, lambda: Synchformer(config)), dst)
 
 
 def i3d_variant(src: str | os.PathLike, variant: str | None) -> str:
@@ -122,11 +150,13 @@ def convert(
     """Read ``src`` (a state dict), keep the architecture's keys, verify, write ``dst``.
 
     ``variant`` only applies to ``i3d`` (see the module docstring)."""
-    check_choice("arch", arch, sorted([*ARCHITECTURES, "imagebind"]))
+    check_choice("arch", arch, sorted([*ARCHITECTURES, "imagebind", "synchformer"]))
     if variant is not None:
         check_choice("variant", variant, sorted(set(I3D_VARIANTS.values())))
     if arch == "imagebind":
         return convert_imagebind(src, dst)
+    if arch == "synchformer":
+        return convert_synchformer(src, dst)
     state = _load_tensors_only(src)
     for wrapper in ("state_dict", "model"):  # PANNs checkpoints hold {"model": ..., ...}
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):

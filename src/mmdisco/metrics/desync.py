@@ -18,12 +18,10 @@ What is implemented, following hkchengrex/av-benchmark (``extract.py``, ``extrac
   segments (0-4.8 s) and for the last 14; DeSync of a clip is the mean of the two |offsets|,
   and of a set the mean over clips.
 
-What is **not** implemented: the Synchformer network itself (MotionFormer video encoder,
-AST audio encoder, global transformer; v-iashin/Synchformer). DeSync therefore needs a model
-object with the official ``Synchformer`` interface (``extract_vfeats``, ``extract_afeats``,
-``compare_v_a``), e.g. av-benchmark's class with ``synchformer_state_dict.pth`` loaded,
-supplied by the user (``--sync-model module:factory``). Nothing here claims to be
-Synchformer; without such a model DeSync is not computed.
+The network: :class:`mmdisco.metrics.synchformer.Synchformer` (our implementation of
+av-benchmark's, loading ``synchformer_state_dict.pth`` after ``mmdisco convert synchformer``;
+``mmdisco evaluate --sync-weights``), or any object with the same interface
+(``extract_vfeats``, ``extract_afeats``, ``compare_v_a``; ``--sync-model module:factory``).
 """
 
 from __future__ import annotations
@@ -153,13 +151,24 @@ def preprocess_audio(media: AudioClip, seconds: float = 8.0) -> torch.Tensor:
 class DeSync:
     """|predicted offset| in seconds, averaged over the first and last 4.8 s of a clip."""
 
-    name = "desync (Synchformer, user-supplied)"
+    name = "desync (Synchformer)"
     reference = "hkchengrex/av-benchmark DeSync"
 
     def __init__(self, model: SyncModel, seconds: float = 8.0, device: str = "cpu") -> None:
         if seconds < WINDOW_SECONDS:
             raise ValueError(f"DeSync needs at least {WINDOW_SECONDS} s per clip, got {seconds}")
         self.model, self.seconds, self.device = model, seconds, device
+
+    @property
+    def version(self) -> str:
+        """Which network scores: the built-in one (released size or not) or the user's."""
+        from mmdisco.metrics.synchformer import Synchformer, SynchformerConfig
+
+        if not isinstance(self.model, Synchformer):
+            return f"user-supplied network ({type(self.model).__name__})"
+        if self.model.config != SynchformerConfig():
+            return "built-in Synchformer, reduced size (NOT comparable)"
+        return "built-in Synchformer (synchformer_state_dict.pth, 24-01-04T16-39-21)"
 
     @torch.no_grad()
     def __call__(self, video: VideoClip, audio: AudioClip) -> float:

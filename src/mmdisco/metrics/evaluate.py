@@ -558,7 +558,7 @@ def metric_info(options: EvalOptions, models: dict[str, Any]) -> dict[str, dict[
         d = models["desync"]
         info["desync"] = {
             "reference": d.reference,
-            "version": "synchformer (user-supplied network)",
+            "version": d.version,
             "options": {"seconds": d.seconds, "model": type(d.model).__name__},
         }
     if "clap" in metrics:
