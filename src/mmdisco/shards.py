@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from mmdisco.errors import InputError, MissingInputError, MMDiscoError, check_memory
 from mmdisco.io import (
@@ -275,6 +276,35 @@ class ShardWriter:
     def __exit__(self, *exc: object) -> None:
         if self.rank == 0:
             self.lock.release()
+
+
+def write_counted_shards(
+    directory: str | os.PathLike,
+    kind: str,
+    fingerprint: Mapping[str, Any],
+    n: int,
+    shard_size: int,
+    make_shard: Callable[[int, int, int], tuple[Mapping[str, Tensor], Mapping[str, str] | None]],
+    desc: str,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fill a cache of ``n`` items in shards of ``shard_size`` (the last one shorter):
+    ``make_shard(index, start, count)`` returns shard ``index``'s tensors and metadata. A
+    shard counts as done only if it holds the count it should; returns the manifest."""
+    counts = [min(shard_size, n - start) for start in range(0, n, shard_size)]
+    writer = ShardWriter(
+        directory, kind, fingerprint, len(counts),
+        entry_ok=lambda entry: entry.get("count") == counts[entry["index"]],
+    )  # fmt: skip
+    with writer:
+        pending = writer.pending()
+        bar = tqdm(total=sum(counts[i] for i in pending), disable=not progress, desc=desc)
+        for index in pending:
+            tensors, metadata = make_shard(index, index * shard_size, counts[index])
+            writer.write(index, tensors, metadata, count=counts[index])
+            bar.update(counts[index])
+        bar.close()
+        return writer.finish(lambda shards: {"n": n})
 
 
 @dataclass

@@ -350,7 +350,7 @@ class CodebookDiscriminator(nn.Module):
         """``(Ba, Bv)``: the logit of audio ``i`` paired with video ``j``, for all ``i, j``
         (audio and video batches of equal size; each sample's own log-SNR)."""
         log_a, log_v = self.code_log_posteriors(audio, video, log_snr_audio, log_snr_video)
-        support = int((self.coupling.detach() * self.config.coupling_gain > _NO_SUPPORT / 2).sum())
+        support = len(_support(self.config.coupling_gain * self.coupling)[0])
         rows = max(1, _MAX_TERMS // max(1, support * log_v.shape[0]))
         logits = [self.combine(chunk[:, None], log_v[None]) for chunk in log_a.split(rows)]
         return torch.cat(logits).to(audio.dtype)
@@ -388,6 +388,11 @@ def _pool(video: Tensor, pool: int) -> Tensor:
     return video if pool == 1 else F.avg_pool3d(video, (1, pool, pool))
 
 
+def _support(weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Row and column indices of the coupling entries that are not "no support"."""
+    return (weights.detach() > _NO_SUPPORT / 2).nonzero(as_tuple=True)
+
+
 def _log_bilinear(log_a: Tensor, weights: Tensor, log_b: Tensor) -> Tensor:
     """``log sum_jk exp(log_a[..., j] + weights[j, k] + log_b[..., k])``, broadcast over the
     leading axes, summed over the coupling's support only, in float64 log-space.
@@ -396,7 +401,7 @@ def _log_bilinear(log_a: Tensor, weights: Tensor, log_b: Tensor) -> Tensor:
     what even float64 holds as a number, and its gradient (the pull across the space that
     the exact ratio has) is carried by the largest of those vanishing terms.
     """
-    j, k = (weights.detach() > _NO_SUPPORT / 2).nonzero(as_tuple=True)
+    j, k = _support(weights)
     terms = log_a[..., j].double() + weights[j, k].double() + log_b[..., k].double()
     return torch.logsumexp(terms, dim=-1)
 

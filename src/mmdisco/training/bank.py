@@ -20,11 +20,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mmdisco.base_models.base import BaseModel
 from mmdisco.errors import InputError, check_fraction_range, check_int
-from mmdisco.shards import ShardWriter, read_shards
+from mmdisco.shards import read_shards, write_counted_shards
 from mmdisco.training.data import PairData
 from mmdisco.training.fakes import derive_seed
 
@@ -123,22 +122,14 @@ def build_noise_bank(
         "audio_model": audio_model.fingerprint(),
         "video_model": video_model.fingerprint(),
     }
-    counts = [min(shard_size, total - start) for start in range(0, total, shard_size)]
-    writer = ShardWriter(
-        out_dir, BANK_FORMAT, fingerprint, len(counts),
-        entry_ok=lambda entry: entry.get("count") == counts[entry["index"]],
-    )  # fmt: skip
-    with writer:
-        pending = writer.pending()
-        bar = tqdm(total=sum(counts[i] for i in pending), disable=not progress, desc="dlsm bank")
-        for shard in pending:
-            start = shard * shard_size
-            rows = torch.arange(start, start + counts[shard])
-            tensors = _bank_shard(audio_model, video_model, real, rows, fingerprint, batch_size)
-            writer.write(shard, tensors, count=counts[shard])
-            bar.update(counts[shard])
-        bar.close()
-        return writer.finish(lambda shards: {"n": total})
+
+    def make_shard(index: int, start: int, count: int) -> tuple[dict[str, Tensor], None]:
+        rows = torch.arange(start, start + count)
+        return _bank_shard(audio_model, video_model, real, rows, fingerprint, batch_size), None
+
+    return write_counted_shards(
+        out_dir, BANK_FORMAT, fingerprint, total, shard_size, make_shard, "dlsm bank", progress
+    )
 
 
 @torch.no_grad()

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mmdisco.base_models.base import BaseModel
 from mmdisco.errors import (
@@ -35,7 +34,7 @@ from mmdisco.errors import (
     check_memory,
 )
 from mmdisco.sampling import GIVEN_MODES, GuidanceOptions, Stream, joint_sample
-from mmdisco.shards import ShardWriter, read_shards
+from mmdisco.shards import read_shards, write_counted_shards
 
 CACHE_FORMAT = "mmdisco-fakes/2"
 SCHEDULERS: dict[str, str | None] = {
@@ -216,31 +215,24 @@ def generate_fakes(
         "video_model": video_model.fingerprint(),
         **(extra_config or {}),
     }
-    counts = [min(shard_size, n - start) for start in range(0, n, shard_size)]
-    writer = ShardWriter(
-        out_dir, CACHE_FORMAT, fingerprint, len(counts),
-        entry_ok=lambda entry: entry.get("count") == counts[entry["index"]],
-    )  # fmt: skip
-    with writer:
-        pending = writer.pending()
-        bar = tqdm(total=sum(counts[i] for i in pending), disable=not progress, desc="fakes")
-        for index in pending:
-            start, count = index * shard_size, counts[index]
-            shard_captions = None if captions is None else captions[start : start + count]
-            audio, video = sample_pairs(
-                audio_model,
-                video_model,
-                count,
-                derive_seed(seed, index),
-                settings=settings,
-                batch_size=batch_size or count,
-                prompts=shard_captions,
-            )
-            metadata = {"captions": json.dumps(shard_captions)} if shard_captions else None
-            writer.write(index, {"audio": audio, "video": video}, metadata, count=count)
-            bar.update(count)
-        bar.close()
-        return writer.finish(lambda shards: {"n": n})
+
+    def make_shard(index: int, start: int, count: int) -> tuple[dict, dict | None]:
+        shard_captions = None if captions is None else captions[start : start + count]
+        audio, video = sample_pairs(
+            audio_model,
+            video_model,
+            count,
+            derive_seed(seed, index),
+            settings=settings,
+            batch_size=batch_size or count,
+            prompts=shard_captions,
+        )
+        metadata = {"captions": json.dumps(shard_captions)} if shard_captions else None
+        return {"audio": audio, "video": video}, metadata
+
+    return write_counted_shards(
+        out_dir, CACHE_FORMAT, fingerprint, n, shard_size, make_shard, "fakes", progress
+    )
 
 
 @dataclass
