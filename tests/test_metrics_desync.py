@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mmdisco.metrics.base import AudioClip, VideoClip
 from mmdisco.metrics.desync import (
@@ -10,6 +11,7 @@ from mmdisco.metrics.desync import (
     WINDOW_SECONDS,
     DeSync,
     SyncModel,
+    _resize_short_side_uint8,
     log_mel,
     mel_filters,
     preprocess_audio,
@@ -60,6 +62,60 @@ def test_video_segments_crop_and_scale():
     assert torch.allclose(x[:, :, 0], torch.ones(1)) and torch.allclose(x[:, :, 1], -torch.ones(1))
     with pytest.raises(ValueError, match=r"shorter than DeSync's 8\.0 s"):
         preprocess_video(VideoClip(frames[:16], 8.0))
+
+
+def _keys_cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
+    x = np.abs(x)
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return np.where(x < 1, near, np.where(x < 2, far, 0.0))
+
+
+def _fixed_point_weights(n_in: int, n_out: int) -> tuple[np.ndarray, int]:
+    """Antialiased bicubic weights (Keys a = -0.5, support stretched by the downscale),
+    normalised per output pixel in float64, then scaled to int16 with as many fraction bits
+    as the largest weight allows and rounded half away from zero."""
+    scale = n_in / n_out
+    stretch = max(scale, 1.0)
+    rows = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        centre = scale * (i + 0.5)
+        lo, hi = max(int(centre - 2 * stretch + 0.5), 0), min(int(centre + 2 * stretch + 0.5), n_in)
+        w = _keys_cubic((np.arange(lo, hi) - centre + 0.5) / stretch)
+        rows[i, lo:hi] = w / w.sum()
+    bits = 0
+    while bits < 22 and int(0.5 + rows.max() * (1 << (bits + 1))) < (1 << 15):
+        bits += 1
+    scaled = rows * (1 << bits)
+    return np.trunc(scaled + np.where(scaled < 0, -0.5, 0.5)).astype(np.int64), bits
+
+
+def _resize_axis_uint8(x: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    if x.shape[axis] == n_out:
+        return x
+    weights, bits = _fixed_point_weights(x.shape[axis], n_out)
+    y = (np.moveaxis(x.astype(np.int64), axis, -1) @ weights.T + (1 << (bits - 1))) >> bits
+    return np.moveaxis(np.clip(y, 0, 255), -1, axis).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("shape", "short_side", "float_gap"), [((2, 3, 90, 160), 224, 10), ((2, 3, 120, 96), 40, 1)]
+)
+def test_video_resize_is_the_uint8_kernel_torchvision_runs(shape, short_side, float_gap):
+    # torchvision's Resize on uint8 CPU frames runs torch's uint8 kernel: a horizontal then a
+    # vertical pass, each with fixed-point weights, rounded and clipped to 0..255 in between.
+    # The reference builds those weights in float64 and runs both passes in integers.
+    frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, shape, np.uint8))
+    ours = _resize_short_side_uint8(frames, short_side)
+    h, w = ours.shape[-2:]
+    assert min(h, w) == short_side
+    reference = _resize_axis_uint8(_resize_axis_uint8(frames.numpy(), w, axis=3), h, axis=2)
+    assert ours.dtype == torch.uint8
+    assert np.abs(ours.numpy().astype(int) - reference).max() == 0
+    # Resizing in float and rounding once is another answer, far off where an upscale
+    # overshoots (noise frames to 224: up to 24 grey levels), by one level on a downscale.
+    once = F.interpolate(frames.float(), size=(h, w), mode="bicubic", antialias=True)
+    assert (once.round().clamp(0, 255) - ours.float()).abs().max() >= float_gap
 
 
 class _StubSync:

@@ -5,9 +5,9 @@ What is implemented, following hkchengrex/av-benchmark (``extract.py``, ``extrac
 
 * video: frames re-timed to 25 fps (nearest-frame selection as ffmpeg's ``fps`` filter),
   the first ``seconds`` (8 s: 200 frames); short side resized to 224 (long side truncated)
-  with antialiased bicubic interpolation, rounded to uint8 (torchvision ``v2.Resize`` on
-  uint8), centre crop 224 (offsets rounded), scaled to [-1, 1]; 16-frame segments every 8
-  frames -> (S, 16, 3, 224, 224).
+  with antialiased bicubic interpolation on the uint8 frames (torchvision ``v2.Resize``:
+  torch's uint8 kernel), centre crop 224 (offsets rounded), scaled to [-1, 1]; 16-frame
+  segments every 8 frames -> (S, 16, 3, 224, 224).
 * audio: channel mean, torchaudio sinc resampling to 16 kHz, the first ``seconds``;
   segments of 10240 samples (0.64 s) every 5120; per segment a mel power spectrogram
   (``torchaudio.transforms.MelSpectrogram(16000, n_fft=1024, win_length=400, hop_length=160,
@@ -74,11 +74,13 @@ def retime_indices(count: int, fps: float, out_fps: float, out_count: int) -> np
 
 def _resize_short_side_uint8(frames: torch.Tensor, size: int) -> torch.Tensor:
     """(T, 3, H, W) uint8 -> short side ``size`` (torchvision: long side truncated),
-    antialiased bicubic, rounded back to uint8."""
+    antialiased bicubic on the uint8 tensor itself, as torchvision's ``Resize`` runs it on
+    the CPU: torch's uint8 kernel (fixed-point weights, a horizontal then a vertical pass,
+    each rounded and clipped to 0..255). Resizing in float and rounding once differs from it
+    wherever bicubic overshoots."""
     h, w = frames.shape[-2:]
     new = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
-    out = F.interpolate(frames.float(), size=new, mode="bicubic", antialias=True)
-    return out.round().clamp(0, 255).to(torch.uint8)
+    return F.interpolate(frames, size=new, mode="bicubic", antialias=True)
 
 
 def _centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
