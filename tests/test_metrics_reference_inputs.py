@@ -183,3 +183,37 @@ def test_imagebind_audio_reads_channel_zero_after_the_joint_mean():
     assert not np.allclose(
         ib.preprocess_audio((left + right) / 2, 16000)[0, 0].numpy(), expected, atol=1e-2
     )
+
+
+def _imagebind_reference_fbanks(audio: np.ndarray) -> np.ndarray:
+    """ImageBind's data.py at 16 kHz: three clips sliced from one waveform tensor, and
+    ``waveform -= waveform.mean()`` on each slice, a view, before its fbank."""
+    from mmdisco.metrics import imagebind as ib
+
+    waveform = torch.from_numpy(audio.copy())
+    out = []
+    for start in ib.clip_starts(waveform.shape[1] / 16000, 2.0, 3):
+        clip = waveform[:, int(start * 16000) : int((start + 2) * 16000)]
+        clip -= clip.mean()
+        fbank = ib.kaldi_fbank(clip[0].numpy(), 16000).T
+        out.append((np.pad(fbank, ((0, 0), (0, 204 - fbank.shape[1]))) + 4.268) / 9.138)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("shape", [(2, 64000), (1, 84800)])  # stereo 4 s, mono 5.3 s
+def test_imagebind_audio_overlapping_clips_see_earlier_mean_removal(shape):
+    from mmdisco.metrics import imagebind as ib
+
+    rng = np.random.default_rng(1)
+    drift = np.linspace(0.0, 0.8, shape[1])  # a slow DC drift: each clip has its own mean
+    audio = 0.05 * rng.standard_normal(shape) + drift * np.arange(1, shape[0] + 1)[:, None]
+    audio = audio.astype(np.float32)
+    given = audio.copy()
+    expected = _imagebind_reference_fbanks(audio)
+    x = ib.preprocess_audio(audio, 16000)[:, 0].numpy()
+    assert np.allclose(x, expected, atol=1e-4)
+    assert np.array_equal(audio, given)  # the caller's array is not the shared waveform
+    # Each clip minus only its own mean: the first clip agrees, the later ones do not.
+    own = ib.preprocess_audio(audio, 16000, shared_mean_removal=False)[:, 0].numpy()
+    assert np.allclose(own[0], expected[0], atol=1e-4)
+    assert np.abs(own[1:] - expected[1:]).max() > 1e-2

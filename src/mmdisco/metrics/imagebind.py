@@ -6,7 +6,8 @@ What is implemented follows facebookresearch/ImageBind ``data.py``:
 
 * audio: every channel resampled to 16 kHz (torchaudio's sinc filter), 3 clips of 2 s evenly
   spaced over the clip (pytorchvideo ``ConstantClipsPerVideoSampler``, exact fractions), each
-  clip minus its mean over all channels, Kaldi fbank of channel 0 (128 mel bins, 25 ms Hann
+  clip minus its mean over all channels, in place on the shared waveform (overlapping clips
+  see the earlier subtractions), Kaldi fbank of channel 0 (128 mel bins, 25 ms Hann
   window, 10 ms shift, dither 0, pre-emphasis 0.97, DC removal, low 20 Hz, no energy),
   pad/crop to 204 frames, normalise with mean -4.268 / std 9.138 -> (3, 1, 128, 204).
 * vision (video): 5 clips of 2 s evenly spaced; frames ``ceil(fps * start)`` to
@@ -100,22 +101,35 @@ def kaldi_fbank(
     return np.log(np.maximum(mel, np.finfo(np.float32).eps))
 
 
-def preprocess_audio(samples: np.ndarray, sample_rate: int) -> torch.Tensor:
+def preprocess_audio(
+    samples: np.ndarray, sample_rate: int, *, shared_mean_removal: bool = True
+) -> torch.Tensor:
     """Audio (N,) or (C, N) -> (3, 1, 128, 204) normalised fbank clips, as ``data.py``'s
     ``load_and_transform_audio_data``: every channel resampled to 16 kHz with torchaudio's
     sinc filter, clips cut at ``int(t * 16000)``, each clip minus its mean over all
-    channels, and Kaldi's fbank reading channel 0."""
+    channels, and Kaldi's fbank reading channel 0.
+
+    ``data.py`` subtracts each clip's mean in place, on a view of the one waveform, so where
+    clips overlap (audio between 2 s and 6 s) a later clip sees the earlier clips'
+    subtraction; ``shared_mean_removal=True`` (the default) does the same.
+    ``shared_mean_removal=False`` subtracts each clip's own mean from an untouched copy, so a
+    clip's features do not depend on its neighbours (not the reference's numbers).
+    """
     audio = np.asarray(samples, np.float32)
     audio = audio[None] if audio.ndim == 1 else audio
     if audio.ndim != 2:
         raise ValueError(f"audio must be (N,) or (C, N), got shape {np.shape(samples)}")
-    audio = resample(audio, sample_rate, AUDIO_SAMPLE_RATE, method="torchaudio")
+    audio = resample(audio, sample_rate, AUDIO_SAMPLE_RATE, method="torchaudio").copy()
     duration = audio.shape[1] / AUDIO_SAMPLE_RATE
     clips = []
     for start in clip_starts(duration, AUDIO_CLIP_SECONDS, AUDIO_CLIPS):
         end = start + int(AUDIO_CLIP_SECONDS)
         piece = audio[:, int(start * AUDIO_SAMPLE_RATE) : int(end * AUDIO_SAMPLE_RATE)]
-        fbank = kaldi_fbank((piece - piece.mean())[0], AUDIO_SAMPLE_RATE).T  # (128, frames)
+        if shared_mean_removal:
+            piece -= piece.mean()  # a view: the shared waveform changes too
+        else:
+            piece = piece - piece.mean()
+        fbank = kaldi_fbank(piece[0], AUDIO_SAMPLE_RATE).T  # (128, frames)
         pad = AUDIO_TARGET_FRAMES - fbank.shape[1]
         fbank = np.pad(fbank, ((0, 0), (0, pad))) if pad > 0 else fbank[:, :AUDIO_TARGET_FRAMES]
         clips.append(fbank)
