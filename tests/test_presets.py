@@ -19,7 +19,6 @@ from _tiny import (
     save_animatediff,
     save_audioldm,
     save_ltx,
-    save_stable_audio,
 )
 from mmdisco.base_models import load_base_model
 from mmdisco.config import ConfigError, experiment_from_dict, load_experiment
@@ -154,16 +153,6 @@ def test_ltx_refuses_shapes_its_vae_cannot_take(tmp_path):
         ValueError, match=r"num_frames=10: LTX-Video needs 4k \+ 1 frames .*e\.g\. 9"
     ):
         load_base_model("ltx_video", path, **{**LTX_VIDEO, "num_frames": 10})
-
-
-def test_stable_audio_samples_only_the_frames_its_duration_needs(tmp_path):
-    path = str(save_stable_audio(tmp_path / "sa"))  # 4 Hz, hop 2, sample_size 4: 2 s max
-    short = load_base_model("stable_audio", path, audio_end_in_s=1.0)
-    assert short.latent_shape() == (3, 2) and short.duration == 1.0
-    full = load_base_model("stable_audio", path, audio_end_in_s=1.0, full_length=True)
-    assert full.latent_shape() == (3, 4)
-    z = short.encode(torch.randn(1, 2, 8, generator=torch.Generator().manual_seed(0)))
-    assert z.shape == (1, 3, 2)
 
 
 def test_audioldm2_with_a_gpt2model_language_model(tmp_path):

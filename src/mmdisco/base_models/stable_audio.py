@@ -59,14 +59,27 @@ def scheduler_config_for_sampling(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class StableAudioModel(DiffusersAdapter):
-    """Adapter for :class:`diffusers.StableAudioPipeline` (Stable Audio Open 1.0)."""
+    """Adapter for :class:`diffusers.StableAudioPipeline` (Stable Audio Open 1.0).
+
+    ``audio_end_in_s`` (default: the model's whole ``sample_size``) is the clip length the
+    timing conditioning asks for and where decoded audio is cut.
+
+    ``full_length=True`` (the default) is the pipeline's behaviour: every sample is the full
+    ``sample_size`` latent frames (1024, about 47.5 s, for Stable Audio Open) and the waveform
+    is cut afterwards. ``full_length=False`` samples only the frames ``audio_end_in_s`` needs
+    (44 for 2 s: about 23 times fewer DiT tokens, and real latents, fakes and the discriminator
+    see only the clip). It is not the pipeline's output: the DiT attends across all frames and
+    the VAE decoder reads across the cut, so even the kept frames change. On the tiny test
+    model, from the same initial noise, the kept latent frames differed by 7-31 % (relative
+    L2) and the decoded audio by 82-114 % of its norm.
+    """
 
     modality = "audio"
     denoiser_name = "transformer"
     options = ("audio_end_in_s", "full_length")
 
     def __init__(
-        self, pipe: Any, audio_end_in_s: float | None = None, full_length: bool = False
+        self, pipe: Any, audio_end_in_s: float | None = None, full_length: bool = True
     ) -> None:
         if not isinstance(pipe.scheduler, CosineDPMSolverScheduler):
             pipe.scheduler = CosineDPMSolverScheduler.from_config(
