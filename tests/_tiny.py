@@ -71,14 +71,14 @@ def roberta_tokenizer() -> RobertaTokenizer:
     return RobertaTokenizer(vocab=vocab, merges=[], model_max_length=16)
 
 
-def clip_tokenizer() -> CLIPTokenizer:
+def clip_tokenizer(max_length: int = 12) -> CLIPTokenizer:
     vocab: dict[str, int] = {}
     for c in _chars():
         vocab[c] = len(vocab)
         vocab[c + "</w>"] = len(vocab)
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=12)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
 
 
 def clip_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
@@ -498,8 +498,8 @@ class ReleasedHifiGan(torch.nn.Module):
 
 def save_auffusion_release(path: Path) -> Path:
     """A tiny checkpoint laid out as ``auffusion/auffusion-full`` is released: diffusers UNet,
-    VAE and PNDM scheduler, one CLIP text encoder with its tokenizer, a condition adapter and
-    a HiFi-GAN, the last two as ``torch.save`` pickles."""
+    VAE and PNDM scheduler, a CLIP and a T5 text encoder with their tokenizers, a condition
+    adapter for each and a HiFi-GAN, the last two as ``torch.save`` pickles."""
     from diffusers import PNDMScheduler
 
     path.mkdir(parents=True)
@@ -509,26 +509,35 @@ def save_auffusion_release(path: Path) -> Path:
     PNDMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True
     ).save_pretrained(path / "scheduler")
-    tokenizer = clip_tokenizer()
-    clip_text_encoder(tokenizer).save_pretrained(path / "text_encoder_0")
-    tokenizer.save_pretrained(path / "text_encoder_0")
-    torch.manual_seed(1)
-    adapter = torch.nn.Module()
-    adapter.proj, adapter.norm = torch.nn.Linear(32, 24), torch.nn.LayerNorm(24)
-    torch.nn.init.normal_(adapter.norm.weight, 1.0, 0.2)
-    (path / "condition_adapter_0").mkdir()
-    torch.save(adapter.state_dict(), path / "condition_adapter_0" / "condition_adapter.pt")
-    (path / "condition_adapter_0" / "config.json").write_text(
-        json.dumps({"condition_dim": 32, "cross_attention_dim": 24, "model_name": "clip"})
-    )
-    item = {
-        "text_encoder_name": "text_encoder_0",
-        "condition_adapter_name": "condition_adapter_0",
-        "condition_max_length": 77,
-        "condition_dim": 32,
-        "cross_attention_dim": 24,
-    }
-    (path / "condition_config.json").write_text(json.dumps([item]))
+    # Two conditions (condition_config.json may list several): CLIP, whose 77 learned positions
+    # bound what it reads, and T5, whose relative positions read any length.
+    clip = clip_tokenizer(max_length=77)
+    t5 = t5_tokenizer(max_length=12)
+    items = []
+    for i, (tokenizer, encoder) in enumerate(
+        ((clip, clip_text_encoder(clip)), (t5, t5_encoder(len(t5))))
+    ):
+        encoder.save_pretrained(path / f"text_encoder_{i}")
+        tokenizer.save_pretrained(path / f"text_encoder_{i}")
+        torch.manual_seed(1 + i)
+        adapter = torch.nn.Module()
+        adapter.proj, adapter.norm = torch.nn.Linear(32, 24), torch.nn.LayerNorm(24)
+        torch.nn.init.normal_(adapter.norm.weight, 1.0, 0.2)
+        (path / f"condition_adapter_{i}").mkdir()
+        torch.save(adapter.state_dict(), path / f"condition_adapter_{i}" / "condition_adapter.pt")
+        (path / f"condition_adapter_{i}" / "config.json").write_text(
+            json.dumps({"condition_dim": 32, "cross_attention_dim": 24, "model_name": f"c{i}"})
+        )
+        items.append(
+            {
+                "text_encoder_name": f"text_encoder_{i}",
+                "condition_adapter_name": f"condition_adapter_{i}",
+                "condition_max_length": 77,
+                "condition_dim": 32,
+                "cross_attention_dim": 24,
+            }
+        )
+    (path / "condition_config.json").write_text(json.dumps(items))
     torch.manual_seed(2)
     (path / "vocoder").mkdir()
     (path / "vocoder" / "config.json").write_text(json.dumps(RELEASED_VOCODER))

@@ -12,11 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import AutoTokenizer, CLIPTextModel
+from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
 
 from _tiny import (
     AUFFUSION,
     RELEASED_VOCODER,
+    WORDS,
     ReleasedHifiGan,
     save_auffusion,
     save_auffusion_release,
@@ -47,30 +48,40 @@ class Reference:
     """The released pipeline's pieces, rebuilt from the release files (not the converted ones)."""
 
     def __init__(self, release) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(release / "text_encoder_0")
-        self.encoder = CLIPTextModel.from_pretrained(release / "text_encoder_0").eval()
-        state = torch.load(release / "condition_adapter_0" / "condition_adapter.pt")
-        self.proj = torch.nn.Linear(32, 24)
-        self.norm = torch.nn.LayerNorm(24)
-        self.proj.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("proj.")})
-        self.norm.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("norm.")})
+        self.conditions = []  # (tokenizer, text encoder, adapter) in condition_config order
+        for item in json.loads((release / "condition_config.json").read_text()):
+            folder = release / item["text_encoder_name"]
+            architecture = json.loads((folder / "config.json").read_text())["architectures"][0]
+            encoder_cls = {"CLIPTextModel": CLIPTextModel, "T5EncoderModel": T5EncoderModel}
+            encoder = encoder_cls[architecture].from_pretrained(folder).eval()
+            state = torch.load(release / item["condition_adapter_name"] / "condition_adapter.pt")
+            adapter = torch.nn.Module()
+            adapter.proj, adapter.norm = torch.nn.Linear(32, 24), torch.nn.LayerNorm(24)
+            adapter.load_state_dict(state)
+            self.conditions.append((AutoTokenizer.from_pretrained(folder), encoder, adapter))
         self.unet = UNet2DConditionModel.from_pretrained(release / "unet").eval()
         self.vae = AutoencoderKL.from_pretrained(release / "vae").eval()
         self.vocoder = ReleasedHifiGan(RELEASED_VOCODER)
         pickled = torch.load(release / "vocoder" / "vocoder.pt")["generator"]
         self.vocoder.load_state_dict(pickled)
         self.vocoder.eval()
-        self.max_length = 12  # min(77, the tiny CLIP's 12)
+        self.max_length = 77  # AuffusionPipeline's tokenizer_model_max_length, whatever the encoder
 
     @torch.no_grad()
     def prompt_embeds(self, prompts: list[str]) -> torch.Tensor:
-        """AuffusionPipeline._encode_prompt: unpadded tokens, zero padding, then the adapter."""
+        """AuffusionPipeline._encode_prompt: the whole prompt's unpadded tokens, the first 77
+        hidden states zero-padded to 77, then the adapter; encoders concatenated."""
         rows = []
         for prompt in prompts:
-            ids = self.tokenizer(prompt, return_tensors="pt").input_ids[:, : self.max_length]
-            hidden = self.encoder(ids).last_hidden_state
-            hidden = F.pad(hidden, (0, 0, 0, self.max_length - hidden.shape[1]), value=0)
-            rows.append(self.norm(self.proj(hidden)))
+            parts = []
+            for tokenizer, encoder, adapter in self.conditions:
+                hidden = encoder(tokenizer(prompt, return_tensors="pt").input_ids).last_hidden_state
+                if hidden.shape[1] < self.max_length:
+                    hidden = F.pad(hidden, (0, 0, 0, self.max_length - hidden.shape[1]), value=0)
+                else:
+                    hidden = hidden[:, : self.max_length]
+                parts.append(adapter.norm(adapter.proj(hidden)))
+            rows.append(torch.cat(parts, dim=1))
         return torch.cat(rows)
 
     def mel(self, wave: torch.Tensor) -> torch.Tensor:
@@ -137,6 +148,26 @@ def test_prompts_are_encoded_unpadded_then_zero_padded_and_adapted(tiny, model):
     # The unconditional input is the pipeline's: zeros, not the encoding of "".
     empty = model.encode_prompt(["", "a dog barks"]).hidden_states
     assert empty[0].abs().sum() == 0 and empty[1].abs().sum() > 0
+
+
+def test_long_prompts_are_encoded_whole_then_cut_to_77_hidden_states(tiny, model):
+    ref = Reference(tiny[0])
+    (clip_tok, clip, clip_adapter), (t5_tok, t5, t5_adapter) = ref.conditions
+    prompt = " ".join(WORDS * 10)
+    t5_ids = t5_tok(prompt, return_tensors="pt").input_ids
+    assert t5_ids.shape[1] == 91 and t5_ids[0, -1] == t5_tok.eos_token_id
+    got = model.encode_prompt([prompt]).hidden_states
+    assert got.shape == (1, 2 * 77, 24)
+    with torch.no_grad():
+        whole = t5(t5_ids).last_hidden_state[:, :77]  # the end token was read, then cut
+        torch.testing.assert_close(got[:, 77:], t5_adapter.norm(t5_adapter.proj(whole)))
+        ids_cut_first = t5(t5_ids[:, :77]).last_hidden_state
+        assert (ids_cut_first - whole).norm() / whole.norm() > 1e-3
+        # CLIP cannot read past its 77 learned positions (Auffusion's pipeline fails there).
+        clip_ids = clip_tok(prompt, return_tensors="pt").input_ids
+        assert clip_ids.shape[1] > 77
+        hidden = clip(clip_ids[:, :77]).last_hidden_state
+        torch.testing.assert_close(got[:, :77], clip_adapter.norm(clip_adapter.proj(hidden)))
 
 
 def test_prediction_sees_ten_seconds_of_context(tiny, model):

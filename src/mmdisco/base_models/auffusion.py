@@ -7,12 +7,16 @@ time); a separate HiFi-GAN vocoder turns mels back into audio.
 Two adapters:
 
 * :class:`AuffusionModel` (``"auffusion"``) is Auffusion as its own pipeline runs it: each
-  prompt is encoded unpadded by every text encoder of ``condition_config.json``, zero-padded
-  to 77 tokens and passed through that encoder's condition adapter (Linear + LayerNorm); the
-  unconditional input is all zeros; the UNet always sees 10.24 s of latents (the clip, then
-  noised silence); the vocoder is Auffusion's HiFi-GAN. Audio is peak-normalised to 0.95
-  before the mel (``peak_level``, applied by the clip spec). Load a folder written by
-  :func:`convert_auffusion` (``mmdisco convert-auffusion``) from the released checkpoint.
+  prompt is encoded whole and unpadded by every text encoder of ``condition_config.json``,
+  its first 77 hidden states kept (zero-padded to 77) and passed through that encoder's
+  condition adapter (Linear + LayerNorm); the unconditional input is all zeros; the vocoder
+  is Auffusion's HiFi-GAN. Two things come from the MMDisCo release instead: the UNet always
+  sees 10.24 s of latents (a shorter clip, then noised silence; Auffusion's pipeline always
+  generates the full 10.24 s image) and, by default, the noise is drawn in the adapter's
+  (frames, mels) layout (``noise_layout="auffusion"`` draws Auffusion's (mels, frames)).
+  Audio is peak-normalised to 0.95 before the mel (``peak_level``, applied by the clip
+  spec). Load a folder written by :func:`convert_auffusion` (``mmdisco convert-auffusion``)
+  from the released checkpoint.
 * :class:`SpectrogramImageModel` (``"spectrogram_image"``) is the generic layout: a diffusers
   ``StableDiffusionPipeline`` on mel images plus a ``SpeechT5HifiGan`` vocoder. It is *not*
   Auffusion (CLIP conditioning as Stable Diffusion does it, no latent context)::
@@ -25,16 +29,19 @@ Two adapters:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
 from mmdisco.base_models._diffusers import DiffusersAdapter, loader_kwargs, vae_latents
@@ -42,12 +49,16 @@ from mmdisco.base_models.base import PromptEmbeds
 from mmdisco.base_models.clip_text import clip_prompt_embeds
 from mmdisco.base_models.hifigan import HifiGan, HifiGanConfig, fold_weight_norm
 from mmdisco.base_models.mel import MelConfig, log_mel
+from mmdisco.errors import check_choice
 from mmdisco.io import load_pretrained, save_pretrained, write_json_atomic
 
 SPECTROGRAM_CONFIG = "spectrogram.json"
 CONDITION_CONFIG = "condition_config.json"
 # Text encoders Auffusion's condition_config.json may name, by transformers architecture.
 TEXT_ENCODERS = ("CLIPTextModel", "T5EncoderModel", "ClapTextModelWithProjection")
+# Who draws the noise in which layout: the MMDisCo release in the adapter's (frames, mels),
+# Auffusion's pipeline in its UNet's (mels, frames).
+NOISE_LAYOUTS = ("mmdisco", "auffusion")
 
 
 @dataclass(frozen=True)
@@ -261,9 +272,18 @@ class AuffusionModel(SpectrogramImageModel):
     release draws that noise afresh (from torch's global RNG) at every call; here it is drawn
     once from ``pad_seed`` so that the conditional and unconditional predictions of one step
     see the same context and runs repeat. The silence latent is the posterior mode.
+    Auffusion's own pipeline has no such padding: it always generates 10.24 s.
+
+    Noise layout: the adapter's space is the transpose of the UNet's latents. With
+    ``noise_layout="mmdisco"`` (the default, as the MMDisCo release) the initial noise and
+    each stochastic scheduler step's noise are drawn in the adapter's (frames, mels) layout;
+    with ``"auffusion"`` both are drawn in the UNet's (mels, frames) layout, as Auffusion's
+    pipeline draws them, so a generator seeded alike gives Auffusion's sample (for a 10.24 s
+    clip, where no context padding is involved). The two layouts give equally distributed,
+    different samples.
     """
 
-    options = ("spectrogram", "context_frames", "pad_seed")
+    options = ("spectrogram", "context_frames", "pad_seed", "noise_layout")
     peak_level = 0.95  # Auffusion normalises every waveform's peak to 0.95 before the mel
     remove_dc = False
 
@@ -276,6 +296,7 @@ class AuffusionModel(SpectrogramImageModel):
         context_frames: int = 1024,
         pad_seed: int = 0,
         max_length: int = 77,
+        noise_layout: str = "mmdisco",
     ) -> None:
         super().__init__(pipe, vocoder, spectrogram)
         if not encoders:
@@ -284,9 +305,8 @@ class AuffusionModel(SpectrogramImageModel):
         for i, (_, encoder, adapter) in enumerate(encoders):
             self.add_module(f"text_encoder_{i}", encoder)
             self.add_module(f"condition_adapter_{i}", adapter)
-        # Auffusion truncates and pads to 77 tokens, CLIP's own limit (tiny test tokenizers
-        # have a smaller one).
-        self.max_length = min([int(max_length), *(t.model_max_length for t in self.tokenizers)])
+        self.max_length = int(max_length)  # hidden states kept per encoder, zero-padded
+        self.noise_layout = check_choice("noise_layout", noise_layout, NOISE_LAYOUTS)
         self.num_encoders = len(encoders)
         vsf = pipe.vae_scale_factor
         self.context_frames = max(math.ceil(context_frames / vsf) * vsf, self.num_frames)
@@ -297,7 +317,7 @@ class AuffusionModel(SpectrogramImageModel):
     def from_pretrained(cls, path: str, **kwargs: Any) -> AuffusionModel:
         """Load a folder written by :func:`convert_auffusion` (``kwargs``: ``torch_dtype``,
         ``use_safetensors`` and the options ``spectrogram``, ``context_frames``,
-        ``pad_seed``)."""
+        ``pad_seed``, ``noise_layout``)."""
         from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline
         from diffusers import UNet2DConditionModel as UNet
 
@@ -347,23 +367,47 @@ class AuffusionModel(SpectrogramImageModel):
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> PromptEmbeds:
-        """Auffusion's conditioning, prompt by prompt: each encoder's unpadded hidden states,
-        zero-padded to 77 tokens, through its adapter; concatenated along tokens. ``""`` is the
+        """Auffusion's conditioning, prompt by prompt: each encoder reads the whole prompt,
+        unpadded; its first 77 hidden states are kept, zero-padded to 77, and go through its
+        adapter; the encoders' outputs are concatenated along tokens. ``""`` is the
         pipeline's unconditional input: zeros. ``pooled`` is the token mean (what the
-        reference release gives its discriminator)."""
+        reference release gives its discriminator).
+
+        An encoder with learned positions (CLIP: 77) cannot read more tokens than it has
+        positions; its ids are cut there (Auffusion's pipeline fails on such a prompt).
+        """
         rows = []
         for prompt in prompts:
             parts = []
             for i, tokenizer in enumerate(self.tokenizers):
                 encoder, adapter = self.text_modules(i)
-                ids = tokenizer(prompt, return_tensors="pt").input_ids[:, : self.max_length]
-                hidden = encoder(ids.to(self.device)).last_hidden_state
+                ids = tokenizer(prompt, return_tensors="pt", verbose=False).input_ids
+                positions = getattr(encoder.config, "max_position_embeddings", None)
+                hidden = encoder(ids[:, :positions].to(self.device)).last_hidden_state
+                hidden = hidden[:, : self.max_length]
                 hidden = nn.functional.pad(hidden, (0, 0, 0, self.max_length - hidden.shape[1]))
                 parts.append(adapter(hidden.to(adapter.proj.weight.dtype)))
             row = torch.cat(parts, dim=1).float()
             rows.append(torch.zeros_like(row) if prompt == "" else row)
         hidden = torch.cat(rows)
         return PromptEmbeds(hidden_states=hidden, pooled=hidden.mean(dim=1))
+
+    def initial_noise(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        """Unit noise, drawn in the layout ``noise_layout`` names (class docstring)."""
+        if self.noise_layout == "mmdisco":
+            return super().initial_noise(batch_size, generator)
+        c, frames, mels = self.latent_shape()
+        shape = (batch_size, c, mels, frames)
+        return randn_tensor(shape, generator=generator, device=self.device).transpose(-1, -2)
+
+    def make_scheduler(self, cls: Any = None, **overrides: Any) -> Any:
+        """The configured scheduler (or ``cls``); with ``noise_layout="auffusion"`` its
+        ``step`` runs in the UNet's layout, so a stochastic step (DDPM) draws its noise as
+        Auffusion's pipeline does. Every other part of a step is elementwise."""
+        scheduler = super().make_scheduler(cls, **overrides)
+        if self.noise_layout == "auffusion":
+            scheduler.step = _step_in_unet_layout(scheduler.step)
+        return scheduler
 
     def predict(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         if cond is None:
@@ -405,6 +449,27 @@ class AuffusionModel(SpectrogramImageModel):
         mel = image_to_mel(self.decode_image(latents), self.spec)
         audio = self.vocoder(mel.transpose(1, 2).to(self.vocoder.dtype)).float()
         return audio[:, : self.num_samples]
+
+
+def _step_in_unet_layout(step: Callable[..., Any]) -> Callable[..., Any]:
+    """A scheduler ``step`` fed and answering in the adapter's layout that runs in the
+    UNet's: the last two axes swapped on the way in and back on the way out. It keeps
+    ``step``'s signature, by which samplers see whether it takes a generator."""
+
+    @functools.wraps(step)
+    def unet_layout_step(model_output: Tensor, timestep: Any, sample: Tensor, *args, **kwargs):
+        out = step(
+            model_output.transpose(-1, -2), timestep, sample.transpose(-1, -2), *args, **kwargs
+        )
+        if isinstance(out, tuple):
+            return tuple(_swap_last_axes(x) for x in out)
+        return type(out)(**{k: _swap_last_axes(v) for k, v in out.items()})
+
+    return unet_layout_step
+
+
+def _swap_last_axes(x: Any) -> Any:
+    return x.transpose(-1, -2) if isinstance(x, Tensor) else x
 
 
 def _tokenizer(directory: Path) -> Any:

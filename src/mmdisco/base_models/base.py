@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from diffusers import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from mmdisco.diffusion import NoiseSchedule, prediction_type_of, schedule_from_scheduler_config
@@ -67,6 +68,14 @@ class BaseModel(ABC):
         config.pop("_diffusers_version", None)
         cls = cls or getattr(diffusers, name)
         return cls.from_config({**config, **overrides})
+
+    def initial_noise(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        """Unit Gaussian noise to start sampling ``batch_size`` samples from, drawn from
+        ``generator`` as the model's own pipeline draws it: here in :meth:`latent_shape`'s
+        layout (an adapter whose space is a view of the pipeline's may draw in the pipeline's
+        layout instead, so that a seed gives the pipeline's sample)."""
+        shape = (batch_size, *self.latent_shape())
+        return randn_tensor(shape, generator=generator, device=self.device)
 
     def encode(self, media: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Media (waveform or frames) to the model's space. Identity for pixel/waveform models.
