@@ -6,6 +6,7 @@ release's key layout."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -16,12 +17,16 @@ from einops import rearrange
 
 from mmdisco.discriminator.official import (
     RELEASES,
+    SAMPLING_FILE,
     OfficialConfig,
     OfficialDiscriminator,
     convert_official,
     is_official,
     official_to_ours,
+    release_sampling,
+    write_release_sampling,
 )
+from mmdisco.errors import InputError
 from mmdisco.guidance import discriminator_gradients
 from mmdisco.io import state_dict_mismatches
 
@@ -304,6 +309,7 @@ def test_converted_network_reproduces_the_release_logits_and_gradients(tmp_path,
     torch.save(state, checkpoint)
     disc = convert_official(checkpoint, config, tmp_path / "converted")
     assert is_official(tmp_path / "converted")
+    assert release_sampling(tmp_path / "converted") is None  # a config, not a named release
     release = Release(state, config)
     video, audio, text_v, text_a = inputs(config, 1)
     timesteps = torch.tensor([999, 500, 3])
@@ -369,6 +375,25 @@ def test_bad_checkpoints_are_refused_with_their_name(tmp_path):
         convert_official(path, "nope")
 
 
+def test_release_sampling_is_the_releases_inference_config(tmp_path):
+    # conf/inference/default.yaml: joint_scale_audio 1.0, joint_scale_video 8.0, 50 steps of
+    # the release's DDPM, CFG on the discriminator term; the same for both VGGSound releases.
+    for name in ("audioldm_animediff_vggsound", "auffusion_videocrafter2_vggsound"):
+        path = write_release_sampling(tmp_path / name, name)
+        assert json.loads(path.read_text())["release"] == name
+        assert release_sampling(tmp_path / name) == {
+            "scheduler": "DDPMScheduler",
+            "num_inference_steps": 50,
+            "guidance_scale_audio": 1.0,
+            "guidance_scale_video": 8.0,
+            "cfg_on_discriminator": True,
+        }
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / SAMPLING_FILE).write_text("[1, 2]")
+    with pytest.raises(InputError, match=r"bad/sampling\.json.*'sampling' object"):
+        release_sampling(tmp_path / "bad")
+
+
 def test_text_is_required_for_text_conditioned_releases():
     disc = OfficialDiscriminator(TINY_2D)
     video, audio, text_v, _ = inputs(TINY_2D, 0)
@@ -392,6 +417,10 @@ def test_cli_converts_a_full_size_release(tmp_path):
     assert f"mmdiffusion_landscape: {params / 1e6:.1f}M parameters" in result.output
     disc = OfficialDiscriminator.from_pretrained(tmp_path / "d")
     assert disc.config == RELEASES["mmdiffusion_landscape"]
+    assert release_sampling(tmp_path / "d") == {
+        "guidance_scale_audio": 1.0,
+        "guidance_scale_video": 1.0,
+    }  # conf/inference/mmdiff.yaml
     bad = CliRunner().invoke(
         app, ["convert-official", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "e"),
               "--release", "auffusion_videocrafter2_vggsound"],

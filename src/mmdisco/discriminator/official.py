@@ -41,7 +41,14 @@ from torch import Tensor, nn
 
 from mmdisco.diffusion import NoiseSchedule, schedule_from_scheduler_config
 from mmdisco.discriminator.blocks import FactorisedConv3d, ResBlock, audio_tokens, video_tokens
-from mmdisco.io import load_pretrained, save_pretrained, state_dict_mismatches
+from mmdisco.errors import InputError
+from mmdisco.io import (
+    load_pretrained,
+    read_json,
+    save_pretrained,
+    state_dict_mismatches,
+    write_json_atomic,
+)
 
 KIND = "mmdisco-official-discriminator"
 FUSIONS = (
@@ -125,6 +132,47 @@ RELEASES: dict[str, OfficialConfig] = {
         for data in ("aist++", "landscape")
     },
 }
+
+SAMPLING_FILE = "sampling.json"  # written beside a converted release's weights
+# How the release samples with each discriminator (SonyResearch/MMDisCo scripts/generate.py
+# with conf/inference/default.yaml; generate_mmdiffusion.py with conf/inference/mmdiff.yaml):
+# the joint (discriminator) scales, CFG applied to the discriminator term as to the base
+# models', ancestral DDPM at 50 steps. MM-Diffusion samples with its own DPM-Solver, which
+# has no diffusers scheduler here: only its scales are recorded.
+_VGGSOUND_SAMPLING = {
+    "scheduler": "DDPMScheduler",
+    "num_inference_steps": 50,
+    "guidance_scale_audio": 1.0,
+    "guidance_scale_video": 8.0,
+    "cfg_on_discriminator": True,
+}
+RELEASE_SAMPLING: dict[str, dict[str, Any]] = {
+    "audioldm_animediff_vggsound": _VGGSOUND_SAMPLING,
+    "auffusion_videocrafter2_vggsound": _VGGSOUND_SAMPLING,
+    "mmdiffusion_aist++": {"guidance_scale_audio": 1.0, "guidance_scale_video": 1.0},
+    "mmdiffusion_landscape": {"guidance_scale_audio": 1.0, "guidance_scale_video": 1.0},
+}
+
+
+def write_release_sampling(directory: str | Path, release: str) -> Path:
+    """Write ``release``'s sampling settings (:data:`RELEASE_SAMPLING`) to
+    ``directory/sampling.json``, where :func:`release_sampling` finds them."""
+    path = Path(directory) / SAMPLING_FILE
+    write_json_atomic(path, {"release": release, "sampling": RELEASE_SAMPLING[release]})
+    return path
+
+
+def release_sampling(directory: str | Path) -> dict[str, Any] | None:
+    """The sampling settings stored beside a converted release (``SamplingConfig`` fields),
+    or None when ``directory`` has none."""
+    path = Path(directory) / SAMPLING_FILE
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    settings = record.get("sampling") if isinstance(record, dict) else None
+    if not isinstance(settings, dict):
+        raise InputError("must be an object with a 'sampling' object", str(path))
+    return settings
 
 
 # ------------------------------------------------------------------------------------------
@@ -458,8 +506,10 @@ def convert_official(
     checkpoint: str | Path, release: str | OfficialConfig, out: str | Path | None = None
 ) -> OfficialDiscriminator:
     """Load a release checkpoint (``.pt``, read with ``weights_only=True``) for ``release``
-    (a key of :data:`RELEASES` or a config); saved to ``out`` when given."""
+    (a key of :data:`RELEASES` or a config); saved to ``out`` when given, with the named
+    release's sampling settings in ``out/sampling.json`` (:func:`release_sampling`)."""
     checkpoint = Path(checkpoint)
+    name = release if isinstance(release, str) else None
     if isinstance(release, str):
         if release not in RELEASES:
             raise ValueError(f"unknown release {release!r}; known: {sorted(RELEASES)}")
@@ -490,4 +540,6 @@ def convert_official(
     model.eval()
     if out is not None:
         model.save_pretrained(out)
+        if name is not None:
+            write_release_sampling(out, name)
     return model
