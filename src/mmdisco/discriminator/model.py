@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,17 +25,7 @@ from mmdisco.discriminator.blocks import (
 )
 from mmdisco.discriminator.config import DiscriminatorConfig
 from mmdisco.discriminator.heads import build_head
-from mmdisco.errors import InputError, MissingInputError
-from mmdisco.io import (
-    load_tensors,
-    read_json,
-    save_tensors_atomic,
-    state_dict_mismatches,
-    write_text_atomic,
-)
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from mmdisco.io import load_pretrained, save_pretrained
 
 
 class TextEmbedding(nn.Module):
@@ -238,36 +227,19 @@ class Discriminator(nn.Module):
     ) -> None:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically);
         ``dtype`` stores the weights in that type (``from_pretrained`` casts them back)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(directory / CONFIG_NAME, self.config.to_json())
-        state = {k: v.to(dtype or v.dtype) for k, v in self.state_dict().items()}
-        save_tensors_atomic(directory / WEIGHTS_NAME, state, metadata={"format": "pt"})
+        save_pretrained(directory, self.config.to_dict(), self, dtype, metadata={"format": "pt"})
 
     @classmethod
     def from_pretrained(
         cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu"
     ) -> Discriminator:
         """Load what :meth:`save_pretrained` wrote; errors name missing files and bad keys."""
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise MissingInputError(f"no {path.name} in {directory} (expected {path})")
-        try:
-            config = DiscriminatorConfig.from_dict(read_json(config_path))
-        except (ValueError, TypeError) as err:
-            raise InputError(f"invalid discriminator config ({err})", str(config_path)) from err
-        model = cls(config)
-        state, _ = load_tensors(weights_path)  # refuses NaN / inf: they would poison sampling
-        problems = state_dict_mismatches(model.state_dict(), state)
-        if problems:
-            raise InputError(
-                f"weights {weights_path} do not match config {config_path}:\n  "
-                + "\n  ".join(problems)
-            )
-        model.load_state_dict(state)
-        return model.to(device)
+
+        def build(config: dict[str, Any]) -> Discriminator:
+            return cls(DiscriminatorConfig.from_dict(config))
+
+        model = load_pretrained(directory, build, "a discriminator")
+        return model.to(device)  # type: ignore[return-value]
 
     @staticmethod
     def num_parameters_for(config: DiscriminatorConfig) -> int:
