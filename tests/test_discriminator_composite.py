@@ -8,9 +8,9 @@ import torch
 
 
 def test_pooled_discriminator_round_trip_and_spread_gradient(tmp_path):
-    from mmdisco.demo import build_discriminator
     from mmdisco.discriminator import SummedDiscriminators, load_discriminator
     from mmdisco.guidance import discriminator_gradients
+    from mmdisco.world.recipes import build_discriminator
 
     disc = build_discriminator(
         "mlp", (32, 64), (3, 16, 16, 16), seed=1, video_pool=4, audio_pool=4,
@@ -44,9 +44,9 @@ def test_pooled_discriminator_round_trip_and_spread_gradient(tmp_path):
 
 
 def test_bad_pooling_file_is_named(tmp_path):
-    from mmdisco.demo import build_discriminator
     from mmdisco.discriminator import load_discriminator
     from mmdisco.errors import InputError
+    from mmdisco.world.recipes import build_discriminator
 
     disc = build_discriminator(
         "mlp", (32, 64), (3, 16, 16, 16), seed=1, video_pool=4,
