@@ -223,6 +223,34 @@ def load_pretrained(
     return module
 
 
+class PretrainedMixin:
+    """``save_pretrained`` / ``from_pretrained`` for a module built from one config
+    dataclass (``to_dict`` / ``from_dict``): ``cls(config_class.from_dict(config.json))``."""
+
+    config_class: Any
+    pretrained_what: str = "a model"  # for error messages: "expected <what>"
+    pretrained_metadata: dict[str, str] | None = None
+
+    def save_pretrained(
+        self, directory: str | os.PathLike, dtype: torch.dtype | None = None
+    ) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically);
+        ``dtype`` stores the weights in that type (``from_pretrained`` casts them back)."""
+        module: Any = self
+        save_pretrained(
+            directory, module.config.to_dict(), module, dtype, metadata=self.pretrained_metadata
+        )
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu"):
+        """Load what :meth:`save_pretrained` wrote; errors name missing files and bad keys."""
+
+        def build(config: dict[str, Any]) -> nn.Module:
+            return cls(cls.config_class.from_dict(config))  # type: ignore[return-value]
+
+        return load_pretrained(directory, build, cls.pretrained_what).to(device)
+
+
 def remove_orphans(directory: str | os.PathLike) -> list[Path]:
     """Delete the temporary files and folders that killed writers left in ``directory``
     (names with :data:`TMP_MARK`). Call it only while holding the directory's lock."""

@@ -9,7 +9,6 @@ BatchNorm), so ``grad sum(h)`` is every sample's own gradient.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +24,7 @@ from mmdisco.discriminator.blocks import (
 )
 from mmdisco.discriminator.config import DiscriminatorConfig
 from mmdisco.discriminator.heads import build_head
-from mmdisco.io import load_pretrained, save_pretrained
+from mmdisco.io import PretrainedMixin
 
 
 class TextEmbedding(nn.Module):
@@ -56,8 +55,12 @@ class TextEmbedding(nn.Module):
         return emb if drop is None else torch.where(drop[:, None], null, emb)
 
 
-class Discriminator(nn.Module):
+class Discriminator(PretrainedMixin, nn.Module):
     """MMDisCo's audio-video discriminator (paper A.3, A.8, Table 6); see the config."""
+
+    config_class = DiscriminatorConfig
+    pretrained_what = "a discriminator"
+    pretrained_metadata = {"format": "pt"}  # noqa: RUF012
 
     def __init__(self, config: DiscriminatorConfig) -> None:
         super().__init__()
@@ -221,25 +224,6 @@ class Discriminator(nn.Module):
             )
 
     # -- persistence -----------------------------------------------------------------------
-
-    def save_pretrained(
-        self, directory: str | os.PathLike[str], dtype: torch.dtype | None = None
-    ) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically);
-        ``dtype`` stores the weights in that type (``from_pretrained`` casts them back)."""
-        save_pretrained(directory, self.config.to_dict(), self, dtype, metadata={"format": "pt"})
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu"
-    ) -> Discriminator:
-        """Load what :meth:`save_pretrained` wrote; errors name missing files and bad keys."""
-
-        def build(config: dict[str, Any]) -> Discriminator:
-            return cls(DiscriminatorConfig.from_dict(config))
-
-        model = load_pretrained(directory, build, "a discriminator")
-        return model.to(device)  # type: ignore[return-value]
 
     @staticmethod
     def num_parameters_for(config: DiscriminatorConfig) -> int:

@@ -243,13 +243,13 @@ def _bank_dlsm(
 def _live_dlsm(
     disc: DiscriminatorFn,
     real: NoisedPairs,
-    schedule_audio: NoiseSchedule,
-    schedule_video: NoiseSchedule,
-    eps_audio: EpsFn,
-    eps_video: EpsFn,
+    schedules: tuple[NoiseSchedule, NoiseSchedule],
+    eps_fns: tuple[EpsFn, EpsFn],
     cond: Mapping[str, Any],
 ) -> tuple[Tensor, Tensor]:
-    """L_DLSM on freshly noised real pairs (calling the base models), and the real logits."""
+    """L_DLSM on freshly noised real pairs (calling the base models: ``eps_fns``, audio and
+    video), and the real pairs' logits."""
+    (schedule_audio, schedule_video), (eps_audio, eps_video) = schedules, eps_fns
     out = discriminator_gradients(disc, *_inputs(real), create_graph=True, **cond)
     with torch.no_grad():
         pred_a, pred_v = eps_audio(real.audio, real.t_audio), eps_video(real.video, real.t_video)
@@ -326,7 +326,7 @@ def mmdisco_loss(
     zero = real_audio.new_zeros(())
     if config.use_dlsm and bank is None:
         assert eps_audio is not None and eps_video is not None
-        l_dlsm, logits_real = _live_dlsm(disc, real, *schedules, eps_audio, eps_video, cond_real)
+        l_dlsm, logits_real = _live_dlsm(disc, real, schedules, (eps_audio, eps_video), cond_real)
     else:
         l_dlsm = (
             _bank_dlsm(disc, bank, *schedules) if bank is not None and config.use_dlsm else zero
