@@ -120,4 +120,4 @@ def train_discriminator(
         out.total.backward()
         opt.step()
         decay.step()
-    return disc.eval().requires_grad_(False)
+    return disc.eval().requires_grad_(requires_grad=False)

@@ -393,7 +393,7 @@ class WorldNetwork:
     def __init__(self, config: dict[str, Any], net: nn.Module) -> None:
         self.config = config
         self.scheduler_config = dict(config.get("scheduler", SCHEDULER_CONFIG))
-        self.net = net.eval().requires_grad_(False)
+        self.net = net.eval().requires_grad_(requires_grad=False)
         self.codecs = media_codecs(config)
 
     @classmethod
