@@ -102,8 +102,8 @@ class Discriminator(PretrainedMixin, nn.Module):
         self,
         audio: Tensor,
         video: Tensor,
-        t_audio: Tensor | float,
-        t_video: Tensor | float,
+        log_snr_audio: Tensor | float,
+        log_snr_video: Tensor | float,
         text_audio: Tensor | None = None,
         text_video: Tensor | None = None,
         *,
@@ -112,14 +112,14 @@ class Discriminator(PretrainedMixin, nn.Module):
     ) -> Tensor:
         """Logits ``h`` of shape ``(B,)`` (pre-sigmoid; ``h = log r_t`` at the optimum).
 
-        ``t_audio`` / ``t_video`` are log-SNRs, scalars or ``(B,)``. ``text_*`` are pooled
+        ``log_snr_audio`` / ``log_snr_video`` are scalars or ``(B,)``. ``text_*`` are pooled
         text embeddings ``(B, D)`` or token embeddings ``(B, N, D)`` (averaged). In training
         mode each sample's texts are dropped together with probability ``text_drop_prob``,
         drawn from ``generator`` (or torch's global RNG when it is None), unless ``text_drop``
         ``(B,)`` says which (the trainer does, so that L_DLSM uses the matching prediction).
         """
         audio_feats, video_feats, cond = self._encode(
-            audio, video, t_audio, t_video, text_audio, text_video, generator, text_drop
+            audio, video, log_snr_audio, log_snr_video, text_audio, text_video, generator, text_drop
         )
         return self.head(audio_feats, video_feats, cond)
 
@@ -127,8 +127,8 @@ class Discriminator(PretrainedMixin, nn.Module):
         self,
         audio: Tensor,
         video: Tensor,
-        t_audio: Tensor | float,
-        t_video: Tensor | float,
+        log_snr_audio: Tensor | float,
+        log_snr_video: Tensor | float,
         text_audio: Tensor | None = None,
         text_video: Tensor | None = None,
         *,
@@ -136,7 +136,7 @@ class Discriminator(PretrainedMixin, nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """The heads' inputs: audio tokens ``(B, La, C)``, per-frame video tokens ``(B, F, C)``."""
         audio_feats, video_feats, _ = self._encode(
-            audio, video, t_audio, t_video, text_audio, text_video, generator, None
+            audio, video, log_snr_audio, log_snr_video, text_audio, text_video, generator, None
         )
         return audio_feats, video_feats
 
@@ -144,8 +144,8 @@ class Discriminator(PretrainedMixin, nn.Module):
         self,
         audio: Tensor,
         video: Tensor,
-        t_audio: Tensor | float,
-        t_video: Tensor | float,
+        log_snr_audio: Tensor | float,
+        log_snr_video: Tensor | float,
         text_audio: Tensor | None,
         text_video: Tensor | None,
         generator: torch.Generator | None,
@@ -153,8 +153,12 @@ class Discriminator(PretrainedMixin, nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         self._check_inputs(audio, video)
         batch = audio.shape[0]
-        emb_audio = self.time_audio(_per_sample(t_audio, batch, "t_audio", audio.device))
-        emb_video = self.time_video(_per_sample(t_video, batch, "t_video", video.device))
+        emb_audio = self.time_audio(
+            _per_sample(log_snr_audio, batch, "log_snr_audio", audio.device)
+        )
+        emb_video = self.time_video(
+            _per_sample(log_snr_video, batch, "log_snr_video", video.device)
+        )
         if text_drop is not None and self.training:
             drop = text_drop.to(audio.device, torch.bool).reshape(batch)
         else:

@@ -342,15 +342,15 @@ class OfficialDiscriminator(PretrainedMixin, nn.Module):
         self,
         audio: Tensor,
         video: Tensor,
-        t_audio: Tensor | float,
-        t_video: Tensor | float = 0.0,
+        log_snr_audio: Tensor | float,
+        log_snr_video: Tensor | float = 0.0,
         text_audio: Tensor | None = None,
         text_video: Tensor | None = None,
     ) -> Tensor:
-        """``h`` of shape ``(B,)``; ``t_audio`` is the audio log-SNR (``t_video`` is unused:
-        the release conditions both streams on the audio model's timestep)."""
+        """``h`` of shape ``(B,)``; ``log_snr_video`` is unused: the release conditions both
+        streams on the audio model's timestep (here its log-SNR, ``log_snr_audio``)."""
         batch = audio.shape[0]
-        log_snr = torch.as_tensor(t_audio, dtype=torch.float32, device=audio.device)
+        log_snr = torch.as_tensor(log_snr_audio, dtype=torch.float32, device=audio.device)
         steps = self.timesteps(log_snr.reshape(-1).expand(batch))
         temb = self.time_embed(get_timestep_embedding(steps, self.config.time_embed_dim))
         emb_v = temb + self._text(self.text_video, text_video, "text_video", batch)
@@ -364,13 +364,15 @@ class OfficialDiscriminator(PretrainedMixin, nn.Module):
         self,
         audio: Tensor,
         video: Tensor,
-        t_audio: Tensor | float,
-        t_video: Tensor | float = 0.0,
+        log_snr_audio: Tensor | float,
+        log_snr_video: Tensor | float = 0.0,
         text_audio: Tensor | None = None,
         text_video: Tensor | None = None,
     ) -> Tensor:
         """What the release's guidance differentiates: ``log(p + 1e-5) - log(1 - p + 1e-5)``."""
-        p = torch.sigmoid(self.logit(audio, video, t_audio, t_video, text_audio, text_video))
+        p = torch.sigmoid(
+            self.logit(audio, video, log_snr_audio, log_snr_video, text_audio, text_video)
+        )
         return torch.log(p + 1e-5) - torch.log1p(-p + 1e-5)
 
     @staticmethod
