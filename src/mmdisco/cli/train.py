@@ -194,9 +194,19 @@ def train_cmd(
 @app.command("sample")
 def sample_cmd(
     discriminator: Annotated[
-        Path | None, typer.Option(help="directory from Discriminator.save_pretrained")
+        Path | None,
+        typer.Option(
+            help="directory from Discriminator.save_pretrained; required, except with --config "
+            "(default there: the config's output_dir/discriminator)"
+        ),
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="where the .mp4 files go")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="folder for the .mp4 files; required, except with --config (default there: "
+            "the config's output_dir/samples)"
+        ),
+    ] = None,
     n: Annotated[
         int | None,
         typer.Option(help="pairs per variant (default 4; with --given-*, one per given file)"),

@@ -69,7 +69,7 @@ class STFT(nn.Module):
             self.conv_imag.weight.copy_(
                 torch.from_numpy(np.sin(phase) * window[:, None]).T[:, None]
             )
-        self.requires_grad_(False)  # torchlibrosa's freeze_parameters
+        self.requires_grad_(requires_grad=False)  # torchlibrosa's freeze_parameters
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N) -> power spectrogram (B, 1, frames, bins), centred with reflect padding."""
