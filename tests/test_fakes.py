@@ -19,7 +19,8 @@ import mmdisco.training.fakes as fakes
 from mmdisco.base_models.base import BaseModel
 from mmdisco.errors import BusyError, NonFiniteError
 from mmdisco.io import DirectoryLock
-from mmdisco.training.fakes import generate_fakes, load_fakes, sample_pairs
+from mmdisco.sampling import SamplingConfig, sample_batches
+from mmdisco.training.fakes import generate_fakes, load_fakes
 
 
 class ShrinkModel(BaseModel):
@@ -57,16 +58,17 @@ def models():
     return ShrinkModel("audio", (2, 3), 1.0), ShrinkModel("video", (3, 2, 2), -1.0)
 
 
+OWN_SAMPLER = SamplingConfig(scheduler="default")  # each model's own scheduler
 KW = {"seed": 7, "shard_size": 4, "num_inference_steps": 10, "progress": False}
 
 
 def test_samples_follow_the_base_models_and_are_seeded():
-    a, v = sample_pairs(*models(), 64, seed=1, batch_size=32)
+    a, v = sample_batches(*models(), 64, OWN_SAMPLER, seed=1, batch_size=32)
     assert a.shape == (64, 2, 3) and v.shape == (64, 3, 2, 2)
     assert abs(a.mean() - 1.0) < 0.1 and abs(v.mean() + 1.0) < 0.1
-    a2, v2 = sample_pairs(*models(), 64, seed=1, batch_size=32)
+    a2, v2 = sample_batches(*models(), 64, OWN_SAMPLER, seed=1, batch_size=32)
     assert torch.equal(a, a2) and torch.equal(v, v2)
-    a3, _ = sample_pairs(*models(), 64, seed=2, batch_size=32)
+    a3, _ = sample_batches(*models(), 64, OWN_SAMPLER, seed=2, batch_size=32)
     assert not torch.equal(a, a3)
     # The two modalities use independent noise: no correlation between paired samples.
     corr = torch.corrcoef(torch.stack([a.flatten(1)[:, 0], v.flatten(1)[:, 0]]))[0, 1]
@@ -130,7 +132,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
 
 def test_resume_skips_finished_shards(tmp_path, monkeypatch):
     generate_fakes(*models(), 8, tmp_path, **KW)
-    monkeypatch.setattr(fakes, "sample_pairs", lambda *a, **k: pytest.fail("resampled"))
+    monkeypatch.setattr(fakes, "sample_batches", lambda *a, **k: pytest.fail("resampled"))
     generate_fakes(*models(), 8, tmp_path, **KW)
 
 

@@ -297,7 +297,7 @@ def test_shipped_world_pipeline_aligns_the_pairs():
 
 def test_real_preset_models_through_the_pipeline(tmp_path):
     from mmdisco.discriminator import Discriminator
-    from mmdisco.experiment import prompt_pair, scheduler_for
+    from mmdisco.base_models.loading import prompt_pair
 
     disc = live(
         Discriminator.for_shapes(
@@ -327,7 +327,7 @@ def test_real_preset_models_through_the_pipeline(tmp_path):
     for model, cfg_scale in ((pipe.audio_model, 2.5), (pipe.video_model, 7.5)):
         cond, uncond = prompt_pair(model, ["a dog barks", "cat runs"])
         streams.append(
-            Stream(model, scheduler_for(model, pipe.config.sampling), cond, uncond, cfg_scale,
+            Stream(model, pipe.config.sampling.make_scheduler(model), cond, uncond, cfg_scale,
                    30.0, g, disc_text=model.pooled_text_embedding(cond))
         )  # fmt: skip
     a, v = joint_sample(*streams, pipe.discriminator, batch_size=2, num_inference_steps=3,

@@ -26,7 +26,7 @@ from _tiny import (
 )
 from mmdisco.base_models import load_base_model
 from mmdisco.config import BaseModelConfig, ConfigError
-from mmdisco.experiment import check_compute
+from mmdisco.base_models.loading import check_compute
 from mmdisco.sampling import Stream, joint_sample
 
 SAVERS = {

@@ -25,7 +25,8 @@ from mmdisco.base_models import load_base_model
 from mmdisco.config import ConfigError, experiment_from_dict, load_experiment
 from mmdisco.data import ClipDataset, ClipSpec, cache_latents, load_latent_cache
 from mmdisco.data.clips import read_clip
-from mmdisco.experiment import check_clip_spec, load_models
+from mmdisco.base_models.loading import load_models
+from mmdisco.experiment import check_clip_spec
 from mmdisco.media import write_mp4
 
 CONFIGS = Path(__file__).parents[1] / "configs"

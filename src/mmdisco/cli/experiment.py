@@ -67,7 +67,8 @@ def generate_fakes_from_yaml(config: Path) -> None:
 def train_from_yaml(
     config: Path, dry_run: bool = False, processes: int = 1, memory_gib: float | None = None
 ) -> None:
-    from mmdisco.experiment import DISCRIMINATOR_DIR, dry_run_report, train_from_config
+    from mmdisco.experiment import DISCRIMINATOR_DIR, train_from_config
+    from mmdisco.training.memory import dry_run_report
 
     cfg = load_config(config)
     if dry_run:
@@ -91,8 +92,13 @@ def sample_from_yaml(
 
     cfg = load_config(config)
     runs = sample_from_config(
-        cfg, prompts or None, out, discriminator, process_device(),
-        given=given, given_mode=given_mode,
-    )  # fmt: skip
+        cfg,
+        prompts or None,
+        out,
+        discriminator,
+        process_device(),
+        given=given,
+        given_mode=given_mode,
+    )
     for run in runs.values():
         typer.echo("\n".join(str(p) for p in run.paths))

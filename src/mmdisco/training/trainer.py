@@ -66,10 +66,10 @@ from mmdisco.io import (
     umask,
     write_json_atomic,
 )
+from mmdisco.seeding import derive_seed
 from mmdisco.shards import fingerprint_differences, jsonable, on_rank0
 from mmdisco.training.bank import BankRows, NoiseBank
 from mmdisco.training.data import BatchOrder, PairData
-from mmdisco.training.fakes import derive_seed
 from mmdisco.training.losses import EpsFn, mmdisco_loss
 
 CHECKPOINT_DIR = "checkpoints"
