@@ -31,12 +31,12 @@ from _tiny import (
     save_ltx,
     save_stable_audio,
 )
+from mmdisco.base_models.loading import ConfiguredModel, load_models
 from mmdisco.cli import app
 from mmdisco.config import ConfigError, load_experiment
 from mmdisco.data import load_latent_cache
 from mmdisco.discriminator import Discriminator
 from mmdisco.errors import InputError
-from mmdisco.base_models.loading import ConfiguredModel, load_models
 from mmdisco.experiment import check_clip_spec, sample_from_config
 from mmdisco.media import load_given, media_spec, read_mp4, write_mp4
 from mmdisco.training.fakes import load_fakes

@@ -296,8 +296,8 @@ def test_shipped_world_pipeline_aligns_the_pairs():
 
 
 def test_real_preset_models_through_the_pipeline(tmp_path):
-    from mmdisco.discriminator import Discriminator
     from mmdisco.base_models.loading import prompt_pair
+    from mmdisco.discriminator import Discriminator
 
     disc = live(
         Discriminator.for_shapes(

@@ -22,10 +22,10 @@ from _tiny import (
     save_stable_audio,
 )
 from mmdisco.base_models import load_base_model
+from mmdisco.base_models.loading import load_models
 from mmdisco.config import ConfigError, experiment_from_dict, load_experiment
 from mmdisco.data import ClipDataset, ClipSpec, cache_latents, load_latent_cache
 from mmdisco.data.clips import read_clip
-from mmdisco.base_models.loading import load_models
 from mmdisco.experiment import check_clip_spec
 from mmdisco.media import write_mp4
 
