@@ -392,9 +392,11 @@ def read_given_audio(path: str | os.PathLike, spec: MediaSpec) -> np.ndarray:
         try:
             info = soundfile.info(str(path))
             data, rate = soundfile.read(
-                str(path), frames=math.ceil(window * info.samplerate), dtype="float32",
+                str(path),
+                frames=math.ceil(window * info.samplerate),
+                dtype="float32",
                 always_2d=True,
-            )  # fmt: skip
+            )
         except (RuntimeError, soundfile.LibsndfileError) as err:
             raise InputError(f"cannot read audio file ({err})", str(path)) from err
         audio, seconds = data.mean(1), info.frames / info.samplerate

@@ -148,7 +148,9 @@ class AudioLDM2Model(AudioLDMModel):
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> PromptEmbeds:
-        embeds, mask, generated = self.pipe.encode_prompt(list(prompts), self.device, 1, False)
+        embeds, mask, generated = self.pipe.encode_prompt(
+            list(prompts), self.device, 1, do_classifier_free_guidance=False
+        )
         return self._embeds(prompts, embeds, mask, generated)
 
     @torch.no_grad()
@@ -156,7 +158,9 @@ class AudioLDM2Model(AudioLDMModel):
         """As the pipeline does it: the empty prompt's T5 tokens are padded to the prompts'
         length, which changes the GPT-2 tokens generated from them."""
         n = len(prompts)
-        embeds, mask, generated = self.pipe.encode_prompt(list(prompts), self.device, 1, True)
+        embeds, mask, generated = self.pipe.encode_prompt(
+            list(prompts), self.device, 1, do_classifier_free_guidance=True
+        )
         cond = self._embeds(prompts, embeds[n:], mask[n:], generated[n:])
         uncond = self._embeds([""] * n, embeds[:n], mask[:n], generated[:n])
         return cond, uncond

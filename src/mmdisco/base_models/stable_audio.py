@@ -160,17 +160,20 @@ class StableAudioModel(DiffusersAdapter):
             truncation=True,
             return_tensors="pt",
         ).to(self.device)
+        embeds = pipe.text_encoder(inputs.input_ids, attention_mask=inputs.attention_mask)[0]
         hidden = pipe.encode_prompt(
             prompts,
             self.device,
-            False,
-            prompt_embeds=pipe.text_encoder(inputs.input_ids, attention_mask=inputs.attention_mask)[
-                0
-            ],
+            do_classifier_free_guidance=False,
+            prompt_embeds=embeds,
             attention_mask=inputs.attention_mask,
         )
         start, end = pipe.encode_duration(
-            audio_start_in_s, self.audio_end_in_s, self.device, False, len(prompts)
+            audio_start_in_s,
+            self.audio_end_in_s,
+            self.device,
+            do_classifier_free_guidance=False,
+            batch_size=len(prompts),
         )
         tokens = torch.cat([hidden, start, end], dim=1)
         empty = torch.tensor([p == "" for p in prompts], device=self.device)

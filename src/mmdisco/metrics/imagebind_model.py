@@ -4,7 +4,7 @@ Follows facebookresearch/ImageBind ``imagebind_model.py`` (``imagebind_huge``): 
 modality is patch/token embedding -> pre-LN transformer -> LayerNorm + token select + linear
 projection -> L2 normalisation. Module and parameter names reproduce the official ones, so
 the official ``imagebind_huge.pth`` loads after dropping the depth / thermal / IMU
-modalities (``python -m mmdisco.metrics.convert imagebind imagebind_huge.pth ib.safetensors``):
+modalities (``mmdisco convert imagebind imagebind_huge.pth ib.safetensors``):
 
 * ``modality_preprocessors.vision.rgbt_stem.proj.1.weight`` Conv3d (2, 14, 14), no bias
   (index 1 because index 0 is the parameter-free PadIm2Video), ``cls_token``,

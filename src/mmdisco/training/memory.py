@@ -100,10 +100,12 @@ class MemoryEstimate:
             ("discriminator (weights)", self.discriminator),
             ("Adam state", self.optimizer),
             ("batch (latents, text)", self.data),
-            (f"activations + gradients ({self.batch} real + {self.batch} fake pairs)",
-             self.activations),
+            (
+                f"activations + gradients ({self.batch} real + {self.batch} fake pairs)",
+                self.activations,
+            ),
             ("peak per device", self.peak),
-        ]  # fmt: skip
+        ]
         lines = ["| | GiB |", "|---|---:|"]
         lines += [f"| {name} | {value / GIB:.2f} |" for name, value in rows]
         return "\n".join(lines)
@@ -191,10 +193,12 @@ def estimate_step_memory(
         adam = torch.optim.Adam if device != "meta" else MetaAdam
         optimizer = adam(disc.parameters(), lr=config.lr)
         batches = [
-            (_pairs(models, micro, text_dims, captions, device, 2 * k),
-             _pairs(models, micro, text_dims, False, device, 2 * k + 1))
+            (
+                _pairs(models, micro, text_dims, device, 2 * k, captions=captions),
+                _pairs(models, micro, text_dims, device, 2 * k + 1, captions=False),
+            )
             for k in range(config.grad_accum)
-        ]  # fmt: skip
+        ]
         data = tracker.live - base - weights
         for step in range(steps):
             if step == steps - 1:
@@ -242,9 +246,10 @@ def _pairs(
     models: list[Any],
     n: int,
     text_dims: dict[str, int] | None,
-    captions: bool,
     device: str,
     seed: int,
+    *,
+    captions: bool,
 ) -> PairData:
     shapes = [m.latent_shape() for m in models]
     g = torch.Generator().manual_seed(seed)
