@@ -22,6 +22,7 @@ from torch import Tensor
 
 from mmdisco.base_models._diffusers import DiffusersAdapter, masked_mean, vae_latents
 from mmdisco.base_models.base import PromptEmbeds
+from mmdisco.base_models.clip_text import tokenize
 from mmdisco.diffusion import NoiseSchedule
 
 
@@ -152,14 +153,8 @@ class StableAudioModel(DiffusersAdapter):
         """Text + timing conditioning. An empty prompt is the pipeline's unconditional input:
         zero text-and-timing tokens (the global timing vector is kept, as the pipeline does)."""
         prompts = list(prompts)
-        pipe, tok = self.pipe, self.pipe.tokenizer
-        inputs = tok(
-            prompts,
-            padding="max_length",
-            max_length=tok.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).to(self.device)
+        pipe = self.pipe
+        inputs = tokenize(pipe.tokenizer, prompts, self.device)
         embeds = pipe.text_encoder(inputs.input_ids, attention_mask=inputs.attention_mask)[0]
         hidden = pipe.encode_prompt(
             prompts,
