@@ -77,7 +77,7 @@ RealLatents = Annotated[
 ]
 
 
-def load_base_models(audio_dir: Path | None, video_dir: Path | None, device: str = "cpu"):
+def world_base_models(audio_dir: Path | None, video_dir: Path | None, device: str = "cpu"):
     """The two frozen base models: the shipped world models unless directories are given."""
     from mmdisco.world.models import ASSETS_DIR, WorldAudioModel, WorldVideoModel
 
@@ -119,7 +119,7 @@ def generate_fakes_cmd(
 
         return generate_fakes_from_yaml(config)
     _require(out=out)
-    audio, video = load_base_models(audio_model, video_model, process_device())
+    audio, video = world_base_models(audio_model, video_model, process_device())
     start = time.perf_counter()
     manifest = generate_fakes(
         audio,
@@ -214,7 +214,7 @@ def _train_world(
         tensors, _ = load_tensors(real, keys=["audio", "video"])
         real_data = PairData(tensors["audio"], tensors["video"])
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    audio, video = load_base_models(*model_dirs, str(accelerator.device))
+    audio, video = world_base_models(*model_dirs, str(accelerator.device))
     if real_data is None:
         real_data = world_real_pairs(audio, video, n_real, seed=seed)
     disc = build_discriminator(
@@ -287,7 +287,7 @@ def sample_cmd(
     )
     check_int("seed", seed, 0)
     check_int("upscale", upscale, 1)
-    audio, video = load_base_models(audio_model, video_model)
+    audio, video = world_base_models(audio_model, video_model)
     given_latents = None if given is None else _encode_given(given, audio, video)
     n = len(given[1]) if given is not None else (n or 4)
     disc = load_discriminator(discriminator).eval()

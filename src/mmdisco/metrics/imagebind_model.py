@@ -452,7 +452,7 @@ def load_imagebind(
     if not path.is_file():
         raise FileNotFoundError(f"ImageBind weights not found: {path}")
     if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: expected .safetensors; convert with mmdisco.metrics.convert")
+        raise ValueError(f"{path}: expected .safetensors; convert with `mmdisco convert imagebind`")
     state, meta = load_tensors(path, device, finite=False)  # the text mask holds -inf
     config = ImageBindConfig(**json.loads(meta["config"])) if "config" in meta else None
     tokenizer = ClipTokenizer(bpe_path) if bpe_path is not None else None
