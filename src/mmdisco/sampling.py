@@ -16,6 +16,11 @@ needs a discriminator trained with clean modalities, ``TrainConfig.clean_prob``)
 afresh at every step to the level of its own scheduler's timestep (``given="renoise"``: the
 noise level the other modality has when both schedules match, as in training with shared
 timesteps; draws from the stream's ``generator``). Only the free modality is corrected.
+
+Every caller sets runs up the same way: :class:`SamplingConfig` holds the knobs (YAML
+``sampling:``, the CLI, a pipeline's ``model_index.json``, fakes), :func:`build_stream`
+builds one modality's stream and :func:`sample_batches` draws ``n`` pairs batch by batch
+from seeds derived from ``(seed, batch)``.
 """
 
 from __future__ import annotations
