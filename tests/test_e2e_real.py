@@ -195,8 +195,14 @@ def test_audioldm_animatediff_cache_fakes_train_sample(tmp_path, dtype):
 
     # Video-to-audio through the config: the given clip is kept, one prompt per given file.
     given = write_mp4(tmp_path / "given.mp4", torch.rand(3, 4, 16, 16) * 2 - 1, fps=8.0)
-    v2a = sample_from_config(cfg, ["a dog barks"], tmp_path / "v2a", progress=False,
-                             given=("video", [given]), given_mode="renoise")  # fmt: skip
+    v2a = sample_from_config(
+        cfg,
+        ["a dog barks"],
+        tmp_path / "v2a",
+        progress=False,
+        given=("video", [given]),
+        given_mode="renoise",
+    )
     audio_model, video_model = load_models(cfg)
     media = load_given([given], "video", media_spec(audio_model, video_model))
     expected = video_model.encode(media)
@@ -205,8 +211,9 @@ def test_audioldm_animatediff_cache_fakes_train_sample(tmp_path, dtype):
     with pytest.raises(ConfigError, match="2 prompts for 1 given video files"):
         sample_from_config(cfg, ["a", "b"], tmp_path / "x", given=("video", [given]))
     with pytest.raises(InputError, match=r"given\.mp4: more than 2 frames; the model makes 2"):
-        short = replace(cfg, video=replace(cfg.video, options={**cfg.video.options,
-                                                                "num_frames": 2}))  # fmt: skip
+        short = replace(
+            cfg, video=replace(cfg.video, options={**cfg.video.options, "num_frames": 2})
+        )
         sample_from_config(short, None, tmp_path / "y", given=("video", [given]))
 
     # The config's sampler for discrete-time models, and clear errors naming the fields.

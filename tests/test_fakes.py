@@ -159,8 +159,12 @@ def test_a_second_writer_is_stopped_and_a_stale_lock_taken_over(tmp_path):
         generate_fakes(*models(), 4, tmp_path, **KW)
     assert not (tmp_path / "manifest.json").exists()
     # A lock left by a killed process (its pid is gone) is stale: the next run takes it.
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     (tmp_path / ".lock").write_text(
         json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()})
     )
