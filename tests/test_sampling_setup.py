@@ -11,36 +11,11 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import Tensor
 
-from mmdisco.base_models.base import BaseModel
+from _shrink import ShrinkModel
 from mmdisco.base_models.loading import cfg_mix, make_scheduler
 from mmdisco.errors import ConfigError, InputError
 from mmdisco.sampling import SamplingConfig, Stream, joint_sample, sample_batches
 from mmdisco.seeding import derive_seed
-
-
-class Shrink(BaseModel):
-    """Exact denoiser for x_0 ~ N(mean, 0.25 I) on a short linear DDPM schedule."""
-
-    scheduler_config = {  # noqa: RUF012
-        "_class_name": "DDPMScheduler",
-        "num_train_timesteps": 50,
-        "beta_schedule": "linear",
-        "beta_start": 1e-3,
-        "beta_end": 0.2,
-        "prediction_type": "epsilon",
-        "clip_sample": False,
-    }
-
-    def __init__(self, modality: str, shape: tuple[int, ...], mean: float) -> None:
-        self.modality, self.shape, self.mean = modality, shape, mean
-
-    def predict(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
-        alpha, sigma = self.schedule.alpha_sigma(torch.as_tensor(t).expand(x_t.shape[0]))
-        a, s = alpha.view(-1, *[1] * (x_t.ndim - 1)), sigma.view(-1, *[1] * (x_t.ndim - 1))
-        return s * (x_t - a * self.mean) / (a**2 * 0.25 + s**2)
-
-    def latent_shape(self) -> tuple[int, ...]:
-        return self.shape
 
 
 def product_disc(a: Tensor, v: Tensor, snr_a: Tensor, snr_v: Tensor) -> Tensor:
@@ -48,8 +23,8 @@ def product_disc(a: Tensor, v: Tensor, snr_a: Tensor, snr_v: Tensor) -> Tensor:
     return torch.tanh(a.flatten(1).mean(1) * v.flatten(1).mean(1))
 
 
-def models() -> tuple[Shrink, Shrink]:
-    return Shrink("audio", (2, 3), 1.0), Shrink("video", (3, 2), -1.0)
+def models() -> tuple[ShrinkModel, ShrinkModel]:
+    return ShrinkModel("audio", (2, 3), 1.0), ShrinkModel("video", (3, 2), -1.0)
 
 
 def test_scheduler_names_short_or_diffusers_resolve_alike() -> None:
