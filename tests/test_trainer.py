@@ -17,13 +17,13 @@ from torch import Tensor, nn
 
 from mmdisco.base_models.base import BaseModel
 from mmdisco.errors import BusyError, NonFiniteError
+from mmdisco.seeding import derive_seed
 from mmdisco.training.checkpoints import (
     flatten_optimizer_state,
     latest_checkpoint,
     unflatten_optimizer_state,
 )
 from mmdisco.training.data import BatchOrder, PairData
-from mmdisco.training.fakes import derive_seed
 from mmdisco.training.trainer import TrainConfig, train_discriminator
 
 
@@ -252,7 +252,7 @@ WORKER = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_trainer import TinyDisc, models, toy_data
     from mmdisco.training.data import BatchOrder
-    from mmdisco.training.fakes import derive_seed
+    from mmdisco.seeding import derive_seed
     from mmdisco.training.trainer import TrainConfig, train_discriminator
 
     acc = Accelerator(cpu=True)

@@ -34,8 +34,9 @@ from torch import Tensor, nn
 from mmdisco.discriminator.composite import SummedDiscriminators
 from mmdisco.errors import InputError, check_float, check_fraction_range, check_int
 from mmdisco.io import write_json_atomic
+from mmdisco.sampling import SamplingConfig, sample_batches
 from mmdisco.training.data import PairData, encode_pairs, fake_pairs
-from mmdisco.training.fakes import SampleSettings, generate_fakes, sample_pairs
+from mmdisco.training.fakes import generate_fakes
 from mmdisco.training.trainer import TrainConfig, train_discriminator
 from mmdisco.world.recipes import (
     EVAL_SEED_OFFSET,
@@ -204,9 +205,9 @@ class DemoSettings:
             upscale=2,
         )
 
-    def sample_settings(self) -> SampleSettings:
+    def sample_settings(self) -> SamplingConfig:
         """How the comparison samples: sampler, steps, guidance scales and window."""
-        return SampleSettings(
+        return SamplingConfig(
             self.sample_steps,
             self.sample_scheduler,
             self.guidance_scale_audio,
@@ -391,12 +392,12 @@ def _sample_and_score(
     media: dict[str, tuple[Tensor, Tensor]] = {}
     report: dict[str, Any] = {}
     for name, disc in rows:
-        a, v = sample_pairs(
+        a, v = sample_batches(
             audio_model,
             video_model,
             settings.n_eval,
-            eval_seed,
-            settings=sample,
+            sample,
+            seed=eval_seed,
             discriminator=disc,
             batch_size=128,
             progress=False,

@@ -182,7 +182,7 @@ def preprocess_video(
 
 
 def weights_variant(path: str | os.PathLike) -> str | None:
-    """The ``variant`` that ``mmdisco.metrics.convert i3d`` wrote into a weights file."""
+    """The ``variant`` that ``mmdisco convert i3d`` wrote into a weights file."""
     with safe_open(str(path), framework="pt") as f:
         return (f.metadata() or {}).get("variant")
 

@@ -4,7 +4,7 @@ Follows facebookresearch/ImageBind ``imagebind_model.py`` (``imagebind_huge``): 
 modality is patch/token embedding -> pre-LN transformer -> LayerNorm + token select + linear
 projection -> L2 normalisation. Module and parameter names reproduce the official ones, so
 the official ``imagebind_huge.pth`` loads after dropping the depth / thermal / IMU
-modalities (``python -m mmdisco.metrics.convert imagebind imagebind_huge.pth ib.safetensors``):
+modalities (``mmdisco convert imagebind imagebind_huge.pth ib.safetensors``):
 
 * ``modality_preprocessors.vision.rgbt_stem.proj.1.weight`` Conv3d (2, 14, 14), no bias
   (index 1 because index 0 is the parameter-free PadIm2Video), ``cls_token``,
@@ -476,7 +476,7 @@ def load_imagebind(
     if not path.is_file():
         raise FileNotFoundError(f"ImageBind weights not found: {path}")
     if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: expected .safetensors; convert with mmdisco.metrics.convert")
+        raise ValueError(f"{path}: expected .safetensors; convert with `mmdisco convert imagebind`")
     state, meta = load_tensors(path, device, finite=False)  # the text mask holds -inf
     config = ImageBindConfig(**json.loads(meta["config"])) if "config" in meta else None
     tokenizer = ClipTokenizer(bpe_path) if bpe_path is not None else None

@@ -23,9 +23,9 @@ from torch import Tensor
 
 from mmdisco.base_models.base import BaseModel
 from mmdisco.errors import InputError, check_fraction_range, check_int
+from mmdisco.seeding import derive_seed
 from mmdisco.shards import read_shards, write_counted_shards
 from mmdisco.training.data import PairData
-from mmdisco.training.fakes import derive_seed
 from mmdisco.training.losses import BankRows, epsilon_fn
 
 BANK_FORMAT = "mmdisco-dlsm-bank/1"

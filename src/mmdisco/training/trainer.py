@@ -42,6 +42,7 @@ from mmdisco.errors import (
     check_memory,
 )
 from mmdisco.io import DirectoryLock, write_json_atomic
+from mmdisco.seeding import derive_seed
 from mmdisco.shards import on_rank0
 from mmdisco.training.bank import NoiseBank
 from mmdisco.training.checkpoints import (
@@ -56,7 +57,6 @@ from mmdisco.training.checkpoints import (
 )
 from mmdisco.training.data import BatchOrder, PairData
 from mmdisco.training.distributed import all_reduce_mean, broadcast_parameters, sync_gradients
-from mmdisco.training.fakes import derive_seed
 from mmdisco.training.losses import BankRows, LossConfig, LossOutput, epsilon_fn, mmdisco_loss
 
 MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16}

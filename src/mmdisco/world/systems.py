@@ -37,17 +37,14 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from mmdisco.base_models.loading import SCHEDULERS
 from mmdisco.errors import check_bool, check_choice, check_float, check_int, check_ints
 from mmdisco.io import write_json_atomic, write_text_atomic
 from mmdisco.resampling import score_pairs, select, t0_log_snr
+from mmdisco.sampling import SamplingConfig, sample_batches
+from mmdisco.seeding import derive_seed
 from mmdisco.training.data import PairData, fake_pairs
-from mmdisco.training.fakes import (
-    SCHEDULERS,
-    SampleSettings,
-    derive_seed,
-    generate_fakes,
-    sample_pairs,
-)
+from mmdisco.training.fakes import generate_fakes
 from mmdisco.world.detectors import Detection, chance_levels, detect_audio, detect_video, summarize
 from mmdisco.world.generator import generate_clips
 from mmdisco.world.models import load_world_models
@@ -121,8 +118,8 @@ class SystemsSettings:
 
     def sampling(
         self, scales: tuple[float, float] = (1.0, 1.0), window: tuple[float, float] = (0.0, 1.0)
-    ) -> SampleSettings:
-        return SampleSettings(self.sample_steps, self.scheduler, *scales, window=tuple(window))
+    ) -> SamplingConfig:
+        return SamplingConfig(self.sample_steps, self.scheduler, *scales, window=tuple(window))
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,22 +237,22 @@ def sample_pool(
     k: int,
     seed: int,
     settings: SystemsSettings,
-    sampling: SampleSettings,
+    sampling: SamplingConfig,
     progress: bool = False,
     **kwargs: Any,
 ) -> Pool:
     """``k`` candidates for each of ``settings.n_eval`` outputs (``kwargs``: those of
-    :func:`~mmdisco.training.fakes.sample_pairs`). Candidate 0 is drawn from ``seed`` itself,
+    :func:`~mmdisco.sampling.sample_batches`). Candidate 0 is drawn from ``seed`` itself,
     so it is the plain sample every row without resampling takes."""
     audio, video = [], []
     start = time.process_time()
     for j in tqdm(range(k), desc=f"{k} x {settings.n_eval} pairs", disable=not progress):
-        a, v = sample_pairs(
+        a, v = sample_batches(
             audio_model,
             video_model,
             settings.n_eval,
-            seed if j == 0 else derive_seed(seed, j),
-            settings=sampling,
+            sampling,
+            seed=seed if j == 0 else derive_seed(seed, j),
             batch_size=settings.batch_size,
             **kwargs,
         )
