@@ -24,6 +24,7 @@ from _tiny import (
 )
 from mmdisco.base_models import load_base_model
 from mmdisco.base_models.auffusion import AuffusionModel, convert_auffusion
+from mmdisco.errors import InputError
 from mmdisco.sampling import Stream, joint_sample
 
 PROMPTS = ["a dog barks", "hammer hits wood"]
@@ -213,6 +214,46 @@ def test_unguided_sampling_reproduces_the_release_loop(tiny, model):
         eps = (eps_u + cfg * (eps_c - eps_u)).transpose(-1, -2)
         x = reference.step(eps, step, x, generator=generator).prev_sample
     torch.testing.assert_close(got, x, rtol=1e-4, atol=1e-5)
+
+
+def test_auffusion_noise_layout_reproduces_auffusions_seeded_loop(tiny):
+    """A full 10.24 s clip (tiny: 32 mel frames, no context padding) with noise drawn as
+    Auffusion's pipeline draws it: the initial latents and every DDPM step's noise in the
+    UNet's (mels, frames) layout, from one seeded generator."""
+    full = {"spectrogram": {"duration": 128 / 16000}, "context_frames": 32}
+    model = load_base_model("auffusion", str(tiny[1]), noise_layout="auffusion", **full)
+    ref = Reference(tiny[0])
+    cfg, steps = 8.0, 3
+    cond, uncond = model.encode_prompt_pair(PROMPTS)
+
+    def sample(model, seed: int) -> torch.Tensor:
+        stream = Stream(model, model.make_scheduler(DDPMScheduler), cond, uncond, cfg_scale=cfg)
+        stream.generator = torch.Generator().manual_seed(seed)
+        other = Stream(model, model.make_scheduler(DDPMScheduler), cond, uncond)
+        other.generator = torch.Generator().manual_seed(seed + 1)
+        return joint_sample(stream, other, None, batch_size=2, num_inference_steps=steps)[0]
+
+    got = sample(model, seed=0)
+    reference = DDPMScheduler.from_config(model.scheduler_config)
+    reference.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(0)
+    c, t, f = model.latent_shape()
+    assert t == 16  # the whole context: nothing is padded
+    x = torch.randn(2, c, f, t, generator=generator)  # AuffusionPipeline.prepare_latents
+    text = ref.prompt_embeds(PROMPTS)
+    with torch.no_grad():
+        for step in reference.timesteps:
+            eps_c = ref.unet(x, step, encoder_hidden_states=text).sample
+            eps_u = ref.unet(x, step, encoder_hidden_states=torch.zeros_like(text)).sample
+            eps = eps_u + cfg * (eps_c - eps_u)
+            x = reference.step(eps, step, x, generator=generator).prev_sample
+    torch.testing.assert_close(got, x.transpose(-1, -2), rtol=1e-4, atol=1e-5)
+    # The default layout (the MMDisCo release's) draws the same numbers in another order.
+    default = load_base_model("auffusion", str(tiny[1]), **full)
+    assert default.noise_layout == "mmdisco"
+    assert not torch.allclose(sample(default, seed=0), got, atol=1e-2)
+    with pytest.raises(InputError, match="noise_layout: must be one of 'mmdisco', 'auffusion'"):
+        load_base_model("auffusion", str(tiny[1]), noise_layout="mels")
 
 
 def test_encode_pads_with_silence_to_the_context_and_decode_uses_the_vocoder(tiny, model):

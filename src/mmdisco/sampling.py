@@ -186,8 +186,7 @@ def _initial_latents(stream: Stream, batch_size: int) -> Tensor:
     if stream.latents is not None:
         noise = stream.latents.to(stream.model.device, torch.float32)
     else:
-        shape = (batch_size, *stream.model.latent_shape())
-        noise = randn_tensor(shape, generator=stream.generator, device=stream.model.device)
+        noise = stream.model.initial_noise(batch_size, stream.generator)
     # Flow-matching schedulers have no init_noise_sigma: their pipelines use unit noise.
     return noise * getattr(stream.scheduler, "init_noise_sigma", 1.0)
 

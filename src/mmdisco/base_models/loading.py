@@ -138,6 +138,9 @@ class ConfiguredModel(BaseModel):
     def latent_shape(self) -> tuple[int, ...]:
         return self.model.latent_shape()
 
+    def initial_noise(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.model.initial_noise(batch_size, generator)
+
     def make_scheduler(self, cls: Any = None, **overrides: Any) -> Any:
         if cls is None and not overrides and self._sampler is not None:
             return self._sampler()
