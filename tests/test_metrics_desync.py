@@ -1,5 +1,7 @@
 """DeSync protocol (av-benchmark) around a user-supplied Synchformer-interface model."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -153,3 +155,41 @@ def test_desync_averages_the_first_and_last_window():
     assert float(OFFSETS[10]) == 0.0
     with pytest.raises(ValueError, match=r"DeSync needs at least 4\.8 s"):
         DeSync(stub, seconds=4.0)
+
+
+def recording_sync() -> _StubSync:
+    """``--sync-model test_metrics_desync:recording_sync``: the stub, kept for inspection."""
+    recording_sync.last = _StubSync(first=10, last=10)
+    return recording_sync.last
+
+
+def test_evaluate_sets_the_clip_length_by_option_or_protocol(tmp_path):
+    from typer.testing import CliRunner
+
+    from mmdisco.cli import app
+    from mmdisco.media import write_mp4
+
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (40, 16, 16, 3), dtype=np.uint8)  # 5 s at 8 fps
+    write_mp4(gen / "s0.mp4", frames, 8.0, 0.1 * rng.standard_normal(16000 * 5), 16000)
+    base = ["evaluate", "--generated", str(gen), "--metrics", "desync", "--no-ground-truth"]
+    base += ["--sync-model", "test_metrics_desync:recording_sync"]
+
+    def run(*extra: str) -> dict:
+        out = tmp_path / f"out{len(extra)}"
+        result = CliRunner().invoke(app, [*base, "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads((out / "metrics.json").read_text())
+
+    # av-benchmark's 8 s (the default and the protocol's): a 5 s clip is a counted skip.
+    for report in (run(), run("--protocol", "av-benchmark")):
+        assert report["metrics"]["desync"] is None
+        assert "shorter than DeSync's 8.0 s" in report["skipped"][0]["reason"]
+    # 5 s: 14 segments, so both 4.8 s windows are the whole clip's segments 0-13.
+    report = run("--desync-seconds", "5")
+    assert report["metrics"]["desync"] == pytest.approx(0.0)
+    assert recording_sync.last.calls == [list(range(14)), list(range(14))]
+    bad = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "x"), "--desync-seconds", "3"])
+    assert bad.exit_code == 2 and "--desync-seconds: must be >= 4.8, got 3.0" in bad.output

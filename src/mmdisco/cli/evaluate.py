@@ -12,7 +12,7 @@ import torch
 import typer
 
 from mmdisco.cli import app
-from mmdisco.errors import InputError
+from mmdisco.errors import InputError, check_float
 from mmdisco.io import read_json
 from mmdisco.metrics.av_align import VERSIONS, AVAlignConfig
 from mmdisco.metrics.base import FeatureExtractor
@@ -127,6 +127,13 @@ SeedOption = Annotated[
     int, typer.Option(help="Seed for KVD subsets, FVD reference windows, offline features.")
 ]
 DeviceOption = Annotated[str, typer.Option(help="Torch device for the feature extractors.")]
+DesyncSecondsOption = Annotated[
+    float | None,
+    typer.Option(
+        help="DeSync reads the first S seconds of each clip; its last 4.8 s window ends there "
+        "(av-benchmark's --audio_length; default: the protocol's, else 8)."
+    ),
+]
 MaxSecondsOption = Annotated[
     float | None,
     typer.Option(
@@ -156,6 +163,15 @@ class ScoringOptions:
     kvd_subset_size: int
     seed: int
     max_seconds: float | None
+    desync_seconds: float | None = None
+
+    def desync_length(self) -> float:
+        """DeSync's clip length: the option, else the protocol's, else av-benchmark's 8 s."""
+        from mmdisco.metrics.desync import WINDOW_SECONDS
+
+        if self.desync_seconds is None:
+            return get_protocol(self.protocol).desync_seconds if self.protocol else 8.0
+        return check_float("desync_seconds", self.desync_seconds, WINDOW_SECONDS)
 
     def eval_options(self) -> EvalOptions:
         """The :class:`EvalOptions`; unknown metric names are an error naming ``metrics``."""
@@ -247,7 +263,7 @@ class ModelSources:
 
         return PANNsExtractor(self.panns_weights, device=self.device)
 
-    def desync(self, chosen: tuple[str, ...]) -> Any:
+    def desync(self, chosen: tuple[str, ...], seconds: float) -> Any:
         if "desync" not in chosen:
             return None
         if (self.sync_model is None) == (self.sync_weights is None):
@@ -260,7 +276,7 @@ class ModelSources:
             net = load_synchformer(self.sync_weights, device=self.device)
         else:
             net = _load_factory(self.sync_model, "sync_model")
-        return DeSync(net, device=self.device)
+        return DeSync(net, seconds=seconds, device=self.device)
 
     def clap(self, chosen: tuple[str, ...]) -> Any:
         if "clap" not in chosen:
@@ -328,6 +344,7 @@ def evaluate(
     seed: SeedOption = 0,
     device: DeviceOption = "cpu",
     max_seconds: MaxSecondsOption = None,
+    desync_seconds: DesyncSecondsOption = None,
 ) -> None:
     """Evaluate generated samples (mp4, wav, or frame folders) against references."""
     scoring = ScoringOptions(
@@ -347,6 +364,7 @@ def evaluate(
         kvd_subset_size,
         seed,
         max_seconds,
+        desync_seconds,
     )
     sources = ModelSources(
         extractor,
@@ -379,7 +397,8 @@ def run_evaluation(
     out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails before the features
     chosen = options.metrics
     audio_ex, video_ex = sources.fidelity(options)
-    panns, desync, clap = sources.panns(chosen), sources.desync(chosen), sources.clap(chosen)
+    panns, clap = sources.panns(chosen), sources.clap(chosen)
+    desync = sources.desync(chosen, scoring.desync_length())
     model = sources.imagebind()
     report = evaluate_directories(
         generated,

@@ -27,6 +27,9 @@ class Protocol:
     fvd_reference_clips: str = "random"  # StyleGAN-V samples a random window of real videos
     av_align_version: str = "2025-02-13"
     onset_spacing: float | None = None  # None: 0.768 / fps
+    # DeSync reads the first desync_seconds of a clip; its last 4.8 s window ends there
+    # (av-benchmark's --audio_length).
+    desync_seconds: float = 8.0
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict:
@@ -96,10 +99,12 @@ PROTOCOLS: dict[str, Protocol] = {
             fps=25.0,
             seconds=8.0,
             resolution="any (224 crops)",
+            desync_seconds=8.0,
             notes=(
                 "KL pairs generated and reference samples by file name.",
                 "IB here follows ImageBind's data.py, not av-benchmark's 0.5 fps bicubic frames.",
-                "DeSync needs --sync-model (a Synchformer with its weights; not built in).",
+                "DeSync needs --sync-weights (convert synchformer) or --sync-model; it scores "
+                "the first 8 s (--desync-seconds; av-benchmark's --audio_length).",
                 "CLAP needs --clap-model and --captions.",
             ),
         ),
