@@ -512,3 +512,63 @@ def test_sampling_audioldm_animatediff_with_a_release_discriminator(tmp_path):
     convert_official(checkpoint, other, tmp_path / "other")
     with pytest.raises(ConfigError, match="was trained on the noise schedule"):
         sample_from_config(cfg, ["a dog barks"], tmp_path / "out2", tmp_path / "other")
+
+
+class _Sampled(Exception):
+    """Raised by the spy below once it has seen the sampling settings."""
+
+
+def test_sampling_with_a_converted_release_uses_the_releases_settings(tmp_path, monkeypatch):
+    """`sample --discriminator DIR` and `MMDisCoPipeline.from_experiment`: the release's
+    joint scales (1 and 8), CFG on the discriminator term, DDPM and 50 steps replace the
+    config's, unless release_sampling=False."""
+    import yaml
+
+    from _tiny import audioldm_animatediff_experiment
+    from mmdisco import experiment
+    from mmdisco.config import load_experiment
+    from mmdisco.pipeline import MMDisCoPipeline
+
+    config = OfficialConfig(
+        video_channels=4,
+        audio_channels=4,
+        channels=32,
+        channel_mult=(1, 2),
+        blocks_per_level=1,
+        time_embed_dim=32,
+        text_dim_video=32,
+        text_dim_audio=32,
+        schedule={"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+    )
+    checkpoint = tmp_path / "release.pt"
+    torch.save(random_release_state(config, seed=3), checkpoint)
+    disc_dir = tmp_path / "disc"
+    convert_official(checkpoint, config, disc_dir)
+    write_release_sampling(disc_dir, "audioldm_animediff_vggsound")  # as convert-official does
+    data = audioldm_animatediff_experiment(
+        tmp_path,
+        0.01,
+        sampling={"num_inference_steps": 3, "guidance_scale_video": 1.0, "batch_size": 2},
+    )
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(data))
+    cfg = load_experiment(path)
+    seen = []
+
+    def spy(audio, video, n, settings, **kwargs):
+        seen.append(settings)
+        raise _Sampled
+
+    monkeypatch.setattr(experiment, "sample_batches", spy)
+    release = (1.0, 8.0, True, "DDPMScheduler", 50)
+    for use, expected in ((True, release), (False, (1.0, 1.0, False, cfg.sampling.scheduler, 3))):
+        with pytest.raises(_Sampled):
+            experiment.sample_from_config(
+                cfg, ["a dog barks"], tmp_path / "out", disc_dir, release_sampling=use
+            )
+        s = seen[-1]
+        got = (s.guidance_scale_audio, s.guidance_scale_video, s.cfg_on_discriminator)
+        assert (*got, s.scheduler, s.num_inference_steps) == expected
+    pipe = MMDisCoPipeline.from_experiment(cfg, disc_dir)
+    assert pipe.config.sampling.guidance_scale_video == 8.0
+    assert pipe.config.sampling.cfg_on_discriminator and pipe.config.sampling.batch_size == 2

@@ -291,9 +291,14 @@ def sample_from_config(
     progress: bool = True,
     given: tuple[str, list[Path]] | None = None,
     given_mode: str = "clean",
+    release_sampling: bool = True,
 ) -> dict[str, SampleRun]:
     """Joint samples with the trained discriminator ("guided") and without it
     ("independent") from the same seeds; writes ``{variant}-{i:03d}.mp4`` with sound.
+
+    A released discriminator converted by ``mmdisco convert-official`` samples as the
+    release does (its ``sampling.json``: joint scales, CFG on the discriminator term,
+    scheduler, steps, in place of ``cfg.sampling``'s) unless ``release_sampling`` is False.
 
     ``prompts`` default to the first ``sampling.batch_size`` captions of the real cache.
     ``given = (modality, files)``: conditional generation of the other modality for each
@@ -301,6 +306,7 @@ def sample_from_config(
     empty prompt); the files' clips enter the discriminator as ``given_mode`` says.
     """
     from mmdisco.discriminator import load_discriminator
+    from mmdisco.discriminator.official import with_release_sampling
 
     audio, video = load_models(cfg, device)
     given_latents = None
@@ -314,6 +320,7 @@ def sample_from_config(
     disc = load_discriminator(disc_dir, str(device)).eval()
     if getattr(disc, "text_from_hidden_states", False):
         check_release_schedule(disc, audio, disc_dir)
+    sampling = with_release_sampling(cfg.sampling, disc_dir) if release_sampling else cfg.sampling
     prompts = list(prompts or real_captions(cfg)[: cfg.sampling.batch_size])
     out = Path(out_dir or Path(cfg.output_dir) / SAMPLES_DIR)
     runs = {}
@@ -322,7 +329,7 @@ def sample_from_config(
             audio,
             video,
             len(prompts),
-            cfg.sampling,
+            sampling,
             discriminator=d,
             prompts=prompts,
             cfg_scales=(cfg.audio.cfg_scale, cfg.video.cfg_scale),

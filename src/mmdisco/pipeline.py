@@ -155,16 +155,23 @@ class MMDisCoPipeline:
         experiment: str | os.PathLike | Any,
         discriminator: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
+        release_sampling: bool = True,
     ) -> MMDisCoPipeline:
         """A pipeline from a YAML preset (``configs/*.yaml``) and its trained discriminator
-        (default: ``output_dir/discriminator``); ``save_pretrained`` then writes the folder."""
+        (default: ``output_dir/discriminator``); ``save_pretrained`` then writes the folder.
+        A discriminator converted by ``mmdisco convert-official`` brings the release's
+        sampling defaults (its ``sampling.json``) unless ``release_sampling`` is False."""
         from mmdisco.config import load_experiment
         from mmdisco.discriminator import load_discriminator
+        from mmdisco.discriminator.official import with_release_sampling
 
         cfg = experiment if hasattr(experiment, "sampling") else load_experiment(experiment)
         # Where `mmdisco train --config` saves it (the same folder name as a pipeline's).
         disc_dir = Path(discriminator or Path(cfg.output_dir) / DISCRIMINATOR_DIR)
-        config = PipelineConfig(cfg.audio, cfg.video, str(disc_dir), cfg.sampling)
+        sampling = (
+            with_release_sampling(cfg.sampling, disc_dir) if release_sampling else cfg.sampling
+        )
+        config = PipelineConfig(cfg.audio, cfg.video, str(disc_dir), sampling)
         audio = load_model(cfg.audio, "audio", device)
         video = load_model(cfg.video, "video", device)
         return cls(audio, video, load_discriminator(disc_dir, str(device)), config)

@@ -103,9 +103,15 @@ def sample_from_yaml(
     given: tuple[str, list[Path]] | None = None,
     given_mode: str = "clean",
 ) -> None:
-    from mmdisco.experiment import sample_from_config
+    from mmdisco.discriminator.official import SAMPLING_FILE, release_sampling
+    from mmdisco.experiment import DISCRIMINATOR_DIR, sample_from_config
 
     cfg = load_config(config)
+    disc_dir = discriminator or Path(cfg.output_dir) / DISCRIMINATOR_DIR
+    settings = release_sampling(disc_dir)
+    if settings:
+        shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+        typer.echo(f"sampling as the release ({disc_dir / SAMPLING_FILE}): {shown}")
     runs = sample_from_config(
         cfg,
         prompts or None,

@@ -27,11 +27,12 @@ convert-official``); the checkpoint is read with ``torch.load(weights_only=True)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,7 @@ from mmdisco.discriminator.blocks import FactorisedConv3d, ResBlock, audio_token
 from mmdisco.errors import InputError
 from mmdisco.io import PretrainedMixin, read_json, state_dict_mismatches, write_json_atomic
 
+T = TypeVar("T")
 KIND = "mmdisco-official-discriminator"
 FUSIONS = (
     "aggregate_time_and_cat_ch",
@@ -166,7 +168,17 @@ def release_sampling(directory: str | Path) -> dict[str, Any] | None:
     settings = record.get("sampling") if isinstance(record, dict) else None
     if not isinstance(settings, dict):
         raise InputError("must be an object with a 'sampling' object", str(path))
+    unknown = sorted(set(settings) - set(_VGGSOUND_SAMPLING))
+    if unknown:
+        raise InputError(f"unknown sampling fields {unknown}", str(path))
     return settings
+
+
+def with_release_sampling(sampling: T, directory: str | Path) -> T:
+    """``sampling`` (a ``SamplingConfig``) with the fields a converted release stores beside
+    its weights put in: sampling with a released discriminator as the release does."""
+    settings = release_sampling(directory)
+    return sampling if settings is None else dataclasses.replace(sampling, **settings)
 
 
 # ------------------------------------------------------------------------------------------
