@@ -84,6 +84,36 @@ def test_call_equals_joint_sample_for_the_same_seed(world_pipe):
     np.testing.assert_allclose(waves, decoded.waveforms)
 
 
+def test_repr_shows_the_components_their_dtypes_and_the_device(world_pipe):
+    import copy
+
+    shown = json.loads(repr(world_pipe).removeprefix("MMDisCoPipeline "))
+    assert shown["audio_model"] == {
+        "class": "WorldAudioModel",
+        "adapter": world_pipe.config.audio.adapter,
+        "path": world_pipe.config.audio.path,
+        "dtype": "float32",
+    }
+    assert shown["video_model"]["class"] == "WorldVideoModel"
+    disc = world_pipe.discriminator
+    assert shown["discriminator"] == {
+        "class": type(disc).__name__,
+        "path": world_pipe.config.discriminator,
+        "parameters": sum(p.numel() for p in disc.parameters()),
+        "dtype": "float32",
+    }
+    assert shown["device"] == "cpu"
+    half = MMDisCoPipeline(
+        world_pipe.audio_model,
+        world_pipe.video_model,
+        copy.deepcopy(disc).half(),
+        world_pipe.config,
+    )
+    assert json.loads(repr(half).split(" ", 1)[1])["discriminator"]["dtype"] == "float16"
+    bare = MMDisCoPipeline(world_pipe.audio_model, world_pipe.video_model, None, world_pipe.config)
+    assert json.loads(repr(bare).split(" ", 1)[1])["discriminator"] is None
+
+
 def test_one_generator_per_pair_does_not_depend_on_the_batch(world_pipe):
     gens = [torch.Generator().manual_seed(s) for s in (11, 12, 13)]
     batch = world_pipe(num_samples=3, generator=gens, output_type="latent")

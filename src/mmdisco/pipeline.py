@@ -207,6 +207,34 @@ class MMDisCoPipeline:
         write_index(directory, config)
         return directory
 
+    def __repr__(self) -> str:
+        """As diffusers prints a pipeline: its class, then its components as JSON (each base
+        model's adapter, weights and dtype; the discriminator's class, folder, size and
+        dtype) and the device."""
+        disc = self.discriminator
+        components: dict[str, Any] = {
+            f"{modality}_model": {
+                "class": type(model).__name__,
+                "adapter": spec.adapter,
+                "path": spec.path,
+                "dtype": _dtype_name(model),
+            }
+            for modality, model, spec in (
+                ("audio", self.audio_model, self.config.audio),
+                ("video", self.video_model, self.config.video),
+            )
+        }
+        components["discriminator"] = None
+        if disc is not None:
+            components["discriminator"] = {
+                "class": type(disc).__name__,
+                "path": self.config.discriminator,
+                "parameters": sum(p.numel() for p in disc.parameters()),
+                "dtype": _dtype_name(disc),
+            }
+        components["device"] = str(self.device)
+        return f"{type(self).__name__} {json.dumps(components, indent=2)}"
+
     # -- devices and memory ----------------------------------------------------------------
 
     @property
@@ -456,6 +484,17 @@ def _load_base_model(
 def takes_prompt(model: BaseModel) -> bool:
     """Whether ``model`` implements ``encode_prompt`` (is text-conditional)."""
     return type(model).encode_prompt is not BaseModel.encode_prompt
+
+
+def _dtype_name(component: Any) -> str | None:
+    """The dtype of a model's weights: its ``dtype``, else its (or its networks') first
+    parameter's; None for a model without weights."""
+    dtype = getattr(component, "dtype", None)
+    if not isinstance(dtype, torch.dtype):
+        nets = [component] if isinstance(component, torch.nn.Module) else vars(component).values()
+        params = (p for n in nets if isinstance(n, torch.nn.Module) for p in n.parameters())
+        dtype = next((p.dtype for p in params), None)
+    return None if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def _pick(value: float | None, default: float) -> float:
