@@ -10,6 +10,7 @@ go to outputs/screenshots/.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -155,6 +156,11 @@ def test_app_generates_and_plays_both_clips(browser, tmp_path):
     with serving(args, url, tmp_path / "app.log"):
         browser.get(url)
         wait_for(browser, lambda d: d.find_elements(By.ID, "generate"), 60, "the app")
+        intro = browser.find_element(By.ID, "intro")
+        assert "square bounces" in intro.text and "t/T" in intro.text
+        docs = intro.find_element(By.LINK_TEXT, "the app and the study").get_attribute("href")
+        with urllib.request.urlopen(docs) as page:
+            assert b"# The web demo and the A/B listening study" in page.read()
 
         def set_number(elem_id: str, value: str) -> None:
             box = browser.find_element(By.CSS_SELECTOR, f"#{elem_id} input")
@@ -164,34 +170,50 @@ def test_app_generates_and_plays_both_clips(browser, tmp_path):
         def status() -> str:
             return browser.find_element(By.ID, "status").text
 
-        # A bad value: a message in the page, no traceback.
-        set_number("steps", "-3")
-        browser.find_element(By.ID, "generate").click()
-        wait_for(browser, lambda d: "Cannot generate" in status(), 60, "the error message")
-        assert "num_inference_steps must be a positive integer, got -3" in status()
-        assert "Traceback" not in browser.page_source
+        def badge(side: str) -> str:
+            return browser.find_element(By.ID, f"{side}_badge").text
 
-        # Long enough for the sampler's progress to show in the page.
+        # The default seed is the first example: the badges show what guidance fixes.
+        assert browser.find_element(By.CSS_SELECTOR, "#seed input").get_attribute("value") == "1"
+        # Long enough for the sampler's progress to show, in one place only.
         set_number("steps", "150")
         set_number("seed", "4")
         browser.find_element(By.ID, "generate").click()
 
-        def progress_shown(driver) -> bool:
-            texts = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".meta-text")]
-            return any("/150 steps" in t for t in texts)
+        def progress_shown(driver) -> list[str]:
+            trackers = driver.find_elements(By.CSS_SELECTOR, "[data-testid=status-tracker]")
+            texts = [e.text for e in trackers]
+            return [t for t in texts if "/150 steps" in t]
 
-        wait_for(browser, progress_shown, 60, "the progress of sampling")
+        assert len(wait_for(browser, progress_shown, 60, "the progress of sampling")) == 1
         wait_for(browser, lambda d: status() == "seed 4", 180, "the generation")
         for side in ("unguided", "guided"):
             assert_plays(browser, f"#{side} video", width=128)
+            rendering = browser.execute_script(
+                f"return getComputedStyle(document.querySelector('#{side} video')).imageRendering"
+            )
+            assert rendering == "pixelated"
+            assert re.fullmatch(r"classes (agree|differ), events aligned [0-2]/2", badge(side))
             verdict = browser.find_element(By.CSS_SELECTOR, f"#{side}_verdict textarea")
             lines = verdict.get_attribute("value").splitlines()
             assert lines[0].startswith("video: ") and lines[1].startswith("audio: "), lines
         screenshot(browser, "app.png")
+        shown = browser.find_element(By.CSS_SELECTOR, "#guided video").get_attribute("src")
+
+        # A bad value: a message naming the field, no traceback, the results stay.
+        set_number("steps", "-3")
+        browser.find_element(By.ID, "generate").click()
+        wait_for(browser, lambda d: "Cannot generate" in status(), 60, "the error message")
+        assert "steps: must be a whole number >= 1, got -3" in status()
+        assert "Traceback" not in browser.page_source
+        assert browser.find_element(By.CSS_SELECTOR, "#guided video").get_attribute("src") == shown
+        assert badge("guided")
     assert sorted(p.name for p in (tmp_path / "clips").iterdir()) == [
-        "seed4-guided.mp4",
-        "seed4-unguided.mp4",
+        "seed4-run1-guided.mp4",
+        "seed4-run1-unguided.mp4",
     ]
+    log = (tmp_path / "app.log").read_text()
+    assert f"serving on http://127.0.0.1:{port}" in log and "share=True" not in log
 
 
 def test_study_votes_survive_a_killed_server(browser, tmp_path):

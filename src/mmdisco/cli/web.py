@@ -28,6 +28,14 @@ def app_cmd(
         Path | None, typer.Option(help="folder for the generated mp4 files (default: a temp one)")
     ] = None,
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default)")] = 1,
+    share: Annotated[
+        bool,
+        typer.Option(
+            "--share",
+            help="also serve on a public gradio.live link (through Gradio's relay; anyone "
+            "with the link can use the page)",
+        ),
+    ] = False,
 ) -> None:
     """Serve the page: pick a seed (and a world class, or a prompt for real models), scales
     and steps, and see and hear the base models alone beside MMDisCo-guided generation."""
@@ -43,7 +51,7 @@ def app_cmd(
 
     if threads > 0:
         torch.set_num_threads(threads)
-    launch(pipeline or WORLD_PIPELINE, host=host, port=port, out_dir=out)
+    launch(pipeline or WORLD_PIPELINE, host=host, port=port, out_dir=out, share=share)
 
 
 def _check_address(host: str, port: int) -> None:
