@@ -250,6 +250,7 @@ def test_study_votes_survive_a_killed_server(browser, tmp_path):
         assert message.value_of_css_property("border-left-style") == "solid"
         icon = browser.find_element(By.CSS_SELECTOR, "link[rel=icon]").get_attribute("href")
         assert icon == "data:,"
+        screenshot(browser, "study-refused.png")
 
         def progress() -> str:
             return browser.find_element(By.ID, "progress").text
