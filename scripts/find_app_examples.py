@@ -5,7 +5,7 @@ For every seed in a range, the pipeline's default settings are sampled unguided 
 and the world's exact detectors read both clips. A seed is an example when the unguided pair
 is valid on both sides (class read from picture and sound) but misaligned (classes differ, or
 fewer than all events line up) and the guided pair is valid, agrees on class and aligns every
-event. Prints one JSON line per example; the app's ``EXAMPLE_SEEDS`` comes from this output.
+event. Prints one JSON line per example; the app's ``EXAMPLES`` comes from this output.
 
     python scripts/find_app_examples.py --first 0 --count 256
 """

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmdisco.app import (
-    EXAMPLE_SEEDS,
+    EXAMPLES,
     WorldVerdict,
     badge_html,
     class_names,
@@ -108,10 +108,10 @@ def test_example_seeds_are_misaligned_alone_and_aligned_with_guidance():
     """The page's examples hold for the shipped pipeline with its own settings."""
     pipe = MMDisCoPipeline.from_pretrained(WORLD_PIPELINE)
     pipe.set_progress_bar_config(disable=True)
-    outs = sample_both(pipe, list(EXAMPLE_SEEDS))
-    for k in range(len(EXAMPLE_SEEDS)):
+    outs = sample_both(pipe, list(EXAMPLES))
+    for k, label in enumerate(EXAMPLES.values()):
         plain, guided = world_verdict(outs["unguided"], k), world_verdict(outs["guided"], k)
-        assert plain.valid and not plain.aligned, plain.text
+        assert plain.valid and not plain.aligned and plain.badge == label, plain.text
         assert guided.aligned, guided.text
 
 

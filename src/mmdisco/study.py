@@ -557,7 +557,9 @@ class StudyHandler(BaseHTTPRequestHandler):
                 self._json(HTTPStatus.FORBIDDEN, {"error": str(err)})
             else:  # a page or a clip opened in the browser: say it in a page
                 message = str(err)
-                body = REFUSAL_PAGE.format(message=html.escape(message[:1].upper() + message[1:]))
+                body = REFUSAL_PAGE.format(
+                    message=html.escape(f"{message[:1].upper()}{message[1:]}.")
+                )
                 self._send(HTTPStatus.FORBIDDEN, body.encode(), "text/html; charset=utf-8")
 
     def do_POST(self) -> None:
