@@ -6,13 +6,16 @@ import pytest
 import torch
 
 from mmdisco.app import (
+    ANY_CLASS,
     EXAMPLES,
     WorldVerdict,
     badge_html,
+    build_page,
     class_names,
     compare,
     describe_world_pair,
     find_seed,
+    generate_callback,
     intro,
     sample_both,
     world_verdict,
@@ -148,3 +151,16 @@ def test_bad_values_name_the_field_on_the_page(world_pipe, tmp_path, seed, call,
     with pytest.raises(InputError, match=message):
         compare(world_pipe, tmp_path, seed, **call)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_page_keeps_the_last_results_when_a_value_is_bad(world_pipe, tmp_path):
+    generate = generate_callback(world_pipe, tmp_path)
+    values = [ANY_CLASS, None, None, 3, 4, 300.0, 300.0, 0.3, 1.0, None, None]
+    shown = generate(*values)
+    assert len(shown) == 7 and shown[-1] == "seed 3"
+    assert shown[0].endswith("seed3-run1-unguided.mp4") and shown[3].endswith("-guided.mp4")
+    assert 'class="verdict verdict-' in shown[1] and shown[2].startswith("video: ")
+    refused = generate(*values[:4], -3, *values[5:])
+    assert refused[-1] == "**Cannot generate:** steps: must be a whole number >= 1, got -3"
+    assert all(output == {"__type__": "update"} for output in refused[:-1])  # gr.skip()
+    assert build_page(world_pipe, tmp_path) is not None

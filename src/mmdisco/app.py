@@ -311,7 +311,7 @@ PAGE_CSS = """
 PIXELATED_CSS = "#unguided video, #guided video { image-rendering: pixelated; }"
 
 
-def intro(world: bool, docs_url: Callable[[str], str] | None = None) -> str:
+def intro(*, world: bool, docs_url: Callable[[str], str] | None = None) -> str:
     """The page's opening words: what is generated, what the controls mean, where to read
     more (``docs_url`` maps a file of the repository's docs/ to a link; None: no links)."""
     lines = [
@@ -399,7 +399,7 @@ def _input_controls(pipe: MMDisCoPipeline) -> list[Any]:
     return [choice, prompt, negative, seed, steps, *scales, *cfg]
 
 
-def _output_panel(name: str, label: str, world: bool) -> list[Any]:
+def _output_panel(name: str, label: str, *, world: bool) -> list[Any]:
     """A clip's player, its verdict badge and the detectors' reading."""
     import gradio as gr
 
@@ -410,7 +410,7 @@ def _output_panel(name: str, label: str, world: bool) -> list[Any]:
     return [video, badge, text]
 
 
-def _generate_fn(pipe: MMDisCoPipeline, out_dir: str | os.PathLike) -> Callable[..., tuple]:
+def generate_callback(pipe: MMDisCoPipeline, out_dir: str | os.PathLike) -> Callable[..., tuple]:
     """The page's callback: both clips, badges and readings, and a status line; on a bad
     value only the status changes, so the last results stay on the page."""
     import gradio as gr
@@ -440,7 +440,9 @@ def _generate_fn(pipe: MMDisCoPipeline, out_dir: str | os.PathLike) -> Callable[
             call |= {"audio_cfg_scale": audio_cfg, "video_cfg_scale": video_cfg}
         world_class = None if choice in (None, ANY_CLASS) else class_names().index(choice)
         try:
-            result = compare(pipe, out_dir, seed, world_class, prompt, negative, **call)
+            result = compare(
+                pipe, out_dir, seed, world_class, prompt=prompt, negative_prompt=negative, **call
+            )
         except ValueError as err:
             return (*[gr.skip()] * 6, f"**Cannot generate:** {err}")
         left, right = result.verdicts or (None, None)
@@ -463,15 +465,15 @@ def build_page(pipe: MMDisCoPipeline, out_dir: str | os.PathLike) -> Any:
     world = is_world(pipe)
     with gr.Blocks(title="MMDisCo", analytics_enabled=False) as page:
         docs = (lambda name: f"/gradio_api/file={DOCS / name}") if DOCS.is_dir() else None
-        gr.Markdown(intro(world, docs), elem_id="intro")
+        gr.Markdown(intro(world=world, docs_url=docs), elem_id="intro")
         inputs = _input_controls(pipe)
         run = gr.Button("Generate", variant="primary", elem_id="generate")
         status = gr.Markdown(elem_id="status", container=True, min_height=64)
         with gr.Row():
-            left = _output_panel("unguided", "base models alone", world)
-            right = _output_panel("guided", "with MMDisCo guidance", world)
+            left = _output_panel("unguided", "base models alone", world=world)
+            right = _output_panel("guided", "with MMDisCo guidance", world=world)
         run.click(
-            _generate_fn(pipe, out_dir),
+            generate_callback(pipe, out_dir),
             inputs=inputs,
             outputs=[*left, *right, status],
             show_progress_on=[status],  # one progress bar, not one per output

@@ -160,6 +160,7 @@ def create_study(
     name_b: str = "B",
     questions: tuple[str, ...] = ("alignment",),
     seed: int = 0,
+    *,
     require_play: bool = True,
 ) -> None:
     """A new study file with its pairs (no listener yet: :func:`invite`); ``require_play``:

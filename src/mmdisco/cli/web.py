@@ -136,7 +136,8 @@ def study_create(
         )
     questions = ("alignment", "quality") if quality else ("alignment",)
     pairs = match_folders(a, b)
-    create_study(db, pairs, name_a or a.name, name_b or b.name, questions, seed, require_play)
+    name_a, name_b = name_a or a.name, name_b or b.name
+    create_study(db, pairs, name_a, name_b, questions, seed, require_play=require_play)
     typer.echo(f"created {db}: {len(pairs)} pairs, questions {', '.join(questions)}", err=True)
     if listeners:
         _print_links(invite(db, listeners), base_url, db)
