@@ -123,7 +123,7 @@ def test_the_intro_says_what_the_world_is_and_links_the_docs():
     assert "square bounces" in text and "every impact is a tone" in text
     assert all(name in text for name in class_names())
     assert "**t/T**" in text and "1 is pure noise" in text
-    assert "(/docs/app_and_study.md)" in text
+    assert "(/docs/app_and_study.md)" in text and "[the method](/docs/method.md)" in text
     assert "http" not in text  # nothing outside the repository
     plain = intro(world=False)
     assert "square" not in plain and "docs" not in plain and "**t/T**" in plain

@@ -337,7 +337,8 @@ def intro(*, world: bool, docs_url: Callable[[str], str] | None = None) -> str:
     )
     if docs_url is not None:
         lines.append(
-            f"More: [the app and the study]({docs_url('app_and_study.md')}), "
+            f"More: [the method]({docs_url('method.md')}), "
+            f"[the app and the study]({docs_url('app_and_study.md')}), "
             f"[training the discriminator]({docs_url('training_the_discriminator.md')})."
         )
     return "\n\n".join(lines)
