@@ -13,6 +13,7 @@ import typer
 
 from mmdisco.cli import app
 from mmdisco.errors import InputError, check_int
+from mmdisco.study import DEFAULT_URL  # stdlib only: cheap to import
 
 
 @app.command("app")
@@ -64,7 +65,6 @@ def _check_address(host: str, port: int) -> None:
         raise InputError(f"cannot serve on {host!r} ({err.strerror})", "host") from None
 
 
-DEFAULT_URL = "http://127.0.0.1:8000"  # `mmdisco study serve`'s default address
 BaseUrl = Annotated[
     str,
     typer.Option(
@@ -226,7 +226,7 @@ def study_export(
 
     result = export(db)
     if out is not None:
-        _write_atomic(out, json.dumps(result, indent=2) + "\n")
+        _write_atomic(out, json.dumps(result, indent=2, sort_keys=True) + "\n")
     if csv is not None:
         rows = answer_rows(db)
         _write_atomic(csv, answers_csv(rows))
