@@ -518,7 +518,9 @@ class _Sampled(Exception):
     """Raised by the spy below once it has seen the sampling settings."""
 
 
-def test_sampling_with_a_converted_release_uses_the_releases_settings(tmp_path, monkeypatch):
+def test_sampling_with_a_converted_release_uses_the_releases_settings(
+    tmp_path, monkeypatch, capsys
+):
     """`sample --discriminator DIR` and `MMDisCoPipeline.from_experiment`: the release's
     joint scales (1 and 8), CFG on the discriminator term, DDPM and 50 steps replace the
     config's, unless release_sampling=False."""
@@ -572,3 +574,12 @@ def test_sampling_with_a_converted_release_uses_the_releases_settings(tmp_path, 
     pipe = MMDisCoPipeline.from_experiment(cfg, disc_dir)
     assert pipe.config.sampling.guidance_scale_video == 8.0
     assert pipe.config.sampling.cfg_on_discriminator and pipe.config.sampling.batch_size == 2
+    # The command says which settings it took, and from where.
+    from mmdisco.cli.experiment import sample_from_yaml
+
+    with pytest.raises(_Sampled):
+        sample_from_yaml(path, tmp_path / "out", disc_dir, ["a dog barks"])
+    assert seen[-1].guidance_scale_video == 8.0
+    printed = capsys.readouterr().out
+    assert f"sampling as the release ({disc_dir / SAMPLING_FILE}):" in printed
+    assert "guidance_scale_video=8.0" in printed
