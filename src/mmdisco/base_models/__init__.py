@@ -12,6 +12,7 @@ ADAPTERS: dict[str, str] = {
     "auffusion": "mmdisco.base_models.auffusion:AuffusionModel",
     "spectrogram_image": "mmdisco.base_models.auffusion:SpectrogramImageModel",
     "stable_audio": "mmdisco.base_models.stable_audio:StableAudioModel",
+    "stable_audio_3": "mmdisco.base_models.stable_audio3:StableAudio3Model",
     "animatediff": "mmdisco.base_models.animatediff:AnimateDiffModel",
     "ltx_video": "mmdisco.base_models.ltx:LTXVideoModel",
     # The synthetic world's base models (src/mmdisco/assets/world/{audio,video}).
