@@ -220,7 +220,7 @@ def joint_sample(
         )
     if audio.given and video.given:
         raise InputError("both streams are given; one modality must be sampled")
-    a, v = _start(audio, batch_size), _start(video, batch_size)
+    a, v = _start_pair(audio, video, batch_size)
     # Built once per run: schedules, prediction types and scheduler-step kwargs are constant.
     schedules = (audio.model.schedule, video.model.schedule)
     ptypes = (audio.model.prediction_type, video.model.prediction_type)
@@ -278,6 +278,15 @@ def _start(stream: Stream, batch_size: int) -> Tensor:
     return stream.latents
 
 
+def _start_pair(audio: Stream, video: Stream, batch_size: int) -> tuple[Tensor, Tensor]:
+    """Both streams' starting latents, in the order a joint model's own pipeline draws them
+    from one generator (LTX-2 draws the video noise first: ``draws_video_first``)."""
+    if getattr(_joint_of(video), "draws_video_first", False):
+        v = _start(video, batch_size)
+        return _start(audio, batch_size), v
+    return _start(audio, batch_size), _start(video, batch_size)
+
+
 def _inputs(
     stream: Stream, x: Tensor, t: Tensor, schedule: NoiseSchedule
 ) -> tuple[Tensor, Tensor, NoiseSchedule]:
@@ -295,13 +304,27 @@ def _predict(
     audio: Stream, video: Stream, in_a: Tensor, in_v: Tensor, t_a: Tensor, t_v: Tensor
 ) -> tuple[Tensor | None, Tensor | None]:
     """Both free streams' predictions (None for a given one). Two views of one joint model
-    (:class:`mmdisco.world.paired.WorldJointModel`) are run as one network call."""
+    (:class:`mmdisco.world.paired.WorldJointModel`, LTX-2) are run as one network call."""
     joint = _joint_of(audio)
     if joint is not None and joint is _joint_of(video) and not (audio.given or video.given):
-        return joint.predict_pair(in_a, in_v, t_a, t_v)
+        return joint.predict_pair(in_a, in_v, t_a, t_v, **_joint_text(audio, video))
     out_a = None if audio.given else audio.predict(in_a, t_a, partner=in_v)
     out_v = None if video.given else video.predict(in_v, t_v, partner=in_a)
     return out_a, out_v
+
+
+def _joint_text(audio: Stream, video: Stream) -> dict[str, Any]:
+    """A text-conditioned joint model's inputs (LTX-2): one prompt for both streams, CFG at
+    each stream's own scale. Nothing for an unconditional joint model (the world's)."""
+    cond = video.cond if video.cond is not None else audio.cond
+    if cond is None:
+        return {}
+    uncond = video.uncond if video.uncond is not None else audio.uncond
+    return {
+        "cond": cond,
+        "uncond": uncond if audio.uses_cfg or video.uses_cfg else None,
+        "cfg_scales": (audio.cfg_scale, video.cfg_scale),
+    }
 
 
 def _model_input(scheduler: SchedulerMixin, x: Tensor, t: Tensor) -> Tensor:

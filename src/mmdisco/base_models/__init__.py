@@ -15,6 +15,7 @@ ADAPTERS: dict[str, str] = {
     "stable_audio_3": "mmdisco.base_models.stable_audio3:StableAudio3Model",
     "animatediff": "mmdisco.base_models.animatediff:AnimateDiffModel",
     "ltx_video": "mmdisco.base_models.ltx:LTXVideoModel",
+    "ltx2": "mmdisco.base_models.ltx2:LTX2Model",
     # The synthetic world's base models (src/mmdisco/assets/world/{audio,video}).
     "world_audio": "mmdisco.world.models:WorldAudioModel",
     "world_video": "mmdisco.world.models:WorldVideoModel",
