@@ -14,6 +14,8 @@ ADAPTERS: dict[str, str] = {
     "stable_audio": "mmdisco.base_models.stable_audio:StableAudioModel",
     "animatediff": "mmdisco.base_models.animatediff:AnimateDiffModel",
     "ltx_video": "mmdisco.base_models.ltx:LTXVideoModel",
+    "wan": "mmdisco.base_models.wan:WanModel",
+    "hunyuan_video_15": "mmdisco.base_models.hunyuan_video:HunyuanVideo15Model",
     # The synthetic world's base models (src/mmdisco/assets/world/{audio,video}).
     "world_audio": "mmdisco.world.models:WorldAudioModel",
     "world_video": "mmdisco.world.models:WorldVideoModel",
