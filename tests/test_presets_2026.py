@@ -1,0 +1,143 @@
+"""The 2025-26 presets: each runs its models as their cards run the pipelines, its clips and
+discriminator fit the latents those settings give, its measured guided-step cost is its own
+discriminator's, and a tiny copy of a preset loads and samples through the config path."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mmdisco.config import experiment_from_dict, load_experiment
+from mmdisco.discriminator import Discriminator
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
+
+# What each model card / diffusers pipeline runs: (adapter, path, cfg, options), steps.
+CARDS = {
+    "wan_stableaudio3": (
+        ("stable_audio_3", 4.0, {"duration": 81 / 16}),
+        ("wan", 5.0, {"num_frames": 81, "height": 480, "width": 832, "fps": 16.0}),
+        50,
+    ),
+    "wan22_stableaudio3": (
+        ("stable_audio_3", 4.0, {"duration": 121 / 24}),
+        ("wan", 5.0, {"num_frames": 121, "height": 704, "width": 1280, "fps": 24.0}),
+        50,
+    ),
+    "hunyuan15_stableaudio3": (
+        ("stable_audio_3", 4.0, {"duration": 121 / 24}),
+        ("hunyuan_video_15", 6.0, {"num_frames": 121, "height": 480, "width": 848, "fps": 24.0}),
+        50,
+    ),
+    "ltx2_mmdisco": (
+        ("ltx2", 7.0, {"num_frames": 121, "height": 512, "width": 768, "frame_rate": 24.0}),
+        ("ltx2", 3.0, {"num_frames": 121, "height": 512, "width": 768, "frame_rate": 24.0}),
+        30,
+    ),
+}
+# Latent channels and compression (time, space) of each video model's VAE.
+VIDEO_VAE = {"wan": (16, 4, 8), "hunyuan_video_15": (32, 4, 16), "ltx2": (128, 8, 32)}
+TI2V_VAE = (48, 4, 16)  # Wan 2.2 TI2V-5B's
+
+
+def video_latent(preset: str, adapter: str, options: dict) -> tuple[int, ...]:
+    channels, time, space = TI2V_VAE if preset.startswith("wan22") else VIDEO_VAE[adapter]
+    frames = (options["num_frames"] - 1) // time + 1
+    return (channels, frames, options["height"] // space, options["width"] // space)
+
+
+def audio_latent(preset: str, adapter: str, options: dict) -> tuple[int, ...]:
+    if adapter == "ltx2":  # 16 kHz mels at hop 160, 4x compression: 25 latent frames per second
+        return (8, round(options["num_frames"] / options["frame_rate"] * 25), 16)
+    return (256, math.ceil(options["duration"] * 44100 / 4096))  # SAME-L: hop 4096
+
+
+@pytest.mark.parametrize("name", list(CARDS))
+def test_presets_run_the_models_as_their_cards(name):
+    path = CONFIGS / f"{name}.yaml"
+    cfg = load_experiment(path)
+    (a_adapter, a_cfg, a_opts), (v_adapter, v_cfg, v_opts), steps = CARDS[name]
+    assert (cfg.audio.adapter, cfg.audio.cfg_scale) == (a_adapter, a_cfg)
+    assert (cfg.video.adapter, cfg.video.cfg_scale) == (v_adapter, v_cfg)
+    for got, want in ((cfg.audio.options, a_opts), (cfg.video.options, v_opts)):
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, abs=1e-12), (name, key)
+    assert cfg.sampling.num_inference_steps == steps and cfg.sampling.scheduler == "default"
+    assert cfg.sampling.cfg_on_discriminator
+    # The clips are as long as both models' clips.
+    frames = v_opts["num_frames"]
+    assert cfg.data.duration * cfg.data.fps == pytest.approx(frames)
+    if "duration" in a_opts:
+        assert cfg.data.duration == pytest.approx(a_opts["duration"], abs=1e-12)
+    train = cfg.train_config()
+    assert train.batch_size == 32 and train.batch_size % train.grad_accum == 0
+    # Every deliberate difference from the card is listed in the file itself.
+    text = path.read_text()
+    assert "Deliberate differences from the model card" in text
+    numbers = [int(n) for pair in re.findall(r"\n#  (\d+)(?:-(\d+))?\.", text) for n in pair if n]
+    assert max(numbers) >= 5 and numbers == sorted(numbers)
+
+
+@pytest.mark.parametrize("name", list(CARDS))
+def test_discriminator_fits_the_latents(name):
+    cfg = load_experiment(CONFIGS / f"{name}.yaml")
+    disc = cfg.discriminator_config()
+    (a_adapter, _, a_opts), (v_adapter, _, v_opts), _ = CARDS[name]
+    audio, video = audio_latent(name, a_adapter, a_opts), video_latent(name, v_adapter, v_opts)
+    assert disc.audio_channels == audio[0] and disc.video_channels == video[0]
+    assert disc.audio_kind == ("2d" if len(audio) == 3 else "1d")
+    if disc.audio_kind == "1d":  # at least one audio token per latent video frame, deepest level
+        assert audio[1] // disc.audio_downsample**disc.num_downsamples >= video[1]
+    # The benchmark measured these shapes and this very discriminator, under 1.10x.
+    row = json.loads((RESULTS / "sampling_overhead_presets.json").read_text())["rows"][name]
+    assert tuple(row["shapes"]["audio"]) == audio and tuple(row["shapes"]["video"]) == video
+    assert row["discriminator_parameters"] == Discriminator.num_parameters_for(disc)
+    assert 1.0 < row["ratio"] <= 1.10
+
+
+def test_a_tiny_wan_stableaudio3_loads_and_samples_through_the_config(tmp_path):
+    """The preset with tiny random components at its paths: both adapters load from the
+    config, their samplers step together, and a guided joint run moves both modalities."""
+    from _tiny_sa3_ltx2 import SA3_SECONDS, save_stable_audio3
+    from mmdisco.experiment import load_models, make_sampler
+    from mmdisco.sampling import Stream, joint_sample
+    from test_adapters_wan import SIZES, save_wan
+
+    data = yaml.safe_load((CONFIGS / "wan_stableaudio3.yaml").read_text())
+    data["audio"].update(path=str(save_stable_audio3(tmp_path / "sa3")), torch_dtype=None)
+    data["audio"]["options"] = {"duration": SA3_SECONDS}
+    data["video"].update(path=str(save_wan(tmp_path / "wan", "wan21")), torch_dtype=None)
+    data["video"]["options"] = dict(SIZES["wan21"], fps=16.0)
+    data["sampling"]["num_inference_steps"] = 3
+    cfg = experiment_from_dict(data)
+    audio, video = load_models(cfg)
+
+    def disc(a, v, log_snr_a, log_snr_v, **kw):
+        return 5.0 * a.flatten(1).tanh().mean(1) * v.flatten(1).tanh().mean(1)
+
+    runs = []
+    for d in (None, disc):
+        streams = []
+        for model, spec, seed in ((audio, cfg.audio, 0), (video, cfg.video, 1)):
+            cond, uncond = model.encode_prompt_pair(["a dog barks"])
+            stream = Stream(
+                model=model,
+                scheduler=make_sampler(model, cfg),
+                cond=cond,
+                uncond=uncond,
+                cfg_scale=spec.cfg_scale,
+                guidance_scale=30.0,
+                generator=torch.Generator().manual_seed(seed),
+            )
+            streams.append(stream)
+        runs.append(joint_sample(*streams, d, batch_size=1, num_inference_steps=3, progress=False))
+    for plain, guided in zip(*runs, strict=True):
+        assert torch.isfinite(guided).all() and not torch.allclose(plain, guided, atol=1e-4)
