@@ -28,6 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from mmdisco.base_models.base import BaseModel
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SA3_RATE, SA3_HOP = 44100, 4096  # SAME-L: 44.1 kHz, patch 256 x stride 16
 
@@ -175,6 +177,28 @@ def meta_counting() -> Iterator[None]:
         torch.all, fx_config.meta_nonzero_assume_all_nonzero = original, flag
 
 
+@contextmanager
+def flash_attention_memory() -> Iterator[None]:
+    """On the meta device, attention as a fused kernel (flash / memory-efficient SDPA, what a
+    GPU runs these transformers with) holds it: its output only. PyTorch's meta fallback is
+    the math kernel, whose ``(B, heads, L, L)`` scores alone would be 26 GB for one Wan 2.1
+    1.3B attention at 480p and dwarf everything else in a memory estimate."""
+    import torch.nn.functional as F
+
+    original = F.scaled_dot_product_attention
+
+    def fused(query: Tensor, key: Tensor, value: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        if not query.is_meta:
+            return original(query, key, value, *args, **kwargs)
+        return query.new_empty(*query.shape[:-1], value.shape[-1])
+
+    F.scaled_dot_product_attention = fused
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
 def with_kwargs(inputs: Callable, **extra: Any) -> Callable:
     return lambda device, dtype: {**inputs(device, dtype), **extra}
 
@@ -301,3 +325,95 @@ def _seconds(fn: Callable[[], Any]) -> float:
     fn()
     torch.cuda.synchronize()
     return time.perf_counter() - start
+
+
+class DiTBase(BaseModel):
+    """A real-size transformer as an mmdisco base model, for the training-memory estimate:
+    ``predict`` runs the network on ``x_t`` with the pass's other inputs (text of the real
+    lengths) repeated over the batch. Conditioning values do not change memory or cost, so
+    ``cond`` is a pooled text vector of the real width (the discriminator's text input)."""
+
+    def __init__(
+        self,
+        net: nn.Module | None,
+        modality: str,
+        shape: tuple[int, ...],
+        inputs: Callable | None,
+        text_dim: int,
+        num_train_timesteps: int = 1000,
+    ) -> None:
+        self.net, self.modality, self.shape, self.inputs = net, modality, shape, inputs
+        self.text_dim = text_dim
+        self.scheduler_config = {
+            "_class_name": "FlowMatchEulerDiscreteScheduler",
+            "num_train_timesteps": num_train_timesteps,
+            "shift": 1.0,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device if self.net is not None else torch.device("meta")
+
+    def to(self, device: Any) -> DiTBase:
+        if self.net is not None:
+            self.net.to(device)
+        return self
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {} if self.net is None else {"transformer": self.net}
+
+    def latent_shape(self) -> tuple[int, ...]:
+        return self.shape
+
+    def encode_prompt(self, prompts: list[str]) -> Tensor:
+        return torch.zeros(len(prompts), self.text_dim, device=self.device)
+
+    def pooled_text_embedding(self, cond: Tensor) -> Tensor:
+        return cond.float()
+
+    def predict(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        if self.net is None:
+            raise NotImplementedError("a joint model's second view predicts through the first")
+        b, dtype = x_t.shape[0], next(self.net.parameters()).dtype
+        kwargs = self.inputs(self.device, dtype)
+        for key, value in kwargs.items():
+            if torch.is_tensor(value) and value.ndim and value.shape[0] == 1:
+                kwargs[key] = value.expand(b, *value.shape[1:])
+        x = x_t.to(dtype)
+        if kwargs["hidden_states"].shape[1] != x.shape[1]:  # HunyuanVideo: + condition, mask
+            x = torch.cat([x, torch.zeros_like(x), x[:, :1] * 0], dim=1)
+        kwargs["hidden_states"] = x
+        given = kwargs["timestep"]
+        t = torch.as_tensor(t, device=self.device).to(given.dtype).reshape(-1).expand(b)
+        kwargs["timestep"] = t[:, None].expand_as(given) if given.ndim == 2 else t
+        return self.net(**kwargs)[0].float()
+
+
+TEXT_DIMS = {  # the pooled text the presets' discriminators take (audio, video)
+    "wan_stableaudio3": (768, 4096),
+    "wan22_stableaudio3": (768, 4096),
+    "hunyuan15_stableaudio3": (768, 3584),
+    "ltx2_mmdisco": (3840, 3840),
+}
+
+
+def base_models(preset: str, device: Any = "meta") -> tuple[DiTBase, DiTBase]:
+    """(audio, video) of ``preset`` at real size in bfloat16. LTX-2's are one network: the
+    video view holds it and the audio view only its shape (training it uses L_D alone, so
+    neither view predicts; the weights are counted once)."""
+    dims = TEXT_DIMS[preset]
+    with torch.device(device):
+        if preset == "ltx2_mmdisco":
+            net, shapes, inputs = ltx2()
+            net.to(torch.bfloat16)
+            video = DiTBase(net, "video", shapes["video"], inputs, dims[1])
+            return DiTBase(None, "audio", shapes["audio"], None, dims[0]), video
+        passes, shapes = step_passes(preset)
+    nets = {p.label.split()[0]: p for p in passes}
+    audio, video = nets["audio"], nets["video"]
+    for p in (audio, video):
+        p.module.to(torch.bfloat16)
+    return (
+        DiTBase(audio.module, "audio", shapes["audio"], audio.inputs, dims[0], 1),
+        DiTBase(video.module, "video", shapes["video"], video.inputs, dims[1]),
+    )
