@@ -107,7 +107,7 @@ def test_a_tiny_wan_stableaudio3_loads_and_samples_through_the_config(tmp_path):
     """The preset with tiny random components at its paths: both adapters load from the
     config, their samplers step together, and a guided joint run moves both modalities."""
     from _tiny_sa3_ltx2 import SA3_SECONDS, save_stable_audio3
-    from mmdisco.experiment import load_models, make_sampler
+    from mmdisco.base_models.loading import load_models
     from mmdisco.sampling import Stream, joint_sample
     from test_adapters_wan import SIZES, save_wan
 
@@ -130,7 +130,7 @@ def test_a_tiny_wan_stableaudio3_loads_and_samples_through_the_config(tmp_path):
             cond, uncond = model.encode_prompt_pair(["a dog barks"])
             stream = Stream(
                 model=model,
-                scheduler=make_sampler(model, cfg),
+                scheduler=cfg.sampling.make_scheduler(model),
                 cond=cond,
                 uncond=uncond,
                 cfg_scale=spec.cfg_scale,
