@@ -141,3 +141,41 @@ def test_a_tiny_wan_stableaudio3_loads_and_samples_through_the_config(tmp_path):
         runs.append(joint_sample(*streams, d, batch_size=1, num_inference_steps=3, progress=False))
     for plain, guided in zip(*runs, strict=True):
         assert torch.isfinite(guided).all() and not torch.allclose(plain, guided, atol=1e-4)
+
+
+def test_a_tiny_ltx2_mmdisco_loads_one_joint_model_through_the_config(tmp_path):
+    """Both sections name one LTX-2 checkpoint: it loads once, the pair is its two views, and
+    joint sampling from the config's sampler runs it with text and CFG; sections that name
+    it differently are refused, naming the field."""
+    from _tiny_sa3_ltx2 import LTX2_VIDEO, save_ltx2
+    from mmdisco.base_models.loading import load_models
+    from mmdisco.config import ConfigError
+    from mmdisco.sampling import Stream, joint_sample
+
+    data = yaml.safe_load((CONFIGS / "ltx2_mmdisco.yaml").read_text())
+    path = str(save_ltx2(tmp_path / "ltx2"))
+    for section in ("audio", "video"):
+        data[section].update(path=path, torch_dtype=None)
+        data[section]["options"] = dict(LTX2_VIDEO, stg_blocks=[1])
+    data["sampling"]["num_inference_steps"] = 2
+    cfg = experiment_from_dict(data)
+    audio, video = load_models(cfg)
+    assert audio.joint is video.joint and (audio.modality, video.modality) == ("audio", "video")
+    streams = []
+    for model, spec in ((audio, cfg.audio), (video, cfg.video)):
+        cond, uncond = model.encode_prompt_pair(["a dog barks"])
+        stream = Stream(
+            model=model,
+            scheduler=cfg.sampling.make_scheduler(model),
+            cond=cond,
+            uncond=uncond,
+            cfg_scale=spec.cfg_scale,
+            generator=torch.Generator().manual_seed(0),
+        )
+        streams.append(stream)
+    a, v = joint_sample(*streams, None, batch_size=1, num_inference_steps=2, progress=False)
+    assert a.shape == (1, *audio.latent_shape()) and torch.isfinite(v).all()
+
+    data["audio"]["options"] = dict(LTX2_VIDEO, num_frames=9)
+    with pytest.raises(ConfigError, match=r"audio\.options and video\.options differ"):
+        load_models(experiment_from_dict(data))

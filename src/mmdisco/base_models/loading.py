@@ -213,11 +213,42 @@ class ModelSpecs(Protocol):
 
 
 def load_models(cfg: ModelSpecs, device: str | torch.device = "cpu") -> tuple[Any, Any]:
-    """Both base models (:func:`load_model`), then checked together: their samplers must
-    agree on the number of steps (:func:`check_sampler_steps`)."""
-    audio, video = load_model(cfg.audio, "audio", device), load_model(cfg.video, "video", device)
+    """Both base models (:func:`load_model`; a joint model both sections name, its two views:
+    :func:`load_joint`), then checked together: their samplers must agree on the number of
+    steps (:func:`check_sampler_steps`)."""
+    if _is_joint(cfg.audio) or _is_joint(cfg.video):
+        audio, video = load_joint(cfg.audio, cfg.video, device)
+    else:
+        audio = load_model(cfg.audio, "audio", device)
+        video = load_model(cfg.video, "video", device)
     check_sampler_steps(cfg, audio, video)
     return audio, video
+
+
+def _is_joint(spec: BaseModelConfig) -> bool:
+    from mmdisco.base_models import adapter_class
+
+    try:
+        return getattr(adapter_class(spec.adapter), "modality", None) == "joint"
+    except ValueError:  # an unknown adapter: load_model names it
+        return False
+
+
+def load_joint(
+    audio: BaseModelConfig, video: BaseModelConfig, device: str | torch.device = "cpu"
+) -> tuple[Any, Any]:
+    """A joint audio-video model (LTX-2) that both sections name, loaded once (and checked
+    with one paired step); its ``.audio`` and ``.video`` views are the two base models."""
+    fields = ("adapter", "path", "options", "torch_dtype", "allow_bin_weights")
+    differ = [f for f in fields if getattr(audio, f) != getattr(video, f)]
+    if differ:
+        raise ConfigError(
+            f"audio.{differ[0]} and video.{differ[0]} differ, but {video.adapter!r} is one "
+            "joint model of both modalities: name the same checkpoint in both sections, with "
+            f"the same {', '.join(differ)}"
+        )
+    joint = load_model(video, "video", device)
+    return joint.audio, joint.video
 
 
 def load_model(spec: BaseModelConfig, name: str, device: str | torch.device = "cpu") -> Any:
@@ -254,14 +285,25 @@ def check_compute(name: str, spec: BaseModelConfig, model: BaseModel) -> None:
         cond = None
     try:
         with torch.no_grad():
-            scheduler = model.make_scheduler()
-            scheduler.set_timesteps(1)
-            x = torch.zeros(1, *model.latent_shape(), device=model.device)
-            out = model.predict(x, scheduler.timesteps[0], cond)
+            outputs = _one_step(model, cond)
     except (RuntimeError, NotImplementedError, TypeError) as err:
         raise ConfigError(f"{where}: one denoiser step failed: {err}") from err
-    if out.dtype != torch.float32 or not torch.isfinite(out).all():
-        raise ConfigError(f"{where}: one denoiser step gave non-finite or non-float32 output")
+    for out in outputs:
+        if out.dtype != torch.float32 or not torch.isfinite(out).all():
+            raise ConfigError(f"{where}: one denoiser step gave non-finite or non-float32 output")
+
+
+def _one_step(model: Any, cond: Any) -> tuple[Tensor, ...]:
+    """The model's prediction(s) for zero latents at its first sampling timestep; a joint
+    model predicts both modalities in one call."""
+    scheduler = model.make_scheduler()
+    scheduler.set_timesteps(1)
+    t = scheduler.timesteps[0]
+    if getattr(model, "modality", None) == "joint":
+        shapes = model.latent_shapes()
+        a, v = (torch.zeros(1, *shapes[k], device=model.device) for k in ("audio", "video"))
+        return tuple(model.predict_pair(a, v, t, t, cond=cond))
+    return (model.predict(torch.zeros(1, *model.latent_shape(), device=model.device), t, cond),)
 
 
 def check_sampler_steps(cfg: ModelSpecs, audio: BaseModel, video: BaseModel) -> None:

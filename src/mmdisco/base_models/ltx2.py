@@ -435,6 +435,9 @@ class LTX2View(BaseModel):
     def encode_prompt(self, prompts: list[str]) -> PromptEmbeds:
         return self.joint.encode_prompt(prompts)
 
+    def encode_prompt_pair(self, prompts: list[str]) -> tuple[PromptEmbeds, PromptEmbeds]:
+        return self.joint.encode_prompt_pair(prompts)
+
     def pooled_text_embedding(self, cond: Any) -> Tensor | None:
         if cond is None:
             return None
