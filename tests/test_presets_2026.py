@@ -176,6 +176,36 @@ def test_a_tiny_ltx2_mmdisco_loads_one_joint_model_through_the_config(tmp_path):
     a, v = joint_sample(*streams, None, batch_size=1, num_inference_steps=2, progress=False)
     assert a.shape == (1, *audio.latent_shape()) and torch.isfinite(v).all()
 
+    # The fake generator drives the joint model through the configured views: one prompt,
+    # each view's CFG scale, LTX-2's own guidance; its pairs are the joint model's samples.
+    from mmdisco.base_models.loading import configured
+    from mmdisco.training.fakes import generate_fakes, load_fakes
+
+    c_audio, c_video = configured(cfg, audio, video)
+    text = c_audio.encode_prompt(["a dog barks"])
+    g = torch.Generator().manual_seed(1)
+    x_a, x_v = (torch.randn(1, *m.latent_shape(), generator=g) for m in (audio, video))
+    t = torch.tensor(600.0)
+    got = c_audio.joint.predict_pair(x_a, x_v, t, t, cond=text)
+    scales = (cfg.audio.cfg_scale, cfg.video.cfg_scale)
+    want = audio.joint.predict_pair(x_a, x_v, t, t, cond=text[0], uncond=text[1], cfg_scales=scales)
+    for x, y in zip(got, want, strict=True):
+        torch.testing.assert_close(x, y)
+    captions = ["a dog barks", "hammer hits wood"]
+    generate_fakes(
+        c_audio,
+        c_video,
+        2,
+        tmp_path / "fakes",
+        num_inference_steps=2,
+        prompts=captions,
+        batch_size=2,
+        progress=False,
+    )
+    fakes = load_fakes(tmp_path / "fakes")
+    assert fakes.audio.shape == (2, *audio.latent_shape()) and torch.isfinite(fakes.video).all()
+    assert list(fakes.captions) == captions
+
     data["audio"]["options"] = dict(LTX2_VIDEO, num_frames=9)
     with pytest.raises(ConfigError, match=r"audio\.options and video\.options differ"):
         load_models(experiment_from_dict(data))

@@ -187,7 +187,40 @@ def configured(
         ConfiguredModel(m, scale, lambda m=m: cfg.sampling.make_scheduler(m))
         for m, scale in zip((audio, video), scales, strict=True)
     )
+    joint = getattr(audio, "joint", None)
+    if joint is not None and joint is getattr(video, "joint", None):
+        audio_model.joint = video_model.joint = ConfiguredJoint(joint, scales)
     return audio_model, video_model
+
+
+class ConfiguredJoint:
+    """A joint model (LTX-2) as the experiment drives its two views: ``predict_pair`` takes
+    the views' ``(cond, uncond)`` pairs (:meth:`ConfiguredModel.encode_prompt`; the empty
+    prompt without one) and applies each view's CFG scale, so code that knows one prompt (the
+    fake generator) samples the joint model as configured."""
+
+    def __init__(self, joint: Any, cfg_scales: tuple[float, float]) -> None:
+        self.joint, self.cfg_scales = joint, (float(cfg_scales[0]), float(cfg_scales[1]))
+        self.draws_video_first = getattr(joint, "draws_video_first", False)
+
+    def predict_pair(
+        self, audio_t: Tensor, video_t: Tensor, t_audio: Tensor, t_video: Tensor, **text: Any
+    ) -> tuple[Tensor, Tensor]:
+        pair = text.get("cond")
+        if pair is None:
+            empty = self.joint.encode_prompt([""] * audio_t.shape[0])
+            pair = (empty, empty)
+        cond, uncond = pair
+        guided = self.cfg_scales != (1.0, 1.0)
+        return self.joint.predict_pair(
+            audio_t,
+            video_t,
+            t_audio,
+            t_video,
+            cond=cond,
+            uncond=uncond if guided else None,
+            cfg_scales=self.cfg_scales,
+        )
 
 
 class SamplerSource(Protocol):
