@@ -128,14 +128,20 @@ def save_wan(path: Path, variant: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, WanModel]:
+def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("wan")
-    return {
-        name: load_base_model(
-            "wan", str(save_wan(root / name, name)), max_sequence_length=TEXT_LEN, **size
-        )
-        for name, size in SIZES.items()
-    }
+    return {name: save_wan(root / name, name) for name in SIZES}
+
+
+def load(folders, name: str, **kw: Any) -> WanModel:
+    return load_base_model(
+        "wan", str(folders[name]), max_sequence_length=TEXT_LEN, **SIZES[name], **kw
+    )
+
+
+@pytest.fixture(scope="module")
+def models(folders) -> dict[str, WanModel]:
+    return {name: load(folders, name) for name in SIZES}
 
 
 class Silence(BaseModel):
@@ -304,3 +310,33 @@ def test_bad_sizes_and_options_are_named(tmp_path):
         load_base_model("wan", path, num_frames=8, height=16, width=16)
     with pytest.raises(ValueError, match="guidance_scale_2: only a two-expert"):
         load_base_model("wan", path, num_frames=9, height=16, width=16, guidance_scale_2=3.0)
+
+
+# bfloat16 keeps 8 bits of mantissa, float16 11 (as tests/test_precision.py).
+TOLERANCE = {torch.bfloat16: 0.08, torch.float16: 0.01}
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
+@pytest.mark.parametrize("name", ["wan21", "wan22_a14b"])
+def test_wan_runs_in_half_precision(folders, models, name, dtype):
+    """float32 noise and prompts in, float32 out, close to the float32 model's answers."""
+    full, half = models[name], load(folders, name, torch_dtype=dtype)
+    assert half.dtype == dtype
+    x = torch.randn(2, *full.latent_shape(), generator=generator(6))
+    t = torch.tensor([950, 400])  # both experts of A14B
+    want = full.predict(x, t, full.encode_prompt(PROMPTS))
+    got = half.predict(x, t, half.encode_prompt(PROMPTS))
+    assert got.dtype == torch.float32 and not torch.equal(got, want)
+    assert (got - want).abs().max() / want.abs().max() < TOLERANCE[dtype]
+    assert half.decode(x[:1]).dtype == torch.float32
+
+
+def test_to_meta_moves_every_expert(folders):
+    model = load(folders, "wan22_a14b")
+    cond = model.encode_prompt(PROMPTS[:1])
+    model.to("meta")
+    for name in ("transformer", "transformer_2", "vae", "text_encoder"):
+        assert next(getattr(model.pipe, name).parameters()).device.type == "meta", name
+    x = torch.zeros(1, *model.latent_shape(), device="meta")
+    out = model.predict(x, torch.tensor(1), cond)
+    assert out.device.type == "meta" and out.shape == x.shape

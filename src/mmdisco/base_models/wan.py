@@ -125,15 +125,17 @@ class WanModel(DiffusersAdapter):
     def predict(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         if cond is None:
             raise ValueError("Wan needs a text conditioning; use encode_prompt([''] * B)")
-        t = self.batch_timesteps(t, x_t.shape[0])
-        experts = [self.expert(step) for step in t.tolist()]
-        if all(e is experts[0] for e in experts):
-            return self._run(experts[0], x_t, t, cond.hidden_states)
-        # Samples at different noise levels (training batches) may need both experts.
-        out = torch.empty_like(x_t, dtype=torch.float32)
-        for expert in {id(e): e for e in experts}.values():
-            rows = torch.tensor([e is expert for e in experts], device=x_t.device)
-            out[rows] = self._run(expert, x_t[rows], t[rows], cond.hidden_states[rows])
+        t, text = self.batch_timesteps(t, x_t.shape[0]), cond.hidden_states
+        boundary = self.boundary_timestep
+        if boundary is None or t.device.type == "meta":  # one expert, or shapes only
+            return self._run(self.denoiser, x_t, t, text)
+        high = t >= boundary
+        if high.all() or not high.any():
+            return self._run(self.expert(t[0]), x_t, t, text)
+        # Samples at different noise levels (training batches) need both experts.
+        out = torch.empty(x_t.shape, dtype=torch.float32, device=self.device)
+        for expert, rows in ((self.pipe.transformer, high), (self.pipe.transformer_2, ~high)):
+            out[rows] = self._run(expert, x_t[rows], t[rows], text[rows])
         return out
 
     def _run(self, expert: nn.Module, x_t: Tensor, t: Tensor, text: Tensor) -> Tensor:
