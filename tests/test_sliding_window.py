@@ -208,9 +208,10 @@ def test_world_clip_three_windows_long_aligns_as_each_window_alone(world):
     Overlapping windows are not used here: on concatenated clips a window that straddles two
     thirds sees the end of one world clip spliced to the start of another, which no world
     clip looks like, and the shipped discriminator (a codebook of whole clips) pulls both
-    halves towards whole clips. Measured at 16 clips three windows long, 25 DDPM steps: semantic
-    and temporal alignment 0.98 for windows on the thirds, 0.75 with overlap 0.5 (0.29 / 0.41
-    unguided). Continuous long clips (a real video model's) have no such seams.
+    halves towards whole clips. Measured on 32 clips three windows long (96 thirds), 25 DDPM
+    steps, semantic / temporal alignment: 1.00 / 1.00 with windows on the thirds, 0.72 / 0.72
+    with overlap 0.5, 0.69 / 0.66 with overlap 0.25, 0.20 / 0.34 unguided. A real video
+    model's long clips are continuous and have no such seams.
     """
     audio, video, disc = world
     window = (audio.model.latent_shape()[-1], video.model.latent_shape()[1])
