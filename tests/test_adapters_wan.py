@@ -236,6 +236,17 @@ def test_unguided_joint_sampling_reproduces_wan_pipeline(models, name):
     torch.testing.assert_close(decoded, frames.float(), rtol=1e-4, atol=1e-4)
 
 
+def test_a14b_low_noise_expert_has_its_own_cfg_scale(folders, models):
+    """``guidance_scale_2`` reaches the sampler's CFG below the boundary, as in WanPipeline."""
+    model = load(folders, "wan22_a14b", guidance_scale_2=2.0)
+    assert model.cfg_scale_at(torch.tensor(900), 5.0) == 5.0
+    assert model.cfg_scale_at(torch.tensor(600), 5.0) == 2.0
+    latents = sample(model, cfg=5.0)
+    expected, _ = pipeline_run(model, cfg=5.0, guidance_scale_2=2.0)
+    torch.testing.assert_close(latents, expected.float(), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(latents, sample(models["wan22_a14b"], cfg=5.0))
+
+
 def test_wan_scheduler_is_a_flow_model(models):
     model = models["wan21"]
     assert model.prediction_type == "flow"

@@ -75,8 +75,14 @@ class Stream:
         out = self.model.predict(x, t, cond)
         if self.uses_cfg:
             out_uncond = self.model.predict(x, t, self.uncond)
-            out = out_uncond + self.cfg_scale * (out - out_uncond)
+            out = out_uncond + self.cfg_scale_at(t) * (out - out_uncond)
         return out
+
+    def cfg_scale_at(self, t: Tensor) -> float:
+        """The CFG scale at timestep ``t``: ``cfg_scale``, unless the model sets its own per
+        step (``model.cfg_scale_at``: Wan 2.2 A14B's low-noise expert has its own)."""
+        at = getattr(self.model, "cfg_scale_at", None)
+        return self.cfg_scale if at is None else at(t, self.cfg_scale)
 
 
 @dataclass
@@ -248,8 +254,8 @@ def joint_sample(
                         discriminator, audio, video, in_a, in_v, td_a, td_v, options, False,
                         (sd_a, sd_v),
                     )  # fmt: skip
-                    delta_a = un_a + audio.cfg_scale * (delta_a - un_a)
-                    delta_v = un_v + video.cfg_scale * (delta_v - un_v)
+                    delta_a = un_a + audio.cfg_scale_at(t_a) * (delta_a - un_a)
+                    delta_v = un_v + video.cfg_scale_at(t_v) * (delta_v - un_v)
                 if guide_a:
                     out_a = _apply(schedules[0], ptypes[0], out_a, delta_a, t_a)
                 if guide_v:
