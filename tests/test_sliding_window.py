@@ -152,7 +152,7 @@ def test_bad_layouts_are_named():
 
 # -- the synthetic world: clips three windows long -------------------------------------------
 
-THIRDS, STEPS, PAIRS = 3, 25, 8
+THIRDS, STEPS, PAIRS = 3, 25, 4
 
 
 class Concatenated(BaseModel):
