@@ -241,6 +241,8 @@ def test_a14b_low_noise_expert_has_its_own_cfg_scale(folders, models):
     model = load(folders, "wan22_a14b", guidance_scale_2=2.0)
     assert model.cfg_scale_at(torch.tensor(900), 5.0) == 5.0
     assert model.cfg_scale_at(torch.tensor(600), 5.0) == 2.0
+    per_sample = model.cfg_scale_at(torch.tensor([900, 600]), 5.0)
+    assert per_sample.flatten().tolist() == [5.0, 2.0] and per_sample.shape == (2, 1, 1, 1, 1)
     latents = sample(model, cfg=5.0)
     expected, _ = pipeline_run(model, cfg=5.0, guidance_scale_2=2.0)
     torch.testing.assert_close(latents, expected.float(), rtol=1e-4, atol=1e-5)

@@ -105,12 +105,18 @@ class WanModel(DiffusersAdapter):
             return self.pipe.transformer
         return self.pipe.transformer_2
 
-    def cfg_scale_at(self, t: Tensor | float, cfg_scale: float) -> float:
+    def cfg_scale_at(self, t: Tensor | float, cfg_scale: float) -> float | Tensor:
         """The CFG scale at timestep ``t`` given the stream's ``cfg_scale``: A14B's low-noise
-        expert uses ``guidance_scale_2`` when one is set."""
-        if self.guidance_scale_2 is not None and self.expert(t) is self.pipe.transformer_2:
-            return self.guidance_scale_2
-        return cfg_scale
+        expert uses ``guidance_scale_2`` when one is set. A batch of timesteps gets one scale
+        per sample, shaped ``(B, 1, 1, 1, 1)``."""
+        boundary = self.boundary_timestep
+        if self.guidance_scale_2 is None or boundary is None:
+            return cfg_scale
+        t = torch.as_tensor(t)
+        if t.ndim == 0:
+            return self.guidance_scale_2 if float(t) < boundary else cfg_scale
+        scales = torch.where(t < boundary, self.guidance_scale_2, cfg_scale)
+        return scales.float().view(-1, 1, 1, 1, 1)
 
     @property
     def latent_grid(self) -> tuple[int, int, int]:
