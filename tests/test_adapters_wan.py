@@ -249,6 +249,20 @@ def test_a14b_low_noise_expert_has_its_own_cfg_scale(folders, models):
     assert not torch.allclose(latents, sample(models["wan22_a14b"], cfg=5.0))
 
 
+def test_configured_a14b_mixes_each_sample_at_its_experts_scale(folders):
+    """Training batches mix noise levels: each sample gets its expert's CFG scale."""
+    from mmdisco.base_models.loading import ConfiguredModel
+
+    model = load(folders, "wan22_a14b", guidance_scale_2=2.0)
+    cond, uncond = model.encode_prompt_pair(PROMPTS)
+    x = torch.randn(2, *model.latent_shape(), generator=generator(7))
+    t = torch.tensor([900, 600])
+    got = ConfiguredModel(model, 5.0).predict(x, t, (cond, uncond))
+    c, u = model.predict(x, t, cond), model.predict(x, t, uncond)
+    want = torch.stack([u[0] + 5.0 * (c[0] - u[0]), u[1] + 2.0 * (c[1] - u[1])])
+    torch.testing.assert_close(got, want)
+
+
 def test_wan_scheduler_is_a_flow_model(models):
     model = models["wan21"]
     assert model.prediction_type == "flow"
