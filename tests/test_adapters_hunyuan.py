@@ -276,3 +276,31 @@ def test_bad_sizes_and_guider_extras_are_named(folder, tmp_path):
     (path / "guider/guider_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"guider/guider_config.json: guidance_rescale=0.7"):
         load_base_model("hunyuan_video_15", str(path), **SIZE)
+
+
+# bfloat16 keeps 8 bits of mantissa, float16 11 (as tests/test_precision.py).
+TOLERANCE = {torch.bfloat16: 0.08, torch.float16: 0.01}
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
+def test_hunyuan_runs_in_half_precision(folder, model, dtype):
+    """float32 noise and prompts in, float32 out, close to the float32 model's answers."""
+    half = load_base_model("hunyuan_video_15", str(folder), torch_dtype=dtype, **SIZE)
+    assert half.dtype == dtype
+    x = torch.randn(2, *model.latent_shape(), generator=generator(6))
+    t = torch.tensor(800.0)
+    want = model.predict(x, t, model.encode_prompt(PROMPTS))
+    got = half.predict(x, t, half.encode_prompt(PROMPTS))
+    assert got.dtype == torch.float32 and not torch.equal(got, want)
+    assert (got - want).abs().max() / want.abs().max() < TOLERANCE[dtype]
+
+
+def test_to_meta_moves_everything_and_refuses_to_predict_there(folder):
+    meta = load_base_model("hunyuan_video_15", str(folder), **SIZE)
+    cond = meta.encode_prompt(PROMPTS[:1])
+    meta.to("meta")
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        assert next(getattr(meta.pipe, name).parameters()).device.type == "meta", name
+    x = torch.zeros(1, *meta.latent_shape(), device="meta")
+    with pytest.raises(RuntimeError, match=r"cannot run on the meta device: .*data-dependent"):
+        meta.predict(x, torch.tensor(1.0), cond)

@@ -128,14 +128,20 @@ def save_wan(path: Path, variant: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, WanModel]:
+def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("wan")
-    return {
-        name: load_base_model(
-            "wan", str(save_wan(root / name, name)), max_sequence_length=TEXT_LEN, **size
-        )
-        for name, size in SIZES.items()
-    }
+    return {name: save_wan(root / name, name) for name in SIZES}
+
+
+def load(folders, name: str, **kw: Any) -> WanModel:
+    return load_base_model(
+        "wan", str(folders[name]), max_sequence_length=TEXT_LEN, **SIZES[name], **kw
+    )
+
+
+@pytest.fixture(scope="module")
+def models(folders) -> dict[str, WanModel]:
+    return {name: load(folders, name) for name in SIZES}
 
 
 class Silence(BaseModel):
@@ -230,6 +236,33 @@ def test_unguided_joint_sampling_reproduces_wan_pipeline(models, name):
     torch.testing.assert_close(decoded, frames.float(), rtol=1e-4, atol=1e-4)
 
 
+def test_a14b_low_noise_expert_has_its_own_cfg_scale(folders, models):
+    """``guidance_scale_2`` reaches the sampler's CFG below the boundary, as in WanPipeline."""
+    model = load(folders, "wan22_a14b", guidance_scale_2=2.0)
+    assert model.cfg_scale_at(torch.tensor(900), 5.0) == 5.0
+    assert model.cfg_scale_at(torch.tensor(600), 5.0) == 2.0
+    per_sample = model.cfg_scale_at(torch.tensor([900, 600]), 5.0)
+    assert per_sample.flatten().tolist() == [5.0, 2.0] and per_sample.shape == (2, 1, 1, 1, 1)
+    latents = sample(model, cfg=5.0)
+    expected, _ = pipeline_run(model, cfg=5.0, guidance_scale_2=2.0)
+    torch.testing.assert_close(latents, expected.float(), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(latents, sample(models["wan22_a14b"], cfg=5.0))
+
+
+def test_configured_a14b_mixes_each_sample_at_its_experts_scale(folders):
+    """Training batches mix noise levels: each sample gets its expert's CFG scale."""
+    from mmdisco.base_models.loading import ConfiguredModel
+
+    model = load(folders, "wan22_a14b", guidance_scale_2=2.0)
+    cond, uncond = model.encode_prompt_pair(PROMPTS)
+    x = torch.randn(2, *model.latent_shape(), generator=generator(7))
+    t = torch.tensor([900, 600])
+    got = ConfiguredModel(model, 5.0).predict(x, t, (cond, uncond))
+    c, u = model.predict(x, t, cond), model.predict(x, t, uncond)
+    want = torch.stack([u[0] + 5.0 * (c[0] - u[0]), u[1] + 2.0 * (c[1] - u[1])])
+    torch.testing.assert_close(got, want)
+
+
 def test_wan_scheduler_is_a_flow_model(models):
     model = models["wan21"]
     assert model.prediction_type == "flow"
@@ -304,3 +337,33 @@ def test_bad_sizes_and_options_are_named(tmp_path):
         load_base_model("wan", path, num_frames=8, height=16, width=16)
     with pytest.raises(ValueError, match="guidance_scale_2: only a two-expert"):
         load_base_model("wan", path, num_frames=9, height=16, width=16, guidance_scale_2=3.0)
+
+
+# bfloat16 keeps 8 bits of mantissa, float16 11 (as tests/test_precision.py).
+TOLERANCE = {torch.bfloat16: 0.08, torch.float16: 0.01}
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
+@pytest.mark.parametrize("name", ["wan21", "wan22_a14b"])
+def test_wan_runs_in_half_precision(folders, models, name, dtype):
+    """float32 noise and prompts in, float32 out, close to the float32 model's answers."""
+    full, half = models[name], load(folders, name, torch_dtype=dtype)
+    assert half.dtype == dtype
+    x = torch.randn(2, *full.latent_shape(), generator=generator(6))
+    t = torch.tensor([950, 400])  # both experts of A14B
+    want = full.predict(x, t, full.encode_prompt(PROMPTS))
+    got = half.predict(x, t, half.encode_prompt(PROMPTS))
+    assert got.dtype == torch.float32 and not torch.equal(got, want)
+    assert (got - want).abs().max() / want.abs().max() < TOLERANCE[dtype]
+    assert half.decode(x[:1]).dtype == torch.float32
+
+
+def test_to_meta_moves_every_expert(folders):
+    model = load(folders, "wan22_a14b")
+    cond = model.encode_prompt(PROMPTS[:1])
+    model.to("meta")
+    for name in ("transformer", "transformer_2", "vae", "text_encoder"):
+        assert next(getattr(model.pipe, name).parameters()).device.type == "meta", name
+    x = torch.zeros(1, *model.latent_shape(), device="meta")
+    out = model.predict(x, torch.tensor(1), cond)
+    assert out.device.type == "meta" and out.shape == x.shape

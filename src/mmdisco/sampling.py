@@ -38,7 +38,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mmdisco.base_models.base import BaseModel
-from mmdisco.base_models.loading import SCHEDULERS, cfg_mix, make_scheduler, prompt_pair
+from mmdisco.base_models.loading import (
+    SCHEDULERS,
+    cfg_mix,
+    cfg_scale_at,
+    make_scheduler,
+    prompt_pair,
+)
 from mmdisco.diffusion import CleanSchedule, NoiseSchedule, epsilon_delta_to_prediction
 from mmdisco.errors import (
     InputError,
@@ -88,7 +94,8 @@ class Stream:
         cond = partner if _joint_of(self) is not None else self.cond
         out = self.model.predict(x, t, cond)
         if self.uses_cfg:
-            out = cfg_mix(self.model.predict(x, t, self.uncond), out, self.cfg_scale)
+            scale = cfg_scale_at(self.model, t, self.cfg_scale)
+            out = cfg_mix(self.model.predict(x, t, self.uncond), out, scale)
         return out
 
 
@@ -179,7 +186,9 @@ def _discriminator_deltas(
     if not options.cfg_on_discriminator:
         return delta_a, delta_v
     un_a, un_v = _correction(disc, audio, video, inputs, options, conditional=False)
-    return cfg_mix(un_a, delta_a, audio.cfg_scale), cfg_mix(un_v, delta_v, video.cfg_scale)
+    scale_a = cfg_scale_at(audio.model, inputs.timestep_audio, audio.cfg_scale)
+    scale_v = cfg_scale_at(video.model, inputs.timestep_video, video.cfg_scale)
+    return cfg_mix(un_a, delta_a, scale_a), cfg_mix(un_v, delta_v, scale_v)
 
 
 def _initial_latents(stream: Stream, batch_size: int) -> Tensor:

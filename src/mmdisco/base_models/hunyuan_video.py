@@ -139,6 +139,11 @@ class HunyuanVideo15Model(DiffusersAdapter):
     def predict(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         if cond is None:
             raise ValueError("HunyuanVideo 1.5 needs a text conditioning; use encode_prompt")
+        if self.device.type == "meta":
+            raise RuntimeError(
+                "HunyuanVideo 1.5 cannot run on the meta device: its transformer reorders the "
+                "text tokens by their masks (data-dependent shapes); estimate on a real device"
+            )
         p, batch = self.pipe, x_t.shape[0]
         x = self.model_input(x_t)
         # Text to video: the image-conditioning latent, its mask and image embeddings are zero.

@@ -100,9 +100,17 @@ def prompt_pair(model: BaseModel, prompts: list[str]) -> tuple[Any, Any]:
     return model.encode_prompt(prompts), model.encode_prompt([""] * len(prompts))
 
 
-def cfg_mix(uncond: Tensor, cond: Tensor, scale: float) -> Tensor:
+def cfg_mix(uncond: Tensor, cond: Tensor, scale: float | Tensor) -> Tensor:
     """Classifier-free guidance: ``uncond + scale * (cond - uncond)``."""
     return uncond + scale * (cond - uncond)
+
+
+def cfg_scale_at(model: Any, t: Tensor, scale: float) -> float | Tensor:
+    """``model``'s CFG scale at timestep ``t``: ``scale``, unless the model sets its own per
+    step (``model.cfg_scale_at``: Wan 2.2 A14B's low-noise expert has its own; per sample,
+    broadcastable, for a batch of timesteps)."""
+    at = getattr(model, "cfg_scale_at", None)
+    return scale if at is None else at(t, scale)
 
 
 class ConfiguredModel(BaseModel):
@@ -171,7 +179,8 @@ class ConfiguredModel(BaseModel):
         out = self.model.predict(x_t, t, cond)
         if self.cfg_scale == 1.0:
             return out
-        return cfg_mix(self.model.predict(x_t, t, uncond), out, self.cfg_scale)
+        scale = cfg_scale_at(self.model, t, self.cfg_scale)
+        return cfg_mix(self.model.predict(x_t, t, uncond), out, scale)
 
 
 def configured(

@@ -105,12 +105,18 @@ class WanModel(DiffusersAdapter):
             return self.pipe.transformer
         return self.pipe.transformer_2
 
-    def cfg_scale_at(self, t: Tensor | float, cfg_scale: float) -> float:
+    def cfg_scale_at(self, t: Tensor | float, cfg_scale: float) -> float | Tensor:
         """The CFG scale at timestep ``t`` given the stream's ``cfg_scale``: A14B's low-noise
-        expert uses ``guidance_scale_2`` when one is set."""
-        if self.guidance_scale_2 is not None and self.expert(t) is self.pipe.transformer_2:
-            return self.guidance_scale_2
-        return cfg_scale
+        expert uses ``guidance_scale_2`` when one is set. A batch of timesteps gets one scale
+        per sample, shaped ``(B, 1, 1, 1, 1)``."""
+        boundary = self.boundary_timestep
+        if self.guidance_scale_2 is None or boundary is None:
+            return cfg_scale
+        t = torch.as_tensor(t)
+        if t.ndim == 0:
+            return self.guidance_scale_2 if float(t) < boundary else cfg_scale
+        scales = torch.where(t < boundary, self.guidance_scale_2, cfg_scale)
+        return scales.float().view(-1, 1, 1, 1, 1)
 
     @property
     def latent_grid(self) -> tuple[int, int, int]:
@@ -125,15 +131,17 @@ class WanModel(DiffusersAdapter):
     def predict(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         if cond is None:
             raise ValueError("Wan needs a text conditioning; use encode_prompt([''] * B)")
-        t = self.batch_timesteps(t, x_t.shape[0])
-        experts = [self.expert(step) for step in t.tolist()]
-        if all(e is experts[0] for e in experts):
-            return self._run(experts[0], x_t, t, cond.hidden_states)
-        # Samples at different noise levels (training batches) may need both experts.
-        out = torch.empty_like(x_t, dtype=torch.float32)
-        for expert in {id(e): e for e in experts}.values():
-            rows = torch.tensor([e is expert for e in experts], device=x_t.device)
-            out[rows] = self._run(expert, x_t[rows], t[rows], cond.hidden_states[rows])
+        t, text = self.batch_timesteps(t, x_t.shape[0]), cond.hidden_states
+        boundary = self.boundary_timestep
+        if boundary is None or t.device.type == "meta":  # one expert, or shapes only
+            return self._run(self.denoiser, x_t, t, text)
+        high = t >= boundary
+        if high.all() or not high.any():
+            return self._run(self.expert(t[0]), x_t, t, text)
+        # Samples at different noise levels (training batches) need both experts.
+        out = torch.empty(x_t.shape, dtype=torch.float32, device=self.device)
+        for expert, rows in ((self.pipe.transformer, high), (self.pipe.transformer_2, ~high)):
+            out[rows] = self._run(expert, x_t[rows], t[rows], text[rows])
         return out
 
     def _run(self, expert: nn.Module, x_t: Tensor, t: Tensor, text: Tensor) -> Tensor:
