@@ -1,4 +1,4 @@
-"""LTX-2 (Lightricks 2026): one transformer that denoises video and audio together.
+"""LTX-2 (Lightricks): one transformer that denoises video and audio together.
 
 A *joint* model: its video and audio streams attend to each other in every block, so it is
 exposed as a pair of :class:`~mmdisco.base_models.base.BaseModel` views (``.video``,
