@@ -72,7 +72,8 @@ def test_presets_run_the_models_as_their_cards(name):
             assert got[key] == pytest.approx(value, abs=1e-12), (name, key)
     assert cfg.sampling.num_inference_steps == steps and cfg.sampling.scheduler == "default"
     assert cfg.sampling.cfg_on_discriminator
-    # The clips are as long as both models' clips.
+    # The clips have the video model's frames and are as long as both models' clips.
+    assert (cfg.data.size, cfg.data.width) == (v_opts["height"], v_opts["width"])
     frames = v_opts["num_frames"]
     assert cfg.data.duration * cfg.data.fps == pytest.approx(frames)
     if "duration" in a_opts:
@@ -209,3 +210,42 @@ def test_a_tiny_ltx2_mmdisco_loads_one_joint_model_through_the_config(tmp_path):
     data["audio"]["options"] = dict(LTX2_VIDEO, num_frames=9)
     with pytest.raises(ConfigError, match=r"audio\.options and video\.options differ"):
         load_models(experiment_from_dict(data))
+
+
+def test_clips_take_the_video_models_wide_frames(tmp_path):
+    """data.width: frames scaled to cover size x width and centre-cropped; without it, the
+    square crop as before; a config whose frames differ from the video model's is refused."""
+    import cv2
+    import numpy as np
+
+    from mmdisco.config import ConfigError
+    from mmdisco.data import ClipSpec
+    from mmdisco.data.clips import ClipItem, read_clip, resize_center_crop
+    from mmdisco.experiment import check_clip_spec
+    from mmdisco.media import write_mp4
+
+    frame = np.random.default_rng(0).integers(0, 255, (90, 200, 3), dtype=np.uint8)
+    scaled = cv2.resize(frame, (107, 48), interpolation=cv2.INTER_AREA)  # 90 -> 48 high
+    np.testing.assert_array_equal(resize_center_crop(frame, 48), scaled[:, 29:77])
+    np.testing.assert_array_equal(resize_center_crop(frame, 48, 80), scaled[:, 13:93])
+    assert resize_center_crop(frame, 40, 190).shape == (40, 190, 3)  # scaled to 86 x 190
+
+    frames = np.random.default_rng(1).integers(0, 255, (8, 24, 40, 3), dtype=np.uint8)
+    audio = (0.3 * np.sin(np.arange(16000) / 7.0)).astype(np.float32)
+    path = write_mp4(tmp_path / "wide.mp4", frames, 8, audio, sample_rate=16000)
+    spec = ClipSpec(duration=0.5, fps=8.0, size=8, sample_rate=16000, width=12)
+    assert read_clip(ClipItem(path, "a", 0.0), spec).video.shape[-2:] == (8, 12)
+
+    cfg = load_experiment(CONFIGS / "wan_stableaudio3.yaml")
+    assert (cfg.data.size, cfg.data.width) == (480, 832)
+
+    class Audio:
+        sample_rate, duration = 44100, 81 / 16
+
+    class Video:
+        num_frames, height, width = 81, 480, 832
+
+    check_clip_spec(cfg, Audio(), Video())
+    Video.width = 848
+    with pytest.raises(ConfigError, match=r"data\.width is 832 but video\.options\.width is 848"):
+        check_clip_spec(cfg, Audio(), Video())
