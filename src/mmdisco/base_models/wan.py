@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmdisco.base_models._diffusers import DiffusersAdapter, vae_latents
+from mmdisco.base_models._diffusers import DiffusersAdapter, masked_mean, vae_latents
 from mmdisco.base_models.base import PromptEmbeds
 
 
@@ -165,10 +165,8 @@ class WanModel(DiffusersAdapter):
         embeds = self.pipe._get_t5_prompt_embeds(
             list(prompts), max_sequence_length=self.max_sequence_length, device=self.device
         )
-        mask = embeds.abs().amax(-1) > 0
-        weights = mask.to(embeds.dtype)[..., None]
-        pooled = (embeds * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-        return PromptEmbeds(embeds, pooled, attention_mask=mask.long())
+        mask = (embeds.abs().amax(-1) > 0).long()
+        return PromptEmbeds(embeds, masked_mean(embeds, mask), attention_mask=mask)
 
     def _latent_stats(self, like: Tensor) -> tuple[Tensor, Tensor]:
         """The VAE's per-channel ``latents_mean`` and ``1 / latents_std``, shaped to broadcast."""
