@@ -16,8 +16,16 @@ a ratio of per-pair activations.
 
     python benchmarks/memory.py            # full (about 5 minutes on a 2-core CPU)
     python benchmarks/memory.py --quick    # micro-batches 1 and 2, no bf16 ratio
+    python benchmarks/memory.py --presets  # the 2025-26 presets (a few minutes)
 
-Writes ``benchmarks/results/memory.{json,md}``.
+Writes ``benchmarks/results/memory.{json,md}``. ``--presets`` estimates, the same way, one
+training step of each 2025-26 preset (configs/{wan,wan22,hunyuan15}_stableaudio3.yaml,
+ltx2_mmdisco.yaml) with its discriminator and its base models' transformers at real size in
+bfloat16 (benchmarks/real_shapes_presets.py, random weights, on the meta device); it writes
+memory_presets.json and adds its table to memory.md. Only the transformers are counted: the
+text encoders that L_DLSM runs on each micro-batch's captions add their weights to the fixed
+cost (Wan's UMT5-XXL encoder: 5.68B parameters, 10.6 GiB in bfloat16); the VAEs take no part
+in a training step.
 """
 
 from __future__ import annotations
@@ -157,7 +165,11 @@ def render_presets(r: dict[str, Any]) -> str:
         "meta device's math fallback would hold every score matrix). Peak per device; slope "
         "over micro-batches "
         f"{r['micro_batches']}. Fits: the largest micro-batch under 80 GB (80e9 bytes, "
-        "before the CUDA context).",
+        "before the CUDA context). Only the base models' transformers are counted: the text "
+        "encoders that L_DLSM runs on the captions add their weights to the fixed cost (Wan's "
+        "UMT5-XXL encoder 10.6 GiB in bfloat16; Stable Audio 3's T5Gemma and HunyuanVideo "
+        "1.5's Qwen2.5-VL likewise, not measured here), so the fitting micro-batch is an "
+        "upper bound. LTX-2's preset trains with L_D alone and runs no base model.",
         "",
         "| preset | base weights | discriminator | L_DLSM | per pair | fixed | peak, micro-batch "
         "1 | micro-batch that fits 80 GB | preset's micro-batch |",
