@@ -36,6 +36,8 @@ SMALL = ContinuousWorldConfig(
     decays=(1.0, 2.0),
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def terms() -> ContinuousWorldTerms:
