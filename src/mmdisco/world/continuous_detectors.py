@@ -12,7 +12,7 @@ cannot score.
 Agreement of a pair (both sides valid):
 
 * **semantic**: same class, and shades at most ``SHADE_TOL`` lattice steps apart (one step
-  is ``shade_span / shades_per_class`` of a class: 1/11 of the hue or pitch gap for the
+  is ``shade_span / shades_per_class`` = 0.0875 of a class's hue / pitch interval for the
   defaults);
 * **temporal**: both event times within ``TIME_TOL`` frames (1/4 frame, 31 ms at 8 fps).
 
