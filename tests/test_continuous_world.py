@@ -224,3 +224,27 @@ def test_log_marginal_gradient_is_the_score_of_its_density() -> None:
     near_noise = log_marginal(terms, z, torch.tensor(-30.0), "video")
     normal = -0.5 * z.pow(2).flatten(1).sum(1) - 0.5 * z[0].numel() * math.log(2 * math.pi)
     assert torch.allclose(near_noise, normal, atol=1e-6)
+
+
+def test_calibrate_scores_the_continuous_ratio_against_itself() -> None:
+    from mmdisco.diffusion import schedule_from_scheduler_config
+    from mmdisco.world.calibration import calibrate
+    from mmdisco.world.models import SCHEDULER_CONFIG
+
+    ratio = ContinuousLogRatio(SMALL)
+    real = generate_continuous_clips(8, 1, SMALL)
+    fake_a = generate_continuous_clips(8, 2, SMALL).audio
+    fake_v = generate_continuous_clips(8, 3, SMALL).video
+    schedule = schedule_from_scheduler_config(SCHEDULER_CONFIG)
+    (row,) = calibrate(
+        ratio,
+        ratio,
+        (real.audio, real.video),
+        (fake_a, fake_v),
+        schedule,
+        schedule,
+        noise_levels=(0.5,),
+    )
+    assert row["logit_corr"] == pytest.approx(1.0, abs=1e-6)
+    assert row["cos_audio"] == pytest.approx(1.0, abs=1e-6)
+    assert row["accuracy"] == row["bayes_accuracy"]
