@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
+from mmdisco.base_models.loading import ConfiguredModel
 from mmdisco.discriminator import Discriminator, DiscriminatorConfig
-from mmdisco.experiment import ConfiguredModel
 from mmdisco.io import write_text_atomic
 from mmdisco.training.memory import GIB, estimate_step_memory, prompt_conditioning
 from mmdisco.training.trainer import TrainConfig

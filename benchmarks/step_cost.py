@@ -24,13 +24,14 @@ from pathlib import Path
 
 import torch
 
-from mmdisco.demo import REAL_SEED_OFFSET, DemoSettings, world_real_pairs
+from mmdisco.demo import DemoSettings
 from mmdisco.discriminator.codebook import CodebookConfig, CodebookDiscriminator
 from mmdisco.io import write_json_atomic, write_text_atomic
 from mmdisco.training.bank import build_noise_bank, load_noise_bank
 from mmdisco.training.data import BatchOrder, PairData
 from mmdisco.training.trainer import micro_batches, train_step
 from mmdisco.world.models import load_world_models
+from mmdisco.world.recipes import REAL_SEED_OFFSET, world_real_pairs
 
 RESULTS = Path(__file__).parent / "results" / "step_cost"
 

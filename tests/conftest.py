@@ -38,9 +38,9 @@ def live(disc: torch.nn.Module, scale: float = 0.1, seed: int = 2) -> torch.nn.M
 def world_pipe():
     """The world's base models, a small random discriminator (strong gradients), 6 steps."""
     from mmdisco.config import BaseModelConfig, SamplingConfig
-    from mmdisco.demo import build_discriminator
     from mmdisco.pipeline import MMDisCoPipeline, PipelineConfig
     from mmdisco.world.models import ASSETS_DIR, load_world_models
+    from mmdisco.world.recipes import build_discriminator
 
     audio, video = load_world_models()
     disc = live(

@@ -10,8 +10,8 @@ from mmdisco.errors import InputError
 from mmdisco.guidance import discriminator_gradients
 from mmdisco.training.bank import build_noise_bank, load_noise_bank, row_noise
 from mmdisco.training.data import PairData
-from mmdisco.training.losses import _bank_dlsm, dlsm_loss
-from mmdisco.training.trainer import TrainConfig, epsilon_fn, train_discriminator
+from mmdisco.training.losses import _bank_dlsm, dlsm_loss, epsilon_fn
+from mmdisco.training.trainer import TrainConfig, train_discriminator
 from test_trainer import GaussianModel, TinyDisc
 
 

@@ -12,11 +12,14 @@ from mmdisco.cli import app
 
 
 def _commands() -> dict:
-    """Every command of the app, those of command groups as "group command"."""
+    """Every command of the app, those of command groups as "group command" (looking a
+    command up imports its module)."""
 
     def walk(group, prefix: str) -> dict:
         found = {}
-        for name, cmd in group.commands.items():
+        ctx = typer.Context(group)
+        for name in group.list_commands(ctx):
+            cmd = group.get_command(ctx, name)
             if hasattr(cmd, "commands"):
                 found |= walk(cmd, f"{prefix}{name} ")
             else:
@@ -56,6 +59,68 @@ def test_python_dash_m_runs_the_cli():
     )
     assert proc.returncode == 0, proc.stderr
     assert "Usage: mmdisco" in proc.stdout and "generate-fakes" in proc.stdout
+
+
+# ---------------------------------------------------------------- the top-level help
+
+
+def test_help_imports_no_command_module_and_no_torch():
+    """`mmdisco --help` lists every command from the table in mmdisco.cli; neither importing
+    the CLI nor its help may import torch (or any command's module)."""
+    script = (
+        "import sys\n"
+        "import mmdisco.cli\n"
+        "assert 'torch' not in sys.modules, 'import mmdisco.cli imported torch'\n"
+        "try:\n"
+        "    mmdisco.cli.app(['--help'], prog_name='mmdisco')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('torch', 'mmdisco.cli.')))\n"
+        "print('loaded:', loaded)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "loaded: []" in proc.stdout, proc.stdout
+    assert "train-base" in proc.stdout and "convert-official" in proc.stdout
+
+
+def test_commands_are_listed_in_the_readme_order():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme.split("## Commands", 1)[1].split("\n\n", 2)[1]
+    in_readme = re.findall(r"^\| `mmdisco ([\w-]+)", table, flags=re.M)
+    result = CliRunner().invoke(app, ["--help"])
+    listed = re.findall(r"^│ ([a-z][\w-]*) ", result.output, flags=re.M)
+    assert listed == in_readme and len(listed) == len(set(listed)) >= 14
+    assert "completion" not in result.output  # no --install-completion / --show-completion
+
+
+def test_the_command_table_names_each_command_s_module():
+    """Every entry of COMMANDS loads a command of that name from its module, and every
+    command a module registers is in the table (its line in `mmdisco --help`)."""
+    import importlib
+
+    from mmdisco.cli import COMMANDS
+
+    group = typer.main.get_command(app)
+    ctx = typer.Context(group)
+    for name in COMMANDS:
+        assert group.get_command(ctx, name).name == name
+    for module in {entry.module for entry in COMMANDS.values()}:
+        importlib.import_module(f"mmdisco.cli.{module}")
+    registered = set(typer.main.get_command(app).commands)
+    assert registered == set(COMMANDS), registered ^ set(COMMANDS)
+
+
+def test_help_texts_have_no_stray_line_breaks():
+    """A command's help is paragraphs of one line each, which the terminal rewraps; the
+    source's line breaks inside a paragraph would show as ragged lines."""
+    for name, cmd in _commands().items():
+        for paragraph in cmd.help.split("\n\n"):
+            assert "\n" not in paragraph.strip(), (name, paragraph)
+    result = CliRunner().invoke(app, ["train-base", "--help"])
+    assert "1000-step cosine DDPM schedule" in " ".join(result.output.split())
 
 
 # ---------------------------------------------------------------- one error path, every command

@@ -1,4 +1,4 @@
-"""Schedules and parameterisations agree with diffusers and with METHOD.md's closed forms."""
+"""Schedules and parameterisations agree with diffusers and with docs/method.md's closed forms."""
 
 from __future__ import annotations
 

@@ -137,7 +137,7 @@ def test_each_modality_has_its_own_noise_level() -> None:
     # Scalars broadcast over the batch; a clean modality (log-SNR +20) is a valid input.
     torch.testing.assert_close(base, disc(audio, video, torch.ones(B), torch.tensor([1.0])))
     assert torch.isfinite(disc(audio, video, -20.0, 20.0)).all()
-    with pytest.raises(ValueError, match="t_audio"):
+    with pytest.raises(ValueError, match="log_snr_audio"):
         disc(audio, video, torch.zeros(3), 0.0)
 
 

@@ -31,19 +31,13 @@ from _tiny import (
     save_ltx,
     save_stable_audio,
 )
+from mmdisco.base_models.loading import ConfiguredModel, load_models
 from mmdisco.cli import app
 from mmdisco.config import ConfigError, load_experiment
 from mmdisco.data import load_latent_cache
 from mmdisco.discriminator import Discriminator
 from mmdisco.errors import InputError
-from mmdisco.experiment import (
-    ConfiguredModel,
-    check_clip_spec,
-    discriminator_config,
-    load_models,
-    make_sampler,
-    sample_from_config,
-)
+from mmdisco.experiment import check_clip_spec, sample_from_config
 from mmdisco.media import load_given, media_spec, read_mp4, write_mp4
 from mmdisco.training.fakes import load_fakes
 
@@ -201,8 +195,14 @@ def test_audioldm_animatediff_cache_fakes_train_sample(tmp_path, dtype):
 
     # Video-to-audio through the config: the given clip is kept, one prompt per given file.
     given = write_mp4(tmp_path / "given.mp4", torch.rand(3, 4, 16, 16) * 2 - 1, fps=8.0)
-    v2a = sample_from_config(cfg, ["a dog barks"], tmp_path / "v2a", progress=False,
-                             given=("video", [given]), given_mode="renoise")  # fmt: skip
+    v2a = sample_from_config(
+        cfg,
+        ["a dog barks"],
+        tmp_path / "v2a",
+        progress=False,
+        given=("video", [given]),
+        given_mode="renoise",
+    )
     audio_model, video_model = load_models(cfg)
     media = load_given([given], "video", media_spec(audio_model, video_model))
     expected = video_model.encode(media)
@@ -211,24 +211,29 @@ def test_audioldm_animatediff_cache_fakes_train_sample(tmp_path, dtype):
     with pytest.raises(ConfigError, match="2 prompts for 1 given video files"):
         sample_from_config(cfg, ["a", "b"], tmp_path / "x", given=("video", [given]))
     with pytest.raises(InputError, match=r"given\.mp4: more than 2 frames; the model makes 2"):
-        short = replace(cfg, video=replace(cfg.video, options={**cfg.video.options,
-                                                                "num_frames": 2}))  # fmt: skip
+        short = replace(
+            cfg, video=replace(cfg.video, options={**cfg.video.options, "num_frames": 2})
+        )
         sample_from_config(short, None, tmp_path / "y", given=("video", [given]))
 
     # The config's sampler for discrete-time models, and clear errors naming the fields.
     audio, video = load_models(cfg)
-    sampler = make_sampler(audio, cfg)
+    sampler = cfg.sampling.make_scheduler(audio)
     assert isinstance(sampler, DPMSolverMultistepScheduler)
     assert sampler.config.solver_order == 2 and sampler.config.algorithm_type == "dpmsolver++"
     ddim = replace(cfg, sampling=replace(cfg.sampling, scheduler="DDIMScheduler"))
-    assert isinstance(make_sampler(video, ddim), DDIMScheduler)
+    assert isinstance(ddim.sampling.make_scheduler(video), DDIMScheduler)
+    short = replace(cfg.sampling, scheduler="ddim")  # the short names of the CLI and the world
+    assert isinstance(short.make_scheduler(video), DDIMScheduler)
     with pytest.raises(ConfigError, match=r"sampling\.scheduler: no diffusers scheduler"):
-        make_sampler(audio, replace(cfg, sampling=replace(cfg.sampling, scheduler="Nope")))
+        replace(cfg.sampling, scheduler="NopeScheduler").make_scheduler(audio)
+    with pytest.raises(InputError, match=r"scheduler.*'Nope'"):
+        replace(cfg.sampling, scheduler="Nope")
     with pytest.raises(ConfigError, match=r"data\.size is 32 but video\.options\.height is 16"):
         check_clip_spec(replace(cfg, data=replace(cfg.data, size=32)), audio, video)
     bad = replace(cfg, discriminator={**cfg.discriminator, "audio_channels": 8})
     with pytest.raises(ConfigError, match=r"discriminator\.audio_channels is 8 but audio latents"):
-        discriminator_config(bad, audio, video)
+        bad.discriminator_config_for(audio, video)
 
 
 def test_cfg_folded_into_configured_model(tmp_path):
@@ -289,7 +294,7 @@ def test_stable_audio_ltx_guided_sampling_through_config(tmp_path):
     audio, video = load_models(cfg)
     assert audio.prediction_type == "v_prediction" and video.prediction_type == "flow"
     torch.manual_seed(0)
-    Discriminator(discriminator_config(cfg, audio, video)).save_pretrained(root / "disc")
+    Discriminator(cfg.discriminator_config_for(audio, video)).save_pretrained(root / "disc")
 
     out = invoke(
         "sample", "--config", config, "--discriminator", root / "disc", "--prompt", "a dog barks"

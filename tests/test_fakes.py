@@ -11,62 +11,32 @@ import sys
 import pytest
 import torch
 from safetensors.torch import save_file
-from torch import Tensor
 
 import mmdisco.io as mmdisco_io
 import mmdisco.shards as shards
 import mmdisco.training.fakes as fakes
-from mmdisco.base_models.base import BaseModel
+from _shrink import ShrinkModel
 from mmdisco.errors import BusyError, NonFiniteError
 from mmdisco.io import DirectoryLock
-from mmdisco.training.fakes import generate_fakes, load_fakes, sample_pairs
-
-
-class ShrinkModel(BaseModel):
-    """Exact denoiser for x_0 ~ N(mean, 0.25 I) (DDPM, 50 steps): cheap but non-trivial."""
-
-    scheduler_config = {  # noqa: RUF012
-        "_class_name": "DDPMScheduler",
-        "num_train_timesteps": 50,
-        "beta_schedule": "linear",
-        "beta_start": 1e-3,
-        "beta_end": 0.2,
-        "prediction_type": "epsilon",
-        "clip_sample": False,
-    }
-
-    def __init__(self, modality: str, shape: tuple[int, ...], mean: float) -> None:
-        self.modality, self.shape, self.mean = modality, shape, mean
-        self.prompts_seen: list[list[str]] = []
-
-    def predict(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
-        alpha, sigma = self.schedule.alpha_sigma(torch.as_tensor(t).expand(x_t.shape[0]))
-        a, s = alpha.view(-1, *[1] * (x_t.ndim - 1)), sigma.view(-1, *[1] * (x_t.ndim - 1))
-        var = a**2 * 0.25 + s**2
-        return s * (x_t - a * self.mean) / var
-
-    def latent_shape(self) -> tuple[int, ...]:
-        return self.shape
-
-    def encode_prompt(self, prompts: list[str]):
-        self.prompts_seen.append(list(prompts))
-        return None
+from mmdisco.sampling import SamplingConfig, sample_batches
+from mmdisco.training.fakes import generate_fakes, load_fakes
 
 
 def models():
     return ShrinkModel("audio", (2, 3), 1.0), ShrinkModel("video", (3, 2, 2), -1.0)
 
 
+OWN_SAMPLER = SamplingConfig(scheduler="default")  # each model's own scheduler
 KW = {"seed": 7, "shard_size": 4, "num_inference_steps": 10, "progress": False}
 
 
 def test_samples_follow_the_base_models_and_are_seeded():
-    a, v = sample_pairs(*models(), 64, seed=1, batch_size=32)
+    a, v = sample_batches(*models(), 64, OWN_SAMPLER, seed=1, batch_size=32)
     assert a.shape == (64, 2, 3) and v.shape == (64, 3, 2, 2)
     assert abs(a.mean() - 1.0) < 0.1 and abs(v.mean() + 1.0) < 0.1
-    a2, v2 = sample_pairs(*models(), 64, seed=1, batch_size=32)
+    a2, v2 = sample_batches(*models(), 64, OWN_SAMPLER, seed=1, batch_size=32)
     assert torch.equal(a, a2) and torch.equal(v, v2)
-    a3, _ = sample_pairs(*models(), 64, seed=2, batch_size=32)
+    a3, _ = sample_batches(*models(), 64, OWN_SAMPLER, seed=2, batch_size=32)
     assert not torch.equal(a, a3)
     # The two modalities use independent noise: no correlation between paired samples.
     corr = torch.corrcoef(torch.stack([a.flatten(1)[:, 0], v.flatten(1)[:, 0]]))[0, 1]
@@ -130,7 +100,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
 
 def test_resume_skips_finished_shards(tmp_path, monkeypatch):
     generate_fakes(*models(), 8, tmp_path, **KW)
-    monkeypatch.setattr(fakes, "sample_pairs", lambda *a, **k: pytest.fail("resampled"))
+    monkeypatch.setattr(fakes, "sample_batches", lambda *a, **k: pytest.fail("resampled"))
     generate_fakes(*models(), 8, tmp_path, **KW)
 
 
@@ -157,8 +127,12 @@ def test_a_second_writer_is_stopped_and_a_stale_lock_taken_over(tmp_path):
         generate_fakes(*models(), 4, tmp_path, **KW)
     assert not (tmp_path / "manifest.json").exists()
     # A lock left by a killed process (its pid is gone) is stale: the next run takes it.
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     (tmp_path / ".lock").write_text(
         json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()})
     )

@@ -134,7 +134,7 @@ def test_missing_or_unreadable_given_files_are_named(tmp_path):
 
 
 def _tiny_discriminator(path):
-    from mmdisco.demo import build_discriminator
+    from mmdisco.world.recipes import build_discriminator
 
     disc = build_discriminator(
         "mlp", (32, 64), (3, 16, 16, 16), seed=0, video_pool=4, channels=8,

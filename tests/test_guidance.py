@@ -97,7 +97,7 @@ def test_create_graph_keeps_gradient_differentiable_in_parameters() -> None:
     ("a_shape", "v_shape", "t_a", "match"),
     [
         ((4, 2, 3), (3, 5), torch.tensor(10), "video_t"),
-        ((4, 2, 3), (4, 5), torch.tensor([1, 2, 3]), "t_audio"),
+        ((4, 2, 3), (4, 5), torch.tensor([1, 2, 3]), "timestep_audio"),
     ],
 )
 def test_batch_mismatch_raises(a_shape, v_shape, t_a, match) -> None:

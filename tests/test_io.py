@@ -69,8 +69,12 @@ def test_lock_is_exclusive_released_by_its_owner_and_stale_when_its_process_is_g
     first.release()
     assert not (tmp_path / ".lock").exists()
     # A dead process's lock, and an unreadable one, are stale.
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     for content in (json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}), ""):
         (tmp_path / ".lock").write_text(content)
         with DirectoryLock(tmp_path):

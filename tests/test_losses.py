@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmdisco.diffusion import DiscreteSchedule
-from mmdisco.training.losses import discriminator_loss, dlsm_loss, mmdisco_loss
+from mmdisco.training.losses import LossConfig, discriminator_loss, dlsm_loss, mmdisco_loss
 
 SCHED_A, SCHED_V = DiscreteSchedule.linear(100), DiscreteSchedule.cosine(100)
 
@@ -44,12 +44,21 @@ def _data(n: int = 5, seed: int = 0):
     return [torch.randn(n, d, generator=g, dtype=torch.float64) for d in (3, 4, 3, 4)]
 
 
-def _loss(disc, eps_a, eps_v, seed: int = 0, **kwargs):
+def _loss(disc, eps_a, eps_v, seed: int = 0, **settings):
     ra, rv, fa, fv = _data()
     return mmdisco_loss(
-        disc, ra, rv, fa, fv, SCHED_A, SCHED_V, eps_audio=eps_a, eps_video=eps_v,
-        generator=torch.Generator().manual_seed(seed), **kwargs,
-    )  # fmt: skip
+        disc,
+        ra,
+        rv,
+        fa,
+        fv,
+        SCHED_A,
+        SCHED_V,
+        LossConfig(**settings),
+        eps_audio=eps_a,
+        eps_video=eps_v,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def test_discriminator_loss_is_bce() -> None:
@@ -176,7 +185,7 @@ def test_noise_range_bounds_the_training_noise_levels() -> None:
 def test_batch_mismatch_raises() -> None:
     ra, rv, fa, fv = _data()
     with pytest.raises(ValueError, match="fake audio and video batch sizes differ: 5 vs 2"):
-        mmdisco_loss(TinyDisc(), ra, rv, fa, fv[:2], SCHED_A, SCHED_V, use_dlsm=False)
+        mmdisco_loss(TinyDisc(), ra, rv, fa, fv[:2], SCHED_A, SCHED_V, LossConfig(use_dlsm=False))
 
 
 def perfect(x0: Tensor, schedule: DiscreteSchedule):
@@ -217,8 +226,9 @@ def test_clean_prob_holds_one_modality_clean_at_the_log_snr_clip() -> None:
         seen.append((a.detach(), v.detach(), snr_a, snr_v))
         return (a.sum(1) + v.sum(1)) * 0.0
 
-    mmdisco_loss(disc, ra, rv, fa, fv, SCHED_A, SCHED_V, use_dlsm=False, clean_prob=1.0,
-                 generator=torch.Generator().manual_seed(0))  # fmt: skip
+    config = LossConfig(use_dlsm=False, clean_prob=1.0)
+    generator = torch.Generator().manual_seed(0)
+    mmdisco_loss(disc, ra, rv, fa, fv, SCHED_A, SCHED_V, config, generator=generator)
     for (a, v, snr_a, snr_v), (x_a, x_v) in zip(seen, ((ra, rv), (fa, fv)), strict=True):
         clean_a, clean_v = snr_a == LOG_SNR_LIMIT, snr_v == LOG_SNR_LIMIT
         assert bool((clean_a ^ clean_v).all())  # exactly one side per pair

@@ -144,12 +144,18 @@ def test_dry_run_prints_the_memory_per_device(tmp_path):
         tmp_path,
         0.05,
         discriminator={
-            "audio_channels": 4, "video_channels": 4, "audio_kind": "2d", "channels": 32,
-            "channel_mult": [1], "blocks_per_level": 1, "time_embed_dim": 32,
-            "text_dim_audio": 32, "text_dim_video": 32,
+            "audio_channels": 4,
+            "video_channels": 4,
+            "audio_kind": "2d",
+            "channels": 32,
+            "channel_mult": [1],
+            "blocks_per_level": 1,
+            "time_embed_dim": 32,
+            "text_dim_audio": 32,
+            "text_dim_video": 32,
         },
         train={"batch_size": 8, "grad_accum": 2},
-    )  # fmt: skip
+    )
     config = tmp_path / "experiment.yaml"
     config.write_text(yaml.safe_dump(data))
     args = ["train", "--config", str(config), "--dry-run", "--memory-gib", "0.05"]

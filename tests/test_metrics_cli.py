@@ -231,8 +231,9 @@ def test_max_seconds_bounds_what_a_long_file_costs(tmp_path):
     folder.mkdir()
     video, audio = _clip((4, 12, 20, 27), 0)
     _write_mp4(folder / "long.mp4", np.tile(video, (15, 1, 1, 1)), np.tile(audio, 15))
-    evaluate_directories(folder, None, EvalOptions(metrics=("av_align",), progress=False,
-                                                   max_seconds=0.5))  # fmt: skip
+    evaluate_directories(
+        folder, None, EvalOptions(metrics=("av_align",), progress=False, max_seconds=0.5)
+    )
     peaks = {}  # measured after a first run, which imports and compiles what the metric uses
     for seconds in (2.0, None):
         options = EvalOptions(metrics=("av_align",), progress=False, max_seconds=seconds)

@@ -173,9 +173,12 @@ def test_stylegan_v_reference_window_is_seeded_and_in_range():
 
 def test_protocols_are_complete():
     assert set(PROTOCOLS) == {
-        "mmdisco-t2av-vggsound", "mmdisco-t2av-landscape", "mmdisco-landscape", "mmdisco-aist",
+        "mmdisco-t2av-vggsound",
+        "mmdisco-t2av-landscape",
+        "mmdisco-landscape",
+        "mmdisco-aist",
         "av-benchmark",
-    }  # fmt: skip
+    }
     vgg = get_protocol("mmdisco-t2av-vggsound")
     assert AVAlignConfig.version(vgg.av_align_version).matching == "one_to_many"
     assert vgg.onset_spacing == 0.096 and vgg.num_samples == 2048

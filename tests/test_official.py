@@ -168,21 +168,31 @@ class Release:
             x = F.conv3d(x, self.s[key + ".video_conv.weight"], self.s[key + ".video_conv.bias"])
             return rearrange(x, "b c f h w -> b f c h w")
         x = rearrange(x, "b f c h w -> (b f) c h w")
-        x = F.conv2d(x, self.s[key + ".video_conv_spatial.weight"],
-                     self.s[key + ".video_conv_spatial.bias"], padding="same")  # fmt: skip
+        x = F.conv2d(
+            x,
+            self.s[key + ".video_conv_spatial.weight"],
+            self.s[key + ".video_conv_spatial.bias"],
+            padding="same",
+        )
         x = rearrange(x, "(b f) c h w -> (b h w) c f", b=b)
-        x = F.conv1d(x, self.s[key + ".video_conv_temporal.weight"],
-                     self.s[key + ".video_conv_temporal.bias"], padding="same")  # fmt: skip
+        x = F.conv1d(
+            x,
+            self.s[key + ".video_conv_temporal.weight"],
+            self.s[key + ".video_conv_temporal.bias"],
+            padding="same",
+        )
         return rearrange(x, "(b h w) c f -> b f c h w", b=b, h=h)
 
     def audio_conv(self, x, key, dilation=1):
         conv = F.conv1d if self.c.audio_kind == "1d" else F.conv2d
-        return conv(x, self.s[key + ".weight"], self.s[key + ".bias"], padding="same",
-                    dilation=dilation)  # fmt: skip
+        return conv(
+            x, self.s[key + ".weight"], self.s[key + ".bias"], padding="same", dilation=dilation
+        )
 
     def modulate(self, h, key, emb, channel_dim):
-        t = F.linear(F.silu(emb), self.s[key + ".projection.1.weight"],
-                     self.s[key + ".projection.1.bias"])  # fmt: skip
+        t = F.linear(
+            F.silu(emb), self.s[key + ".projection.1.weight"], self.s[key + ".projection.1.bias"]
+        )
         scale, shift = torch.chunk(t, 2, dim=1)
         shape = [h.shape[0]] + [1] * (h.ndim - 1)
         shape[channel_dim] = scale.shape[1]
@@ -200,19 +210,27 @@ class Release:
 
     def resblock(self, p, v, a, emb_v, emb_a, down, dilation):
         ch = v.shape[2]
-        vh = self.video_conv(F.silu(self.groupnorm(v, f"{p}.video_in_layers.0.GroupNorm", ch)),
-                             f"{p}.video_in_layers.2")  # fmt: skip
-        ah = self.audio_conv(F.silu(self.groupnorm(a, f"{p}.audio_in_layers.0.GroupNorm", ch)),
-                             f"{p}.audio_in_layers.2.audio_conv", dilation)  # fmt: skip
+        vh = self.video_conv(
+            F.silu(self.groupnorm(v, f"{p}.video_in_layers.0.GroupNorm", ch)),
+            f"{p}.video_in_layers.2",
+        )
+        ah = self.audio_conv(
+            F.silu(self.groupnorm(a, f"{p}.audio_in_layers.0.GroupNorm", ch)),
+            f"{p}.audio_in_layers.2.audio_conv",
+            dilation,
+        )
         if down:
             vh, v = self.pool_video(vh), self.pool_video(v)
             ah, a = self.pool_audio(ah), self.pool_audio(a)
         vo = self.video_conv(
             F.silu(self.modulate(vh, f"{p}.video_out_layers.0", emb_v, 2)),
-            f"{p}.video_out_layers.3", three_d=True,
-        )  # fmt: skip
-        ao = self.audio_conv(F.silu(self.modulate(ah, f"{p}.audio_out_layers.0", emb_a, 1)),
-                             f"{p}.audio_out_layers.3.audio_conv")  # fmt: skip
+            f"{p}.video_out_layers.3",
+            three_d=True,
+        )
+        ao = self.audio_conv(
+            F.silu(self.modulate(ah, f"{p}.audio_out_layers.0", emb_a, 1)),
+            f"{p}.audio_out_layers.3.audio_conv",
+        )
         if f"{p}.video_skip_connection.video_conv.weight" in self.s:
             v = self.video_conv(v, f"{p}.video_skip_connection", three_d=True)
             a = self.audio_conv(a, f"{p}.audio_skip_connection.audio_conv")
@@ -245,8 +263,10 @@ class Release:
     def logit(self, video, audio, timesteps, text_v=None, text_a=None):
         c = self.c
         temb = get_timestep_embedding(timesteps, c.time_embed_dim)
-        temb = self.linear(F.silu(self.linear(temb, "time_embed.projection.linear_1")),
-                           "time_embed.projection.linear_2")  # fmt: skip
+        temb = self.linear(
+            F.silu(self.linear(temb, "time_embed.projection.linear_1")),
+            "time_embed.projection.linear_2",
+        )
         emb_v = temb + (self.linear(text_v.mean(1), "video_text_embed") if c.text_dim_video else 0)
         emb_a = temb + (self.linear(text_a, "audio_text_embed") if c.text_dim_audio else 0)
         block = "feature_extractor.input_blocks"
@@ -393,9 +413,17 @@ def test_cli_converts_a_full_size_release(tmp_path):
     disc = OfficialDiscriminator.from_pretrained(tmp_path / "d")
     assert disc.config == RELEASES["mmdiffusion_landscape"]
     bad = CliRunner().invoke(
-        app, ["convert-official", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "e"),
-              "--release", "auffusion_videocrafter2_vggsound"],
-    )  # fmt: skip
+        app,
+        [
+            "convert-official",
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "e"),
+            "--release",
+            "auffusion_videocrafter2_vggsound",
+        ],
+    )
     assert bad.exit_code == 2 and bad.output.startswith("error: ")
     assert "does not match the release config" in bad.output
 
@@ -448,8 +476,10 @@ def test_sampling_audioldm_animatediff_with_a_release_discriminator(tmp_path):
     # A release trained on another audio schedule is refused, naming the directory.
     from dataclasses import replace
 
-    other = replace(config, schedule={"beta_schedule": "scaled_linear", "beta_start": 0.0015,
-                                      "beta_end": 0.0195})  # fmt: skip
+    other = replace(
+        config,
+        schedule={"beta_schedule": "scaled_linear", "beta_start": 0.0015, "beta_end": 0.0195},
+    )
     convert_official(checkpoint, other, tmp_path / "other")
     with pytest.raises(ConfigError, match="was trained on the noise schedule"):
         sample_from_config(cfg, ["a dog barks"], tmp_path / "out2", tmp_path / "other")

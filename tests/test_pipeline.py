@@ -113,9 +113,13 @@ def test_save_load_round_trip_and_relocation(world_pipe, tmp_path):
     # Base models beside the folder are named relatively, so the tree can move.
     assert index["audio"]["path"] == "../models/audio"
     assert index["video"] == {
-        "adapter": "world_video", "path": "../models/video", "cfg_scale": 1.0,
-        "torch_dtype": None, "options": {}, "allow_bin_weights": False,
-    }  # fmt: skip
+        "adapter": "world_video",
+        "path": "../models/video",
+        "cfg_scale": 1.0,
+        "torch_dtype": None,
+        "options": {},
+        "allow_bin_weights": False,
+    }
     assert index["sampling"]["window"] == list(WINDOW)
     moved = shutil.move(tmp_path / "tree", tmp_path / "elsewhere")
     loaded = MMDisCoPipeline.from_pretrained(Path(moved) / "pipe")
@@ -152,8 +156,11 @@ def test_folders_that_are_not_pipelines_give_clear_errors(world_pipe, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no such pipeline folder: .*nowhere"):
         MMDisCoPipeline.from_pretrained(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"empty is not an MMDisCo pipeline folder: it "
-                       r"has no model_index\.json"):  # fmt: skip
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"empty is not an MMDisCo pipeline folder: it "
+        r"has no model_index\.json",
+    ):
         MMDisCoPipeline.from_pretrained(tmp_path / "empty")
 
     folder = world_pipe.save_pretrained(tmp_path / "pipe")
@@ -166,19 +173,28 @@ def test_folders_that_are_not_pipelines_give_clear_errors(world_pipe, tmp_path):
         return bad
 
     diffusers_index = broken({"_class_name": "AudioLDMPipeline"}, "diffusers")
-    with pytest.raises(ConfigError, match="describes a 'AudioLDMPipeline', not an "
-                       "'MMDisCoPipeline': load a diffusers pipeline as a base model"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match="describes a 'AudioLDMPipeline', not an "
+        "'MMDisCoPipeline': load a diffusers pipeline as a base model",
+    ):
         MMDisCoPipeline.from_pretrained(diffusers_index)
     bad_scale = broken({"audio": {**index["audio"], "cfg_scale": "high"}}, "scale")
-    with pytest.raises(ConfigError, match=r"model_index\.json: audio\.cfg_scale: expected "
-                       "float, got 'high'"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"model_index\.json: audio\.cfg_scale: expected "
+        "float, got 'high'",
+    ):
         MMDisCoPipeline.from_pretrained(bad_scale)
     unknown = broken({"sampling": {**index["sampling"], "stepz": 3}}, "unknown")
     with pytest.raises(ConfigError, match=r"sampling\.stepz: unknown field"):
         MMDisCoPipeline.from_pretrained(unknown)
     no_model = broken({"video": {**index["video"], "path": str(tmp_path / "gone")}}, "model")
-    with pytest.raises(ConfigError, match=r"model_index\.json: video: cannot load adapter "
-                       "'world_video' from .*gone"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"model_index\.json: video: cannot load adapter "
+        "'world_video' from .*gone",
+    ):
         MMDisCoPipeline.from_pretrained(no_model)
     no_disc = broken({"discriminator": "missing"}, "disc")
     with pytest.raises(FileNotFoundError, match="names the discriminator folder 'missing'"):
@@ -231,8 +247,9 @@ def test_devices_and_memory_options_forward_to_the_parts(world_pipe, monkeypatch
         monkeypatch.setattr(model, "to", lambda d, m=model: calls.append((m.modality, d)) or m)
     assert world_pipe.to("cpu") is world_pipe
     assert calls == [("audio", "cpu"), ("video", "cpu")]
-    with pytest.raises(NotImplementedError, match="WorldAudioModel, WorldVideoModel cannot "
-                       "offload"):  # fmt: skip
+    with pytest.raises(
+        NotImplementedError, match="WorldAudioModel, WorldVideoModel cannot offload"
+    ):
         world_pipe.enable_model_cpu_offload()
     offloads = []
     for model in (world_pipe.audio_model, world_pipe.video_model):
@@ -296,16 +313,26 @@ def test_shipped_world_pipeline_aligns_the_pairs():
 
 
 def test_real_preset_models_through_the_pipeline(tmp_path):
+    from mmdisco.base_models.loading import prompt_pair
     from mmdisco.discriminator import Discriminator
-    from mmdisco.experiment import prompt_pair, scheduler_for
 
     disc = live(
         Discriminator.for_shapes(
-            (4, 1000, 4), (4, 4, 8, 8), head="mlp", channels=8, channel_mult=[1],
-            blocks_per_level=1, time_embed_dim=16, norm_groups=4, audio_dilation_cycle=1,
-            fusion_width=16, fusion_layers=1, text_dim_audio=32, text_dim_video=32,
+            (4, 1000, 4),
+            (4, 4, 8, 8),
+            head="mlp",
+            channels=8,
+            channel_mult=[1],
+            blocks_per_level=1,
+            time_embed_dim=16,
+            norm_groups=4,
+            audio_dilation_cycle=1,
+            fusion_width=16,
+            fusion_layers=1,
+            text_dim_audio=32,
+            text_dim_video=32,
         )
-    )  # fmt: skip
+    )
     disc.save_pretrained(tmp_path / "disc")
     data = audioldm_animatediff_experiment(
         tmp_path,
@@ -318,8 +345,11 @@ def test_real_preset_models_through_the_pipeline(tmp_path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data))
     pipe = MMDisCoPipeline.from_experiment(tmp_path / "tiny.yaml", tmp_path / "disc")
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(["a dog barks", "cat runs"], generator=torch.Generator().manual_seed(0),
-               output_type="latent")  # fmt: skip
+    out = pipe(
+        ["a dog barks", "cat runs"],
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+    )
 
     # The same run by hand: prompts with their CFG, the pooled text for the discriminator.
     g = torch.Generator().manual_seed(0)
@@ -327,22 +357,38 @@ def test_real_preset_models_through_the_pipeline(tmp_path):
     for model, cfg_scale in ((pipe.audio_model, 2.5), (pipe.video_model, 7.5)):
         cond, uncond = prompt_pair(model, ["a dog barks", "cat runs"])
         streams.append(
-            Stream(model, scheduler_for(model, pipe.config.sampling), cond, uncond, cfg_scale,
-                   30.0, g, disc_text=model.pooled_text_embedding(cond))
-        )  # fmt: skip
-    a, v = joint_sample(*streams, pipe.discriminator, batch_size=2, num_inference_steps=3,
-                        progress=False)  # fmt: skip
+            Stream(
+                model,
+                pipe.config.sampling.make_scheduler(model),
+                cond,
+                uncond,
+                cfg_scale,
+                30.0,
+                g,
+                disc_text=model.pooled_text_embedding(cond),
+            )
+        )
+    a, v = joint_sample(
+        *streams, pipe.discriminator, batch_size=2, num_inference_steps=3, progress=False
+    )
     torch.testing.assert_close(out.waveforms, a)
     torch.testing.assert_close(out.frames, v)
 
     # Round trip through a folder; a negative prompt replaces the empty one.
     loaded = MMDisCoPipeline.from_pretrained(pipe.save_pretrained(tmp_path / "pipe"))
     loaded.set_progress_bar_config(disable=True)
-    again = loaded(["a dog barks", "cat runs"], generator=torch.Generator().manual_seed(0),
-                   output_type="latent")  # fmt: skip
+    again = loaded(
+        ["a dog barks", "cat runs"],
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+    )
     torch.testing.assert_close(again.frames, out.frames)
-    negative = loaded(["a dog barks", "cat runs"], negative_prompt="loud",
-                      generator=torch.Generator().manual_seed(0), output_type="latent")  # fmt: skip
+    negative = loaded(
+        ["a dog barks", "cat runs"],
+        negative_prompt="loud",
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+    )
     assert (negative.frames - out.frames).abs().max() > 1e-3
     decoded = loaded("a dog barks", num_samples=2, generator=torch.Generator().manual_seed(1))
     assert decoded.waveforms.shape[0] == 2 and decoded.frames.shape[:2] == (2, 4)

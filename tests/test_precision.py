@@ -25,8 +25,8 @@ from _tiny import (
     save_stable_audio,
 )
 from mmdisco.base_models import load_base_model
+from mmdisco.base_models.loading import check_compute
 from mmdisco.config import BaseModelConfig, ConfigError
-from mmdisco.experiment import check_compute
 from mmdisco.sampling import Stream, joint_sample
 
 SAVERS = {

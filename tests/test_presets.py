@@ -22,10 +22,11 @@ from _tiny import (
     save_stable_audio,
 )
 from mmdisco.base_models import load_base_model
+from mmdisco.base_models.loading import load_models
 from mmdisco.config import ConfigError, experiment_from_dict, load_experiment
 from mmdisco.data import ClipDataset, ClipSpec, cache_latents, load_latent_cache
 from mmdisco.data.clips import read_clip
-from mmdisco.experiment import check_clip_spec, load_models
+from mmdisco.experiment import check_clip_spec
 from mmdisco.media import write_mp4
 
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -73,8 +74,11 @@ def test_samplers_must_take_the_same_steps(tmp_path):
     index["scheduler"] = ["diffusers", "PNDMScheduler"]  # as SD 1.5 ships
     (animatediff / "model_index.json").write_text(json.dumps(index))
     cfg = experiment_from_dict(data)
-    with pytest.raises(ConfigError, match=r"the audio model's DDPMScheduler takes 50 steps and "
-                                          r"the video model's PNDMScheduler 51"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"the audio model's DDPMScheduler takes 50 steps and "
+        r"the video model's PNDMScheduler 51",
+    ):
         load_models(cfg)
     load_models(replace(cfg, sampling=replace(cfg.sampling, scheduler="DDPMScheduler")))
 
@@ -82,8 +86,11 @@ def test_samplers_must_take_the_same_steps(tmp_path):
 def test_clip_duration_must_match_the_audio_model(tmp_path):
     cfg = experiment_from_dict(tiny_config(tmp_path, data={"duration": 1.0, "fps": 4.0}))
     audio, video = load_models(cfg)
-    with pytest.raises(ConfigError, match=r"data\.duration is 1\.0 s but the audio model "
-                                          r"generates 0\.5 s"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"data\.duration is 1\.0 s but the audio model "
+        r"generates 0\.5 s",
+    ):
         check_clip_spec(cfg, audio, video)
 
 
@@ -127,8 +134,9 @@ def test_posterior_samples_are_seeded_per_clip_and_resume_identically(tmp_path):
         write_clip(tmp_path / f"c{i}.mp4", 0.3, 0.0)
     rows = [{"path": f"c{i}.mp4", "caption": "a dog", "start": 0.25} for i in range(3)]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    audio = load_base_model("audioldm", str(save_audioldm(tmp_path / "a")), n_fft=16,
-                            audio_length_in_s=0.5)  # fmt: skip
+    audio = load_base_model(
+        "audioldm", str(save_audioldm(tmp_path / "a")), n_fft=16, audio_length_in_s=0.5
+    )
     video = load_base_model("animatediff", str(save_animatediff(tmp_path / "v")), **VIDEO)
     spec = ClipSpec(duration=0.5, fps=8.0, size=16, sample_rate=16000)
     caches = {}

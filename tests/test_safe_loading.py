@@ -13,8 +13,8 @@ from diffusers import AudioLDMPipeline
 
 from _tiny import save_audioldm
 from mmdisco.base_models import check_options, load_base_model
+from mmdisco.base_models.loading import load_models
 from mmdisco.config import ConfigError, load_experiment
-from mmdisco.experiment import load_models
 
 PRESET = Path(__file__).parents[1] / "configs" / "audioldm_animatediff.yaml"
 

@@ -205,9 +205,14 @@ def _run(audio, video, disc=None, steps: int = STEPS, **options) -> tuple[Tensor
     for s, seed in ((audio, 10), (video, 11)):
         s.generator = _gen(seed)
     return joint_sample(
-        audio, video, disc, batch_size=3, num_inference_steps=steps,
-        options=GuidanceOptions(**options), progress=False,
-    )  # fmt: skip
+        audio,
+        video,
+        disc,
+        batch_size=3,
+        num_inference_steps=steps,
+        options=GuidanceOptions(**options),
+        progress=False,
+    )
 
 
 def test_window_excludes_steps() -> None:

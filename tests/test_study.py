@@ -12,20 +12,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from mmdisco.cli import app
 from mmdisco.media import write_mp4
 from mmdisco.study import (
+    ANSWER_COLUMNS,
     StudyError,
     StudyServer,
+    answer_rows,
+    answers_csv,
+    binomial_p_value,
     connect,
     create_study,
     export,
+    invitations,
     invite,
     listener_id,
     match_folders,
     next_trial,
     record_answer,
     render_markdown,
+    wilson_interval,
 )
 
 
@@ -116,6 +124,7 @@ def test_answers_are_stored_once_each_and_exported_with_wilson_intervals(study):
         vote(b_id, 1, "b")
         vote(b_id, 2, None)
         assert next_trial(conn, a_id) == {"total": 3, "questions": [], "done": True, "position": 3}
+        assert next_trial(conn, b_id)["done"]
 
         with pytest.raises(FileExistsError, match="already answered this pair"):
             vote(a_id, 0, "b")
@@ -148,6 +157,85 @@ def test_answers_are_stored_once_each_and_exported_with_wilson_intervals(study):
     table = render_markdown(result)
     assert "| alignment | 6 | 16.7% | 66.7% | 16.7% | 0.800 |" in table
 
+    # One row per answer; the winner is the system the chosen side played.
+    rows = answer_rows(study)
+    assert len(rows) == 12 and result["answers"] == 12
+    ann_alignment = [r for r in rows if r["listener"] == "ann" and r["question"] == "alignment"]
+    assert sorted(r["pair"] for r in ann_alignment) == ["seed-0", "seed-1", "seed-2"]
+    assert all((r["winner"], r["winner_name"]) == ("b", "guided") for r in ann_alignment)
+    for r in rows:
+        side = {"left": r["left_system"], "right": "ab"[r["left_system"] == "a"]}
+        assert r["winner"] == side.get(r["choice"])
+    lines = answers_csv(rows).splitlines()
+    assert lines[0] == ",".join(ANSWER_COLUMNS) and len(lines) == 13
+    assert lines[1].split(",")[:3] == [rows[0]["listener"], rows[0]["pair"], rows[0]["question"]]
+
+
+def test_export_counts_listeners_who_answered_among_those_invited(study):
+    first, _, _ = invite(study, 3)
+    with connect(study) as conn:
+        record_answer(
+            conn, listener_id(conn, first.token), 0, {"alignment": "left", "quality": "none"}
+        )
+    result = export(study)
+    assert (result["listeners"], result["invited"], result["pairs"]) == (1, 3, 3)
+    assert "1 of 3 invited listeners answered; 3 pairs." in render_markdown(result)
+    assert result["require_play"] is True
+
+
+@pytest.mark.parametrize(("wins", "trials"), [(0, 1), (1, 1), (4, 5), (3, 10), (7, 14), (45, 60)])
+def test_interval_and_p_value_match_scipy(wins, trials):
+    from scipy.stats import binomtest
+
+    test = binomtest(wins, trials, 0.5)
+    ci = test.proportion_ci(0.95, method="wilson")
+    assert wilson_interval(wins, trials) == pytest.approx((ci.low, ci.high), abs=1e-12)
+    assert binomial_p_value(wins, trials) == pytest.approx(test.pvalue, rel=1e-12)
+
+
+def test_create_and_invite_print_each_listeners_link(tmp_path):
+    names = ["seed-0", "seed-1"]
+    a, b = clips(tmp_path / "a", names, 0), clips(tmp_path / "b", names, 1)
+    db = tmp_path / "study.sqlite"
+    runner = CliRunner()
+    args = ["study", "create", "--db", str(db), "--a", str(a), "--b", str(b), "--listeners", "2"]
+    created = runner.invoke(app, args)
+    assert created.exit_code == 0, created.output
+    more = runner.invoke(
+        app, ["study", "invite", "--db", str(db), "--name", "cy", "--base-url", "https://x.org/"]
+    )
+    assert more.exit_code == 0, more.output
+    links = [f"{i.name}: http://127.0.0.1:8000/?token={i.token}" for i in invitations(db)[:2]]
+    assert created.stdout.splitlines() == links
+    (cy,) = invitations(db)[2:]
+    assert more.stdout.splitlines() == [f"cy: https://x.org/?token={cy.token}"]
+    assert "token " not in created.output and "it/s" not in created.output
+    with connect(db) as conn:
+        assert next_trial(conn, listener_id(conn, cy.token))["require_play"] is True
+
+    loose = tmp_path / "loose.sqlite"
+    args = ["study", "create", "--db", str(loose), "--a", str(a), "--b", str(b)]
+    assert runner.invoke(app, [*args, "--no-require-play"]).exit_code == 0
+    (dan,) = invite(loose, 1)
+    with connect(loose) as conn:
+        assert next_trial(conn, listener_id(conn, dan.token))["require_play"] is False
+
+
+def test_export_writes_the_answers_as_csv(study, tmp_path):
+    (ann,) = invite(study, 1)
+    with connect(study) as conn:
+        listener = listener_id(conn, ann.token)
+        for position in range(2):
+            record_answer(conn, listener, position, {"alignment": "right", "quality": "left"})
+    out, table = tmp_path / "out" / "answers.csv", tmp_path / "out" / "results.json"
+    args = ["study", "export", "--db", str(study), "--csv", str(out), "--out", str(table)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = out.read_text().splitlines()
+    assert lines[0] == ",".join(ANSWER_COLUMNS) and len(lines) == 1 + 4
+    assert json.loads(table.read_text())["answers"] == 4
+    assert "1 of 1 invited listener answered" in result.stdout
+
 
 def get(url: str) -> tuple[int, bytes, dict]:
     try:
@@ -174,8 +262,12 @@ def test_server_serves_blind_clips_with_ranges_and_one_vote_per_pair(study):
     thread.start()
     base = f"http://127.0.0.1:{server.server_port}"
     try:
-        status, body, _ = get(f"{base}/")
+        status, body, headers = get(f"{base}/")
         assert status == 403 and b"by invitation" in body
+        assert headers["Content-Type"].startswith("text/html") and b"/study.css" in body
+        status, style, headers = get(f"{base}/study.css")
+        assert status == 200 and headers["Content-Type"] == "text/css" and b".notice" in style
+        assert get(f"{base}/favicon.ico")[0] == 204
         status, body, _ = get(f"{base}/?token={ann.token}")
         assert status == 200 and b"Which clip is better?" in body
         status, body, _ = get(f"{base}/api/next?token={ann.token}")
@@ -197,17 +289,25 @@ def test_server_serves_blind_clips_with_ranges_and_one_vote_per_pair(study):
         with urllib.request.urlopen(req) as r:
             assert r.status == 206 and r.read() == data[10:20]
             assert r.headers["Content-Range"] == f"bytes 10-19/{len(data)}"
-        assert get(f"{base}{trial['left']}?token=wrong")[0] == 403
+        status, body, headers = get(f"{base}{trial['left']}?token=wrong")
+        assert status == 403 and headers["Content-Type"].startswith("text/html")
+        assert b"by invitation" in body
+        assert get(f"{base}/api/next?token=wrong")[:2] == (
+            403,
+            json.dumps(
+                {"error": "this study is by invitation: open the link you were given"}
+            ).encode(),
+        )
         assert get(f"{base}/clip/unknown?token={ann.token}")[0] == 404
 
         answer = {"token": ann.token, "position": 0}
         answer["answers"] = {"alignment": "left", "quality": "right"}
         status, state = post(f"{base}/api/answer", answer)
         assert status == 200 and state["position"] == 1
-        assert post(f"{base}/api/answer", answer) == (
-            409,
-            {"error": "you have already answered this pair"},
-        )
+        # A stale tab answering again: refused, with the next unanswered pair to show.
+        status, state = post(f"{base}/api/answer", answer)
+        assert status == 409 and state["error"].startswith("You have already answered this pair")
+        assert state["next"]["position"] == 1 and state["next"]["require_play"] is True
         assert post(f"{base}/api/answer", {**answer, "token": "x"})[0] == 403
         assert post(f"{base}/api/answer", {**answer, "position": 1, "answers": {}})[0] == 400
     finally:

@@ -23,12 +23,24 @@ def test_quick_run_writes_every_row_with_its_costs(report):
     out, rep = report
     names = {r["name"] for r in rep["rows"]}
     expected = {
-        "independent base models", "MMDisCo", "MMDisCo + re-ranking (N=2)", "best-of-N (N=2)",
-        "cascade T2V -> V2A", "joint model from scratch", "joint model + MMDisCo",
-        *(f"{t}: {m}" for t in TASKS[1:] for m in (
-            "unguided base model (chance)", "cascade model", "MMDisCo, given clean",
-            "MMDisCo, given re-noised")),
-    }  # fmt: skip
+        "independent base models",
+        "MMDisCo",
+        "MMDisCo + re-ranking (N=2)",
+        "best-of-N (N=2)",
+        "cascade T2V -> V2A",
+        "joint model from scratch",
+        "joint model + MMDisCo",
+        *(
+            f"{t}: {m}"
+            for t in TASKS[1:]
+            for m in (
+                "unguided base model (chance)",
+                "cascade model",
+                "MMDisCo, given clean",
+                "MMDisCo, given re-noised",
+            )
+        ),
+    }
     assert expected <= names
     for row in rep["rows"]:
         assert all(0.0 <= row[m] <= 1.0 for m in METRICS), row
@@ -37,8 +49,10 @@ def test_quick_run_writes_every_row_with_its_costs(report):
     rows = {r["name"]: r for r in rep["rows"]}
     # Trainable parameters: the joint model + its discriminator is the sum of both.
     disc = rows["MMDisCo"]["parameters"]
-    assert rows["joint model + MMDisCo"]["parameters"] == rows["joint model from scratch"][
-        "parameters"] + disc  # fmt: skip
+    assert (
+        rows["joint model + MMDisCo"]["parameters"]
+        == rows["joint model from scratch"]["parameters"] + disc
+    )
     assert rows["independent base models"]["parameters"] == 0 < disc
     md = (out / "report.md").read_text()
     assert md.count("\n| ") == len(rows) + len(TASKS)  # one header per table
@@ -58,8 +72,10 @@ def test_resampling_with_one_candidate_is_the_plain_row(report):
     best-of-N is the independent row and N = 1 of re-ranking is the MMDisCo row."""
     _, rep = report
     rows = {r["name"]: r for r in rep["rows"]}
-    for curve, row in (("best-of-N (argmax)", "independent base models"),
-                       ("MMDisCo + re-ranking (sir)", "MMDisCo")):  # fmt: skip
+    for curve, row in (
+        ("best-of-N (argmax)", "independent base models"),
+        ("MMDisCo + re-ranking (sir)", "MMDisCo"),
+    ):
         for metric in METRICS:
             assert rep["curves"][curve]["1"][metric] == rows[row][metric], (curve, metric)
 

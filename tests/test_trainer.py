@@ -17,15 +17,14 @@ from torch import Tensor, nn
 
 from mmdisco.base_models.base import BaseModel
 from mmdisco.errors import BusyError, NonFiniteError
-from mmdisco.training.data import BatchOrder, PairData
-from mmdisco.training.fakes import derive_seed
-from mmdisco.training.trainer import (
-    TrainConfig,
+from mmdisco.seeding import derive_seed
+from mmdisco.training.checkpoints import (
     flatten_optimizer_state,
     latest_checkpoint,
-    train_discriminator,
     unflatten_optimizer_state,
 )
+from mmdisco.training.data import BatchOrder, PairData
+from mmdisco.training.trainer import TrainConfig, train_discriminator
 
 
 class GaussianModel(BaseModel):
@@ -88,9 +87,13 @@ def run(out: Path | None, config: TrainConfig, stop_after=None, seed=0, data=Non
 
 def test_resume_is_exact(tmp_path):
     cfg = TrainConfig(
-        steps=12, batch_size=16, checkpoint_every=4, log_every=2, dlsm_weight=0.5,
+        steps=12,
+        batch_size=16,
+        checkpoint_every=4,
+        log_every=2,
+        dlsm_weight=0.5,
         noise_range=(0.3, 0.9),  # a tuple that comes back from state.json as a list
-    )  # fmt: skip
+    )
     straight = run(tmp_path / "a", cfg)
     run(tmp_path / "b", cfg, stop_after=6)  # "killed" after 6 steps (checkpoint at 6)
     assert latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step-00000006"
@@ -148,8 +151,16 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     # With a good checkpoint to go back to: it is kept, and the message says how to resume.
     bad_cfg = TrainConfig(steps=8, batch_size=8, checkpoint_every=2, keep_checkpoints=1, lr=1e30)
     with pytest.raises(NonFiniteError, match=r"step \d: .*step-00000004, is kept; run the same"):
-        train_discriminator(TinyDisc(), *models(), real, toy_data()[1], bad_cfg, tmp_path,
-                            progress=False, resume=False)  # fmt: skip
+        train_discriminator(
+            TinyDisc(),
+            *models(),
+            real,
+            toy_data()[1],
+            bad_cfg,
+            tmp_path,
+            progress=False,
+            resume=False,
+        )
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
     assert "step-00000004" in ckpts
     assert (tmp_path / "checkpoints" / "step-00000004" / "model.safetensors").read_bytes() == good
@@ -241,7 +252,7 @@ WORKER = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_trainer import TinyDisc, models, toy_data
     from mmdisco.training.data import BatchOrder
-    from mmdisco.training.fakes import derive_seed
+    from mmdisco.seeding import derive_seed
     from mmdisco.training.trainer import TrainConfig, train_discriminator
 
     acc = Accelerator(cpu=True)

@@ -175,9 +175,22 @@ def _train(tmp_path, name: str, seed: int):
     out = tmp_path / name
     result = CliRunner().invoke(
         app,
-        ["train-base", "--modality", "video", "--out", str(out), "--steps", "3",
-         "--seed", str(seed), "--batch-size", "4", "--clips-per-chunk", "16"],
-    )  # fmt: skip
+        [
+            "train-base",
+            "--modality",
+            "video",
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--seed",
+            str(seed),
+            "--batch-size",
+            "4",
+            "--clips-per-chunk",
+            "16",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -194,8 +207,11 @@ def test_train_base_cli_is_reproducible_and_loadable(tmp_path):
     assert any(not torch.equal(w_first[k], w_other[k]) for k in w_first)
     model = WorldVideoModel.from_pretrained(first)
     untrained = WorldVideoModel.from_config(model.config, seed=0)
-    changed = [k for k, p in model.net.state_dict().items()
-               if not torch.equal(p, untrained.net.state_dict()[k])]  # fmt: skip
+    changed = [
+        k
+        for k, p in model.net.state_dict().items()
+        if not torch.equal(p, untrained.net.state_dict()[k])
+    ]
     assert changed, "three Adam steps must move the weights"
     assert model.config["training"]["steps"] == 3
 
@@ -207,9 +223,12 @@ def test_training_callback_can_stop_early_and_matches_a_shorter_run(tmp_path):
     cfg = TrainConfig(steps=4, batch_size=4, clips_per_chunk=16, warmup=2, decay=False)
     seen = []
     stopped = train_world_model(
-        "video", cfg, progress=False, callback=lambda s, m: seen.append(s) or s >= 2,
+        "video",
+        cfg,
+        progress=False,
+        callback=lambda s, m: seen.append(s) or s >= 2,
         callback_every=1,
-    )  # fmt: skip
+    )
     short = train_world_model("video", replace(cfg, steps=2), progress=False)
     assert seen == [1, 2] and stopped.config["training"]["steps"] == 2
     for k, p in stopped.net.state_dict().items():

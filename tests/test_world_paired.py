@@ -76,11 +76,17 @@ def test_joint_sample_runs_a_joint_model_once_per_step_like_its_own_loop():
     joint.net.forward = lambda *args: calls.append(1) or forward(*args)
 
     def stream(view, seed):
-        return Stream(view, view.make_scheduler(DDPMScheduler),
-                      generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        return Stream(
+            view, view.make_scheduler(DDPMScheduler), generator=torch.Generator().manual_seed(seed)
+        )
 
-    a, v = joint_sample(stream(joint.audio, 0), stream(joint.video, 1), batch_size=2,
-                        num_inference_steps=3, progress=False)  # fmt: skip
+    a, v = joint_sample(
+        stream(joint.audio, 0),
+        stream(joint.video, 1),
+        batch_size=2,
+        num_inference_steps=3,
+        progress=False,
+    )
     assert len(calls) == 3  # one network call per step serves both modalities
     # Reference: the diffusers DDPM loop on the pair, by hand.
     ref_a, ref_v = (joint.audio.make_scheduler(DDPMScheduler) for _ in range(2))
@@ -119,9 +125,21 @@ def test_every_kind_trains_reproducibly_and_records_its_cpu_seconds(tmp_path):
 def test_train_base_cli_trains_a_cascade_model(tmp_path):
     out = tmp_path / "v2a"
     result = CliRunner().invoke(
-        app, ["train-base", "--modality", "video-to-audio", "--out", str(out), "--steps", "2",
-              "--batch-size", "4", "--clips-per-chunk", "8"],
-    )  # fmt: skip
+        app,
+        [
+            "train-base",
+            "--modality",
+            "video-to-audio",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--clips-per-chunk",
+            "8",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "CPU-s" in result.output
     assert WorldConditionalModel.from_pretrained(out).modality == "audio"

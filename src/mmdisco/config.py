@@ -19,38 +19,28 @@ from typing import Any
 
 import yaml
 
+from mmdisco.base_models.loading import BaseModelConfig
 from mmdisco.errors import (
+    ConfigError,
     InputError,
     MissingInputError,
-    check_bool,
     check_choice,
     check_float,
-    check_fraction_range,
     check_int,
     check_memory,
 )
+from mmdisco.sampling import SamplingConfig
 
-
-class ConfigError(InputError):
-    """A bad experiment config; the message names the file and the field."""
-
-
-@dataclass
-class BaseModelConfig:
-    """One frozen base model: a registered adapter and where its weights are."""
-
-    adapter: str  # a key of mmdisco.base_models.ADAPTERS
-    path: str  # a local folder or a Hugging Face repo id (loaded as diffusers does)
-    cfg_scale: float = 1.0  # classifier-free guidance of the base model itself
-    torch_dtype: str | None = None  # "float16", "bfloat16" or None (float32)
-    options: dict[str, Any] = field(default_factory=dict)  # adapter keyword arguments
-    # Weights are read from .safetensors only. True also accepts legacy .bin checkpoints
-    # (torch.load with weights_only=True: tensors, never code); use it only for checkpoints
-    # that ship no safetensors.
-    allow_bin_weights: bool = False
-
-    def __post_init__(self) -> None:
-        self.cfg_scale = check_float("cfg_scale", self.cfg_scale)
+__all__ = [
+    "BaseModelConfig",
+    "ConfigError",
+    "DataConfig",
+    "ExperimentConfig",
+    "FakesConfig",
+    "SamplingConfig",
+    "experiment_from_dict",
+    "load_experiment",
+]
 
 
 @dataclass
@@ -76,15 +66,17 @@ class DataConfig:
     def __post_init__(self) -> None:
         self.duration = check_float("duration", self.duration, 0.0, open_min=True)
         self.fps = check_float("fps", self.fps, 0.0, open_min=True)
-        self.caption_dropout = check_float("caption_dropout", self.caption_dropout, 0.0, 1.0,
-                                           open_max=True)  # fmt: skip
+        self.caption_dropout = check_float(
+            "caption_dropout", self.caption_dropout, 0.0, 1.0, open_max=True
+        )
         for name in ("size", "sample_rate", "shard_size", "batch_size"):
             check_int(name, getattr(self, name), 1)
         check_int("seed", self.seed, 0)
         if isinstance(self.audio_peak, str):
             if self.audio_peak != "model":
-                raise InputError(f"must be 'model', a number or null, got {self.audio_peak!r}",
-                                 "audio_peak")  # fmt: skip
+                raise InputError(
+                    f"must be 'model', a number or null, got {self.audio_peak!r}", "audio_peak"
+                )
         elif self.audio_peak is not None:
             self.audio_peak = check_float("audio_peak", self.audio_peak, 0.0, 1.0, open_min=True)
         check_choice("posterior", self.posterior, ("sample", "mode"))
@@ -101,32 +93,6 @@ class FakesConfig:
 
     def __post_init__(self) -> None:
         check_int("num_samples", self.num_samples, 1)
-        check_int("batch_size", self.batch_size, 1)
-        check_int("seed", self.seed, 0)
-
-
-@dataclass
-class SamplingConfig:
-    """Joint sampling. Joint guidance scales are the weights lambda of the discriminator term."""
-
-    scheduler: str = "DPMSolverMultistepScheduler"
-    solver_order: int = 2
-    algorithm_type: str = "dpmsolver++"
-    num_inference_steps: int = 50
-    guidance_scale_audio: float = 1.0
-    guidance_scale_video: float = 1.0
-    window: tuple[float, float] = (0.0, 1.0)
-    cfg_on_discriminator: bool = False
-    batch_size: int = 4
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_int("solver_order", self.solver_order, 1, 3)
-        check_int("num_inference_steps", self.num_inference_steps, 1)
-        for name in ("guidance_scale_audio", "guidance_scale_video"):
-            setattr(self, name, check_float(name, getattr(self, name)))
-        self.window = check_fraction_range("window", self.window, allow_empty=True)
-        check_bool("cfg_on_discriminator", self.cfg_on_discriminator)
         check_int("batch_size", self.batch_size, 1)
         check_int("seed", self.seed, 0)
 
@@ -182,6 +148,32 @@ class ExperimentConfig:
         check_memory(16 * Discriminator.num_parameters_for(config), "discriminator")
         return config
 
+    def discriminator_config_for(self, audio: Any, video: Any) -> Any:
+        """:meth:`discriminator_config` checked against the base models' latents; caption
+        dropout from ``data.caption_dropout`` unless the section sets ``text_drop_prob``."""
+        dcfg = self.discriminator_config()
+        takes_text = dcfg.text_dim_audio or dcfg.text_dim_video
+        if "text_drop_prob" not in self.discriminator and takes_text:
+            dcfg = dcfg.replace(text_drop_prob=self.data.caption_dropout)
+        a_shape, v_shape = audio.latent_shape(), video.latent_shape()
+        checks = (
+            ("audio_channels", dcfg.audio_channels, a_shape[0], "audio latents", a_shape),
+            (
+                "audio_kind",
+                dcfg.audio_kind,
+                "1d" if len(a_shape) == 2 else "2d",
+                "audio latents",
+                a_shape,
+            ),
+            ("video_channels", dcfg.video_channels, v_shape[0], "video latents", v_shape),
+        )
+        for name, got, want, what, shape in checks:
+            if got != want:
+                raise ConfigError(
+                    f"discriminator.{name} is {got!r} but {what} {shape} need {want!r}"
+                )
+        return dcfg
+
     def train_config(self) -> Any:
         from mmdisco.training.trainer import TrainConfig
 
@@ -203,13 +195,6 @@ class ExperimentConfig:
             peak = getattr(source, "peak_level", None)
             remove_dc = bool(getattr(source, "remove_dc", False))
         return ClipSpec(d.duration, d.fps, d.size, d.sample_rate, peak, remove_dc, d.posterior)
-
-    def load_base_models(self, device: str = "cpu") -> tuple[Any, Any]:
-        """Both adapters (:func:`mmdisco.experiment.load_models`: loaded, moved to ``device``
-        and checked against this config)."""
-        from mmdisco.experiment import load_models
-
-        return load_models(self, device)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -31,22 +31,41 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmdisco.discriminator.composite import (
-    PooledDiscriminator,
-    SummedDiscriminators,
-)
+from mmdisco.discriminator.composite import SummedDiscriminators
 from mmdisco.errors import InputError, check_float, check_fraction_range, check_int
 from mmdisco.io import write_json_atomic
+from mmdisco.sampling import SamplingConfig, sample_batches
 from mmdisco.training.data import PairData, encode_pairs, fake_pairs
-from mmdisco.training.fakes import SampleSettings, generate_fakes, sample_pairs
+from mmdisco.training.fakes import generate_fakes
 from mmdisco.training.trainer import TrainConfig, train_discriminator
+from mmdisco.world.recipes import (
+    EVAL_SEED_OFFSET,
+    GUIDANCE_SCALES,
+    GUIDANCE_WINDOW,
+    HELD_OUT_SEED_OFFSET,
+    REAL_SEED_OFFSET,
+    CodebookRecipe,
+    build_discriminator,
+    codebook_train_config,
+    quick_codebook_train_config,
+    train_codebook,
+    training_summary,
+    world_real_pairs,
+)
 
 HEADS = ("mlp", "time_aligned", "separable")
 COMBINED = "combined"  # the mlp and time_aligned discriminators' logits summed
 METRICS = ("semantic", "temporal", "validity_audio", "validity_video")
-REAL_SEED_OFFSET = 50_000  # world clips for the demo stay clear of the base models' data
-HELD_OUT_SEED_OFFSET = 60_000
-EVAL_SEED_OFFSET = 70_000
+__all__ = [  # the world's recipes, re-exported where callers have always found them
+    "EVAL_SEED_OFFSET",
+    "HELD_OUT_SEED_OFFSET",
+    "REAL_SEED_OFFSET",
+    "DemoSettings",
+    "build_discriminator",
+    "run_demo",
+    "train_codebook",
+    "world_real_pairs",
+]
 
 
 @dataclass
@@ -71,16 +90,16 @@ class DemoSettings:
     # the video. Far above the theoretical 1: the discriminator is under-confident at high
     # noise. (Time-aligned head, 96 pairs: audio 300 / video 0 gave temporal 0.92, audio 30
     # / video 30 gave 0.62.)
-    # The scales of the theory (METHOD.md): with a discriminator that is the density ratio,
-    # scale 1 on both modalities samples the joint. (The network heads below needed audio
-    # 300 / video 0; docs/training_the_discriminator.md.)
-    guidance_scale_audio: float = 1.0
-    guidance_scale_video: float = 1.0
+    # The scales of the theory (docs/method.md): with a discriminator that is the density
+    # ratio, scale 1 on both modalities samples the joint. (The network heads below needed
+    # audio 300 / video 0; docs/training_the_discriminator.md.)
+    guidance_scale_audio: float = GUIDANCE_SCALES[0]
+    guidance_scale_video: float = GUIDANCE_SCALES[1]
     # Guide only while t / T lies in this range (Discriminator Guidance's window), the range
     # the discriminator is trained on (train.noise_range): class and event times are decided
     # at high noise, and the last steps, which set the detail the detectors check, run
     # unguided.
-    guidance_window: tuple[float, float] = (0.0, 1.0)
+    guidance_window: tuple[float, float] = GUIDANCE_WINDOW
     # The demo's discriminator: one CodebookDiscriminator (mmdisco.discriminator.codebook),
     # anchors by k-means of real and fake clips, coupling counted from the real pairs, then
     # trained with L_D + L_DLSM (codebook_train), L_DLSM read from a bank of
@@ -88,22 +107,7 @@ class DemoSettings:
     codebook_codes: int = 320
     codebook_video_pool: int = 1
     bank_noisings: int = 2
-    codebook_train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            steps=200,
-            batch_size=128,
-            lr=2e-3,
-            lr_schedule="cosine",
-            # L_DLSM is a mean over elements, L_D over samples: weight ~ elements per audio
-            # sample (2048) balances them, as the paper's per-sample squared norm does.
-            dlsm_weight=2048.0,
-            dlsm_batch_size=16,
-            fake_pairing="shuffle",
-            noise_range=(0.6, 1.0),
-            checkpoint_every=100,
-            log_every=20,
-        )
-    )
+    codebook_train: TrainConfig = field(default_factory=codebook_train_config)
     exact_row: bool = True  # also sample with the world's exact ratio: the method's ceiling
     calibration: bool = True  # calibrate every discriminator against the exact ratio
     # Network discriminators (mmdisco.discriminator.Discriminator) with these fusion heads,
@@ -156,9 +160,11 @@ class DemoSettings:
     models_dir: str | None = None  # world base models; None: the shipped ones
 
     def __post_init__(self) -> None:
-        counts = ("n_real", "n_real_eval", "n_fakes", "n_fakes_eval", "fake_steps", "n_eval",
-                  "sample_steps", "upscale", "codebook_codes", "codebook_video_pool",
-                  "bank_noisings")  # fmt: skip
+        counts = (
+            *("n_real", "n_real_eval", "n_fakes", "n_fakes_eval", "fake_steps", "n_eval"),
+            *("sample_steps", "upscale", "codebook_codes", "codebook_video_pool"),
+            "bank_noisings",
+        )
         for name in counts:
             check_int(name, getattr(self, name), 1)
         check_int("n_videos", self.n_videos, 0)
@@ -194,28 +200,29 @@ class DemoSettings:
             head_train={"mlp": {"noise_range": (0.0, 1.0)}},
             codebook_codes=8,
             bank_noisings=1,
-            codebook_train=TrainConfig(
-                steps=4,
-                batch_size=8,
-                dlsm_weight=2048.0,
-                dlsm_batch_size=4,
-                fake_pairing="shuffle",
-                noise_range=(0.6, 1.0),
-                checkpoint_every=2,
-                log_every=2,
-            ),
+            codebook_train=quick_codebook_train_config(),
             n_videos=1,
             upscale=2,
         )
 
-    def sample_settings(self) -> SampleSettings:
+    def sample_settings(self) -> SamplingConfig:
         """How the comparison samples: sampler, steps, guidance scales and window."""
-        return SampleSettings(
+        return SamplingConfig(
             self.sample_steps,
             self.sample_scheduler,
             self.guidance_scale_audio,
             self.guidance_scale_video,
             window=tuple(self.guidance_window),
+        )
+
+    def codebook_recipe(self) -> CodebookRecipe:
+        """How the demo's codebook discriminator is built and trained."""
+        return CodebookRecipe(
+            codes=self.codebook_codes,
+            video_pool=self.codebook_video_pool,
+            bank_noisings=self.bank_noisings,
+            train=self.codebook_train,
+            seed=self.seed,
         )
 
     def train_config(self, head: str) -> TrainConfig:
@@ -227,109 +234,6 @@ class DemoSettings:
         d["train"] = self.train.to_dict()
         d["codebook_train"] = self.codebook_train.to_dict()
         return d
-
-
-def build_discriminator(
-    head: str,
-    audio_shape: tuple[int, ...],
-    video_shape: tuple[int, ...],
-    seed: int = 0,
-    video_pool: int = 1,
-    audio_pool: int = 1,
-    **kw: Any,
-) -> nn.Module:
-    """A small :class:`mmdisco.discriminator.Discriminator` for latents of the given shapes,
-    with fusion head ``head``; ``kw`` overrides :meth:`DiscriminatorConfig.for_shapes`."""
-    from mmdisco.discriminator import Discriminator, DiscriminatorConfig
-
-    check_int("video_pool", video_pool, 1)
-    check_int("audio_pool", audio_pool, 1)
-    c, f, h, w = video_shape
-    pooled_video = (c, f, h // video_pool, w // video_pool)
-    pooled_audio = (*audio_shape[:-1], audio_shape[-1] // audio_pool)
-    config = DiscriminatorConfig.for_shapes(pooled_audio, pooled_video, fusion=head, **kw)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        disc = Discriminator(config)
-    if video_pool == audio_pool == 1:
-        return disc
-    return PooledDiscriminator(disc, video_pool, audio_pool)
-
-
-def train_codebook(
-    out: Path,
-    audio_model: Any,
-    video_model: Any,
-    real: PairData,
-    fake: PairData,
-    settings: DemoSettings,
-    progress: bool = True,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The demo's discriminator: anchors, coupling, then L_D + L_DLSM from a noise bank.
-    Saved to ``out/disc_codebook/discriminator``; returns it and a training summary."""
-    from mmdisco.discriminator.codebook import CodebookConfig, CodebookDiscriminator
-    from mmdisco.training.bank import build_noise_bank, load_noise_bank
-
-    start = time.perf_counter()
-    train = settings.codebook_train
-    config = CodebookConfig(
-        audio_model.latent_shape(),
-        video_model.latent_shape(),
-        settings.codebook_codes,
-        settings.codebook_codes,
-        video_pool=settings.codebook_video_pool,
-    )
-    both_audio, both_video = (
-        torch.cat([real.audio, fake.audio]),
-        torch.cat([real.video, fake.video]),
-    )
-    disc = CodebookDiscriminator.from_samples(config, both_audio, both_video, seed=settings.seed)
-    disc.couple(real.audio, real.video)
-    init = time.perf_counter()
-    bank = None
-    if train.use_dlsm:
-        build_noise_bank(
-            audio_model,
-            video_model,
-            real,
-            out / "dlsm_bank",
-            noisings=settings.bank_noisings,
-            noise_range=tuple(train.noise_range),
-            seed=settings.seed,
-            progress=progress,
-        )
-        bank = load_noise_bank(out / "dlsm_bank")
-    banked = time.perf_counter()
-    run_dir = out / "disc_codebook"
-    result = train_discriminator(
-        disc, audio_model, video_model, real, fake, train, run_dir, progress=progress, bank=bank
-    )
-    disc.eval()
-    disc.save_pretrained(run_dir / "discriminator")
-    summary = _training_summary(disc, result)
-    summary["init_seconds"] = round(init - start, 2)
-    summary["bank_seconds"] = round(banked - init, 2)
-    return disc, summary
-
-
-def _training_summary(disc: nn.Module, result: Any) -> dict[str, Any]:
-    last = result.history[-1] if result.history else {}
-    return {
-        "seconds": round(result.seconds, 2),
-        "resumed_from_step": result.start_step,
-        "parameters": sum(p.numel() for p in disc.parameters()),
-        "final_accuracy": round(last.get("accuracy", float("nan")), 4),
-        "final_loss_d": round(last.get("loss_d", float("nan")), 4),
-        "final_loss_dlsm": round(last.get("loss_dlsm", float("nan")), 4),
-    }
-
-
-def world_real_pairs(audio_model: Any, video_model: Any, n: int, seed: int) -> PairData:
-    """``n`` real world clips encoded into the base models' spaces."""
-    from mmdisco.world import generate_clips
-
-    clips = generate_clips(n, seed=seed)
-    return encode_pairs(audio_model, video_model, clips.audio, clips.video)
 
 
 def write_videos(
@@ -361,31 +265,44 @@ def _scores(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bool = True) -> dict:
-    """Run the whole demo into ``out``; returns the report (also written as report.json)."""
-    from mmdisco.world import chance_levels, evaluate, generate_clips
-    from mmdisco.world.calibration import calibrate, plot_calibration
+class _Laps:
+    """Wall-clock seconds of each step of the demo, in order."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self.since = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self.since, 2)
+        self.since = time.perf_counter()
+
+
+@dataclass
+class _DemoData:
+    """The base models and the demo's data: real pairs to train on, held-out real pairs,
+    fakes to train on and fakes held out for calibration."""
+
+    audio_model: Any
+    video_model: Any
+    real: PairData
+    real_eval: PairData
+    fake: PairData
+    fake_eval: tuple[Tensor, Tensor]
+
+
+def _prepare_data(out: Path, settings: DemoSettings, laps: _Laps, *, progress: bool) -> _DemoData:
+    """Steps 1 and 2: real pairs (training and held out), then the fakes cache."""
+    from mmdisco.world import generate_clips
     from mmdisco.world.models import load_world_models
-    from mmdisco.world.ratio import ExactLogRatio
 
-    settings = settings or DemoSettings()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def lap(name: str, since: float) -> float:
-        timings[name] = round(time.perf_counter() - since, 2)
-        return time.perf_counter()
-
-    t = time.perf_counter()
     audio_model, video_model = load_world_models(directory=settings.models_dir)
     real = world_real_pairs(
         audio_model, video_model, settings.n_real, REAL_SEED_OFFSET + settings.seed
     )
     held_out = generate_clips(settings.n_real_eval, seed=HELD_OUT_SEED_OFFSET + settings.seed)
     real_eval = encode_pairs(audio_model, video_model, held_out.audio, held_out.video)
-    t = lap("real_data", t)
+    laps.lap("real_data")
     generate_fakes(
         audio_model,
         video_model,
@@ -398,68 +315,89 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
         progress=progress,
     )
     all_fakes = fake_pairs(out / "fakes")
-    fake = PairData(all_fakes.audio[: settings.n_fakes], all_fakes.video[: settings.n_fakes])
-    fake_eval = (all_fakes.audio[settings.n_fakes :], all_fakes.video[settings.n_fakes :])
-    t = lap("fakes", t)
+    n = settings.n_fakes
+    fake = PairData(all_fakes.audio[:n], all_fakes.video[:n])
+    fake_eval = (all_fakes.audio[n:], all_fakes.video[n:])
+    laps.lap("fakes")
+    return _DemoData(audio_model, video_model, real, real_eval, fake, fake_eval)
 
+
+def _train_discriminators(
+    out: Path, data: _DemoData, settings: DemoSettings, laps: _Laps, *, progress: bool
+) -> tuple[dict[str, nn.Module], dict[str, Any]]:
+    """Step 3: the codebook discriminator, then one network discriminator per head (and
+    their sum); returns them by name with their training summaries."""
+    models = (data.audio_model, data.video_model)
     discs: dict[str, nn.Module] = {}
     training: dict[str, Any] = {}
     discs["codebook"], training["codebook"] = train_codebook(
-        out, audio_model, video_model, real, fake, settings, progress
+        out, *models, data.real, data.fake, settings.codebook_recipe(), progress=progress
     )
-    t = lap("train_codebook", t)
+    laps.lap("train_codebook")
     for head in settings.heads:
         disc = build_discriminator(
             head,
-            audio_model.latent_shape(),
-            video_model.latent_shape(),
+            data.audio_model.latent_shape(),
+            data.video_model.latent_shape(),
             seed=settings.seed,
             **settings.disc_kwargs,
         )
         run_dir = out / f"disc_{head}"
+        config = settings.train_config(head)
         result = train_discriminator(
-            disc,
-            audio_model,
-            video_model,
-            real,
-            fake,
-            settings.train_config(head),
-            run_dir,
-            progress=progress,
+            disc, *models, data.real, data.fake, config, run_dir, progress=progress
         )
         disc.eval()
         disc.save_pretrained(run_dir / "discriminator")
         discs[head] = disc
-        training[head] = _training_summary(disc, result)
-        t = lap(f"train_{head}", t)
-
+        training[head] = training_summary(disc, result)
+        laps.lap(f"train_{head}")
     if settings.combine_heads and {"mlp", "time_aligned"} <= discs.keys():
         discs[COMBINED] = SummedDiscriminators(discs["mlp"], discs["time_aligned"])
         discs[COMBINED].save_pretrained(out / f"disc_{COMBINED}" / "discriminator")
-    exact = ExactLogRatio.from_world(audio_model, video_model)
-    calibration: dict[str, Any] = {}
-    if settings.calibration:
-        real_cal = (real_eval.audio, real_eval.video)
-        schedules = (audio_model.schedule, video_model.schedule)
-        for name, disc in [*discs.items(), ("exact", exact)]:
-            calibration[name] = calibrate(disc, exact, real_cal, fake_eval, *schedules)
-        plot_calibration(out / "calibration.png", calibration, "against the world's exact ratio")
-        t = lap("calibration", t)
-    rows: list[tuple[str, nn.Module | None]] = [("independent", None)]
-    if settings.exact_row:
-        rows.append(("exact_ratio", exact))
-    rows += [(f"mmdisco_{h}", d) for h, d in discs.items()]
+    return discs, training
+
+
+def _calibrate(
+    out: Path, discs: dict[str, nn.Module], exact: nn.Module, data: _DemoData, laps: _Laps
+) -> dict[str, Any]:
+    """Step 4: every discriminator (and the exact ratio) against the exact ratio."""
+    from mmdisco.world.calibration import calibrate, plot_calibration
+
+    real_cal = (data.real_eval.audio, data.real_eval.video)
+    schedules = (data.audio_model.schedule, data.video_model.schedule)
+    calibration = {
+        name: calibrate(disc, exact, real_cal, data.fake_eval, *schedules)
+        for name, disc in [*discs.items(), ("exact", exact)]
+    }
+    plot_calibration(out / "calibration.png", calibration, "against the world's exact ratio")
+    laps.lap("calibration")
+    return calibration
+
+
+def _sample_and_score(
+    rows: list[tuple[str, nn.Module | None]],
+    data: _DemoData,
+    settings: DemoSettings,
+    laps: _Laps,
+) -> tuple[dict[str, Any], dict[str, tuple[Tensor, Tensor]]]:
+    """Steps 5 and 6: the same seeds sampled for every row and scored by the world's
+    detectors, then the ceiling: held-out real clips through the base models' spaces and
+    back. Returns the scores and the decoded media by row."""
+    from mmdisco.world import evaluate
+
+    audio_model, video_model = data.audio_model, data.video_model
     sample = settings.sample_settings()
     eval_seed = EVAL_SEED_OFFSET + settings.seed
     media: dict[str, tuple[Tensor, Tensor]] = {}
     report: dict[str, Any] = {}
     for name, disc in rows:
-        a, v = sample_pairs(
+        a, v = sample_batches(
             audio_model,
             video_model,
             settings.n_eval,
-            eval_seed,
-            settings=sample,
+            sample,
+            seed=eval_seed,
             discriminator=disc,
             batch_size=128,
             progress=False,
@@ -467,30 +405,46 @@ def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bo
         audio, video = audio_model.decode(a), video_model.decode(v)
         media[name] = (audio, video)
         report[name] = _scores(evaluate(video, audio))
-        t = lap(f"sample_{name}", t)
-    # The ceiling: held-out real clips through the base models' spaces and back.
-    report["real"] = _scores(
-        evaluate(
-            video_model.decode(real_eval.video),
-            audio_model.decode(real_eval.audio),
-        )
-    )
-    t = lap("evaluate_real", t)
+        laps.lap(f"sample_{name}")
+    real_video = video_model.decode(data.real_eval.video)
+    report["real"] = _scores(evaluate(real_video, audio_model.decode(data.real_eval.audio)))
+    laps.lap("evaluate_real")
+    return report, media
 
+
+def run_demo(out: str | Path, settings: DemoSettings | None = None, progress: bool = True) -> dict:
+    """Run the whole demo into ``out``; returns the report (also written as report.json)."""
+    from mmdisco.world import chance_levels
+    from mmdisco.world.ratio import ExactLogRatio
+
+    settings = settings or DemoSettings()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    laps = _Laps()
+    data = _prepare_data(out, settings, laps, progress=progress)
+    discs, training = _train_discriminators(out, data, settings, laps, progress=progress)
+    exact = ExactLogRatio.from_world(data.audio_model, data.video_model)
+    calibration = _calibrate(out, discs, exact, data, laps) if settings.calibration else {}
+    rows: list[tuple[str, nn.Module | None]] = [("independent", None)]
+    if settings.exact_row:
+        rows.append(("exact_ratio", exact))
+    rows += [(f"mmdisco_{h}", d) for h, d in discs.items()]
+    report, media = _sample_and_score(rows, data, settings, laps)
     best = max(
         (k for k in report if k.startswith("mmdisco_")),
         key=lambda k: report[k]["semantic"] + report[k]["temporal"],
         default=None,
     )
     artifacts = _write_artifacts(out, media, best, settings)
-    lap("artifacts", t)
+    laps.lap("artifacts")
     report.update(
         {
             "best": best,
             "chance": chance_levels(),
             "training": training,
             "calibration": calibration,
-            "timings": timings,
+            "timings": laps.timings,
             "torch_threads": torch.get_num_threads(),
             "settings": settings.to_dict(),
             "artifacts": artifacts,

@@ -8,7 +8,7 @@ Every path we support is Gaussian: ``x_t = alpha(t) * x_0 + sigma(t) * eps``.
   ``t`` is the (float) timestep diffusers' flow-matching schedulers hand to the model.
 
 MMDisCo's correction lives in epsilon space, so every parameterisation is converted to and
-from epsilon with the closed forms below (METHOD.md, "going beyond the paper").
+from epsilon with the closed forms below (docs/method.md).
 """
 
 from __future__ import annotations
@@ -309,7 +309,7 @@ def epsilon_delta_to_prediction(
     """The change of a ``prediction_type`` output that shifts its implied epsilon by ``delta_eps``.
 
     Every conversion in :func:`from_epsilon` is affine in epsilon for fixed ``x_t``, so the
-    change is linear (METHOD.md): ``dv = de (a^2 + s^2) / a`` (``de / a`` for VP),
+    change is linear (docs/method.md): ``dv = de (a^2 + s^2) / a`` (``de / a`` for VP),
     ``dx0 = -s de / a`` and, on the flow path, ``du = de (a + s) / a = de / (1 - t)``.
     Adding it to the raw prediction avoids a round trip through ``x_0`` that divides by
     ``alpha``.

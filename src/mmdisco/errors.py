@@ -33,6 +33,10 @@ class InputError(MMDiscoError, ValueError):
         self.field, self.problem = field, message
 
 
+class ConfigError(InputError):
+    """A bad experiment config; the message names the file and the field."""
+
+
 class MissingInputError(MMDiscoError, FileNotFoundError):
     """A file or directory that should exist does not."""
 

@@ -1,7 +1,7 @@
 """MMDisCo's joint guidance: the discriminator's input-gradient as an epsilon correction.
 
 At the optimum the discriminator's logit ``h`` equals ``log r_t``, the log density ratio
-between the joint and the product of the base models' marginals, so (METHOD.md)::
+between the joint and the product of the base models' marginals, so (docs/method.md)::
 
     eps_hat_a = eps_a - scale_a * sigma_a * grad_a h(a_t, v_t)
     eps_hat_v = eps_v - scale_v * sigma_v * grad_v h(a_t, v_t)
@@ -32,12 +32,14 @@ class DiscriminatorOutput:
     grad_video: Tensor
 
 
-def _check_inputs(audio_t: Tensor, video_t: Tensor, t_audio: Tensor, t_video: Tensor) -> None:
+def _check_inputs(
+    audio_t: Tensor, video_t: Tensor, timestep_audio: Tensor, timestep_video: Tensor
+) -> None:
     batch = audio_t.shape[0]
     for name, x, ok in (
         ("video_t", video_t, (batch,)),
-        ("t_audio", t_audio, (batch, 1)),  # one timestep may serve the whole batch
-        ("t_video", t_video, (batch, 1)),
+        ("timestep_audio", timestep_audio, (batch, 1)),  # one timestep may serve the batch
+        ("timestep_video", timestep_video, (batch, 1)),
     ):
         if x.ndim > 0 and x.shape[0] not in ok:
             raise ValueError(
@@ -91,8 +93,8 @@ def guidance_correction(
     disc: DiscriminatorFn,
     audio_t: Tensor,
     video_t: Tensor,
-    t_audio: Tensor,
-    t_video: Tensor,
+    timestep_audio: Tensor,
+    timestep_video: Tensor,
     schedule_audio: NoiseSchedule,
     schedule_video: NoiseSchedule,
     scale_audio: float = 1.0,
@@ -101,23 +103,24 @@ def guidance_correction(
 ) -> tuple[Tensor, Tensor]:
     """Epsilon-space corrections ``(-scale_a sigma_a grad_a h, -scale_v sigma_v grad_v h)``.
 
-    ``t_audio`` / ``t_video`` are each base model's own timesteps (scalar or ``(B,)``); each
-    modality's schedule turns them into sigma and into the log-SNR the discriminator sees.
+    ``timestep_audio`` / ``timestep_video`` are each base model's own timesteps (scalar or
+    ``(B,)``); each modality's schedule turns them into sigma and into the log-SNR the
+    discriminator sees.
     """
     batch = audio_t.shape[0]
-    t_audio = torch.as_tensor(t_audio, device=audio_t.device)
-    t_video = torch.as_tensor(t_video, device=video_t.device)
-    _check_inputs(audio_t, video_t, t_audio, t_video)
-    t_audio = schedule_audio.check_timesteps(t_audio).expand(batch)
-    t_video = schedule_video.check_timesteps(t_video).expand(batch)
-    _, sigma_audio = schedule_audio.alpha_sigma(t_audio)
-    _, sigma_video = schedule_video.alpha_sigma(t_video)
+    timestep_audio = torch.as_tensor(timestep_audio, device=audio_t.device)
+    timestep_video = torch.as_tensor(timestep_video, device=video_t.device)
+    _check_inputs(audio_t, video_t, timestep_audio, timestep_video)
+    timestep_audio = schedule_audio.check_timesteps(timestep_audio).expand(batch)
+    timestep_video = schedule_video.check_timesteps(timestep_video).expand(batch)
+    _, sigma_audio = schedule_audio.alpha_sigma(timestep_audio)
+    _, sigma_video = schedule_video.alpha_sigma(timestep_video)
     out = discriminator_gradients(
         disc,
         audio_t,
         video_t,
-        schedule_audio.log_snr(t_audio).to(audio_t.device),
-        schedule_video.log_snr(t_video).to(video_t.device),
+        schedule_audio.log_snr(timestep_audio).to(audio_t.device),
+        schedule_video.log_snr(timestep_video).to(video_t.device),
         **cond,
     )
     delta_audio = (

@@ -172,44 +172,83 @@ def state_dict_mismatches(expected: Mapping[str, Tensor], found: Mapping[str, Te
     )
 
 
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
 def save_pretrained(
     directory: str | os.PathLike,
     config: dict[str, Any],
     module: nn.Module,
     dtype: torch.dtype | None = None,
-) -> None:
+    *,
+    metadata: dict[str, str] | None = None,
+) -> Path:
     """``config.json`` and ``model.safetensors`` of ``module`` in ``directory`` (atomically;
-    floating-point weights cast to ``dtype`` if given)."""
+    floating-point weights cast to ``dtype`` if given, e.g. ``torch.float16`` to save space).
+    The one writer of every model folder in the library."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(directory / "config.json", config)
+    write_json_atomic(directory / CONFIG_NAME, config)
     state = {
         k: v.detach().to(dtype if dtype is not None and v.is_floating_point() else v.dtype)
         for k, v in module.state_dict().items()
     }
-    save_tensors_atomic(directory / "model.safetensors", state)
+    save_tensors_atomic(directory / WEIGHTS_NAME, state, metadata=metadata)
+    return directory
 
 
 def load_pretrained(
     directory: str | os.PathLike, build: Callable[[dict[str, Any]], nn.Module], what: str
 ) -> nn.Module:
-    """The module ``build(config)`` with the weights :func:`save_pretrained` wrote; missing
-    files and weights that do not fit the config are errors naming the file."""
+    """The module ``build(config)`` with the weights :func:`save_pretrained` wrote (cast to
+    the module's dtypes); missing files and weights that do not fit the config are errors
+    naming the file. The one reader of every model folder in the library."""
     directory = Path(directory)
-    config_file, weights = directory / "config.json", directory / "model.safetensors"
+    config_file, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     for file in (config_file, weights):
         if not file.is_file():
             raise MissingInputError(f"{directory}: no {file.name} (expected {what})")
     try:
         module = build(read_json(config_file))
-    except (ValueError, TypeError) as err:
+    except InputError:
+        raise
+    except (KeyError, ValueError, TypeError) as err:
         raise InputError(f"invalid config for {what} ({err})", str(config_file)) from err
-    state, _ = load_tensors(weights)  # refuses NaN / inf
+    state, _ = load_tensors(weights)  # refuses NaN / inf: they would poison sampling
     problems = state_dict_mismatches(module.state_dict(), state)
     if problems:
         raise InputError(f"does not match {config_file}:\n  " + "\n  ".join(problems), str(weights))
     module.load_state_dict(state)
     return module
+
+
+class PretrainedMixin:
+    """``save_pretrained`` / ``from_pretrained`` for a module built from one config
+    dataclass (``to_dict`` / ``from_dict``): ``cls(config_class.from_dict(config.json))``."""
+
+    config_class: Any
+    pretrained_what: str = "a model"  # for error messages: "expected <what>"
+    pretrained_metadata: dict[str, str] | None = None
+
+    def save_pretrained(
+        self, directory: str | os.PathLike, dtype: torch.dtype | None = None
+    ) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically);
+        ``dtype`` stores the weights in that type (``from_pretrained`` casts them back)."""
+        module: Any = self
+        save_pretrained(
+            directory, module.config.to_dict(), module, dtype, metadata=self.pretrained_metadata
+        )
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu"):
+        """Load what :meth:`save_pretrained` wrote; errors name missing files and bad keys."""
+
+        def build(config: dict[str, Any]) -> nn.Module:
+            return cls(cls.config_class.from_dict(config))  # type: ignore[return-value]
+
+        return load_pretrained(directory, build, cls.pretrained_what).to(device)
 
 
 def remove_orphans(directory: str | os.PathLike) -> list[Path]:

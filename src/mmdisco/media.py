@@ -30,6 +30,8 @@ from mmdisco.io import atomic_path
 AAC_FRAME = 1024  # samples per AAC frame (used when the encoder does not say)
 MAX_SIDE = 8192  # x264 (level 6.2) encodes at most 8192 pixels a side
 PREROLL = 1.0  # seconds decoded before a window's start (audio decoders need a few frames)
+# Sample rates an AAC track can carry; other rates are resampled to 16 kHz for the mp4.
+AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 
 
 @dataclass
@@ -65,6 +67,18 @@ def to_mono_audio(audio: Tensor | np.ndarray) -> np.ndarray:
     if array.ndim != 1:
         raise ValueError(f"audio must have shape (L,), got {array.shape}")
     return np.clip(array.astype(np.float32), -1.0, 1.0)
+
+
+def mono(audio: Tensor) -> Tensor:
+    """``(B, L)`` from ``(B, L)`` or multi-channel ``(B, C, L)`` waveforms."""
+    return audio.float().mean(dim=1) if audio.ndim == 3 else audio.float()
+
+
+def for_aac(audio: Tensor, rate: int) -> tuple[Tensor, int]:
+    """A waveform at a rate an AAC track can carry (16 kHz when ``rate`` is not one)."""
+    if rate in AAC_RATES:
+        return audio, rate
+    return torch.from_numpy(resample_audio(audio.cpu().numpy(), rate, 16000)), 16000
 
 
 def _video_stream(container, size: tuple[int, int], fps: Fraction, crf: int):
@@ -378,9 +392,11 @@ def read_given_audio(path: str | os.PathLike, spec: MediaSpec) -> np.ndarray:
         try:
             info = soundfile.info(str(path))
             data, rate = soundfile.read(
-                str(path), frames=math.ceil(window * info.samplerate), dtype="float32",
+                str(path),
+                frames=math.ceil(window * info.samplerate),
+                dtype="float32",
                 always_2d=True,
-            )  # fmt: skip
+            )
         except (RuntimeError, soundfile.LibsndfileError) as err:
             raise InputError(f"cannot read audio file ({err})", str(path)) from err
         audio, seconds = data.mean(1), info.frames / info.samplerate

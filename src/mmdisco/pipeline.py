@@ -33,9 +33,11 @@ from diffusers.utils import BaseOutput
 from torch import Tensor
 
 from mmdisco.base_models.base import BaseModel
-from mmdisco.config import BaseModelConfig, ConfigError, SamplingConfig, _build
+from mmdisco.base_models.loading import BaseModelConfig, load_model
+from mmdisco.config import _build
+from mmdisco.errors import ConfigError
 from mmdisco.io import write_json_atomic
-from mmdisco.sampling import GuidanceOptions, Stream, joint_sample
+from mmdisco.sampling import GuidanceOptions, SamplingConfig, Stream, build_stream, joint_sample
 
 INDEX_NAME = "model_index.json"
 DISCRIMINATOR_DIR = "discriminator"
@@ -76,8 +78,7 @@ class MMDisCoPipelineOutput(BaseOutput):
         """One ``{prefix}-{i:03d}.mp4`` (or ``{names[i]}.mp4``) per pair in ``directory``:
         H.264 frames, AAC sound; ``upscale`` repeats pixels, for tiny frames such as the
         world's 16 x 16."""
-        from mmdisco.experiment import for_aac, mono
-        from mmdisco.media import write_mp4
+        from mmdisco.media import for_aac, mono, write_mp4
 
         if self.output_type == "latent":
             raise ValueError("latent outputs cannot be saved as mp4; call with output_type='np'")
@@ -159,11 +160,10 @@ class MMDisCoPipeline:
         (default: ``output_dir/discriminator``); ``save_pretrained`` then writes the folder."""
         from mmdisco.config import load_experiment
         from mmdisco.discriminator import load_discriminator
-        from mmdisco.experiment import DISCRIMINATOR_DIR as TRAINED_DIR
-        from mmdisco.experiment import load_model
 
         cfg = experiment if hasattr(experiment, "sampling") else load_experiment(experiment)
-        disc_dir = Path(discriminator or Path(cfg.output_dir) / TRAINED_DIR)
+        # Where `mmdisco train --config` saves it (the same folder name as a pipeline's).
+        disc_dir = Path(discriminator or Path(cfg.output_dir) / DISCRIMINATOR_DIR)
         config = PipelineConfig(cfg.audio, cfg.video, str(disc_dir), cfg.sampling)
         audio = load_model(cfg.audio, "audio", device)
         video = load_model(cfg.video, "video", device)
@@ -303,8 +303,8 @@ class MMDisCoPipeline:
         if guided and disc is None:
             raise ValueError("this pipeline has no discriminator; set both guidance scales to 0")
         streams = [
-            self._stream(model, name, prompts, negatives, scales, generator)
-            for name, model in (("audio", self.audio_model), ("video", self.video_model))
+            self._stream(model, prompts, negatives, scales, generator)
+            for model in (self.audio_model, self.video_model)
         ]
         options = GuidanceOptions(
             window=window,  # type: ignore[arg-type]
@@ -325,54 +325,32 @@ class MMDisCoPipeline:
     def _stream(
         self,
         model: BaseModel,
-        modality: str,
         prompts: list[str] | None,
         negatives: list[str] | None,
         scales: dict[str, float],
         generator: torch.Generator | list[torch.Generator],
     ) -> Stream:
-        from mmdisco.experiment import (
-            disc_config_of,
-            discriminator_texts,
-            prompt_pair,
-            scheduler_for,
-        )
-
-        stream = Stream(
-            model,
-            scheduler_for(model, self.config.sampling),
-            cfg_scale=scales[f"{modality}_cfg_scale"],
-            guidance_scale=scales[f"{modality}_guidance_scale"],
-            generator=generator,  # type: ignore[arg-type]
-        )
-        if not takes_prompt(model):
-            if prompts is not None:
-                raise ValueError(
-                    f"the {modality} base model ({type(model).__name__}) is unconditional and "
-                    "takes no prompt; call the pipeline with prompt=None"
-                )
-            return stream
-        if prompts is None:
+        modality = model.modality
+        if takes_prompt(model) and prompts is None:
             raise ValueError(
                 f"the {modality} base model ({type(model).__name__}) needs a prompt "
                 '("" for unconditional generation)'
             )
-        if negatives is None:
-            stream.cond, stream.uncond = prompt_pair(model, prompts)
-        else:
-            stream.cond, stream.uncond = (
-                model.encode_prompt(prompts),
-                model.encode_prompt(negatives),
+        if not takes_prompt(model) and prompts is not None:
+            raise ValueError(
+                f"the {modality} base model ({type(model).__name__}) is unconditional and "
+                "takes no prompt; call the pipeline with prompt=None"
             )
-        stream.disc_text, stream.disc_text_uncond = discriminator_texts(
-            disc_config_of(self.discriminator),
-            bool(getattr(self.discriminator, "text_from_hidden_states", False)),
+        return build_stream(
             model,
-            modality,
-            stream.cond,
-            stream.uncond,
+            self.config.sampling.make_scheduler(model),
+            generator,
+            prompts=prompts,
+            negatives=negatives,
+            cfg_scale=scales[f"{modality}_cfg_scale"],
+            guidance_scale=scales[f"{modality}_guidance_scale"],
+            discriminator=self.discriminator,
         )
-        return stream
 
     def _postprocess(self, a: Tensor, v: Tensor, output_type: str) -> MMDisCoPipelineOutput:
         rate = int(getattr(self.audio_model, "sample_rate", 16000))
@@ -460,8 +438,6 @@ def _relocated(spec: BaseModelConfig, source: Path | None, target: Path) -> Base
 def _load_base_model(
     spec: BaseModelConfig, folder: Path, name: str, device: str | torch.device
 ) -> BaseModel:
-    from mmdisco.experiment import load_model
-
     return load_model(_resolve(spec, folder), f"{folder / INDEX_NAME}: {name}", device)
 
 

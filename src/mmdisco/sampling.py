@@ -16,6 +16,11 @@ needs a discriminator trained with clean modalities, ``TrainConfig.clean_prob``)
 afresh at every step to the level of its own scheduler's timestep (``given="renoise"``: the
 noise level the other modality has when both schedules match, as in training with shared
 timesteps; draws from the stream's ``generator``). Only the free modality is corrected.
+
+Every caller sets runs up the same way: :class:`SamplingConfig` holds the knobs (YAML
+``sampling:``, the CLI, a pipeline's ``model_index.json``, fakes), :func:`build_stream`
+builds one modality's stream and :func:`sample_batches` draws ``n`` pairs batch by batch
+from seeds derived from ``(seed, batch)``.
 """
 
 from __future__ import annotations
@@ -33,9 +38,18 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mmdisco.base_models.base import BaseModel
+from mmdisco.base_models.loading import SCHEDULERS, cfg_mix, make_scheduler, prompt_pair
 from mmdisco.diffusion import CleanSchedule, NoiseSchedule, epsilon_delta_to_prediction
-from mmdisco.errors import InputError, check_choice, check_float, check_fraction_range, check_int
+from mmdisco.errors import (
+    InputError,
+    check_bool,
+    check_choice,
+    check_float,
+    check_fraction_range,
+    check_int,
+)
 from mmdisco.guidance import DiscriminatorFn, guidance_correction
+from mmdisco.seeding import derive_seed
 
 GIVEN_MODES = ("clean", "renoise")  # Stream.given, when a modality is given
 CLEAN = CleanSchedule()
@@ -74,8 +88,7 @@ class Stream:
         cond = partner if _joint_of(self) is not None else self.cond
         out = self.model.predict(x, t, cond)
         if self.uses_cfg:
-            out_uncond = self.model.predict(x, t, self.uncond)
-            out = out_uncond + self.cfg_scale * (out - out_uncond)
+            out = cfg_mix(self.model.predict(x, t, self.uncond), out, self.cfg_scale)
         return out
 
 
@@ -95,21 +108,30 @@ class GuidanceOptions:
             check_int("chunk_size", self.chunk_size, 1)
 
 
-def _noise_level(schedule: NoiseSchedule, t: Tensor) -> float:
-    return float(t) / schedule.num_train_timesteps
+def _noise_level(schedule: NoiseSchedule, timestep: Tensor) -> float:
+    return float(timestep) / schedule.num_train_timesteps
+
+
+@dataclass
+class _StepInputs:
+    """What the discriminator sees of both streams at one step: their inputs, and the
+    timesteps on the schedules that give each one's noise level."""
+
+    audio: Tensor
+    video: Tensor
+    timestep_audio: Tensor
+    timestep_video: Tensor
+    schedules: tuple[NoiseSchedule, NoiseSchedule]
 
 
 def _correction(
     disc: DiscriminatorFn,
     audio: Stream,
     video: Stream,
-    a: Tensor,
-    v: Tensor,
-    t_a: Tensor,
-    t_v: Tensor,
+    inputs: _StepInputs,
     options: GuidanceOptions,
+    *,
     conditional: bool,
-    schedules: tuple[NoiseSchedule, NoiseSchedule],
 ) -> tuple[Tensor, Tensor]:
     kwargs = dict(options.extra)
     text_a = audio.disc_text if conditional else audio.disc_text_uncond
@@ -118,7 +140,7 @@ def _correction(
         kwargs["text_audio"] = text_a
     if text_v is not None:
         kwargs["text_video"] = text_v
-    batch = a.shape[0]
+    batch = inputs.audio.shape[0]
     chunk = options.chunk_size or batch
     deltas_a, deltas_v = [], []
     for start in range(0, batch, chunk):
@@ -130,12 +152,11 @@ def _correction(
         }
         d_a, d_v = guidance_correction(
             disc,
-            a[sl],
-            v[sl],
-            t_a,
-            t_v,
-            schedules[0],
-            schedules[1],
+            inputs.audio[sl],
+            inputs.video[sl],
+            inputs.timestep_audio,
+            inputs.timestep_video,
+            *inputs.schedules,
             audio.guidance_scale,
             video.guidance_scale,
             **chunk_kwargs,
@@ -143,6 +164,22 @@ def _correction(
         deltas_a.append(d_a)
         deltas_v.append(d_v)
     return torch.cat(deltas_a), torch.cat(deltas_v)
+
+
+def _discriminator_deltas(
+    disc: DiscriminatorFn,
+    audio: Stream,
+    video: Stream,
+    inputs: _StepInputs,
+    options: GuidanceOptions,
+) -> tuple[Tensor, Tensor]:
+    """Both epsilon corrections; with ``cfg_on_discriminator`` the conditional and
+    unconditional terms are mixed as the base models' CFG, each with its own scale."""
+    delta_a, delta_v = _correction(disc, audio, video, inputs, options, conditional=True)
+    if not options.cfg_on_discriminator:
+        return delta_a, delta_v
+    un_a, un_v = _correction(disc, audio, video, inputs, options, conditional=False)
+    return cfg_mix(un_a, delta_a, audio.cfg_scale), cfg_mix(un_v, delta_v, video.cfg_scale)
 
 
 def _initial_latents(stream: Stream, batch_size: int) -> Tensor:
@@ -186,6 +223,41 @@ def _eval_mode(module: Any) -> Iterator[None]:
             module.train()
 
 
+def _check_run(
+    audio: Stream,
+    video: Stream,
+    discriminator: DiscriminatorFn | None,
+    batch_size: int,
+    num_inference_steps: int,
+    options: GuidanceOptions,
+) -> None:
+    check_int("num_inference_steps", num_inference_steps, 1)
+    check_int("batch_size", batch_size, 1)
+    for name, stream in (("audio", audio), ("video", video)):
+        check_float(f"{name} cfg_scale", stream.cfg_scale)
+        check_float(f"{name} guidance_scale", stream.guidance_scale)
+    if discriminator is not None and options.cfg_on_discriminator:
+        _check_cfg_on_discriminator(audio, video)
+    if audio.given and video.given:
+        raise InputError("both streams are given; one modality must be sampled")
+
+
+def _lockstep_timesteps(
+    audio: Stream, video: Stream, num_inference_steps: int
+) -> list[tuple[Tensor, Tensor]]:
+    """Both schedulers' timesteps, pairwise: they must take the same number of steps."""
+    audio.scheduler.set_timesteps(num_inference_steps, device=audio.model.device)
+    video.scheduler.set_timesteps(num_inference_steps, device=video.model.device)
+    steps_a: Sequence[Tensor] = audio.scheduler.timesteps
+    steps_v: Sequence[Tensor] = video.scheduler.timesteps
+    if len(steps_a) != len(steps_v):
+        raise ValueError(
+            f"the schedulers disagree on the number of steps ({len(steps_a)} for audio, "
+            f"{len(steps_v)} for video); use schedulers that take {num_inference_steps} steps"
+        )
+    return list(zip(steps_a, steps_v, strict=True))
+
+
 @torch.no_grad()
 def joint_sample(
     audio: Stream,
@@ -202,62 +274,39 @@ def joint_sample(
     A discriminator that is an ``nn.Module`` runs in eval mode (its mode is restored after).
     """
     options = options or GuidanceOptions()
-    check_int("num_inference_steps", num_inference_steps, 1)
-    check_int("batch_size", batch_size, 1)
-    for name, stream in (("audio", audio), ("video", video)):
-        check_float(f"{name} cfg_scale", stream.cfg_scale)
-        check_float(f"{name} guidance_scale", stream.guidance_scale)
-    if discriminator is not None and options.cfg_on_discriminator:
-        _check_cfg_on_discriminator(audio, video)
-    audio.scheduler.set_timesteps(num_inference_steps, device=audio.model.device)
-    video.scheduler.set_timesteps(num_inference_steps, device=video.model.device)
-    steps_a: Sequence[Tensor] = audio.scheduler.timesteps
-    steps_v: Sequence[Tensor] = video.scheduler.timesteps
-    if len(steps_a) != len(steps_v):
-        raise ValueError(
-            f"the schedulers disagree on the number of steps ({len(steps_a)} for audio, "
-            f"{len(steps_v)} for video); use schedulers that take {num_inference_steps} steps"
-        )
-    if audio.given and video.given:
-        raise InputError("both streams are given; one modality must be sampled")
+    _check_run(audio, video, discriminator, batch_size, num_inference_steps, options)
+    steps = _lockstep_timesteps(audio, video, num_inference_steps)
     a, v = _start(audio, batch_size), _start(video, batch_size)
     # Built once per run: schedules, prediction types and scheduler-step kwargs are constant.
     schedules = (audio.model.schedule, video.model.schedule)
     ptypes = (audio.model.prediction_type, video.model.prediction_type)
     step_kwargs = (_step_kwargs(audio), _step_kwargs(video))
     lo, hi = options.window
-    steps = list(zip(steps_a, steps_v, strict=True))
     with _eval_mode(discriminator):
-        for t_a, t_v in tqdm(steps, disable=not progress, desc="sampling"):
+        for timestep_audio, timestep_video in tqdm(steps, disable=not progress, desc="sampling"):
             (in_a, td_a, sd_a), (in_v, td_v, sd_v) = (
-                _inputs(audio, a, t_a, schedules[0]),
-                _inputs(video, v, t_v, schedules[1]),
+                _inputs(audio, a, timestep_audio, schedules[0]),
+                _inputs(video, v, timestep_video, schedules[1]),
             )
-            out_a, out_v = _predict(audio, video, in_a, in_v, t_a, t_v)  # None: given
-            guide_a = out_a is not None and lo <= _noise_level(schedules[0], t_a) <= hi
-            guide_v = out_v is not None and lo <= _noise_level(schedules[1], t_v) <= hi
+            out_a, out_v = _predict(audio, video, in_a, in_v, timestep_audio, timestep_video)
+            level_a = _noise_level(schedules[0], timestep_audio)
+            level_v = _noise_level(schedules[1], timestep_video)
+            guide_a = out_a is not None and lo <= level_a <= hi
+            guide_v = out_v is not None and lo <= level_v <= hi
             if discriminator is not None and (guide_a or guide_v):
                 # The discriminator is told each modality's level: td_* on schedule sd_*.
-                delta_a, delta_v = _correction(
-                    discriminator, audio, video, in_a, in_v, td_a, td_v, options, True,
-                    (sd_a, sd_v),
-                )  # fmt: skip
-                if options.cfg_on_discriminator:
-                    # Same mixing as the base models' CFG, each modality with its own scale.
-                    un_a, un_v = _correction(
-                        discriminator, audio, video, in_a, in_v, td_a, td_v, options, False,
-                        (sd_a, sd_v),
-                    )  # fmt: skip
-                    delta_a = un_a + audio.cfg_scale * (delta_a - un_a)
-                    delta_v = un_v + video.cfg_scale * (delta_v - un_v)
+                inputs = _StepInputs(in_a, in_v, td_a, td_v, (sd_a, sd_v))
+                delta_a, delta_v = _discriminator_deltas(
+                    discriminator, audio, video, inputs, options
+                )
                 if guide_a:
-                    out_a = _apply(schedules[0], ptypes[0], out_a, delta_a, t_a)
+                    out_a = _apply(schedules[0], ptypes[0], out_a, delta_a, timestep_audio)
                 if guide_v:
-                    out_v = _apply(schedules[1], ptypes[1], out_v, delta_v, t_v)
+                    out_v = _apply(schedules[1], ptypes[1], out_v, delta_v, timestep_video)
             if out_a is not None:
-                a = audio.scheduler.step(out_a, t_a, a, **step_kwargs[0]).prev_sample
+                a = audio.scheduler.step(out_a, timestep_audio, a, **step_kwargs[0]).prev_sample
             if out_v is not None:
-                v = video.scheduler.step(out_v, t_v, v, **step_kwargs[1]).prev_sample
+                v = video.scheduler.step(out_v, timestep_video, v, **step_kwargs[1]).prev_sample
     return a, v
 
 
@@ -292,15 +341,20 @@ def _inputs(
 
 
 def _predict(
-    audio: Stream, video: Stream, in_a: Tensor, in_v: Tensor, t_a: Tensor, t_v: Tensor
+    audio: Stream,
+    video: Stream,
+    in_a: Tensor,
+    in_v: Tensor,
+    timestep_audio: Tensor,
+    timestep_video: Tensor,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Both free streams' predictions (None for a given one). Two views of one joint model
     (:class:`mmdisco.world.paired.WorldJointModel`) are run as one network call."""
     joint = _joint_of(audio)
     if joint is not None and joint is _joint_of(video) and not (audio.given or video.given):
-        return joint.predict_pair(in_a, in_v, t_a, t_v)
-    out_a = None if audio.given else audio.predict(in_a, t_a, partner=in_v)
-    out_v = None if video.given else video.predict(in_v, t_v, partner=in_a)
+        return joint.predict_pair(in_a, in_v, timestep_audio, timestep_video)
+    out_a = None if audio.given else audio.predict(in_a, timestep_audio, partner=in_v)
+    out_v = None if video.given else video.predict(in_v, timestep_video, partner=in_a)
     return out_a, out_v
 
 
@@ -324,3 +378,198 @@ def _apply(
     alpha, sigma = schedule.alpha_sigma(torch.as_tensor(t).expand(out.shape[0]))
     alpha, sigma = alpha.to(out.device), sigma.to(out.device)
     return out + epsilon_delta_to_prediction(delta_eps, alpha, sigma, prediction_type).to(out.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Setting up runs: one config, one stream builder, one batch-and-seed loop
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SamplingConfig:
+    """How pairs are sampled: by YAML presets (``sampling:``), the CLI, pipelines and fakes.
+
+    ``scheduler`` is a short name of :data:`~mmdisco.base_models.loading.SCHEDULERS`, a
+    diffusers scheduler class ("DPMSolverMultistepScheduler") or "default" (each base model's
+    own). Joint guidance scales are the weights lambda of the discriminator term.
+    """
+
+    num_inference_steps: int = 50
+    scheduler: str = "DPMSolverMultistepScheduler"
+    guidance_scale_audio: float = 1.0
+    guidance_scale_video: float = 1.0
+    window: tuple[float, float] = (0.0, 1.0)  # guide while a modality's t / T lies in it
+    solver_order: int = 2
+    algorithm_type: str = "dpmsolver++"
+    cfg_on_discriminator: bool = False
+    batch_size: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("num_inference_steps", self.num_inference_steps, 1)
+        if self.scheduler not in SCHEDULERS and not self.scheduler.endswith("Scheduler"):
+            raise InputError(
+                f"must be one of {sorted(SCHEDULERS)} or a diffusers scheduler class, got "
+                f"{self.scheduler!r}",
+                "scheduler",
+            )
+        for name in ("guidance_scale_audio", "guidance_scale_video"):
+            setattr(self, name, check_float(name, getattr(self, name)))
+        self.window = check_fraction_range("window", self.window, allow_empty=True)
+        check_int("solver_order", self.solver_order, 1, 3)
+        check_bool("cfg_on_discriminator", self.cfg_on_discriminator)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("seed", self.seed, 0)
+
+    def make_scheduler(self, model: BaseModel) -> Any:
+        """A fresh sampler for ``model`` (:func:`~mmdisco.base_models.loading.make_scheduler`)."""
+        return make_scheduler(
+            model,
+            self.scheduler,
+            solver_order=self.solver_order,
+            algorithm_type=self.algorithm_type,
+        )
+
+    def guidance_options(self, **runtime: Any) -> GuidanceOptions:
+        """The sampler's options: this config's window and CFG choice, plus ``runtime`` ones
+        (``chunk_size``, ``extra`` discriminator inputs)."""
+        return GuidanceOptions(
+            window=self.window, cfg_on_discriminator=self.cfg_on_discriminator, **runtime
+        )
+
+    def guidance_scale(self, modality: str) -> float:
+        return getattr(self, f"guidance_scale_{modality}")
+
+
+def disc_config_of(disc: Any) -> Any:
+    """The DiscriminatorConfig of a discriminator or of the one a wrapper holds (or None)."""
+    return getattr(disc, "config", None) or getattr(getattr(disc, "disc", None), "config", None)
+
+
+def discriminator_texts(
+    disc: Any, model: BaseModel, cond: Any, uncond: Any
+) -> tuple[Tensor | None, Tensor | None]:
+    """The discriminator's text inputs for ``model``'s modality, conditional and
+    unconditional.
+
+    mmdisco's discriminators take the pooled embedding and use their learned null for the
+    unconditional branch (None). The release's (``text_from_hidden_states``) averages the
+    denoiser's text tokens and has no null: it gets the empty prompt's tokens.
+    """
+    if getattr(disc_config_of(disc), f"text_dim_{model.modality}", None) is None:
+        return None, None
+    if getattr(disc, "text_from_hidden_states", False):
+        return cond.hidden_states.float(), uncond.hidden_states.float()
+    return model.pooled_text_embedding(cond), None
+
+
+def build_stream(
+    model: BaseModel,
+    scheduler: Any,
+    generator: torch.Generator | list[torch.Generator] | None,
+    *,
+    prompts: list[str] | None = None,
+    negatives: list[str] | None = None,
+    cfg_scale: float = 1.0,
+    guidance_scale: float = 1.0,
+    discriminator: Any = None,
+) -> Stream:
+    """One modality's stream: its prompts' conditional and unconditional inputs (the empty
+    prompt's, as the model's pipeline builds them, or ``negatives``'; none when neither CFG
+    nor a discriminator needs them), its CFG and joint guidance scales and, if
+    ``discriminator`` takes text, the prompts' text inputs to it."""
+    stream = Stream(
+        model,
+        scheduler,
+        cfg_scale=cfg_scale,
+        guidance_scale=guidance_scale,
+        generator=generator,  # type: ignore[arg-type]
+    )
+    if prompts is None:
+        return stream
+    if negatives is not None:
+        stream.cond, stream.uncond = model.encode_prompt(prompts), model.encode_prompt(negatives)
+    elif cfg_scale != 1.0 or discriminator is not None:
+        stream.cond, stream.uncond = prompt_pair(model, prompts)
+    else:  # nothing mixes an unconditional prediction in: the prompts alone
+        stream.cond = model.encode_prompt(prompts)
+    stream.disc_text, stream.disc_text_uncond = discriminator_texts(
+        discriminator, model, stream.cond, stream.uncond
+    )
+    return stream
+
+
+def _held(streams: list[Stream], modality: str) -> Stream:
+    return streams[0 if modality == "audio" else 1]
+
+
+def sample_batches(
+    audio_model: BaseModel,
+    video_model: BaseModel,
+    n: int,
+    sampling: SamplingConfig,
+    *,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    discriminator: DiscriminatorFn | None = None,
+    prompts: Sequence[str] | None = None,
+    cfg_scales: tuple[float, float] = (1.0, 1.0),
+    given: tuple[str, Tensor] | None = None,
+    given_mode: str = "clean",
+    model_cond: tuple[str, Tensor] | None = None,
+    disc_kwargs: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """``n`` pairs of latents (on the CPU), batch ``b`` drawn from seeds derived from
+    ``(seed, b)`` (default: ``sampling.seed`` and ``sampling.batch_size``).
+
+    The initial noise and the sampler noise depend only on ``seed`` and the batch index, so
+    sampling the same seed with and without ``discriminator`` compares like with like.
+    ``prompts`` (one per pair) condition both models, each with its CFG scale of
+    ``cfg_scales``. ``given = (modality, latents)`` (``n`` rows) generates only the other
+    modality, the given clips entering the discriminator as ``given_mode`` says
+    (``Stream.given``); they are returned unchanged in their slot. ``model_cond = (modality,
+    cond)`` (``n`` rows) is that modality's model's per-pair conditioning, e.g. the given
+    video for a cascade's video-to-audio model.
+    """
+    seed = sampling.seed if seed is None else seed
+    batch_size = batch_size or sampling.batch_size
+    check_int("n", n, 1)
+    check_int("seed", seed, 0)
+    check_int("batch_size", batch_size, 1)
+    check_choice("given_mode", given_mode, GIVEN_MODES)
+    if given is not None and given[1].shape[0] != n:
+        raise InputError(f"{n} pairs requested but {given[1].shape[0]} given {given[0]} clips")
+    options = sampling.guidance_options(extra=dict(disc_kwargs or {}))
+    out_a, out_v = [], []
+    for b, start in enumerate(range(0, n, batch_size)):
+        rows = slice(start, min(start + batch_size, n))
+        streams = [
+            build_stream(
+                model,
+                sampling.make_scheduler(model),
+                torch.Generator(model.device).manual_seed(derive_seed(seed, b, k)),
+                prompts=None if prompts is None else list(prompts[rows]),
+                cfg_scale=cfg_scales[k],
+                guidance_scale=sampling.guidance_scale(model.modality),
+                discriminator=discriminator,
+            )
+            for k, model in enumerate((audio_model, video_model))
+        ]
+        if model_cond is not None:
+            held = _held(streams, model_cond[0])
+            held.cond = model_cond[1][rows].to(held.model.device)
+        if given is not None:
+            held = _held(streams, given[0])
+            held.latents, held.given = given[1][rows].to(held.model.device), given_mode
+        a, v = joint_sample(
+            *streams,
+            discriminator,
+            batch_size=rows.stop - rows.start,
+            num_inference_steps=sampling.num_inference_steps,
+            options=options,
+            progress=progress,
+        )
+        out_a.append(a.cpu())
+        out_v.append(v.cpu())
+    return torch.cat(out_a), torch.cat(out_v)

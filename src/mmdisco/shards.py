@@ -293,9 +293,12 @@ def write_counted_shards(
     shard counts as done only if it holds the count it should; returns the manifest."""
     counts = [min(shard_size, n - start) for start in range(0, n, shard_size)]
     writer = ShardWriter(
-        directory, kind, fingerprint, len(counts),
+        directory,
+        kind,
+        fingerprint,
+        len(counts),
         entry_ok=lambda entry: entry.get("count") == counts[entry["index"]],
-    )  # fmt: skip
+    )
     with writer:
         pending = writer.pending()
         bar = tqdm(total=sum(counts[i] for i in pending), disable=not progress, desc=desc)

@@ -12,15 +12,21 @@ A study is one SQLite file (WAL mode) holding everything:
   written in one transaction, and the table's key refuses a second vote on a pair.
 
 The page never names a system or a file: clips are served under opaque ids, and only the
-recorded side tells which is which. :func:`export` gives, per question, the win rate of B
+recorded side tells which is which. By default the page accepts an answer only once both
+clips have been played to the end. :func:`export` gives, per question, the win rate of B
 over A among the answers that preferred one (ties excluded), with a Wilson score 95 %
 interval and an exact two-sided binomial test against 0.5, the shares of all answers as the
-paper's Table 14 reports them, and the same per listener and per pair.
+paper's Table 14 reports them, and the same per listener and per pair; :func:`answer_rows`
+gives the raw answers, one row per listener, pair and question (:func:`answers_csv`).
 """
 
 from __future__ import annotations
 
+import csv
+import html
+import io
 import json
+import math
 import os
 import random
 import re
@@ -45,6 +51,8 @@ QUESTIONS = {
 }
 CHOICES = ("left", "right", "none")
 CONFIDENCE = 0.95
+Z_95 = 1.959963984540054  # the standard normal's 97.5 % quantile, for the 95 % interval
+DEFAULT_URL = "http://127.0.0.1:8000"  # where `mmdisco study serve` listens by default
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE pairs (
@@ -84,6 +92,10 @@ class StudyError(InputError):
 class Invitation:
     name: str
     token: str
+
+    def link(self, base_url: str = DEFAULT_URL) -> str:
+        """The address this listener opens: the server's, with their secret token."""
+        return f"{base_url.rstrip('/')}/?token={self.token}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,8 +160,11 @@ def create_study(
     name_b: str = "B",
     questions: tuple[str, ...] = ("alignment",),
     seed: int = 0,
+    *,
+    require_play: bool = True,
 ) -> None:
-    """A new study file with its pairs (no listener yet: :func:`invite`)."""
+    """A new study file with its pairs (no listener yet: :func:`invite`); ``require_play``:
+    the page takes an answer only once both clips have been played to the end."""
     db = Path(db)
     if db.exists():
         raise StudyError(f"{db} already exists; invite more listeners with `mmdisco study invite`")
@@ -170,6 +185,7 @@ def create_study(
                 "name_b": name_b,
                 "questions": json.dumps(list(questions)),
                 "seed": str(seed),
+                "require_play": json.dumps(require_play),
                 "created_at": _now(),
             }
             conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
@@ -219,6 +235,13 @@ def invite(
     return out
 
 
+def invitations(db: str | os.PathLike) -> list[Invitation]:
+    """Every invited listener, in the order invited."""
+    with connect(_existing(db)) as conn:
+        rows = conn.execute("SELECT name, token FROM listeners ORDER BY id").fetchall()
+    return [Invitation(name, token) for name, token in rows]
+
+
 def _existing(db: str | os.PathLike) -> Path:
     db = Path(db)
     if not db.is_file():
@@ -251,7 +274,8 @@ def next_trial(conn: sqlite3.Connection, listener: int) -> dict[str, Any]:
            ORDER BY t.position LIMIT 1""",
         (listener,),
     ).fetchone()
-    questions = json.loads(_meta(conn)["questions"])
+    meta = _meta(conn)
+    questions = json.loads(meta["questions"])
     state: dict[str, Any] = {"total": total[0], "questions": []}
     if row is None:
         return {**state, "done": True, "position": total[0]}
@@ -264,7 +288,14 @@ def next_trial(conn: sqlite3.Connection, listener: int) -> dict[str, Any]:
         "left": f"/clip/{clips[0]}",
         "right": f"/clip/{clips[1]}",
         "questions": [{"key": q, "text": QUESTIONS[q]} for q in questions],
+        "require_play": requires_play(meta),
     }
+
+
+def requires_play(meta: dict[str, str]) -> bool:
+    """Whether answers wait until both clips were played (studies made before the option:
+    yes)."""
+    return json.loads(meta.get("require_play", "true"))
 
 
 def record_answer(conn: sqlite3.Connection, listener: int, position: Any, choices: Any) -> None:
@@ -293,7 +324,7 @@ def record_answer(conn: sqlite3.Connection, listener: int, position: Any, choice
                 [(listener, pair, q, c, winners[c], left, _now()) for q, c in choices.items()],
             )
         except sqlite3.IntegrityError:
-            raise FileExistsError("you have already answered this pair") from None
+            raise FileExistsError("You have already answered this pair (in another tab?)") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,27 +332,88 @@ def record_answer(conn: sqlite3.Connection, listener: int, position: Any, choice
 # --------------------------------------------------------------------------------------------
 
 
+def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion."""
+    p, n = successes / trials, trials
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(centre - half, 0.0), min(centre + half, 1.0)
+
+
+def binomial_p_value(successes: int, trials: int) -> float:
+    """The exact two-sided binomial test against 0.5: the probability, under a fair coin, of
+    a count at least as far from n/2 as this one (the distribution is symmetric, so twice the
+    nearer tail), computed in integers."""
+    tail = min(successes, trials - successes)
+    if 2 * tail == trials:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(trials, k) for k in range(tail + 1)) / 2**trials)
+
+
 def win_rate(wins_b: int, wins_a: int, ties: int = 0) -> dict[str, Any]:
     """B's win rate over A among decided answers, its Wilson score interval and the exact
     two-sided binomial p-value against 0.5; and the shares of all answers."""
-    from scipy.stats import binomtest
-
     decided, total = wins_a + wins_b, wins_a + wins_b + ties
     out: dict[str, Any] = {"wins_a": wins_a, "wins_b": wins_b, "ties": ties, "answers": total}
     if decided:
-        test = binomtest(wins_b, decided, 0.5)
-        ci = test.proportion_ci(CONFIDENCE, method="wilson")
+        low, high = wilson_interval(wins_b, decided)
         out |= {
             "win_rate_b": wins_b / decided,
-            "ci_low": float(ci.low),
-            "ci_high": float(ci.high),
-            "p_value": float(test.pvalue),
+            "ci_low": low,
+            "ci_high": high,
+            "p_value": binomial_p_value(wins_b, decided),
         }
     else:
         out |= {"win_rate_b": None, "ci_low": None, "ci_high": None, "p_value": None}
     if total:
         out |= {"share_a": wins_a / total, "share_b": wins_b / total, "share_none": ties / total}
     return out
+
+
+ANSWER_COLUMNS = (
+    "listener",
+    "pair",
+    "question",
+    "choice",
+    "left_system",
+    "winner",
+    "winner_name",
+    "answered_at",
+)
+
+
+def answer_rows(db: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every answer, one row per listener, pair and question, in the order given: the
+    choice as the listener saw it (left, right, none), the system on the left, and the
+    system the choice means (``winner``: a, b or empty; ``winner_name``: its name)."""
+    with connect(_existing(db)) as conn:
+        meta = _meta(conn)
+        rows = conn.execute(
+            """SELECT l.name, p.name, a.question, a.choice, a.left_system, a.winner,
+                      a.answered_at
+               FROM answers a JOIN listeners l ON l.id = a.listener
+               JOIN pairs p ON p.id = a.pair
+               ORDER BY a.answered_at, l.id, p.id, a.question"""
+        ).fetchall()
+    names = {"a": meta["name_a"], "b": meta["name_b"], None: ""}
+    columns = ANSWER_COLUMNS[:6]
+    return [
+        {
+            **dict(zip(columns, row[:6], strict=True)),
+            "winner_name": names[row[5]],
+            "answered_at": row[6],
+        }
+        for row in rows
+    ]
+
+
+def answers_csv(rows: list[dict[str, Any]]) -> str:
+    """``rows`` of :func:`answer_rows` as CSV text with a header line."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, ANSWER_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    return text.getvalue()
 
 
 def export(db: str | os.PathLike) -> dict[str, Any]:
@@ -332,23 +424,25 @@ def export(db: str | os.PathLike) -> dict[str, Any]:
             """SELECT l.name, p.name, a.question, a.winner FROM answers a
                JOIN listeners l ON l.id = a.listener JOIN pairs p ON p.id = a.pair"""
         ).fetchall()
-        n_listeners = conn.execute("SELECT COUNT(*) FROM listeners").fetchone()[0]
+        invited = conn.execute("SELECT COUNT(*) FROM listeners").fetchone()[0]
         n_pairs = conn.execute("SELECT COUNT(*) FROM pairs").fetchone()[0]
 
     def tally(selected: list[tuple]) -> dict[str, Any]:
         winners = [r[3] for r in selected]
         return win_rate(winners.count("b"), winners.count("a"), winners.count(None))
 
-    questions = json.loads(meta["questions"])
     result: dict[str, Any] = {
         "systems": {"a": meta["name_a"], "b": meta["name_b"]},
         "interval": f"Wilson score, {CONFIDENCE:.0%}, on B's wins among answers with a "
         "preference; p: exact two-sided binomial test against 0.5",
-        "listeners": n_listeners,
+        "listeners": len(_names(rows, 0)),  # those who answered at least once
+        "invited": invited,
         "pairs": n_pairs,
+        "answers": len(rows),
+        "require_play": requires_play(meta),
         "questions": {},
     }
-    for q in questions:
+    for q in json.loads(meta["questions"]):
         mine = [r for r in rows if r[2] == q]
         result["questions"][q] = {
             "text": QUESTIONS[q],
@@ -365,11 +459,12 @@ def _names(rows: list[tuple], column: int) -> list[str]:
 
 def render_markdown(result: dict[str, Any]) -> str:
     a, b = result["systems"]["a"], result["systems"]["b"]
+    answered, invited = result["listeners"], result["invited"]
     lines = [
         f"# A/B study: {b} (B) against {a} (A)",
         "",
-        f"{result['listeners']} listeners, {result['pairs']} pairs. Interval: "
-        f"{result['interval']}.",
+        f"{answered} of {invited} invited listener{'s' if invited != 1 else ''} answered; "
+        f"{result['pairs']} pairs. Interval: {result['interval']}.",
         "",
         f"| question | answers | {a} | {b} | no preference | win rate of {b} | 95 % CI | p |",
         "|---|---:|---:|---:|---:|---:|---|---:|",
@@ -393,7 +488,24 @@ def render_markdown(result: dict[str, Any]) -> str:
 # The server
 # --------------------------------------------------------------------------------------------
 
-PAGE_FILE = Path(__file__).resolve().parent / "assets" / "study.html"
+ASSETS = Path(__file__).resolve().parent / "assets"
+PAGE_FILE = ASSETS / "study.html"
+STYLE_FILE = ASSETS / "study.css"
+REFUSAL_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Listening study</title>
+<link rel="icon" href="data:,">
+<link rel="stylesheet" href="/study.css">
+</head>
+<body>
+<h1>Listening study</h1>
+<p id="message" class="notice">{message}</p>
+</body>
+</html>
+"""
 
 
 class StudyServer(ThreadingHTTPServer):
@@ -405,11 +517,15 @@ class StudyServer(ThreadingHTTPServer):
         self.db = _existing(db)
         with connect(self.db) as conn:
             _meta(conn)
-        self.page = PAGE_FILE.read_text()
+        self.page = PAGE_FILE.read_bytes()
+        self.style = STYLE_FILE.read_bytes()
         super().__init__((host, port), StudyHandler)
 
 
 class StudyHandler(BaseHTTPRequestHandler):
+    """Routes: ``/study.css`` and ``/favicon.ico`` (public); ``/`` (the page), ``/clip/ID``
+    and ``/api/next`` (with the listener's token); ``POST /api/answer``."""
+
     server: StudyServer
     protocol_version = "HTTP/1.1"
 
@@ -418,12 +534,19 @@ class StudyHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         url = urlparse(self.path)
+        if url.path == "/study.css":
+            self._send(HTTPStatus.OK, self.server.style, "text/css")
+            return
+        if url.path == "/favicon.ico":  # the pages declare none; nothing to refuse
+            self.send_response(HTTPStatus.NO_CONTENT)
+            self.end_headers()
+            return
         token = parse_qs(url.query).get("token", [None])[0]
         try:
             with connect(self.server.db) as conn:
                 listener = listener_id(conn, token)
                 if url.path == "/":
-                    self._send(HTTPStatus.OK, self.server.page.encode(), "text/html")
+                    self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
                 elif url.path == "/api/next":
                     self._json(HTTPStatus.OK, next_trial(conn, listener))
                 elif m := re.fullmatch(r"/clip/([\w-]+)", url.path):
@@ -431,11 +554,14 @@ class StudyHandler(BaseHTTPRequestHandler):
                 else:
                     self._json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {url.path}"})
         except PermissionError as err:
-            if url.path == "/":
-                body = f"<!doctype html><p id='message'>{err}</p>".encode()
-                self._send(HTTPStatus.FORBIDDEN, body, "text/html")
-            else:
+            if url.path.startswith("/api/"):
                 self._json(HTTPStatus.FORBIDDEN, {"error": str(err)})
+            else:  # a page or a clip opened in the browser: say it in a page
+                message = str(err)
+                body = REFUSAL_PAGE.format(
+                    message=html.escape(f"{message[:1].upper()}{message[1:]}.")
+                )
+                self._send(HTTPStatus.FORBIDDEN, body.encode(), "text/html; charset=utf-8")
 
     def do_POST(self) -> None:
         url = urlparse(self.path)
@@ -449,12 +575,15 @@ class StudyHandler(BaseHTTPRequestHandler):
                 raise StudyError("send a JSON object")
             with connect(self.server.db) as conn:
                 listener = listener_id(conn, body.get("token"))
-                record_answer(conn, listener, body.get("position"), body.get("answers"))
+                try:
+                    record_answer(conn, listener, body.get("position"), body.get("answers"))
+                except FileExistsError as err:  # a stale tab: the page goes on from here
+                    state = {"error": str(err), "next": next_trial(conn, listener)}
+                    self._json(HTTPStatus.CONFLICT, state)
+                    return
                 self._json(HTTPStatus.OK, next_trial(conn, listener))
         except PermissionError as err:
             self._json(HTTPStatus.FORBIDDEN, {"error": str(err)})
-        except FileExistsError as err:
-            self._json(HTTPStatus.CONFLICT, {"error": str(err)})
         except (StudyError, json.JSONDecodeError, ValueError) as err:
             self._json(HTTPStatus.BAD_REQUEST, {"error": str(err)})
 

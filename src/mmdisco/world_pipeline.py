@@ -34,9 +34,10 @@ def build_world_pipeline(
 ) -> dict[str, Any]:
     """Train (or resume) the demo in ``work_dir`` and write its best discriminator to ``out``
     as a pipeline folder; returns what ``out/eval.json`` holds."""
+    from mmdisco.base_models.loading import SCHEDULERS
     from mmdisco.demo import EVAL_SEED_OFFSET, METRICS, DemoSettings, run_demo
     from mmdisco.discriminator import load_discriminator
-    from mmdisco.training.fakes import SCHEDULERS, sample_pairs
+    from mmdisco.sampling import sample_batches
     from mmdisco.world import evaluate
     from mmdisco.world.models import ASSETS_DIR, load_world_models
 
@@ -69,12 +70,12 @@ def build_world_pipeline(
         pipe = MMDisCoPipeline(audio, video, load_discriminator(disc_dir), config)
         pipe.save_pretrained(out, dtype=dtype)
         stored = MMDisCoPipeline.from_pretrained(out).discriminator
-        a, v = sample_pairs(
+        a, v = sample_batches(
             audio,
             video,
             settings.n_eval,
-            EVAL_SEED_OFFSET + settings.seed,
-            settings=sample,
+            sample,
+            seed=EVAL_SEED_OFFSET + settings.seed,
             discriminator=stored,
             batch_size=128,
         )

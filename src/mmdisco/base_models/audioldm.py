@@ -18,6 +18,7 @@ from torch import Tensor
 
 from mmdisco.base_models._diffusers import DiffusersAdapter, loader_kwargs, vae_latents
 from mmdisco.base_models.base import PromptEmbeds
+from mmdisco.base_models.clip_text import tokenize
 from mmdisco.base_models.mel import MelConfig, log_mel
 
 
@@ -27,6 +28,7 @@ class AudioLDMModel(DiffusersAdapter):
     modality = "audio"
     options = ("audio_length_in_s", "n_fft")
     peak_level = 0.5  # AudioLDM's training data: mean removed, peak at 0.5
+    name = "AudioLDM"  # in error messages
     remove_dc = True
 
     def __init__(self, pipe: Any, audio_length_in_s: float | None = None, n_fft: int = 1024):
@@ -71,9 +73,7 @@ class AudioLDMModel(DiffusersAdapter):
         return (self.pipe.unet.config.in_channels, self.num_frames // vsf, width)
 
     def predict(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
-        if cond is None:
-            raise ValueError("AudioLDM needs a text conditioning; use encode_prompt([''] * B)")
-        cond = cond.to(self.device, self.dtype)
+        cond = self._text_cond(cond)
         return self.pipe.unet(
             self.model_input(x_t),
             self.batch_timesteps(t, x_t.shape[0]),
@@ -81,16 +81,15 @@ class AudioLDMModel(DiffusersAdapter):
             class_labels=cond.hidden_states,
         ).sample.float()
 
+    def _text_cond(self, cond: PromptEmbeds | None) -> PromptEmbeds:
+        """``cond`` on the model's device and dtype; AudioLDMs have no unconditional mode."""
+        if cond is None:
+            raise ValueError(f"{self.name} needs a text conditioning; use encode_prompt([''] * B)")
+        return cond.to(self.device, self.dtype)
+
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> PromptEmbeds:
-        tok = self.pipe.tokenizer
-        inputs = tok(
-            list(prompts),
-            padding="max_length",
-            max_length=tok.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).to(self.device)
+        inputs = tokenize(self.pipe.tokenizer, prompts, self.device)
         out = self.pipe.text_encoder(inputs.input_ids, attention_mask=inputs.attention_mask)
         embeds = F.normalize(out.text_embeds.float(), dim=-1)
         return PromptEmbeds(hidden_states=embeds, pooled=embeds)
@@ -120,6 +119,8 @@ class AudioLDM2Model(AudioLDMModel):
     embeddings themselves. The discriminator gets the CLAP text embedding.
     """
 
+    name = "AudioLDM 2"
+
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str, **kwargs: Any) -> AudioLDM2Model:
         """Load as ``AudioLDM2Pipeline.from_pretrained``. Released checkpoints store the
@@ -135,9 +136,7 @@ class AudioLDM2Model(AudioLDMModel):
         return cls(AudioLDM2Pipeline.from_pretrained(path_or_repo_id, **kwargs), **options)
 
     def predict(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
-        if cond is None:
-            raise ValueError("AudioLDM 2 needs a text conditioning; use encode_prompt([''] * B)")
-        cond = cond.to(self.device, self.dtype)
+        cond = self._text_cond(cond)
         return self.pipe.unet(
             self.model_input(x_t),
             self.batch_timesteps(t, x_t.shape[0]),
@@ -148,7 +147,9 @@ class AudioLDM2Model(AudioLDMModel):
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> PromptEmbeds:
-        embeds, mask, generated = self.pipe.encode_prompt(list(prompts), self.device, 1, False)
+        embeds, mask, generated = self.pipe.encode_prompt(
+            list(prompts), self.device, 1, do_classifier_free_guidance=False
+        )
         return self._embeds(prompts, embeds, mask, generated)
 
     @torch.no_grad()
@@ -156,7 +157,9 @@ class AudioLDM2Model(AudioLDMModel):
         """As the pipeline does it: the empty prompt's T5 tokens are padded to the prompts'
         length, which changes the GPT-2 tokens generated from them."""
         n = len(prompts)
-        embeds, mask, generated = self.pipe.encode_prompt(list(prompts), self.device, 1, True)
+        embeds, mask, generated = self.pipe.encode_prompt(
+            list(prompts), self.device, 1, do_classifier_free_guidance=True
+        )
         cond = self._embeds(prompts, embeds[n:], mask[n:], generated[n:])
         uncond = self._embeds([""] * n, embeds[:n], mask[:n], generated[:n])
         return cond, uncond
@@ -164,15 +167,8 @@ class AudioLDM2Model(AudioLDMModel):
     def _embeds(
         self, prompts: list[str], embeds: Tensor, mask: Tensor, generated: Tensor
     ) -> PromptEmbeds:
-        pipe, tok = self.pipe, self.pipe.tokenizer
-        inputs = tok(
-            list(prompts),
-            padding="max_length",
-            max_length=tok.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).to(self.device)
-        clap = pipe.text_encoder.get_text_features(
+        inputs = tokenize(self.pipe.tokenizer, prompts, self.device)
+        clap = self.pipe.text_encoder.get_text_features(
             inputs.input_ids, attention_mask=inputs.attention_mask
         )
         clap = getattr(clap, "pooler_output", clap)

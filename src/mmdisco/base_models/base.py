@@ -132,3 +132,18 @@ class PromptEmbeds:
             move(self.attention_mask),
             {k: move(v) for k, v in self.extra.items()},
         )
+
+
+def repeat_cond(cond: PromptEmbeds | Tensor, n: int) -> PromptEmbeds | Tensor:
+    """One prompt's conditioning repeated to a batch of ``n`` (batched inputs pass as they are)."""
+    if isinstance(cond, PromptEmbeds):
+        fields = (cond.hidden_states, cond.pooled, cond.attention_mask)
+        repeated = (None if x is None else _repeat(x, n) for x in fields)
+        return PromptEmbeds(*repeated, {k: _repeat(v, n) for k, v in cond.extra.items()})
+    if torch.is_tensor(cond):
+        return _repeat(cond, n)
+    raise TypeError(f"cannot repeat conditioning of type {type(cond).__name__}")
+
+
+def _repeat(x: Tensor, n: int) -> Tensor:
+    return x.repeat(n, *([1] * (x.ndim - 1))) if x.shape[0] == 1 else x

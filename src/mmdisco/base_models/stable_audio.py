@@ -22,6 +22,7 @@ from torch import Tensor
 
 from mmdisco.base_models._diffusers import DiffusersAdapter, masked_mean, vae_latents
 from mmdisco.base_models.base import PromptEmbeds
+from mmdisco.base_models.clip_text import tokenize
 from mmdisco.diffusion import NoiseSchedule
 
 
@@ -152,25 +153,22 @@ class StableAudioModel(DiffusersAdapter):
         """Text + timing conditioning. An empty prompt is the pipeline's unconditional input:
         zero text-and-timing tokens (the global timing vector is kept, as the pipeline does)."""
         prompts = list(prompts)
-        pipe, tok = self.pipe, self.pipe.tokenizer
-        inputs = tok(
-            prompts,
-            padding="max_length",
-            max_length=tok.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).to(self.device)
+        pipe = self.pipe
+        inputs = tokenize(pipe.tokenizer, prompts, self.device)
+        embeds = pipe.text_encoder(inputs.input_ids, attention_mask=inputs.attention_mask)[0]
         hidden = pipe.encode_prompt(
             prompts,
             self.device,
-            False,
-            prompt_embeds=pipe.text_encoder(inputs.input_ids, attention_mask=inputs.attention_mask)[
-                0
-            ],
+            do_classifier_free_guidance=False,
+            prompt_embeds=embeds,
             attention_mask=inputs.attention_mask,
         )
         start, end = pipe.encode_duration(
-            audio_start_in_s, self.audio_end_in_s, self.device, False, len(prompts)
+            audio_start_in_s,
+            self.audio_end_in_s,
+            self.device,
+            do_classifier_free_guidance=False,
+            batch_size=len(prompts),
         )
         tokens = torch.cat([hidden, start, end], dim=1)
         empty = torch.tensor([p == "" for p in prompts], device=self.device)

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -41,33 +42,48 @@ def cache_latents_cmd(
     """Encode the config's real clips through both base models into its latent cache."""
     from mmdisco.experiment import cache_real_latents
 
-    cfg = load_config(config)
-    start = time.perf_counter()
-    manifest = cache_real_latents(cfg, process_device())
-    if is_main_process():
-        typer.echo(
-            f"{manifest['num_pairs']} real pairs cached at {cfg.data.cache_dir} "
-            f"({len(manifest['skipped'])} rows skipped, {time.perf_counter() - start:.0f} s)"
-        )
+    _run_stage(
+        cache_real_latents,
+        config,
+        lambda cfg, m, seconds: (
+            f"{m['num_pairs']} real pairs cached at {cfg.data.cache_dir} "
+            f"({len(m['skipped'])} rows skipped, {seconds:.0f} s)"
+        ),
+    )
 
 
 def generate_fakes_from_yaml(config: Path) -> None:
     from mmdisco.experiment import generate_fakes_from_config
 
+    _run_stage(
+        generate_fakes_from_config,
+        config,
+        lambda cfg, m, seconds: (
+            f"{m['n']} fake pairs in {len(m['shards'])} shards at "
+            f"{cfg.fakes.out_dir} ({seconds:.0f} s)"
+        ),
+    )
+
+
+def _run_stage(
+    stage: Callable[..., dict[str, Any]],
+    config: Path,
+    summary: Callable[[Any, dict[str, Any], float], str],
+) -> None:
+    """Run one caching stage of ``config`` on this process's device; the main process prints
+    ``summary(cfg, manifest, seconds)``."""
     cfg = load_config(config)
     start = time.perf_counter()
-    manifest = generate_fakes_from_config(cfg, process_device())
+    manifest = stage(cfg, process_device())
     if is_main_process():
-        typer.echo(
-            f"{manifest['n']} fake pairs in {len(manifest['shards'])} shards at "
-            f"{cfg.fakes.out_dir} ({time.perf_counter() - start:.0f} s)"
-        )
+        typer.echo(summary(cfg, manifest, time.perf_counter() - start))
 
 
 def train_from_yaml(
     config: Path, dry_run: bool = False, processes: int = 1, memory_gib: float | None = None
 ) -> None:
-    from mmdisco.experiment import DISCRIMINATOR_DIR, dry_run_report, train_from_config
+    from mmdisco.experiment import DISCRIMINATOR_DIR, train_from_config
+    from mmdisco.training.memory import dry_run_report
 
     cfg = load_config(config)
     if dry_run:
@@ -91,8 +107,13 @@ def sample_from_yaml(
 
     cfg = load_config(config)
     runs = sample_from_config(
-        cfg, prompts or None, out, discriminator, process_device(),
-        given=given, given_mode=given_mode,
-    )  # fmt: skip
+        cfg,
+        prompts or None,
+        out,
+        discriminator,
+        process_device(),
+        given=given,
+        given_mode=given_mode,
+    )
     for run in runs.values():
         typer.echo("\n".join(str(p) for p in run.paths))

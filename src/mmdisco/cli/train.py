@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,9 +24,60 @@ AudioModelDir = Annotated[
 VideoModelDir = Annotated[
     Path | None, typer.Option(help="video base model directory (default: shipped world model)")
 ]
+Scheduler = Annotated[str, typer.Option(help="default, ddpm, ddim, dpm, unipc or euler")]
+Steps = Annotated[int, typer.Option("--steps", help="sampler steps")]
+Seed = Annotated[int, typer.Option(help="seed of every random draw")]
+TrainConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        help="TrainConfig JSON (overrides the options), or an experiment YAML "
+        "(configs/*.yaml: real base models and data; the other options are then unused)"
+    ),
+]
+DryRun = Annotated[
+    bool,
+    typer.Option(
+        help="with an experiment YAML: print the peak memory per device of one training "
+        "step (measured on the meta device) instead of training"
+    ),
+]
+Processes = Annotated[
+    int, typer.Option(help="with --dry-run: data-parallel processes sharing the batch")
+]
+MemoryGib = Annotated[
+    float | None,
+    typer.Option(help="with --dry-run: a device's memory; suggests the micro-batch that fits"),
+]
+GivenVideo = Annotated[
+    list[Path] | None,
+    typer.Option(
+        help="video-to-audio: a video file to generate audio for (repeatable); it must "
+        "have the video model's frame rate, frame count and frame size (or a multiple)"
+    ),
+]
+GivenAudio = Annotated[
+    list[Path] | None,
+    typer.Option(
+        help="audio-to-video: an audio (or video) file to generate video for "
+        "(repeatable); it must last the audio model's duration, any sample rate"
+    ),
+]
+GivenMode = Annotated[
+    str,
+    typer.Option(
+        help="how given clips enter the discriminator: clean (needs one trained with "
+        "clean_prob > 0) or renoise (noised to the generated modality's level each step)"
+    ),
+]
+RealLatents = Annotated[
+    Path | None,
+    typer.Option(
+        help="safetensors file with real 'audio' / 'video' latents (default: world clips)"
+    ),
+]
 
 
-def load_base_models(audio_dir: Path | None, video_dir: Path | None, device: str = "cpu"):
+def world_base_models(audio_dir: Path | None, video_dir: Path | None, device: str = "cpu"):
     """The two frozen base models: the shipped world models unless directories are given."""
     from mmdisco.world.models import ASSETS_DIR, WorldAudioModel, WorldVideoModel
 
@@ -46,12 +97,10 @@ def _require(**options: Path | None) -> None:
 def generate_fakes_cmd(
     out: Annotated[Path | None, typer.Option(help="cache directory (resumed if it exists)")] = None,
     n: Annotated[int, typer.Option(help="number of independent pairs")] = 2048,
-    seed: Annotated[int, typer.Option(help="seed of every random draw")] = 0,
+    seed: Seed = 0,
     shard_size: Annotated[int, typer.Option(help="pairs per safetensors shard")] = 256,
-    num_inference_steps: Annotated[int, typer.Option("--steps", help="sampler steps")] = 25,
-    scheduler: Annotated[
-        str, typer.Option(help="default, ddpm, ddim, dpm, unipc or euler")
-    ] = "dpm",
+    num_inference_steps: Steps = 25,
+    scheduler: Scheduler = "dpm",
     audio_model: AudioModelDir = None,
     video_model: VideoModelDir = None,
     config: Annotated[
@@ -70,7 +119,7 @@ def generate_fakes_cmd(
 
         return generate_fakes_from_yaml(config)
     _require(out=out)
-    audio, video = load_base_models(audio_model, video_model, process_device())
+    audio, video = world_base_models(audio_model, video_model, process_device())
     start = time.perf_counter()
     manifest = generate_fakes(
         audio,
@@ -98,12 +147,7 @@ def train_cmd(
     head: Annotated[
         str, typer.Option(help="fusion head: mlp, time_aligned, separable, ...")
     ] = "time_aligned",
-    real: Annotated[
-        Path | None,
-        typer.Option(
-            help="safetensors file with real 'audio' / 'video' latents (default: world clips)"
-        ),
-    ] = None,
+    real: RealLatents = None,
     n_real: Annotated[
         int, typer.Option(help="world clips used as real pairs (when no --real)")
     ] = 4096,
@@ -111,52 +155,29 @@ def train_cmd(
     batch_size: Annotated[int, typer.Option(help="real and fake pairs per step")] = 64,
     lr: Annotated[float, typer.Option(help="Adam learning rate")] = 1e-3,
     dlsm_weight: Annotated[float, typer.Option(help="weight of L_DLSM (0 = L_D only)")] = 1.0,
-    seed: Annotated[int, typer.Option(help="seed of every random draw")] = 0,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            help="TrainConfig JSON (overrides the options), or an experiment YAML "
-            "(configs/*.yaml: real base models and data; the other options are then unused)"
-        ),
-    ] = None,
+    seed: Seed = 0,
+    config: TrainConfigFile = None,
     audio_model: AudioModelDir = None,
     video_model: VideoModelDir = None,
-    dry_run: Annotated[
-        bool,
-        typer.Option(
-            help="with an experiment YAML: print the peak memory per device of one training "
-            "step (measured on the meta device) instead of training"
-        ),
-    ] = False,
-    processes: Annotated[
-        int, typer.Option(help="with --dry-run: data-parallel processes sharing the batch")
-    ] = 1,
-    memory_gib: Annotated[
-        float | None,
-        typer.Option(help="with --dry-run: a device's memory; suggests the micro-batch that fits"),
-    ] = None,
+    dry_run: DryRun = False,
+    processes: Processes = 1,
+    memory_gib: MemoryGib = None,
 ) -> None:
     """Train a discriminator on real pairs vs cached fakes (L_D + dlsm_weight * L_DLSM)."""
-    import torch
-    from accelerate import Accelerator
-
-    from mmdisco.demo import DemoSettings, build_discriminator, world_real_pairs
     from mmdisco.discriminator.config import FUSIONS
-    from mmdisco.training.data import PairData, fake_pairs
-    from mmdisco.training.trainer import TrainConfig, train_discriminator
+    from mmdisco.training.trainer import TrainConfig
 
     if config is not None and config.suffix in (".yaml", ".yml"):
         from mmdisco.cli.experiment import train_from_yaml
 
-        return train_from_yaml(config, dry_run, processes, memory_gib)
+        return train_from_yaml(config, dry_run=dry_run, processes=processes, memory_gib=memory_gib)
     if dry_run:
         raise typer.BadParameter("--dry-run needs --config EXPERIMENT.yaml", param_hint="--dry-run")
     _require(fakes=fakes, out=out)
     # Everything the options say is checked before the models and data are loaded.
     if config is not None:
-        settings = read_json(config)
         try:
-            cfg = TrainConfig.from_dict(settings)
+            cfg = TrainConfig.from_dict(read_json(config))
         except InputError as err:
             raise InputError(str(err), str(config)) from None
     else:
@@ -166,13 +187,35 @@ def train_cmd(
     check_choice("head", head, FUSIONS)
     if real is None:
         check_int("n_real", n_real, 1)
+    _train_world(cfg, fakes, out, head, real, n_real, seed, (audio_model, video_model))
+
+
+def _train_world(
+    cfg: Any,
+    fakes: Path,
+    out: Path,
+    head: str,
+    real: Path | None,
+    n_real: int,
+    seed: int,
+    model_dirs: tuple[Path | None, Path | None],
+) -> None:
+    """Train the small world discriminator (head ``head``) against world base models."""
+    import torch
+    from accelerate import Accelerator
+
+    from mmdisco.demo import DemoSettings
+    from mmdisco.training.data import PairData, fake_pairs
+    from mmdisco.training.trainer import train_discriminator
+    from mmdisco.world.recipes import build_discriminator, world_real_pairs
+
     fake_data = fake_pairs(fakes)
     real_data = None
     if real is not None:
         tensors, _ = load_tensors(real, keys=["audio", "video"])
         real_data = PairData(tensors["audio"], tensors["video"])
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    audio, video = load_base_models(audio_model, video_model, str(accelerator.device))
+    audio, video = world_base_models(*model_dirs, str(accelerator.device))
     if real_data is None:
         real_data = world_real_pairs(audio, video, n_real, seed=seed)
     disc = build_discriminator(
@@ -191,65 +234,69 @@ def train_cmd(
         typer.echo(f"trained in {result.seconds:.0f} s; last {last}; saved {out / 'discriminator'}")
 
 
+SampleDiscriminator = Annotated[
+    Path | None,
+    typer.Option(
+        "--discriminator",
+        help="directory from Discriminator.save_pretrained; required, except with --config "
+        "(default there: the config's output_dir/discriminator)",
+    ),
+]
+SampleOut = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        help="folder for the .mp4 files; required, except with --config (default there: "
+        "the config's output_dir/samples)",
+    ),
+]
+SampleCount = Annotated[
+    int | None,
+    typer.Option("--n", help="pairs per variant (default 4; with --given-*, one per given file)"),
+]
+ScaleAudio = Annotated[
+    float, typer.Option("--scale-audio", help="joint guidance scale of the audio model")
+]
+ScaleVideo = Annotated[
+    float, typer.Option("--scale-video", help="joint guidance scale of the video model")
+]
+Upscale = Annotated[int, typer.Option("--upscale", help="pixel upscaling of the written video")]
+ExperimentFile = Annotated[
+    Path | None,
+    typer.Option("--config", help="experiment YAML (configs/*.yaml): real base models and data"),
+]
+Prompts = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--prompt", help="with --config: a prompt (repeatable; default: real-cache captions)"
+    ),
+]
+
+
 @app.command("sample")
 def sample_cmd(
-    discriminator: Annotated[
-        Path | None, typer.Option(help="directory from Discriminator.save_pretrained")
-    ] = None,
-    out: Annotated[Path | None, typer.Option(help="where the .mp4 files go")] = None,
-    n: Annotated[
-        int | None,
-        typer.Option(help="pairs per variant (default 4; with --given-*, one per given file)"),
-    ] = None,
-    seed: Annotated[int, typer.Option(help="seed of every random draw")] = 0,
-    num_inference_steps: Annotated[int, typer.Option("--steps", help="sampler steps")] = 25,
-    scheduler: Annotated[
-        str, typer.Option(help="default, ddpm, ddim, dpm, unipc or euler")
-    ] = "dpm",
-    guidance_scale_audio: Annotated[
-        float, typer.Option("--scale-audio", help="joint guidance scale of the audio model")
-    ] = 1.0,
-    guidance_scale_video: Annotated[
-        float, typer.Option("--scale-video", help="joint guidance scale of the video model")
-    ] = 1.0,
-    upscale: Annotated[int, typer.Option(help="pixel upscaling of the written video")] = 8,
+    discriminator: SampleDiscriminator = None,
+    out: SampleOut = None,
+    n: SampleCount = None,
+    seed: Seed = 0,
+    num_inference_steps: Steps = 25,
+    scheduler: Scheduler = "dpm",
+    guidance_scale_audio: ScaleAudio = 1.0,
+    guidance_scale_video: ScaleVideo = 1.0,
+    upscale: Upscale = 8,
     audio_model: AudioModelDir = None,
     video_model: VideoModelDir = None,
-    given_video: Annotated[
-        list[Path] | None,
-        typer.Option(
-            help="video-to-audio: a video file to generate audio for (repeatable); it must "
-            "have the video model's frame rate, frame count and frame size (or a multiple)"
-        ),
-    ] = None,
-    given_audio: Annotated[
-        list[Path] | None,
-        typer.Option(
-            help="audio-to-video: an audio (or video) file to generate video for "
-            "(repeatable); it must last the audio model's duration, any sample rate"
-        ),
-    ] = None,
-    given_mode: Annotated[
-        str,
-        typer.Option(
-            help="how given clips enter the discriminator: clean (needs one trained with "
-            "clean_prob > 0) or renoise (noised to the generated modality's level each step)"
-        ),
-    ] = "clean",
-    config: Annotated[
-        Path | None,
-        typer.Option(help="experiment YAML (configs/*.yaml): real base models and data"),
-    ] = None,
-    prompt: Annotated[
-        list[str] | None,
-        typer.Option(help="with --config: a prompt (repeatable; default: real-cache captions)"),
-    ] = None,
+    given_video: GivenVideo = None,
+    given_audio: GivenAudio = None,
+    given_mode: GivenMode = "clean",
+    config: ExperimentFile = None,
+    prompt: Prompts = None,
 ) -> None:
     """Joint generation with the discriminator, and without it from the same seeds; with
     --given-video or --given-audio, generate the other modality for each given file."""
     from mmdisco.demo import write_videos
     from mmdisco.discriminator import load_discriminator
-    from mmdisco.training.fakes import SampleSettings, sample_pairs
+    from mmdisco.sampling import SamplingConfig, sample_batches
 
     given = _given_files(given_video, given_audio, given_mode, n, prompt)
     if config is not None:
@@ -257,21 +304,32 @@ def sample_cmd(
 
         return sample_from_yaml(config, out, discriminator, prompt, given, given_mode)
     _require(discriminator=discriminator, out=out)
-    settings = SampleSettings(
-        num_inference_steps, scheduler, guidance_scale_audio, guidance_scale_video
+    settings = SamplingConfig(
+        num_inference_steps=num_inference_steps,
+        scheduler=scheduler,
+        guidance_scale_audio=guidance_scale_audio,
+        guidance_scale_video=guidance_scale_video,
     )
     check_int("seed", seed, 0)
     check_int("upscale", upscale, 1)
-    audio, video = load_base_models(audio_model, video_model)
+    audio, video = world_base_models(audio_model, video_model)
     given_latents = None if given is None else _encode_given(given, audio, video)
     n = len(given[1]) if given is not None else (n or 4)
     disc = load_discriminator(discriminator).eval()
     out.mkdir(parents=True, exist_ok=True)
     for name, d in (("independent", None), ("guided", disc)):
-        a, v = sample_pairs(
-            audio, video, n, seed, settings=settings, discriminator=d, given=given_latents,
-            given_mode=given_mode, progress=True,
-        )  # fmt: skip
+        a, v = sample_batches(
+            audio,
+            video,
+            n,
+            settings,
+            seed=seed,
+            batch_size=64,
+            discriminator=d,
+            given=given_latents,
+            given_mode=given_mode,
+            progress=True,
+        )
         paths = write_videos(out, name, audio.decode(a), video.decode(v), range(n), upscale)
         typer.echo("\n".join(str(p) for p in paths))
 

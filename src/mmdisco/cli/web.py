@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -12,6 +13,7 @@ import typer
 
 from mmdisco.cli import app
 from mmdisco.errors import InputError, check_int
+from mmdisco.study import DEFAULT_URL  # stdlib only: cheap to import
 
 
 @app.command("app")
@@ -28,6 +30,14 @@ def app_cmd(
         Path | None, typer.Option(help="folder for the generated mp4 files (default: a temp one)")
     ] = None,
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default)")] = 1,
+    share: Annotated[
+        bool,
+        typer.Option(
+            "--share",
+            help="also serve on a public gradio.live link (through Gradio's relay; anyone "
+            "with the link can use the page)",
+        ),
+    ] = False,
 ) -> None:
     """Serve the page: pick a seed (and a world class, or a prompt for real models), scales
     and steps, and see and hear the base models alone beside MMDisCo-guided generation."""
@@ -43,7 +53,7 @@ def app_cmd(
 
     if threads > 0:
         torch.set_num_threads(threads)
-    launch(pipeline or WORLD_PIPELINE, host=host, port=port, out_dir=out)
+    launch(pipeline or WORLD_PIPELINE, host=host, port=port, out_dir=out, share=share)
 
 
 def _check_address(host: str, port: int) -> None:
@@ -54,6 +64,14 @@ def _check_address(host: str, port: int) -> None:
     except socket.gaierror as err:
         raise InputError(f"cannot serve on {host!r} ({err.strerror})", "host") from None
 
+
+BaseUrl = Annotated[
+    str,
+    typer.Option(
+        help="the address listeners open (the server's, or a proxy's in front of it), for the "
+        "printed links"
+    ),
+]
 
 study = typer.Typer(
     help="The A/B listening study: create it, invite listeners, serve it, export win rates.",
@@ -88,9 +106,14 @@ def study_create(
         bool, typer.Option(help="also ask which clip has the better quality")
     ] = False,
     seed: Annotated[int, typer.Option(help="seed of each listener's order and sides")] = 0,
+    require_play: Annotated[
+        bool, typer.Option(help="take an answer only once both clips were played to the end")
+    ] = True,
+    base_url: BaseUrl = DEFAULT_URL,
 ) -> None:
     """Create a study from two folders of clips, or from a pipeline's unguided and guided
-    samples of the same seeds (written beside the database)."""
+    samples of the same seeds (written beside the database); prints each invited listener's
+    link."""
     from mmdisco.study import create_study, invite, match_folders
 
     check_int("num_pairs", num_pairs, 1)
@@ -113,10 +136,11 @@ def study_create(
         )
     questions = ("alignment", "quality") if quality else ("alignment",)
     pairs = match_folders(a, b)
-    create_study(db, pairs, name_a or a.name, name_b or b.name, questions, seed)
-    typer.echo(f"created {db}: {len(pairs)} pairs, questions {', '.join(questions)}")
+    name_a, name_b = name_a or a.name, name_b or b.name
+    create_study(db, pairs, name_a, name_b, questions, seed, require_play=require_play)
+    typer.echo(f"created {db}: {len(pairs)} pairs, questions {', '.join(questions)}", err=True)
     if listeners:
-        _print_invitations(invite(db, listeners))
+        _print_links(invite(db, listeners), base_url, db)
 
 
 def _sample_study_clips(
@@ -129,15 +153,21 @@ def _sample_study_clips(
 
     torch.set_num_threads(1)
     pipe = MMDisCoPipeline.from_pretrained(WORLD_PIPELINE if str(pipeline) == "world" else pipeline)
+    pipe.set_progress_bar_config(disable=True)
     seeds = list(range(first_seed, first_seed + num_pairs))
+    typer.echo(f"sampling seeds {seeds[0]}-{seeds[-1]}, unguided and guided", err=True)
     clips = db.with_name(db.stem + "-clips")
     write_both(pipe, sample_both(pipe, seeds, prompt), seeds, clips, "{name}/seed-{seed:05d}")
     return clips / "unguided", clips / "guided"
 
 
-def _print_invitations(invitations: list) -> None:
+def _print_links(invitations: list, base_url: str, db: Path) -> None:
+    """Each listener's link on stdout; how to open them on stderr."""
     for inv in invitations:
-        typer.echo(f"invited {inv.name}: token {inv.token}")
+        typer.echo(f"{inv.name}: {inv.link(base_url)}")
+    typer.echo(
+        f"the links work while `mmdisco study serve --db {db}` serves at {base_url}", err=True
+    )
 
 
 @study.command("invite")
@@ -147,12 +177,14 @@ def study_invite(
     name: Annotated[
         list[str] | None, typer.Option(help="a listener's name (repeat for several)")
     ] = None,
+    base_url: BaseUrl = DEFAULT_URL,
 ) -> None:
-    """Invite listeners: each gets a secret token, a random order of the pairs and sides."""
+    """Invite listeners: each gets a secret link, a random order of the pairs and sides;
+    prints each new listener's link."""
     from mmdisco.study import invite
 
     check_int("listeners", listeners, 1)
-    _print_invitations(invite(db, listeners, name))
+    _print_links(invite(db, listeners, name), base_url, db)
 
 
 @study.command("serve")
@@ -164,13 +196,12 @@ def study_serve(
     port: Annotated[int, typer.Option(help="port to serve on")] = 8000,
 ) -> None:
     """Serve the listening page; each listener opens http://HOST:PORT/?token=THEIR_TOKEN."""
-    from mmdisco.study import StudyServer, connect
+    from mmdisco.study import StudyServer, invitations
 
     _check_address(host, port)
     server = StudyServer(db, host, port)
-    with connect(db) as conn:
-        for name, token in conn.execute("SELECT name, token FROM listeners ORDER BY id"):
-            typer.echo(f"{name}: http://{host}:{server.server_port}/?token={token}")
+    for inv in invitations(db):
+        typer.echo(f"{inv.name}: {inv.link(f'http://{host}:{server.server_port}')}")
     typer.echo(f"serving {db} on http://{host}:{server.server_port}", err=True)
     try:
         server.serve_forever()
@@ -184,13 +215,31 @@ def study_serve(
 def study_export(
     db: Annotated[Path, typer.Option(help="the study's SQLite file")],
     out: Annotated[Path | None, typer.Option(help="write the results as JSON here")] = None,
+    csv: Annotated[
+        Path | None,
+        typer.Option(help="write the raw answers here as CSV, one row per answer"),
+    ] = None,
 ) -> None:
     """Win rates of B over A per question with Wilson 95 % intervals and binomial tests,
     per listener and per pair; prints the summary table."""
-    from mmdisco.io import write_json_atomic
-    from mmdisco.study import export, render_markdown
+    from mmdisco.study import answer_rows, answers_csv, export, render_markdown
 
     result = export(db)
     if out is not None:
-        write_json_atomic(out, result)
+        _write_atomic(out, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    if csv is not None:
+        rows = answer_rows(db)
+        _write_atomic(csv, answers_csv(rows))
+        typer.echo(f"wrote {len(rows)} answers to {csv}", err=True)
     typer.echo(render_markdown(result))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file in the same folder (mmdisco.io would import torch)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

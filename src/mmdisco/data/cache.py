@@ -96,7 +96,7 @@ def _posterior_generator(dataset: ClipDataset, index: int, modality: int) -> tor
     the dataset seed and that index, so a resumed cache equals an uninterrupted one."""
     if dataset.spec.posterior != "sample":
         return None
-    from mmdisco.training.fakes import derive_seed
+    from mmdisco.seeding import derive_seed
 
     return torch.Generator().manual_seed(derive_seed(dataset.seed, index, modality, 7))
 

@@ -289,7 +289,7 @@ def read_clip(item: ClipItem, spec: ClipSpec, seed: int = 0) -> Clip:
     if not np.isfinite(audio).all():
         raise SkipClip("audio has NaN or infinite samples")
     if spec.audio_peak is not None:
-        audio = normalize_peak(audio, spec.audio_peak, spec.remove_dc)
+        audio = normalize_peak(audio, spec.audio_peak, remove_dc=spec.remove_dc)
     video = torch.from_numpy(np.stack(frames).astype(np.float32) / 127.5 - 1.0)
     return Clip(
         video=video.permute(3, 0, 1, 2),
@@ -300,7 +300,7 @@ def read_clip(item: ClipItem, spec: ClipSpec, seed: int = 0) -> Clip:
     )
 
 
-def normalize_peak(audio: np.ndarray, peak: float, remove_dc: bool = False) -> np.ndarray:
+def normalize_peak(audio: np.ndarray, peak: float, *, remove_dc: bool = False) -> np.ndarray:
     """``audio`` (mean removed if ``remove_dc``) scaled so that ``max |audio| == peak``;
     silence stays silence."""
     audio = audio - audio.mean() if remove_dc else audio
@@ -341,8 +341,12 @@ class ClipDataset(torch.utils.data.Dataset):
             path = os.path.relpath(item.path, self.root)
             digest.update(json.dumps([path, size, item.caption, item.start]).encode() + b"\n")
         spec = dataclasses.asdict(self.spec)
-        return {"items": len(self.items), "sha256": digest.hexdigest(), "spec": spec,
-                "seed": self.seed}  # fmt: skip
+        return {
+            "items": len(self.items),
+            "sha256": digest.hexdigest(),
+            "spec": spec,
+            "seed": self.seed,
+        }
 
     def summary(self) -> str:
         reasons: dict[str, int] = {}

@@ -39,7 +39,6 @@ the noise levels that guide.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -49,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmdisco.diffusion import LOG_SNR_LIMIT
-from mmdisco.io import load_pretrained, save_pretrained
+from mmdisco.io import PretrainedMixin
 
 KIND = "codebook"
 
@@ -166,12 +165,15 @@ def _segment_means(values: Tensor, assign: Tensor, k: int) -> Tensor:
     return (sums / counts[:, None]).float()
 
 
-class CodebookDiscriminator(nn.Module):
+class CodebookDiscriminator(PretrainedMixin, nn.Module):
     """The anchor-posterior ratio model above, as a discriminator.
 
     Called like every discriminator (:mod:`mmdisco.guidance`): ``disc(audio, video,
     log_snr_audio, log_snr_video) -> (B,)`` logits; it is unconditional (no text inputs).
     """
+
+    config_class = CodebookConfig
+    pretrained_what = "a codebook discriminator"
 
     def __init__(self, config: CodebookConfig) -> None:
         super().__init__()
@@ -356,24 +358,6 @@ class CodebookDiscriminator(nn.Module):
         return torch.cat(logits).to(audio.dtype)
 
     # -- persistence -----------------------------------------------------------------------
-
-    def save_pretrained(
-        self, directory: str | os.PathLike[str], dtype: torch.dtype | None = None
-    ) -> None:
-        """``config.json`` + ``model.safetensors`` (weights cast to ``dtype`` if given)."""
-        save_pretrained(directory, self.config.to_dict(), self, dtype)
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu"
-    ) -> CodebookDiscriminator:
-        """Load what :meth:`save_pretrained` wrote; errors name the file that is wrong."""
-
-        def build(config: dict[str, Any]) -> CodebookDiscriminator:
-            return cls(CodebookConfig.from_dict(config))
-
-        model = load_pretrained(directory, build, "a codebook discriminator")
-        return model.to(device)  # type: ignore[return-value]
 
 
 _NO_SUPPORT = -1e4  # a coupling entry this low marks "no support": it is left out of sums

@@ -40,12 +40,14 @@ class PooledDiscriminator(nn.Module):
         self.video_pool = check_int("video_pool", video_pool, 1)
         self.audio_pool = check_int("audio_pool", audio_pool, 1)
 
-    def forward(self, audio: Tensor, video: Tensor, t_audio: Tensor, t_video: Tensor, **kw: Any):
+    def forward(
+        self, audio: Tensor, video: Tensor, log_snr_audio: Tensor, log_snr_video: Tensor, **kw: Any
+    ):
         if self.video_pool > 1:
             video = F.avg_pool3d(video, (1, self.video_pool, self.video_pool))
         if self.audio_pool > 1:
             audio = F.avg_pool1d(audio, self.audio_pool)
-        return self.disc(audio, video, t_audio, t_video, **kw)
+        return self.disc(audio, video, log_snr_audio, log_snr_video, **kw)
 
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
         self.disc.save_pretrained(directory, dtype=dtype)
@@ -69,8 +71,10 @@ class SummedDiscriminators(nn.Module):
         super().__init__()
         self.discs = nn.ModuleList(discs)
 
-    def forward(self, audio: Tensor, video: Tensor, t_audio: Tensor, t_video: Tensor, **kw: Any):
-        return sum(d(audio, video, t_audio, t_video, **kw) for d in self.discs)
+    def forward(
+        self, audio: Tensor, video: Tensor, log_snr_audio: Tensor, log_snr_video: Tensor, **kw: Any
+    ):
+        return sum(d(audio, video, log_snr_audio, log_snr_video, **kw) for d in self.discs)
 
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
         """Each part in ``directory/part_{i}``, listed in ``directory/summed.json``."""

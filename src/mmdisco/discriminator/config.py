@@ -90,8 +90,9 @@ class DiscriminatorConfig:
         for name in positive:
             check_int(f"DiscriminatorConfig.{name}", getattr(self, name), 1)
         for name in ("dropout", "text_drop_prob"):
-            value = check_float(f"DiscriminatorConfig.{name}", getattr(self, name), 0.0, 1.0,
-                                open_max=True)  # fmt: skip
+            value = check_float(
+                f"DiscriminatorConfig.{name}", getattr(self, name), 0.0, 1.0, open_max=True
+            )
             object.__setattr__(self, name, value)
         check_bool("DiscriminatorConfig.fusion_product", self.fusion_product)
         if self.audio_kind not in AUDIO_KINDS:

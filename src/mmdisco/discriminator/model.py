@@ -9,9 +9,7 @@ BatchNorm), so ``grad sum(h)`` is every sample's own gradient.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,17 +24,7 @@ from mmdisco.discriminator.blocks import (
 )
 from mmdisco.discriminator.config import DiscriminatorConfig
 from mmdisco.discriminator.heads import build_head
-from mmdisco.errors import InputError, MissingInputError
-from mmdisco.io import (
-    load_tensors,
-    read_json,
-    save_tensors_atomic,
-    state_dict_mismatches,
-    write_text_atomic,
-)
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from mmdisco.io import PretrainedMixin
 
 
 class TextEmbedding(nn.Module):
@@ -67,8 +55,12 @@ class TextEmbedding(nn.Module):
         return emb if drop is None else torch.where(drop[:, None], null, emb)
 
 
-class Discriminator(nn.Module):
+class Discriminator(PretrainedMixin, nn.Module):
     """MMDisCo's audio-video discriminator (paper A.3, A.8, Table 6); see the config."""
+
+    config_class = DiscriminatorConfig
+    pretrained_what = "a discriminator"
+    pretrained_metadata = {"format": "pt"}  # noqa: RUF012
 
     def __init__(self, config: DiscriminatorConfig) -> None:
         super().__init__()
@@ -110,8 +102,8 @@ class Discriminator(nn.Module):
         self,
         audio: Tensor,
         video: Tensor,
-        t_audio: Tensor | float,
-        t_video: Tensor | float,
+        log_snr_audio: Tensor | float,
+        log_snr_video: Tensor | float,
         text_audio: Tensor | None = None,
         text_video: Tensor | None = None,
         *,
@@ -120,14 +112,14 @@ class Discriminator(nn.Module):
     ) -> Tensor:
         """Logits ``h`` of shape ``(B,)`` (pre-sigmoid; ``h = log r_t`` at the optimum).
 
-        ``t_audio`` / ``t_video`` are log-SNRs, scalars or ``(B,)``. ``text_*`` are pooled
+        ``log_snr_audio`` / ``log_snr_video`` are scalars or ``(B,)``. ``text_*`` are pooled
         text embeddings ``(B, D)`` or token embeddings ``(B, N, D)`` (averaged). In training
         mode each sample's texts are dropped together with probability ``text_drop_prob``,
         drawn from ``generator`` (or torch's global RNG when it is None), unless ``text_drop``
         ``(B,)`` says which (the trainer does, so that L_DLSM uses the matching prediction).
         """
         audio_feats, video_feats, cond = self._encode(
-            audio, video, t_audio, t_video, text_audio, text_video, generator, text_drop
+            audio, video, log_snr_audio, log_snr_video, text_audio, text_video, generator, text_drop
         )
         return self.head(audio_feats, video_feats, cond)
 
@@ -135,8 +127,8 @@ class Discriminator(nn.Module):
         self,
         audio: Tensor,
         video: Tensor,
-        t_audio: Tensor | float,
-        t_video: Tensor | float,
+        log_snr_audio: Tensor | float,
+        log_snr_video: Tensor | float,
         text_audio: Tensor | None = None,
         text_video: Tensor | None = None,
         *,
@@ -144,7 +136,7 @@ class Discriminator(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """The heads' inputs: audio tokens ``(B, La, C)``, per-frame video tokens ``(B, F, C)``."""
         audio_feats, video_feats, _ = self._encode(
-            audio, video, t_audio, t_video, text_audio, text_video, generator, None
+            audio, video, log_snr_audio, log_snr_video, text_audio, text_video, generator, None
         )
         return audio_feats, video_feats
 
@@ -152,8 +144,8 @@ class Discriminator(nn.Module):
         self,
         audio: Tensor,
         video: Tensor,
-        t_audio: Tensor | float,
-        t_video: Tensor | float,
+        log_snr_audio: Tensor | float,
+        log_snr_video: Tensor | float,
         text_audio: Tensor | None,
         text_video: Tensor | None,
         generator: torch.Generator | None,
@@ -161,8 +153,12 @@ class Discriminator(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         self._check_inputs(audio, video)
         batch = audio.shape[0]
-        emb_audio = self.time_audio(_per_sample(t_audio, batch, "t_audio", audio.device))
-        emb_video = self.time_video(_per_sample(t_video, batch, "t_video", video.device))
+        emb_audio = self.time_audio(
+            _per_sample(log_snr_audio, batch, "log_snr_audio", audio.device)
+        )
+        emb_video = self.time_video(
+            _per_sample(log_snr_video, batch, "log_snr_video", video.device)
+        )
         if text_drop is not None and self.training:
             drop = text_drop.to(audio.device, torch.bool).reshape(batch)
         else:
@@ -232,42 +228,6 @@ class Discriminator(nn.Module):
             )
 
     # -- persistence -----------------------------------------------------------------------
-
-    def save_pretrained(
-        self, directory: str | os.PathLike[str], dtype: torch.dtype | None = None
-    ) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically);
-        ``dtype`` stores the weights in that type (``from_pretrained`` casts them back)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(directory / CONFIG_NAME, self.config.to_json())
-        state = {k: v.to(dtype or v.dtype) for k, v in self.state_dict().items()}
-        save_tensors_atomic(directory / WEIGHTS_NAME, state, metadata={"format": "pt"})
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu"
-    ) -> Discriminator:
-        """Load what :meth:`save_pretrained` wrote; errors name missing files and bad keys."""
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise MissingInputError(f"no {path.name} in {directory} (expected {path})")
-        try:
-            config = DiscriminatorConfig.from_dict(read_json(config_path))
-        except (ValueError, TypeError) as err:
-            raise InputError(f"invalid discriminator config ({err})", str(config_path)) from err
-        model = cls(config)
-        state, _ = load_tensors(weights_path)  # refuses NaN / inf: they would poison sampling
-        problems = state_dict_mismatches(model.state_dict(), state)
-        if problems:
-            raise InputError(
-                f"weights {weights_path} do not match config {config_path}:\n  "
-                + "\n  ".join(problems)
-            )
-        model.load_state_dict(state)
-        return model.to(device)
 
     @staticmethod
     def num_parameters_for(config: DiscriminatorConfig) -> int:

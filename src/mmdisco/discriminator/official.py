@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from mmdisco.diffusion import NoiseSchedule, schedule_from_scheduler_config
 from mmdisco.discriminator.blocks import FactorisedConv3d, ResBlock, audio_tokens, video_tokens
-from mmdisco.io import load_pretrained, save_pretrained, state_dict_mismatches
+from mmdisco.io import PretrainedMixin, state_dict_mismatches
 
 KIND = "mmdisco-official-discriminator"
 FUSIONS = (
@@ -264,10 +264,12 @@ def _audio_conv(kind: str, kernel: int, dilation: int = 1):
     return lambda i, o: nn.Conv2d(i, o, kernel, padding=dilation * (kernel // 2), dilation=dilation)
 
 
-class OfficialDiscriminator(nn.Module):
+class OfficialDiscriminator(PretrainedMixin, nn.Module):
     """The release's ``MultimodalDiscriminator`` (``sample_only`` inputs); see the module
     docstring."""
 
+    config_class = OfficialConfig
+    pretrained_what = "a converted release discriminator"
     # Text inputs are the base models' denoiser conditioning (averaged over tokens here).
     text_from_hidden_states = True
 
@@ -301,17 +303,30 @@ class OfficialDiscriminator(nn.Module):
         audio_pool = nn.AvgPool1d(4) if c.audio_kind == "1d" else nn.AvgPool2d((1, 2))
         self.video_blocks.append(
             ResBlock(
-                ch, out, emb, FactorisedConv3d, lambda i, o: nn.Conv3d(i, o, 1),
-                nn.AvgPool3d((1, 2, 2)) if down else None, GROUPS, 0.0, down_after_conv=True,
-            )
-        )  # fmt: skip
-        self.audio_blocks.append(
-            ResBlock(
-                ch, out, emb, _audio_conv(c.audio_kind, 3, dilation),
-                _audio_conv(c.audio_kind, 1), audio_pool if down else None, GROUPS, 0.0,
+                ch,
+                out,
+                emb,
+                FactorisedConv3d,
+                lambda i, o: nn.Conv3d(i, o, 1),
+                nn.AvgPool3d((1, 2, 2)) if down else None,
+                GROUPS,
+                0.0,
                 down_after_conv=True,
             )
-        )  # fmt: skip
+        )
+        self.audio_blocks.append(
+            ResBlock(
+                ch,
+                out,
+                emb,
+                _audio_conv(c.audio_kind, 3, dilation),
+                _audio_conv(c.audio_kind, 1),
+                audio_pool if down else None,
+                GROUPS,
+                0.0,
+                down_after_conv=True,
+            )
+        )
 
     def timesteps(self, log_snr: Tensor) -> Tensor:
         """The audio model's timestep (float, exact at integers) for each log-SNR."""
@@ -327,15 +342,15 @@ class OfficialDiscriminator(nn.Module):
         self,
         audio: Tensor,
         video: Tensor,
-        t_audio: Tensor | float,
-        t_video: Tensor | float = 0.0,
+        log_snr_audio: Tensor | float,
+        log_snr_video: Tensor | float = 0.0,
         text_audio: Tensor | None = None,
         text_video: Tensor | None = None,
     ) -> Tensor:
-        """``h`` of shape ``(B,)``; ``t_audio`` is the audio log-SNR (``t_video`` is unused:
-        the release conditions both streams on the audio model's timestep)."""
+        """``h`` of shape ``(B,)``; ``log_snr_video`` is unused: the release conditions both
+        streams on the audio model's timestep (here its log-SNR, ``log_snr_audio``)."""
         batch = audio.shape[0]
-        log_snr = torch.as_tensor(t_audio, dtype=torch.float32, device=audio.device)
+        log_snr = torch.as_tensor(log_snr_audio, dtype=torch.float32, device=audio.device)
         steps = self.timesteps(log_snr.reshape(-1).expand(batch))
         temb = self.time_embed(get_timestep_embedding(steps, self.config.time_embed_dim))
         emb_v = temb + self._text(self.text_video, text_video, "text_video", batch)
@@ -349,13 +364,15 @@ class OfficialDiscriminator(nn.Module):
         self,
         audio: Tensor,
         video: Tensor,
-        t_audio: Tensor | float,
-        t_video: Tensor | float = 0.0,
+        log_snr_audio: Tensor | float,
+        log_snr_video: Tensor | float = 0.0,
         text_audio: Tensor | None = None,
         text_video: Tensor | None = None,
     ) -> Tensor:
         """What the release's guidance differentiates: ``log(p + 1e-5) - log(1 - p + 1e-5)``."""
-        p = torch.sigmoid(self.logit(audio, video, t_audio, t_video, text_audio, text_video))
+        p = torch.sigmoid(
+            self.logit(audio, video, log_snr_audio, log_snr_video, text_audio, text_video)
+        )
         return torch.log(p + 1e-5) - torch.log1p(-p + 1e-5)
 
     @staticmethod
@@ -377,18 +394,11 @@ class OfficialDiscriminator(nn.Module):
             )
         return module(text.to(module.weight.dtype))
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        save_pretrained(directory, self.config.to_dict(), self)
-
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, device: str | torch.device = "cpu"
     ) -> OfficialDiscriminator:
-        def build(config: dict[str, Any]) -> OfficialDiscriminator:
-            return cls(OfficialConfig.from_dict(config))
-
-        model = load_pretrained(directory, build, "a converted release discriminator")
-        return model.to(device).eval()
+        return super().from_pretrained(directory, device).eval()
 
 
 def is_official(directory: str | Path) -> bool:

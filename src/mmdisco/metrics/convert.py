@@ -6,7 +6,8 @@
     mmdisco convert panns Cnn14_16k_mAP=0.438.pth panns.safetensors
     mmdisco convert synchformer synchformer_state_dict.pth synchformer.safetensors
 
-(``python -m mmdisco.metrics.convert ...`` runs the same command.)
+(``mmdisco convert`` is the command line's door to :func:`convert`; this module does not
+import the CLI.)
 
 Sources whose key layout matches ours directly:
 * ``vggish``: harritaylor/torchvggish ``vggish-10086976.pth`` (``features.*``,
@@ -181,16 +182,3 @@ def convert(
         metadata["variant"] = i3d_variant(src, variant)
     save_tensors_atomic(dst, state, metadata=metadata, finite=False)
     return dst
-
-
-def main() -> None:
-    """``python -m mmdisco.metrics.convert ARCH SRC DST``: ``mmdisco convert`` (one error path)."""
-    import sys
-
-    from mmdisco.cli import app
-
-    app(["convert", *sys.argv[1:]], prog_name="python -m mmdisco.metrics.convert")
-
-
-if __name__ == "__main__":
-    main()

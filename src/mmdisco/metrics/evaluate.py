@@ -41,8 +41,17 @@ from mmdisco.metrics.stats import (
 )
 
 ALL_METRICS = (
-    "fad", "fvd", "kvd", "ib", "av_align", "fd_panns", "kl_panns", "is_panns", "desync", "clap",
-)  # fmt: skip
+    "fad",
+    "fvd",
+    "kvd",
+    "ib",
+    "av_align",
+    "fd_panns",
+    "kl_panns",
+    "is_panns",
+    "desync",
+    "clap",
+)
 NEEDS_REFERENCE = {"fad", "fvd", "kvd", "fd_panns", "kl_panns"}
 FVD_REFERENCE_CLIPS = ("first", "random")
 
@@ -190,8 +199,14 @@ def _process_set(
     need_audio = bool(set(steps) - {"video"})
     for path in tqdm(paths, desc=f"{label} ({directory.name})", disable=not options.progress):
         try:
-            item = load_media(path, options.fps, options.prefer_sibling_audio,
-                              options.max_seconds, max_frames, need_audio)  # fmt: skip
+            item = load_media(
+                path,
+                options.fps,
+                prefer_sibling_audio=options.prefer_sibling_audio,
+                max_seconds=options.max_seconds,
+                max_frames=max_frames,
+                audio=need_audio,
+            )
         except Exception as err:
             res.skipped.append(
                 {"path": str(path), "metric": "all", "reason": f"{type(err).__name__}: {err}"}
@@ -247,29 +262,17 @@ def evaluate_directories(
     :func:`write_report`.
     """
     metrics = set(options.metrics)
-    unknown = sorted(metrics - set(ALL_METRICS))
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown}; choose from {list(ALL_METRICS)}")
-    if NEEDS_REFERENCE & metrics and reference is None:
-        raise ValueError(f"{sorted(NEEDS_REFERENCE & metrics)} need --reference")
-    if options.kvd_mode not in KVD_MODES:
-        raise ValueError(f"unknown kvd_mode {options.kvd_mode!r}; choose from {KVD_MODES}")
-    needs = {
-        "fad": (audio_extractor, "an audio feature extractor"),
-        "fvd": (video_extractor, "a video feature extractor"),
-        "kvd": (video_extractor, "a video feature extractor"),
-        "ib": (embedding_model, "an ImageBind-style embedding model (see docs/metrics.md)"),
-        "fd_panns": (panns, "PANNs weights (--panns-weights)"),
-        "kl_panns": (panns, "PANNs weights (--panns-weights)"),
-        "is_panns": (panns, "PANNs weights (--panns-weights)"),
-        "desync": (desync, "a Synchformer model (--sync-model)"),
-        "clap": (clap, "a CLAP checkpoint (--clap-model)"),
-    }
-    for name in sorted(metrics & set(needs)):
-        if needs[name][0] is None:
-            raise ValueError(f"{name} needs {needs[name][1]}")
-    if "clap" in metrics and captions is None:
-        raise ValueError("clap needs --captions (file stem -> caption)")
+    _check_inputs(
+        options,
+        reference,
+        audio_extractor,
+        video_extractor,
+        embedding_model,
+        captions,
+        panns,
+        desync,
+        clap,
+    )
     models = {
         "audio": audio_extractor if "fad" in metrics else None,
         "video": video_extractor if metrics & {"fvd", "kvd"} else None,
@@ -303,19 +306,62 @@ def evaluate_directories(
         "counts": {label: _counts(r) for label, r in results.items()},
         "warnings": _warnings(results, options),
         "skipped": [s | {"set": label} for label, r in results.items() for s in r.skipped],
-        "options": {
-            "metrics": list(options.metrics),
-            "fps_for_frame_folders": options.fps,
-            "kvd_mode": options.kvd_mode,
-            "kvd_subsets": options.kvd_subsets,
-            "kvd_subset_size": options.kvd_subset_size,
-            "fvd_reference_clips": options.fvd_reference_clips,
-            "prefer_sibling_audio": options.prefer_sibling_audio,
-            "ground_truth": options.ground_truth,
-            "seed": options.seed,
-            "av_align": vars(options.av_align) | {"version": options.av_align.version_name},
-            "max_seconds": options.max_seconds,
-        },
+        "options": _report_options(options),
+    }
+
+
+def _check_inputs(
+    options: EvalOptions,
+    reference: str | Path | None,
+    audio_extractor: FeatureExtractor | None,
+    video_extractor: FeatureExtractor | None,
+    embedding_model: EmbeddingModel | None,
+    captions: dict[str, str] | None,
+    panns: PANNsExtractor | None,
+    desync: DeSync | None,
+    clap: ClapScorer | None,
+) -> None:
+    """Every chosen metric has what it needs (a reference, a model, captions)."""
+    metrics = set(options.metrics)
+    unknown = sorted(metrics - set(ALL_METRICS))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {list(ALL_METRICS)}")
+    if NEEDS_REFERENCE & metrics and reference is None:
+        raise ValueError(f"{sorted(NEEDS_REFERENCE & metrics)} need --reference")
+    if options.kvd_mode not in KVD_MODES:
+        raise ValueError(f"unknown kvd_mode {options.kvd_mode!r}; choose from {KVD_MODES}")
+    needs = {
+        "fad": (audio_extractor, "an audio feature extractor"),
+        "fvd": (video_extractor, "a video feature extractor"),
+        "kvd": (video_extractor, "a video feature extractor"),
+        "ib": (embedding_model, "an ImageBind-style embedding model (see docs/metrics.md)"),
+        "fd_panns": (panns, "PANNs weights (--panns-weights)"),
+        "kl_panns": (panns, "PANNs weights (--panns-weights)"),
+        "is_panns": (panns, "PANNs weights (--panns-weights)"),
+        "desync": (desync, "a Synchformer model (--sync-model)"),
+        "clap": (clap, "a CLAP checkpoint (--clap-model)"),
+    }
+    for name in sorted(metrics & set(needs)):
+        if needs[name][0] is None:
+            raise ValueError(f"{name} needs {needs[name][1]}")
+    if "clap" in metrics and captions is None:
+        raise ValueError("clap needs --captions (file stem -> caption)")
+
+
+def _report_options(options: EvalOptions) -> dict[str, Any]:
+    """The options a report was computed with, as written into metrics.json."""
+    return {
+        "metrics": list(options.metrics),
+        "fps_for_frame_folders": options.fps,
+        "kvd_mode": options.kvd_mode,
+        "kvd_subsets": options.kvd_subsets,
+        "kvd_subset_size": options.kvd_subset_size,
+        "fvd_reference_clips": options.fvd_reference_clips,
+        "prefer_sibling_audio": options.prefer_sibling_audio,
+        "ground_truth": options.ground_truth,
+        "seed": options.seed,
+        "av_align": vars(options.av_align) | {"version": options.av_align.version_name},
+        "max_seconds": options.max_seconds,
     }
 
 
@@ -502,33 +548,7 @@ def metric_info(options: EvalOptions, models: dict[str, Any]) -> dict[str, dict[
             },
         }
     if metrics & {"fvd", "kvd"}:
-        fvd_opts = {
-            "extractor": video.name,
-            "frames": getattr(video, "num_frames", None),
-            "weights_variant": getattr(video, "variant", None),
-            "generated_clips": "first",
-            "reference_clips": options.fvd_reference_clips,
-        }
-        if "fvd" in metrics:
-            info["fvd"] = {
-                "reference": getattr(video, "reference", video.name),
-                "version": "fvd2048_16f" if hasattr(video, "reference") else "offline",
-                "options": fvd_opts,
-            }
-        if "kvd" in metrics:
-            mmd = options.kvd_mode == "mmdiffusion"
-            info["kvd"] = {
-                "reference": "researchmm/MM-Diffusion polynomial_mmd"
-                if mmd
-                else "NVlabs/stylegan2-ada-pytorch compute_kid",
-                "version": options.kvd_mode,
-                "options": fvd_opts
-                | (
-                    {}
-                    if mmd
-                    else {"subsets": options.kvd_subsets, "subset_size": options.kvd_subset_size}
-                ),
-            }
+        info.update(_video_metric_info(options, metrics, video))
     if "ib" in metrics:
         info["ib"] = {
             "reference": "facebookresearch/ImageBind data.py (imagebind_huge)",
@@ -567,6 +587,39 @@ def metric_info(options: EvalOptions, models: dict[str, Any]) -> dict[str, dict[
             "reference": c.reference,
             "version": c.source,
             "options": {"max_seconds": c.max_seconds},
+        }
+    return info
+
+
+def _video_metric_info(options: EvalOptions, metrics: set[str], video: Any) -> dict[str, Any]:
+    """FVD's and KVD's entries of :func:`metric_info` (one video extractor serves both)."""
+    info: dict[str, Any] = {}
+    fvd_opts = {
+        "extractor": video.name,
+        "frames": getattr(video, "num_frames", None),
+        "weights_variant": getattr(video, "variant", None),
+        "generated_clips": "first",
+        "reference_clips": options.fvd_reference_clips,
+    }
+    if "fvd" in metrics:
+        info["fvd"] = {
+            "reference": getattr(video, "reference", video.name),
+            "version": "fvd2048_16f" if hasattr(video, "reference") else "offline",
+            "options": fvd_opts,
+        }
+    if "kvd" in metrics:
+        mmd = options.kvd_mode == "mmdiffusion"
+        info["kvd"] = {
+            "reference": "researchmm/MM-Diffusion polynomial_mmd"
+            if mmd
+            else "NVlabs/stylegan2-ada-pytorch compute_kid",
+            "version": options.kvd_mode,
+            "options": fvd_opts
+            | (
+                {}
+                if mmd
+                else {"subsets": options.kvd_subsets, "subset_size": options.kvd_subset_size}
+            ),
         }
     return info
 

@@ -139,11 +139,23 @@ class InceptionI3d(nn.Module):
             cin = block.out_channels
         self.logits = Unit3D(cin, config.num_classes, norm_act=False)
         self._order = [
-            "Conv3d_1a_7x7", "MaxPool3d_2a_3x3", "Conv3d_2b_1x1", "Conv3d_2c_3x3",
-            "MaxPool3d_3a_3x3", "Mixed_3b", "Mixed_3c", "MaxPool3d_4a_3x3", "Mixed_4b",
-            "Mixed_4c", "Mixed_4d", "Mixed_4e", "Mixed_4f", "MaxPool3d_5a_2x2", "Mixed_5b",
+            "Conv3d_1a_7x7",
+            "MaxPool3d_2a_3x3",
+            "Conv3d_2b_1x1",
+            "Conv3d_2c_3x3",
+            "MaxPool3d_3a_3x3",
+            "Mixed_3b",
+            "Mixed_3c",
+            "MaxPool3d_4a_3x3",
+            "Mixed_4b",
+            "Mixed_4c",
+            "Mixed_4d",
+            "Mixed_4e",
+            "Mixed_4f",
+            "MaxPool3d_5a_2x2",
+            "Mixed_5b",
             "Mixed_5c",
-        ]  # fmt: skip
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for name in self._order:
@@ -170,7 +182,7 @@ def preprocess_video(
 
 
 def weights_variant(path: str | os.PathLike) -> str | None:
-    """The ``variant`` that ``mmdisco.metrics.convert i3d`` wrote into a weights file."""
+    """The ``variant`` that ``mmdisco convert i3d`` wrote into a weights file."""
     with safe_open(str(path), framework="pt") as f:
         return (f.metadata() or {}).get("variant")
 

@@ -75,8 +75,9 @@ def _kaldi_mel_banks(num_bins: int, fft_size: int, sample_rate: int, low_hz: flo
     left = mel(low_hz) + np.arange(num_bins)[:, None] * delta
     center, right = left + delta, left + 2 * delta
     bin_mel = mel(sample_rate / fft_size * np.arange(fft_size // 2))[None, :]
-    banks = np.maximum(0.0, np.minimum((bin_mel - left) / (center - left),
-                                       (right - bin_mel) / (right - center)))  # fmt: skip
+    banks = np.maximum(
+        0.0, np.minimum((bin_mel - left) / (center - left), (right - bin_mel) / (right - center))
+    )
     return np.pad(banks, ((0, 0), (0, 1)))  # zero weight on the Nyquist bin
 
 

@@ -4,7 +4,7 @@ Follows facebookresearch/ImageBind ``imagebind_model.py`` (``imagebind_huge``): 
 modality is patch/token embedding -> pre-LN transformer -> LayerNorm + token select + linear
 projection -> L2 normalisation. Module and parameter names reproduce the official ones, so
 the official ``imagebind_huge.pth`` loads after dropping the depth / thermal / IMU
-modalities (``python -m mmdisco.metrics.convert imagebind imagebind_huge.pth ib.safetensors``):
+modalities (``mmdisco convert imagebind imagebind_huge.pth ib.safetensors``):
 
 * ``modality_preprocessors.vision.rgbt_stem.proj.1.weight`` Conv3d (2, 14, 14), no bias
   (index 1 because index 0 is the parameter-free PadIm2Video), ``cls_token``,
@@ -182,7 +182,7 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block; drop path (stochastic depth) is active in training only."""
 
-    def __init__(self, dim: int, heads: int, bias_kv: bool, drop_path: float) -> None:
+    def __init__(self, dim: int, heads: int, *, bias_kv: bool, drop_path: float) -> None:
         super().__init__()
         self.attn = nn.MultiheadAttention(dim, heads, add_bias_kv=bias_kv, batch_first=True)
         self.norm_1 = nn.LayerNorm(dim, eps=1e-6)
@@ -204,7 +204,7 @@ class Block(nn.Module):
 
 class Trunk(nn.Module):
     def __init__(
-        self, dim: int, blocks: int, heads: int, pre_ln: bool, bias_kv: bool, drop_path: float
+        self, dim: int, blocks: int, heads: int, *, pre_ln: bool, bias_kv: bool, drop_path: float
     ) -> None:
         super().__init__()
         self.pre_transformer_layer = nn.Sequential(
@@ -212,7 +212,7 @@ class Trunk(nn.Module):
         )
         step = drop_path / max(blocks - 1, 1)  # "progressive" (linspace 0..rate), as official
         rates = [step * i for i in range(blocks)]
-        self.blocks = nn.ModuleList(Block(dim, heads, bias_kv, r) for r in rates)
+        self.blocks = nn.ModuleList(Block(dim, heads, bias_kv=bias_kv, drop_path=r) for r in rates)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.pre_transformer_layer(x)
@@ -247,8 +247,13 @@ class ImageBind(nn.Module):
         super().__init__()
         c = self.config = config or ImageBindConfig()
         self.tokenizer = tokenizer
-        conv3d = nn.Conv3d(3, c.vision_dim, (2, c.patch_size, c.patch_size),
-                           stride=(2, c.patch_size, c.patch_size), bias=False)  # fmt: skip
+        conv3d = nn.Conv3d(
+            3,
+            c.vision_dim,
+            (2, c.patch_size, c.patch_size),
+            stride=(2, c.patch_size, c.patch_size),
+            bias=False,
+        )
         vision_patches = (c.video_frames // 2) * (c.image_size // c.patch_size) ** 2
         conv2d = nn.Conv2d(1, c.audio_dim, c.audio_kernel, stride=c.audio_stride, bias=False)
         grid = [(n - c.audio_kernel) // c.audio_stride + 1 for n in (c.mel_bins, c.audio_frames)]
@@ -267,10 +272,29 @@ class ImageBind(nn.Module):
         )
         self.modality_trunks = nn.ModuleDict(
             {
-                "vision": Trunk(c.vision_dim, c.vision_blocks, c.vision_heads, True, False, 0.0),
-                "text": Trunk(c.text_dim, c.text_blocks, c.text_heads, False, False, 0.0),
+                "vision": Trunk(
+                    c.vision_dim,
+                    c.vision_blocks,
+                    c.vision_heads,
+                    pre_ln=True,
+                    bias_kv=False,
+                    drop_path=0.0,
+                ),
+                "text": Trunk(
+                    c.text_dim,
+                    c.text_blocks,
+                    c.text_heads,
+                    pre_ln=False,
+                    bias_kv=False,
+                    drop_path=0.0,
+                ),
                 "audio": Trunk(
-                    c.audio_dim, c.audio_blocks, c.audio_heads, False, True, c.audio_drop_path
+                    c.audio_dim,
+                    c.audio_blocks,
+                    c.audio_heads,
+                    pre_ln=False,
+                    bias_kv=True,
+                    drop_path=c.audio_drop_path,
                 ),
             }
         )
@@ -452,7 +476,7 @@ def load_imagebind(
     if not path.is_file():
         raise FileNotFoundError(f"ImageBind weights not found: {path}")
     if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: expected .safetensors; convert with mmdisco.metrics.convert")
+        raise ValueError(f"{path}: expected .safetensors; convert with `mmdisco convert imagebind`")
     state, meta = load_tensors(path, device, finite=False)  # the text mask holds -inf
     config = ImageBindConfig(**json.loads(meta["config"])) if "config" in meta else None
     tokenizer = ClipTokenizer(bpe_path) if bpe_path is not None else None

@@ -91,6 +91,7 @@ def read_video_file(
     path: Path,
     max_seconds: float | None = None,
     max_frames: int | None = None,
+    *,
     audio: bool = True,
 ) -> tuple[VideoClip, AudioClip | None]:
     """Video file -> (video, audio or None) via ``mmdisco.media.read_mp4`` (PyAV), decoding
@@ -99,8 +100,9 @@ def read_video_file(
     ``read_mp4`` compensates the AAC priming delay, so audio onsets line up with frames
     (this matters for AV-Align at 8 fps).
     """
-    clip = read_mp4(path, require_audio=False, duration=max_seconds, max_frames=max_frames,
-                    audio=audio)  # fmt: skip
+    clip = read_mp4(
+        path, require_audio=False, duration=max_seconds, max_frames=max_frames, audio=audio
+    )
     samples = None if clip.audio is None else AudioClip(np.asarray(clip.audio), clip.sample_rate)
     return VideoClip(np.asarray(clip.frames), float(clip.fps)), samples
 
@@ -159,7 +161,9 @@ def load_media(
         video, sound = None, read_audio_file(path, max_seconds)
     elif path.suffix.lower() in VIDEO_SUFFIXES:
         sibling = sibling_audio(path) if prefer_sibling_audio and audio else None
-        video, sound = read_video_file(path, max_seconds, max_frames, audio and sibling is None)
+        video, sound = read_video_file(
+            path, max_seconds, max_frames, audio=audio and sibling is None
+        )
         if sibling is not None:
             sound, audio_path = read_audio_file(sibling, max_seconds), sibling
     else:

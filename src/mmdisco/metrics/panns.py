@@ -6,7 +6,7 @@ the one audioldm_eval and hkchengrex/av-benchmark load. Module and parameter nam
 official ones, including torchlibrosa's STFT-as-convolution kernels
 (``spectrogram_extractor.stft.conv_real/conv_imag``) and the mel matrix
 (``logmel_extractor.melW``), so ``checkpoint["model"]`` converts by a format change
-(``python -m mmdisco.metrics.convert panns Cnn14_16k_mAP=0.438.pth panns.safetensors``).
+(``mmdisco convert panns Cnn14_16k_mAP=0.438.pth panns.safetensors``).
 
 Outputs, as av-benchmark's copy returns them: ``"2048"`` = ReLU(fc1(pooled)), the FD
 embedding, and ``logits`` = fc_audioset(ReLU(fc1(pooled))), the KL / IS input (one row per
@@ -69,7 +69,7 @@ class STFT(nn.Module):
             self.conv_imag.weight.copy_(
                 torch.from_numpy(np.sin(phase) * window[:, None]).T[:, None]
             )
-        self.requires_grad_(False)  # torchlibrosa's freeze_parameters
+        self.requires_grad_(requires_grad=False)  # torchlibrosa's freeze_parameters
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N) -> power spectrogram (B, 1, frames, bins), centred with reflect padding."""

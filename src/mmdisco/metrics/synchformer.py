@@ -89,9 +89,15 @@ class ClsEncoderLayer(nn.TransformerEncoderLayer):
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__(
-            dim, heads, 4 * dim, dropout=0.0, activation="gelu", layer_norm_eps=1e-6,
-            batch_first=True, norm_first=True,
-        )  # fmt: skip
+            dim,
+            heads,
+            4 * dim,
+            dropout=0.0,
+            activation="gelu",
+            layer_norm_eps=1e-6,
+            batch_first=True,
+            norm_first=True,
+        )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]

@@ -127,11 +127,17 @@ class VGGish(nn.Module):
         self.config = config = config or VGGishConfig()
         c1, c2, c3, c4 = config.channels
         self.features = nn.Sequential(
-            *self._conv(1, c1), nn.MaxPool2d(2, 2),
-            *self._conv(c1, c2), nn.MaxPool2d(2, 2),
-            *self._conv(c2, c3), *self._conv(c3, c3), nn.MaxPool2d(2, 2),
-            *self._conv(c3, c4), *self._conv(c4, c4), nn.MaxPool2d(2, 2),
-        )  # fmt: skip
+            *self._conv(1, c1),
+            nn.MaxPool2d(2, 2),
+            *self._conv(c1, c2),
+            nn.MaxPool2d(2, 2),
+            *self._conv(c2, c3),
+            *self._conv(c3, c3),
+            nn.MaxPool2d(2, 2),
+            *self._conv(c3, c4),
+            *self._conv(c4, c4),
+            nn.MaxPool2d(2, 2),
+        )
         self.embeddings = nn.Sequential(
             nn.Linear(c4 * 6 * 4, config.hidden),
             nn.ReLU(inplace=True),

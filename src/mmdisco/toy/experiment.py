@@ -48,9 +48,8 @@ class ToyConfig:
 
     @classmethod
     def quick(cls) -> ToyConfig:
-        return cls(
-            seeds=1, num_train=200, num_eval=400, base_steps=60, disc_steps=20, inference_steps=10,
-        )  # fmt: skip
+        sizes = {"seeds": 1, "num_train": 200, "num_eval": 400}
+        return cls(**sizes, **{"base_steps": 60, "disc_steps": 20, "inference_steps": 10})
 
 
 def _seed(*parts: int) -> int:
@@ -62,9 +61,12 @@ def run_seed(cfg: ToyConfig, seed: int, bar: tqdm) -> dict[str, dict[str, Tensor
     """Samples (num_eval, 2) for every (setting, row) of one seed."""
     gen = torch.Generator().manual_seed(_seed(seed, 1))
     net = train_base(
-        base_target().sample(cfg.num_train, gen), cfg.base_steps, _seed(seed, 2),
-        timestep_groups=cfg.timestep_groups, ema_decay=cfg.base_ema,
-    )  # fmt: skip
+        base_target().sample(cfg.num_train, gen),
+        cfg.base_steps,
+        _seed(seed, 2),
+        timestep_groups=cfg.timestep_groups,
+        ema_decay=cfg.base_ema,
+    )
     fake = sample_pairs(net, cfg.num_train, _seed(seed, 3), None, cfg.inference_steps)
     independent = sample_pairs(net, cfg.num_eval, _seed(seed, 4), None, cfg.inference_steps)
     bar.update()
@@ -86,9 +88,13 @@ def run_seed(cfg: ToyConfig, seed: int, bar: tqdm) -> dict[str, dict[str, Tensor
                 lr=cfg.disc_lr,
             )
             out[setting][row] = sample_pairs(
-                net, cfg.num_eval, _seed(seed, 7, s, r), disc, cfg.inference_steps,
+                net,
+                cfg.num_eval,
+                _seed(seed, 7, s, r),
+                disc,
+                cfg.inference_steps,
                 cfg.guidance_scale,
-            )  # fmt: skip
+            )
             bar.update()
     return out
 

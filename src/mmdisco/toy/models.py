@@ -138,7 +138,7 @@ class BaseMLP(nn.Module):
     @torch.no_grad()
     def freeze(self) -> BaseMLP:
         """Eval mode, no grads, and a lookup table of the time modulations."""
-        self.eval().requires_grad_(False)
+        self.eval().requires_grad_(requires_grad=False)
         self._table = self.mlp.modulation(self._embed(torch.arange(NUM_TRAIN_TIMESTEPS)))
         return self
 

@@ -22,9 +22,13 @@ TITLES = {
 
 
 def scatter_grid(
-    samples: dict[str, Tensor], settings: tuple[str, ...], rows: tuple[str, ...], seed: int,
-    path: str | Path, nll: dict | None = None,
-) -> None:  # fmt: skip
+    samples: dict[str, Tensor],
+    settings: tuple[str, ...],
+    rows: tuple[str, ...],
+    seed: int,
+    path: str | Path,
+    nll: dict | None = None,
+) -> None:
     """One row of panels per setting, one panel per method; written atomically as PNG."""
     fig, axes = plt.subplots(
         len(settings), len(rows), figsize=(2.6 * len(rows), 2.6 * len(settings)), squeeze=False

@@ -8,7 +8,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mmdisco.toy.models import BaseMLP, MLPDiscriminator, toy_schedule
-from mmdisco.training.losses import mmdisco_loss
+from mmdisco.training.losses import LossConfig, mmdisco_loss
 
 LR = 1e-3  # Adam's initial rate (Table 5), cosine-decayed to 0 over training: sharper modes
 BATCH_SIZE = 512
@@ -111,15 +111,13 @@ def train_discriminator(
             f[:, 1:],
             schedule,
             schedule,
+            LossConfig(dlsm_weight=dlsm_weight, use_d=use_d, use_dlsm=use_dlsm),
             eps_audio=base,
             eps_video=base,
-            dlsm_weight=dlsm_weight,
-            use_d=use_d,
-            use_dlsm=use_dlsm,
             generator=generator,
         )
         opt.zero_grad(set_to_none=True)
         out.total.backward()
         opt.step()
         decay.step()
-    return disc.eval().requires_grad_(False)
+    return disc.eval().requires_grad_(requires_grad=False)

@@ -23,9 +23,10 @@ from torch import Tensor
 
 from mmdisco.base_models.base import BaseModel
 from mmdisco.errors import InputError, check_fraction_range, check_int
+from mmdisco.seeding import derive_seed
 from mmdisco.shards import read_shards, write_counted_shards
 from mmdisco.training.data import PairData
-from mmdisco.training.fakes import derive_seed
+from mmdisco.training.losses import BankRows, epsilon_fn
 
 BANK_FORMAT = "mmdisco-dlsm-bank/1"
 _KEYS = ("index", "t_audio", "t_video", "seed", "residual_audio", "residual_video")
@@ -65,21 +66,6 @@ class NoiseBank:
             self.residual_video[rows].to(device),
             {k: v[index].to(device) for k, v in real.cond.items()},
         )
-
-
-@dataclass
-class BankRows:
-    """A batch of bank rows, real pairs and noise included (see :meth:`NoiseBank.rows`)."""
-
-    audio: Tensor
-    video: Tensor
-    t_audio: Tensor
-    t_video: Tensor
-    noise_audio: Tensor
-    noise_video: Tensor
-    residual_audio: Tensor
-    residual_video: Tensor
-    cond: dict[str, Tensor]  # the real pairs' discriminator inputs (e.g. text embeddings)
 
 
 def row_noise(seed: int, shape_audio: Any, shape_video: Any) -> tuple[Tensor, Tensor]:
@@ -143,8 +129,6 @@ def _bank_shard(
 ) -> dict[str, Tensor]:
     """Bank rows ``rows`` (row ``r`` noises real pair ``r % len(real)``): a pure function
     of the rows and the bank's inputs."""
-    from mmdisco.training.trainer import epsilon_fn
-
     seed, (lo, hi) = fingerprint["seed"], fingerprint["noise_range"]
     g = torch.Generator().manual_seed(derive_seed(seed, int(rows[0])))
     u_a = lo + (hi - lo) * torch.rand(len(rows), generator=g)

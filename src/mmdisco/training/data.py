@@ -21,7 +21,8 @@ from torch import Tensor
 
 from mmdisco.base_models.base import BaseModel
 from mmdisco.io import tensor_digest
-from mmdisco.training.fakes import derive_seed, load_fakes
+from mmdisco.seeding import derive_seed
+from mmdisco.training.fakes import load_fakes
 
 
 @dataclass

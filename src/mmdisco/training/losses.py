@@ -1,4 +1,4 @@
-"""MMDisCo's training objective: L = L_D + dlsm_weight * L_DLSM (METHOD.md, eqs. 9-15).
+"""MMDisCo's training objective: L = L_D + dlsm_weight * L_DLSM (docs/method.md, eqs. 9-15).
 
 Normalisation (it sets the balance between the terms):
 
@@ -13,22 +13,83 @@ Normalisation (it sets the balance between the terms):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmdisco.diffusion import LOG_SNR_LIMIT, NoiseSchedule, _broadcast
+from mmdisco.diffusion import LOG_SNR_LIMIT, NoiseSchedule, _broadcast, to_epsilon
 from mmdisco.errors import check_float
 from mmdisco.guidance import DiscriminatorFn, discriminator_gradients
 
 if TYPE_CHECKING:
-    from mmdisco.training.bank import BankRows
+    from mmdisco.base_models.base import BaseModel
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
 """A frozen base model in epsilon form: ``eps_fn(x_t, t) -> eps`` (conditioning closed over)."""
+
+
+def epsilon_fn(model: BaseModel, cond: Any = None) -> EpsFn:
+    """A frozen base model as ``eps(x_t, t)``, whatever its parameterisation."""
+    schedule, ptype = model.schedule, model.prediction_type
+
+    def eps(x_t: Tensor, t: Tensor) -> Tensor:
+        out = model.predict(x_t, t, cond)
+        if ptype == "epsilon":
+            return out
+        alpha, sigma = schedule.alpha_sigma(t)
+        return to_epsilon(out, x_t, alpha.to(x_t.device), sigma.to(x_t.device), ptype)
+
+    return eps
+
+
+@dataclass
+class BankRows:
+    """A batch of noise-bank rows, real pairs and noise included
+    (see :meth:`mmdisco.training.bank.NoiseBank.rows`)."""
+
+    audio: Tensor
+    video: Tensor
+    t_audio: Tensor
+    t_video: Tensor
+    noise_audio: Tensor
+    noise_video: Tensor
+    residual_audio: Tensor
+    residual_video: Tensor
+    cond: dict[str, Tensor]  # the real pairs' discriminator inputs (e.g. text embeddings)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """What the objective computes and how it draws noise (see :func:`mmdisco_loss`)."""
+
+    dlsm_weight: float = 1.0
+    use_d: bool = True
+    use_dlsm: bool = True
+    # One noise level per pair, shared by both modalities (as in the paper).
+    shared_timesteps: bool = True
+    # Fractions of the schedule (1 = pure noise) the noise levels are drawn from.
+    noise_range: tuple[float, float] = (0.0, 1.0)
+    # Fraction of pairs with one modality held clean (log-SNR at the clip).
+    clean_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (self.use_d or self.use_dlsm):
+            raise ValueError("at least one of use_d and use_dlsm must be set")
+        lo, hi = self.noise_range
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(
+                f"noise_range must satisfy 0 <= low < high <= 1, got {self.noise_range}"
+            )
+        check_float("clean_prob", self.clean_prob, 0.0, 1.0)
+
+    @classmethod
+    def of(cls, settings: Any) -> LossConfig:
+        """The loss fields of ``settings`` (a
+        :class:`~mmdisco.training.trainer.TrainConfig`, say)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 def discriminator_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
@@ -98,6 +159,60 @@ def _zero_residual(
     return torch.where(_rows(clean, pred), noise, pred), torch.where(clean, 0.0, sigma)
 
 
+@dataclass
+class NoisedPairs:
+    """A batch of pairs after :func:`noise_pairs`: the discriminator's inputs, and what
+    L_DLSM needs (noise, timesteps, which rows are held clean)."""
+
+    audio: Tensor
+    video: Tensor
+    log_snr_audio: Tensor
+    log_snr_video: Tensor
+    noise_audio: Tensor
+    noise_video: Tensor
+    t_audio: Tensor
+    t_video: Tensor
+    clean_audio: Tensor | None
+    clean_video: Tensor | None
+
+
+def _inputs(pairs: NoisedPairs) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The discriminator's positional inputs: noised audio and video, their log-SNRs."""
+    return pairs.audio, pairs.video, pairs.log_snr_audio, pairs.log_snr_video
+
+
+def noise_pairs(
+    audio: Tensor,
+    video: Tensor,
+    schedule_audio: NoiseSchedule,
+    schedule_video: NoiseSchedule,
+    config: LossConfig,
+    generator: torch.Generator | None,
+) -> NoisedPairs:
+    """Noise a batch of pairs as the objective does: noise levels uniform on
+    ``config.noise_range`` (one per pair with ``shared_timesteps``), independent noise per
+    modality, and with ``clean_prob`` one modality of a pair held clean."""
+    n, device = audio.shape[0], audio.device
+    lo, hi = config.noise_range
+
+    def draw_fractions() -> Tensor:
+        return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
+
+    u_a = draw_fractions()
+    u_v = u_a if config.shared_timesteps else draw_fractions()
+    a_t, noise_a, t_a = _noise(audio, schedule_audio, u_a, generator)
+    v_t, noise_v, t_v = _noise(video, schedule_video, u_v, generator)
+    snr_a, snr_v = schedule_audio.log_snr(t_a).to(device), schedule_video.log_snr(t_v).to(device)
+    clean_a = clean_v = None
+    if config.clean_prob > 0.0:  # audio or video held clean, with equal odds
+        held = torch.rand(n, generator=generator, device=device) < config.clean_prob
+        audio_side = torch.rand(n, generator=generator, device=device) < 0.5
+        clean_a, clean_v = held & audio_side, held & ~audio_side
+    a_t, snr_a = _hold_clean(audio, a_t, snr_a, clean_a)
+    v_t, snr_v = _hold_clean(video, v_t, snr_v, clean_v)
+    return NoisedPairs(a_t, v_t, snr_a, snr_v, noise_a, noise_v, t_a, t_v, clean_a, clean_v)
+
+
 def _bank_dlsm(
     disc: DiscriminatorFn,
     bank: BankRows,
@@ -113,11 +228,48 @@ def _bank_dlsm(
     out = discriminator_gradients(disc, a_t, v_t, snr_a, snr_v, create_graph=True, **bank.cond)
     sigma_a = schedule_audio.alpha_sigma(bank.t_audio)[1].to(device)
     sigma_v = schedule_video.alpha_sigma(bank.t_video)[1].to(device)
-    zeros_a, zeros_v = torch.zeros_like(bank.residual_audio), torch.zeros_like(bank.residual_video)
     return dlsm_loss(
-        out.grad_audio, out.grad_video, bank.residual_audio, bank.residual_video,
-        zeros_a, zeros_v, sigma_a, sigma_v,
-    )  # fmt: skip
+        out.grad_audio,
+        out.grad_video,
+        bank.residual_audio,
+        bank.residual_video,
+        noise_audio=torch.zeros_like(bank.residual_audio),
+        noise_video=torch.zeros_like(bank.residual_video),
+        sigma_audio=sigma_a,
+        sigma_video=sigma_v,
+    )
+
+
+def _live_dlsm(
+    disc: DiscriminatorFn,
+    real: NoisedPairs,
+    schedules: tuple[NoiseSchedule, NoiseSchedule],
+    eps_fns: tuple[EpsFn, EpsFn],
+    cond: Mapping[str, Any],
+) -> tuple[Tensor, Tensor]:
+    """L_DLSM on freshly noised real pairs (calling the base models: ``eps_fns``, audio and
+    video), and the real pairs' logits."""
+    (schedule_audio, schedule_video), (eps_audio, eps_video) = schedules, eps_fns
+    out = discriminator_gradients(disc, *_inputs(real), create_graph=True, **cond)
+    with torch.no_grad():
+        pred_a, pred_v = eps_audio(real.audio, real.t_audio), eps_video(real.video, real.t_video)
+    device = real.audio.device
+    sigma_a = schedule_audio.alpha_sigma(real.t_audio)[1].to(device)
+    sigma_v = schedule_video.alpha_sigma(real.t_video)[1].to(device)
+    if real.clean_audio is not None and real.clean_video is not None:  # zero residual
+        pred_a, sigma_a = _zero_residual(pred_a, real.noise_audio, sigma_a, real.clean_audio)
+        pred_v, sigma_v = _zero_residual(pred_v, real.noise_video, sigma_v, real.clean_video)
+    l_dlsm = dlsm_loss(
+        out.grad_audio,
+        out.grad_video,
+        pred_a,
+        pred_v,
+        real.noise_audio,
+        real.noise_video,
+        sigma_audio=sigma_a,
+        sigma_video=sigma_v,
+    )
+    return l_dlsm, out.logits
 
 
 def mmdisco_loss(
@@ -128,15 +280,10 @@ def mmdisco_loss(
     fake_video: Tensor,
     schedule_audio: NoiseSchedule,
     schedule_video: NoiseSchedule,
+    config: LossConfig = LossConfig(),
     *,
     eps_audio: EpsFn | None = None,
     eps_video: EpsFn | None = None,
-    dlsm_weight: float = 1.0,
-    use_d: bool = True,
-    use_dlsm: bool = True,
-    shared_timesteps: bool = True,
-    noise_range: tuple[float, float] = (0.0, 1.0),
-    clean_prob: float = 0.0,
     cond_real: Mapping[str, Any] | None = None,
     cond_fake: Mapping[str, Any] | None = None,
     bank: BankRows | None = None,
@@ -144,100 +291,54 @@ def mmdisco_loss(
 ) -> LossOutput:
     """One evaluation of the MMDisCo objective on a batch of real and of fake pairs.
 
-    Each pair gets one noise level shared by both modalities (``shared_timesteps``, as in
-    the paper), mapped onto each modality's own schedule, and independent noise. Noise
-    levels are drawn uniformly from ``noise_range``, a sub-range of [0, 1] (fractions of the
-    schedule, 1 = pure noise), e.g. to match a guidance window.
+    Real and fake pairs are noised alike (:func:`noise_pairs`): one noise level per pair
+    shared by both modalities (``config.shared_timesteps``, as in the paper), mapped onto
+    each modality's own schedule, independent noise, noise levels uniform on
+    ``config.noise_range`` (fractions of the schedule, 1 = pure noise), e.g. to match a
+    guidance window.
 
-    ``clean_prob``: the fraction of pairs (real and fake alike) in which one modality, audio
-    or video with equal odds, is held clean: not noised, and told log-SNR ``+LOG_SNR_LIMIT``,
-    as a given clip is in conditional generation (``Stream(given="clean")``). Its L_DLSM
-    residual is zero (there is no noise to predict); the other modality's residual then asks
-    for the conditional score ``grad log p(x_t | given)``.
-    ``eps_audio`` / ``eps_video`` are the frozen base models in epsilon form; they are
-    called under ``torch.no_grad()`` and are needed only when ``use_dlsm`` without a bank.
+    ``config.clean_prob``: the fraction of pairs (real and fake alike) in which one
+    modality, audio or video with equal odds, is held clean: not noised, and told log-SNR
+    ``+LOG_SNR_LIMIT``, as a given clip is in conditional generation
+    (``Stream(given="clean")``). Its L_DLSM residual is zero (there is no noise to predict);
+    the other modality's residual then asks for the conditional score
+    ``grad log p(x_t | given)``. ``eps_audio`` / ``eps_video`` are the frozen base models
+    in epsilon form; they are called under ``torch.no_grad()`` and are needed only when
+    ``config.use_dlsm`` without a bank.
 
     ``bank``: noised real pairs with the base models' residuals precomputed
     (:mod:`mmdisco.training.bank`); L_DLSM is then computed on them and calls no base model,
     while L_D's real pairs get fresh noise (a discriminator shown the bank's few fixed
     noisings as its real class memorises them).
     """
-    if not (use_d or use_dlsm):
-        raise ValueError("at least one of use_d and use_dlsm must be set")
-    lo, hi = noise_range
-    if not 0.0 <= lo < hi <= 1.0:
-        raise ValueError(f"noise_range must satisfy 0 <= low < high <= 1, got {noise_range}")
-    check_float("clean_prob", clean_prob, 0.0, 1.0)
-    if bank is not None and clean_prob > 0:
+    if bank is not None and config.clean_prob > 0:
         raise ValueError("clean_prob > 0 needs L_DLSM computed live, not from a bank")
-    if use_dlsm and bank is None and (eps_audio is None or eps_video is None):
+    if config.use_dlsm and bank is None and (eps_audio is None or eps_video is None):
         raise ValueError("L_DLSM needs the base models: pass eps_audio and eps_video")
     for name, a, v in (("real", real_audio, real_video), ("fake", fake_audio, fake_video)):
         if a.shape[0] != v.shape[0]:
             raise ValueError(
                 f"{name} audio and video batch sizes differ: {a.shape[0]} vs {v.shape[0]}"
             )
-    device = real_audio.device
-
-    def fractions(n: int) -> tuple[Tensor, Tensor]:
-        def draw() -> Tensor:
-            return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
-
-        u_a = draw()
-        return u_a, (u_a if shared_timesteps else draw())
-
-    def held_clean(n: int) -> tuple[Tensor | None, Tensor | None]:
-        """Which pairs hold their audio / their video clean (None: no clean draws at all)."""
-        if clean_prob == 0.0:
-            return None, None
-        held = torch.rand(n, generator=generator, device=device) < clean_prob
-        audio_side = torch.rand(n, generator=generator, device=device) < 0.5
-        return held & audio_side, held & ~audio_side
-
-    u_a, u_v = fractions(real_audio.shape[0])
-    a_t, noise_a, t_a = _noise(real_audio, schedule_audio, u_a, generator)
-    v_t, noise_v, t_v = _noise(real_video, schedule_video, u_v, generator)
+    schedules = (schedule_audio, schedule_video)
     cond_real = dict(cond_real or {})
-    snr_a, snr_v = schedule_audio.log_snr(t_a).to(device), schedule_video.log_snr(t_v).to(device)
-    clean_a, clean_v = held_clean(real_audio.shape[0])
-    a_t, snr_a = _hold_clean(real_audio, a_t, snr_a, clean_a)
-    v_t, snr_v = _hold_clean(real_video, v_t, snr_v, clean_v)
-
+    real = noise_pairs(real_audio, real_video, *schedules, config, generator)
     zero = real_audio.new_zeros(())
-    if use_dlsm and bank is not None:
-        l_dlsm = _bank_dlsm(disc, bank, schedule_audio, schedule_video)
-        logits_real = disc(a_t, v_t, snr_a, snr_v, **cond_real)
-    elif use_dlsm:
-        out = discriminator_gradients(disc, a_t, v_t, snr_a, snr_v, create_graph=True, **cond_real)
-        logits_real = out.logits
-        with torch.no_grad():
-            pred_a, pred_v = eps_audio(a_t, t_a), eps_video(v_t, t_v)  # type: ignore[misc]
-        sigma_a = schedule_audio.alpha_sigma(t_a)[1].to(device)
-        sigma_v = schedule_video.alpha_sigma(t_v)[1].to(device)
-        if clean_a is not None and clean_v is not None:  # a clean modality: zero residual
-            pred_a, sigma_a = _zero_residual(pred_a, noise_a, sigma_a, clean_a)
-            pred_v, sigma_v = _zero_residual(pred_v, noise_v, sigma_v, clean_v)
-        l_dlsm = dlsm_loss(
-            out.grad_audio, out.grad_video, pred_a, pred_v, noise_a, noise_v, sigma_a, sigma_v
-        )
+    if config.use_dlsm and bank is None:
+        assert eps_audio is not None and eps_video is not None
+        l_dlsm, logits_real = _live_dlsm(disc, real, schedules, (eps_audio, eps_video), cond_real)
     else:
-        logits_real = disc(a_t, v_t, snr_a, snr_v, **cond_real)
-        l_dlsm = zero
-
-    if use_d:
-        u_a, u_v = fractions(fake_audio.shape[0])
-        fa_t, _, ft_a = _noise(fake_audio, schedule_audio, u_a, generator)
-        fv_t, _, ft_v = _noise(fake_video, schedule_video, u_v, generator)
-        snr_fa = schedule_audio.log_snr(ft_a).to(device)
-        snr_fv = schedule_video.log_snr(ft_v).to(device)
-        clean_a, clean_v = held_clean(fake_audio.shape[0])
-        fa_t, snr_fa = _hold_clean(fake_audio, fa_t, snr_fa, clean_a)
-        fv_t, snr_fv = _hold_clean(fake_video, fv_t, snr_fv, clean_v)
-        logits_fake = disc(fa_t, fv_t, snr_fa, snr_fv, **dict(cond_fake or {}))
+        l_dlsm = (
+            _bank_dlsm(disc, bank, *schedules) if bank is not None and config.use_dlsm else zero
+        )
+        logits_real = disc(*_inputs(real), **cond_real)
+    if config.use_d:
+        fake = noise_pairs(fake_audio, fake_video, *schedules, config, generator)
+        logits_fake = disc(*_inputs(fake), **dict(cond_fake or {}))
         l_d = discriminator_loss(logits_real, logits_fake)
     else:
         logits_fake, l_d = real_audio.new_zeros(0), zero
-    total = l_d + dlsm_weight * l_dlsm
+    total = l_d + config.dlsm_weight * l_dlsm
     return LossOutput(
         total, l_d.detach(), l_dlsm.detach(), logits_real.detach(), logits_fake.detach()
     )

@@ -1,20 +1,12 @@
 """Training the MMDisCo discriminator: L = L_D + dlsm_weight * L_DLSM on real and fake pairs.
 
 The base models stay frozen and enter only through their noise schedules and, for L_DLSM,
-their epsilon predictions (:func:`mmdisco.diffusion.to_epsilon` converts other
+their epsilon predictions (:func:`mmdisco.training.losses.epsilon_fn` converts other
 parameterisations). Training runs through Hugging Face Accelerate, so
-``accelerate launch --num_processes N ...`` scales one command to several processes.
-
-Exact resumption without pickle: every random number of step ``s`` on rank ``r`` (the
-batch, timesteps and noise, dropout) comes from seeds derived from ``(seed, s, r)``, so
-``step`` *is* the RNG and data-order state. A checkpoint is a directory with
-``model.safetensors``, ``optimizer.safetensors`` (the optimizer's tensors, flattened) and
-``state.json`` (step, config, the optimizer's non-tensor state), written under a temporary
-name and renamed into place, so a killed run never leaves a checkpoint that looks complete.
-
-Gradients are averaged across processes by an explicit all-reduce rather than a DDP wrapper:
-L_DLSM differentiates the discriminator's input-gradient (double backprop), which DDP's
-gradient hooks do not support reliably.
+``accelerate launch --num_processes N ...`` scales one command to several processes; the
+processes share gradients and statistics through :mod:`mmdisco.training.distributed`.
+Every random number of a step is derived from ``(seed, step, rank)``, so a run resumes
+exactly from its last checkpoint (:mod:`mmdisco.training.checkpoints`).
 
 Memory: each process's share of a step runs as ``grad_accum`` equal micro-batches whose
 gradients add up to the whole batch's (both loss terms are means, so the micro-batch losses
@@ -26,12 +18,7 @@ step needs (:mod:`mmdisco.training.memory`).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from contextlib import nullcontext
@@ -44,7 +31,6 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mmdisco.base_models.base import BaseModel
-from mmdisco.diffusion import to_epsilon
 from mmdisco.errors import (
     InputError,
     NonFiniteError,
@@ -55,33 +41,24 @@ from mmdisco.errors import (
     check_int,
     check_memory,
 )
-from mmdisco.io import (
-    TMP_MARK,
-    DirectoryLock,
-    load_tensors,
-    read_json,
-    remove_orphans,
-    save_tensors_atomic,
-    state_dict_mismatches,
-    umask,
-    write_json_atomic,
+from mmdisco.io import DirectoryLock, write_json_atomic
+from mmdisco.seeding import derive_seed
+from mmdisco.shards import on_rank0
+from mmdisco.training.bank import NoiseBank
+from mmdisco.training.checkpoints import (
+    CHECKPOINT_DIR,
+    latest_checkpoint,
+    load_checkpoint,
+    open_run,
+    prune_checkpoints,
+    run_inputs,
+    save_checkpoint,
+    with_resume_advice,
 )
-from mmdisco.shards import fingerprint_differences, jsonable, on_rank0
-from mmdisco.training.bank import BankRows, NoiseBank
 from mmdisco.training.data import BatchOrder, PairData
-from mmdisco.training.fakes import derive_seed
-from mmdisco.training.losses import EpsFn, mmdisco_loss
+from mmdisco.training.distributed import all_reduce_mean, broadcast_parameters, sync_gradients
+from mmdisco.training.losses import BankRows, LossConfig, LossOutput, epsilon_fn, mmdisco_loss
 
-CHECKPOINT_DIR = "checkpoints"
-INPUTS_FILE = "inputs.json"  # what the run is made from (see run_inputs)
-# Settings that may change between a run and its resumption without changing its result.
-RESUMABLE_CHANGES = {
-    "steps",
-    "checkpoint_every",
-    "log_every",
-    "keep_checkpoints",
-    "gradient_checkpointing",
-}
 MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16}
 
 
@@ -197,223 +174,279 @@ class TrainResult:
     start_step: int = 0
 
 
-def epsilon_fn(model: BaseModel, cond: Any = None) -> EpsFn:
-    """A frozen base model as ``eps(x_t, t)``, whatever its parameterisation."""
-    schedule, ptype = model.schedule, model.prediction_type
+class Trainer:
+    """One training run of ``discriminator`` on ``real`` and ``fake`` pairs: its optimiser,
+    its processes, its batch orders and where its checkpoints and logs go (``out``)."""
 
-    def eps(x_t: Tensor, t: Tensor) -> Tensor:
-        out = model.predict(x_t, t, cond)
-        if ptype == "epsilon":
-            return out
-        alpha, sigma = schedule.alpha_sigma(t)
-        return to_epsilon(out, x_t, alpha.to(x_t.device), sigma.to(x_t.device), ptype)
+    def __init__(
+        self,
+        discriminator: nn.Module,
+        audio_model: BaseModel,
+        video_model: BaseModel,
+        real: PairData,
+        fake: PairData,
+        config: TrainConfig,
+        *,
+        accelerator: Any,
+        out: Path | None = None,
+        bank: NoiseBank | None = None,
+    ) -> None:
+        self.discriminator, self.config = discriminator, config
+        self.audio_model, self.video_model = audio_model, video_model
+        self.real, self.fake, self.bank = real, fake, bank
+        self.accelerator, self.out = accelerator, out
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.device, self.main = accelerator.device, accelerator.is_main_process
+        self.checkpoints = out / CHECKPOINT_DIR if out is not None else None
+        discriminator.to(self.device).train()
+        broadcast_parameters(discriminator, self.world)
+        self.optimizer = torch.optim.Adam(
+            discriminator.parameters(),
+            lr=config.lr,
+            betas=config.betas,
+            weight_decay=config.weight_decay,
+        )
+        self.orders = tuple(
+            BatchOrder(len(data), config.batch_size, derive_seed(config.seed, k))
+            for k, data in ((1, real), (2, fake), (3, fake))
+        )
+        if bank is not None:
+            dlsm_batch = config.dlsm_batch_size or config.batch_size
+            self.orders += (BatchOrder(len(bank), dlsm_batch, derive_seed(config.seed, 4)),)
 
-    return eps
+    def run_inputs(self) -> dict[str, Any]:
+        """What this run is made from (:func:`~mmdisco.training.checkpoints.run_inputs`)."""
+        inputs = run_inputs(
+            self.discriminator,
+            self.audio_model,
+            self.video_model,
+            self.real,
+            self.fake,
+            self.config,
+        )
+        if self.bank is not None:
+            inputs["bank"] = self.bank.manifest.get("fingerprint")
+        return inputs
 
+    def resume(self) -> int:
+        """Load the latest checkpoint, if any; the step to continue from."""
+        if self.checkpoints is None or (latest := latest_checkpoint(self.checkpoints)) is None:
+            return 0
+        return load_checkpoint(latest, self.discriminator, self.optimizer, self.config)
 
-# --------------------------------------------------------------------------------------------
-# Checkpoints: safetensors + JSON
-# --------------------------------------------------------------------------------------------
+    def check(self, fake_cfg_scales: tuple[float, float] | None) -> None:
+        """Refuse settings this run cannot honour; warn about mismatched CFG scales."""
+        config = self.config
+        local = config.batch_size // self.world
+        if local % config.grad_accum:
+            raise ValueError(
+                f"grad_accum={config.grad_accum} must divide each process's batch "
+                f"(batch_size {config.batch_size} / {self.world} processes = {local})"
+            )
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(self.discriminator)
+        if self.real.captions is not None and config.use_dlsm and fake_cfg_scales is not None:
+            check_cfg_scales(self.audio_model, self.video_model, fake_cfg_scales)
+        if config.fake_pairing == "shuffle" and self.fake.cond:
+            raise ValueError(
+                "fake_pairing='shuffle' re-pairs fake audio and video, which would separate "
+                f"them from their per-pair inputs {sorted(self.fake.cond)}; use "
+                "fake_pairing='fixed'"
+            )
 
+    def step(self, step: int) -> tuple[Tensor, Tensor]:
+        """Optimiser step ``step``: the mean ``(total, L_D, L_DLSM, accuracy)`` and the
+        gradient norm (:func:`train_step`)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr_at(step)
+        batches = micro_batches(
+            self.real,
+            self.fake,
+            self.orders,
+            self.config,
+            step,
+            self.rank,
+            self.world,
+            self.device,
+            self.bank,
+        )
+        try:
+            return train_step(
+                self.discriminator,
+                self.optimizer,
+                self.audio_model,
+                self.video_model,
+                batches,
+                self.config,
+                step,
+                self.rank,
+                self.world,
+            )
+        except NonFiniteError as err:
+            raise with_resume_advice(err, self.checkpoints) from None
 
-def flatten_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, Tensor], dict]:
-    """Split ``optimizer.state_dict()`` into tensors (for safetensors) and JSON-able rest."""
-    tensors: dict[str, Tensor] = {}
-    meta: dict[str, Any] = {"param_groups": state_dict["param_groups"], "state": {}}
-    for pid, per_param in state_dict["state"].items():
-        entry: dict[str, Any] = {}
-        for name, value in per_param.items():
-            if torch.is_tensor(value):
-                key = f"state.{pid}.{name}"
-                tensors[key] = value
-                entry[name] = {"tensor": key}
-            else:
-                entry[name] = {"value": value}
-        meta["state"][str(pid)] = entry
-    return tensors, meta
-
-
-def unflatten_optimizer_state(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state = {
-        int(pid): {
-            name: tensors[v["tensor"]] if "tensor" in v else v["value"] for name, v in entry.items()
+    def record(self, step: int, running: Tensor, steps: int, grad_norm: Tensor) -> dict[str, float]:
+        """The log record of ``step``: the statistics summed in ``running`` over ``steps``
+        steps, averaged over steps and processes."""
+        mean = all_reduce_mean(running.to(self.device), self.world).cpu() / steps
+        return {
+            "step": step,
+            "loss": mean[0].item(),
+            "loss_d": mean[1].item(),
+            "loss_dlsm": mean[2].item(),
+            "accuracy": mean[3].item(),
+            "grad_norm": float(grad_norm),
+            "lr": self.optimizer.param_groups[0]["lr"],
         }
-        for pid, entry in meta["state"].items()
-    }
-    return {"state": state, "param_groups": meta["param_groups"]}
 
+    def save(self, step: int) -> None:
+        """Checkpoint ``step`` (rank 0 writes, every process waits)."""
+        if self.checkpoints is None:
+            return
+        if self.main:
+            save_checkpoint(self.checkpoints, self.discriminator, self.optimizer, step, self.config)
+            prune_checkpoints(self.checkpoints, self.config.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
 
-def save_checkpoint(
-    directory: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    step: int,
-    config: TrainConfig,
-) -> Path:
-    """Write ``directory/step-XXXXXXX`` atomically (temporary directory, then rename).
-
-    Non-finite weights are refused (:class:`~mmdisco.errors.NonFiniteError`): a checkpoint
-    is always one a run can resume from."""
-    final = directory / f"step-{step:08d}"
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".{final.name}{TMP_MARK}"))
-    try:
-        opt_tensors, opt_meta = flatten_optimizer_state(optimizer.state_dict())
-        save_tensors_atomic(tmp / "model.safetensors", model.state_dict())
-        save_tensors_atomic(tmp / "optimizer.safetensors", opt_tensors)
-        write_json_atomic(
-            tmp / "state.json",
-            {
-                "step": step,
-                "config": config.to_dict(),
-                "optimizer": opt_meta,
-                "rng": "derived from (config.seed, step, rank); nothing else to restore",
-            },
+    def fit(
+        self,
+        *,
+        resume: bool = True,
+        progress: bool = True,
+        stop_after: int | None = None,
+        fake_cfg_scales: tuple[float, float] | None = None,
+    ) -> TrainResult:
+        """Train until ``config.steps`` (or ``stop_after``) steps are done."""
+        config = self.config
+        step = start_step = self.resume() if resume else 0
+        self.check(fake_cfg_scales)
+        writer = self._open_log(step)
+        end = config.steps if stop_after is None else min(config.steps, stop_after)
+        show = progress and self.main
+        bar = tqdm(total=config.steps, initial=step, disable=not show, desc="train", unit="step")
+        history: list[dict[str, float]] = []
+        start_time = time.perf_counter()
+        running, n_running = torch.zeros(4, dtype=torch.float64), 0
+        while step < end:
+            stats, grad_norm = self.step(step)
+            step += 1
+            running += stats.double().cpu()
+            n_running += 1
+            if step % config.log_every == 0 or step == end:
+                record = self.record(step, running, n_running, grad_norm)
+                history.append(record)
+                running.zero_()
+                n_running = 0
+                if self.main:
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
+                    _log_scalars(writer, record)
+            bar.update(1)
+            if step % config.checkpoint_every == 0 or step == end:
+                self.save(step)
+        bar.close()
+        if writer is not None:
+            writer.close()
+        return TrainResult(
+            self.discriminator, history, time.perf_counter() - start_time, start_step
         )
-        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    def _open_log(self, step: int) -> Any:
+        """Rank 0's TensorBoard writer (None without an output directory)."""
+        if not (self.main and self.out is not None):
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        writer = SummaryWriter(str(self.out / "logs"), purge_step=step)
+        write_json_atomic(self.out / "train_config.json", self.config.to_dict())
+        return writer
 
 
-def latest_checkpoint(directory: Path) -> Path | None:
-    """The newest complete checkpoint in ``directory`` (temporary ones are ignored)."""
-    if not directory.exists():
-        return None
-    done = sorted(p for p in directory.glob("step-*") if (p / "state.json").exists())
-    return done[-1] if done else None
+def _log_scalars(writer: Any, record: dict[str, float]) -> None:
+    if writer is not None:
+        for key, value in record.items():
+            if key != "step":
+                writer.add_scalar(f"train/{key}", value, record["step"])
 
 
-def load_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig
-) -> int:
-    """Restore model and optimizer from ``path``; returns the step to continue from."""
-    state = read_json(path / "state.json")
-    try:
-        saved = TrainConfig.from_dict(state["config"]).to_dict()
-    except (KeyError, TypeError, ValueError) as err:
-        raise InputError(f"is not a checkpoint this version can read ({err})", str(path)) from None
-    diff = {
-        k: (saved[k], v)
-        for k, v in config.to_dict().items()
-        if k not in RESUMABLE_CHANGES and saved[k] != v
-    }
-    if diff:
-        raise InputError(
-            f"settings differ (saved, now): {diff}; use the saved settings, or another output "
-            "directory to start fresh",
-            f"cannot resume from {path}",
-        )
-    device = next(model.parameters()).device
-    weights, _ = load_tensors(path / "model.safetensors", device)
-    problems = state_dict_mismatches(model.state_dict(), weights)
-    if problems:
-        raise InputError("does not fit this discriminator: " + "; ".join(problems), str(path))
-    model.load_state_dict(weights)
-    tensors, _ = load_tensors(path / "optimizer.safetensors", device)
-    optimizer.load_state_dict(unflatten_optimizer_state(tensors, state["optimizer"]))
-    return int(state["step"])
-
-
-def run_inputs(
+def train_discriminator(
     discriminator: nn.Module,
     audio_model: BaseModel,
     video_model: BaseModel,
     real: PairData,
     fake: PairData,
     config: TrainConfig,
-) -> dict[str, Any]:
-    """What a training run is made from: its data (hashed), settings, discriminator
-    architecture and base models. A run resumes only from a checkpoint with the same."""
-    architecture = {k: list(v.shape) for k, v in discriminator.state_dict().items()}
-    disc_config = getattr(discriminator, "config", None)
-    settings = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
-    return {
-        "real": real.digest(),
-        "fake": fake.digest(),
-        "settings": settings,
-        "discriminator": {
-            "class": type(discriminator).__name__,
-            "config": disc_config.to_dict() if hasattr(disc_config, "to_dict") else None,
-            "architecture": hashlib.sha256(json.dumps(architecture).encode()).hexdigest(),
-        },
-        "audio_model": audio_model.fingerprint(),
-        "video_model": video_model.fingerprint(),
-    }
+    out_dir: str | Path | None = None,
+    *,
+    accelerator: Any = None,
+    resume: bool = True,
+    progress: bool = True,
+    stop_after: int | None = None,
+    fake_cfg_scales: tuple[float, float] | None = None,
+    bank: NoiseBank | None = None,
+) -> TrainResult:
+    """Train ``discriminator`` in place; checkpoints and TensorBoard logs go under ``out_dir``.
 
+    ``real`` and ``fake`` are pairs in the base models' spaces. With ``resume`` and an
+    existing checkpoint in ``out_dir``, training continues from it and ends with the same
+    weights an uninterrupted run would have. ``stop_after`` stops (after checkpointing) once
+    that many steps are done, as if the run had been killed: for tests and time-sliced jobs.
+    ``fake_cfg_scales`` are the CFG scales the fakes were sampled with (audio, video); with
+    captioned real pairs, a base model whose ``cfg_scale`` differs is warned about
+    (:func:`check_cfg_scales`). A checkpoint of a run made from other inputs
+    (:func:`~mmdisco.training.checkpoints.run_inputs`) is refused; ``out_dir`` is locked
+    while training (a second run on it stops at once); a non-finite loss or gradient stops
+    training before the update, keeping the last good checkpoint. ``bank``
+    (:func:`mmdisco.training.bank.load_noise_bank`, built from ``real``) makes L_DLSM read
+    the base models' predictions instead of calling them.
+    """
+    from accelerate import Accelerator
 
-def _open_run(out: Path, inputs: dict[str, Any], resume: bool) -> None:
-    """Rank 0, holding the run's lock: remove what killed runs left, and refuse to resume a
-    run that was made from other inputs."""
-    for directory in (out, out / CHECKPOINT_DIR):
-        remove_orphans(directory)
-    path = out / INPUTS_FILE
-    if resume and latest_checkpoint(out / CHECKPOINT_DIR) is not None and path.exists():
-        differences = fingerprint_differences(read_json(path), inputs)
-        if differences:
-            raise InputError(
-                "holds a run made from other inputs ("
-                + "; ".join(differences)
-                + f"); use another output directory, or delete {out / CHECKPOINT_DIR} to "
-                "start fresh",
-                str(out),
-            )
-    write_json_atomic(path, jsonable(inputs))
-
-
-def _prune(directory: Path, keep: int) -> None:
-    done = sorted(p for p in directory.glob("step-*") if (p / "state.json").exists())
-    for old in done[: max(len(done) - keep, 0)]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-# --------------------------------------------------------------------------------------------
-# The loop
-# --------------------------------------------------------------------------------------------
-
-
-def _with_resume_advice(err: NonFiniteError, ckpt_dir: Path | None) -> NonFiniteError:
-    latest = latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
-    where = (
-        f"the last good checkpoint, {latest}, is kept; run the same command again to resume from it"
-        if latest is not None
-        else "no checkpoint was written yet"
+    if bank is not None:
+        _check_bank(bank, real, config, _text_drop_prob(discriminator))
+    pair_bytes = 4 * (real.audio[0].numel() + real.video[0].numel())
+    # A step holds real and fake batches, their noised copies and the activations' inputs.
+    check_memory(8 * config.batch_size * pair_bytes, "batch_size")
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    out = Path(out_dir) if out_dir is not None else None
+    trainer = Trainer(
+        discriminator,
+        audio_model,
+        video_model,
+        real,
+        fake,
+        config,
+        accelerator=accelerator,
+        out=out,
+        bank=bank,
     )
-    return NonFiniteError(
-        f"{err}, and {where}. Check the real and fake data for NaN, or lower the learning rate"
-    )
+    if out is None:
+        return trainer.fit(
+            resume=resume,
+            progress=progress,
+            stop_after=stop_after,
+            fake_cfg_scales=fake_cfg_scales,
+        )
+    lock, inputs = DirectoryLock(out), trainer.run_inputs()
 
+    def lock_and_open() -> None:
+        lock.acquire()
+        try:
+            open_run(out, inputs, resume=resume)
+        except BaseException:
+            lock.release()
+            raise
 
-def _all_reduce_mean(tensor: Tensor, world_size: int) -> Tensor:
-    if world_size > 1:
-        torch.distributed.all_reduce(tensor)
-        tensor /= world_size
-    return tensor
-
-
-def _sync_gradients(model: nn.Module, world_size: int) -> None:
-    """Average gradients over processes with one flat all-reduce."""
-    if world_size == 1:
-        return
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.flatten() for p in params])
-    _all_reduce_mean(flat, world_size)
-    offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
-        offset += p.numel()
-
-
-def _broadcast_parameters(model: nn.Module, world_size: int) -> None:
-    """Start every process from rank 0's weights (whatever each process initialised)."""
-    if world_size > 1:
-        for tensor in model.state_dict().values():
-            torch.distributed.broadcast(tensor, src=0)
+    on_rank0(lock_and_open)
+    try:
+        return trainer.fit(
+            resume=resume,
+            progress=progress,
+            stop_after=stop_after,
+            fake_cfg_scales=fake_cfg_scales,
+        )
+    finally:
+        lock.release()
 
 
 def enable_gradient_checkpointing(discriminator: nn.Module) -> None:
@@ -500,17 +533,21 @@ def train_step(
     device = next(discriminator.parameters()).device
     optimizer.zero_grad(set_to_none=True)
     stats = torch.zeros(4, device=device)
-    for micro, (r, f, *bank_rows) in enumerate(batches):
-        b = bank_rows[0] if bank_rows else None
-        tag = (micro,) if len(batches) > 1 else ()
-        loss = _micro_loss(
-            discriminator, audio_model, video_model, r, f, b, config, (step, rank, *tag), device
+    for micro, (real, fake, *bank_rows) in enumerate(batches):
+        seed_key = (step, rank, micro) if len(batches) > 1 else (step, rank)
+        loss = _micro_batch_loss(
+            discriminator,
+            audio_model,
+            video_model,
+            MicroBatch(real, fake, bank_rows[0] if bank_rows else None),
+            config,
+            seed_key=seed_key,
         )
         (loss.total / len(batches)).backward()
         correct = (loss.logits_real > 0).sum() + (loss.logits_fake <= 0).sum()
         accuracy = correct / (len(loss.logits_real) + len(loss.logits_fake))
         stats += torch.stack([loss.total.detach(), loss.d, loss.dlsm, accuracy]).float()
-    _sync_gradients(discriminator, world)
+    sync_gradients(discriminator, world)
     grad_norm = torch.nn.utils.clip_grad_norm_(
         discriminator.parameters(), config.grad_clip or float("inf")
     )
@@ -518,6 +555,92 @@ def train_step(
         _stop_if_not_finite(stats[0] / len(batches), grad_norm, step, world)
     optimizer.step()
     return stats / len(batches), grad_norm
+
+
+def _stop_if_not_finite(loss: Tensor, grad_norm: Tensor, step: int, world: int) -> None:
+    """Stop before a non-finite update reaches the weights (and so any checkpoint); every
+    process sees the same decision."""
+    bad = (~torch.isfinite(torch.stack([loss, grad_norm.to(loss)]))).any().float()
+    if all_reduce_mean(bad, world).item() > 0:
+        raise NonFiniteError(
+            f"step {step + 1}: the loss is {loss.item():.4g} and the gradient norm "
+            f"{grad_norm.item():.4g}; training stopped before updating the weights"
+        )
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch of a step: real pairs, fake pairs and, with a noise bank, the bank
+    rows L_DLSM reads instead of calling the base models."""
+
+    real: PairData
+    fake: PairData
+    bank_rows: BankRows | None = None
+
+
+def _drop_captions(
+    discriminator: nn.Module, real: PairData, config: TrainConfig, seed_key: tuple[int, ...]
+) -> tuple[dict[str, Any], list[str] | None]:
+    """The real pairs' discriminator inputs and captions after the discriminator's caption
+    dropout. Which captions it drops is decided here, so that L_DLSM pairs a dropped caption
+    with the unconditional prediction, as guidance will."""
+    cond_real, captions = dict(real.cond), real.captions
+    device = next(discriminator.parameters()).device
+    drop_prob = _text_drop_prob(discriminator)
+    if captions is not None and cond_real and drop_prob > 0:
+        g = torch.Generator().manual_seed(derive_seed(config.seed, *seed_key, 2))
+        drop = torch.rand(len(captions), generator=g) < drop_prob
+        cond_real["text_drop"] = drop.to(device)
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+    return cond_real, captions
+
+
+def _micro_batch_loss(
+    discriminator: nn.Module,
+    audio_model: BaseModel,
+    video_model: BaseModel,
+    batch: MicroBatch,
+    config: TrainConfig,
+    *,
+    seed_key: tuple[int, ...],
+) -> LossOutput:
+    """The objective on one micro-batch. ``seed_key`` is ``(step, rank[, micro-batch])``:
+    the noise, dropout and caption drops are drawn from seeds derived from it."""
+    device = next(discriminator.parameters()).device
+    cond_real, captions = _drop_captions(discriminator, batch.real, config, seed_key)
+    eps_a = eps_v = None
+    if config.use_dlsm and batch.bank_rows is None:
+        # L_DLSM corrects the prediction the sampler uses: the one for the pair's caption.
+        cond_a = None if captions is None else audio_model.encode_prompt(captions)
+        cond_v = None if captions is None else video_model.encode_prompt(captions)
+        eps_a, eps_v = epsilon_fn(audio_model, cond_a), epsilon_fn(video_model, cond_v)
+    step_rank, micro = seed_key[:2], seed_key[2:]
+    generator = None  # the meta device (memory estimates) draws nothing
+    if device.type != "meta":
+        generator = torch.Generator(device).manual_seed(
+            derive_seed(config.seed, *step_rank, 0, *micro)
+        )
+    autocast = MIXED_PRECISION[config.mixed_precision]
+    precision = torch.autocast(device.type, autocast) if autocast else nullcontext()
+    fork_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices), precision:
+        torch.manual_seed(derive_seed(config.seed, *step_rank, 1, *micro))  # dropout, if any
+        return mmdisco_loss(
+            discriminator,
+            batch.real.audio,
+            batch.real.video,
+            batch.fake.audio,
+            batch.fake.video,
+            audio_model.schedule,
+            video_model.schedule,
+            LossConfig.of(config),
+            eps_audio=eps_a,
+            eps_video=eps_v,
+            cond_real=cond_real,
+            cond_fake=batch.fake.cond,
+            bank=batch.bank_rows,
+            generator=generator,
+        )
 
 
 def _check_bank(
@@ -538,266 +661,9 @@ def _check_bank(
         )
 
 
-def _stop_if_not_finite(loss: Tensor, grad_norm: Tensor, step: int, world: int) -> None:
-    """Stop before a non-finite update reaches the weights (and so any checkpoint); every
-    process sees the same decision."""
-    bad = (~torch.isfinite(torch.stack([loss, grad_norm.to(loss)]))).any().float()
-    if _all_reduce_mean(bad, world).item() > 0:
-        raise NonFiniteError(
-            f"step {step + 1}: the loss is {loss.item():.4g} and the gradient norm "
-            f"{grad_norm.item():.4g}; training stopped before updating the weights"
-        )
-
-
 def _text_drop_prob(discriminator: nn.Module) -> float:
     for module in (discriminator, getattr(discriminator, "disc", None)):
         config = getattr(module, "config", None)
         if config is not None and hasattr(config, "text_drop_prob"):
             return float(config.text_drop_prob)
     return 0.0
-
-
-def _micro_loss(
-    discriminator: nn.Module,
-    audio_model: BaseModel,
-    video_model: BaseModel,
-    r: PairData,
-    f: PairData,
-    b: BankRows | None,
-    config: TrainConfig,
-    parts: tuple[int, ...],
-    device: torch.device,
-) -> Any:
-    cond_real, captions = dict(r.cond), r.captions
-    drop_prob = _text_drop_prob(discriminator)
-    if captions is not None and cond_real and drop_prob > 0:
-        # Which captions the discriminator drops is decided here, so that L_DLSM pairs a
-        # dropped caption with the unconditional prediction, as guidance will.
-        g = torch.Generator().manual_seed(derive_seed(config.seed, *parts, 2))
-        drop = torch.rand(len(captions), generator=g) < drop_prob
-        cond_real["text_drop"] = drop.to(device)
-        captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
-    eps_a = eps_v = None
-    if config.use_dlsm and b is None:
-        # L_DLSM corrects the prediction the sampler uses: the one for the pair's caption.
-        cond_a = None if captions is None else audio_model.encode_prompt(captions)
-        cond_v = None if captions is None else video_model.encode_prompt(captions)
-        eps_a, eps_v = epsilon_fn(audio_model, cond_a), epsilon_fn(video_model, cond_v)
-    generator = None  # the meta device (memory estimates) draws nothing
-    if device.type != "meta":
-        seed = derive_seed(config.seed, *parts[:2], 0, *parts[2:])
-        generator = torch.Generator(device).manual_seed(seed)
-    autocast = MIXED_PRECISION[config.mixed_precision]
-    precision = torch.autocast(device.type, autocast) if autocast else nullcontext()
-    fork_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices), precision:
-        torch.manual_seed(derive_seed(config.seed, *parts[:2], 1, *parts[2:]))  # dropout, if any
-        return mmdisco_loss(
-            discriminator,
-            r.audio,
-            r.video,
-            f.audio,
-            f.video,
-            audio_model.schedule,
-            video_model.schedule,
-            eps_audio=eps_a,
-            eps_video=eps_v,
-            dlsm_weight=config.dlsm_weight,
-            use_d=config.use_d,
-            use_dlsm=config.use_dlsm,
-            shared_timesteps=config.shared_timesteps,
-            noise_range=tuple(config.noise_range),
-            clean_prob=config.clean_prob,
-            cond_real=cond_real,
-            cond_fake=f.cond,
-            bank=b,
-            generator=generator,
-        )
-
-
-def train_discriminator(
-    discriminator: nn.Module,
-    audio_model: BaseModel,
-    video_model: BaseModel,
-    real: PairData,
-    fake: PairData,
-    config: TrainConfig,
-    out_dir: str | Path | None = None,
-    *,
-    accelerator: Any = None,
-    resume: bool = True,
-    progress: bool = True,
-    stop_after: int | None = None,
-    fake_cfg_scales: tuple[float, float] | None = None,
-    bank: NoiseBank | None = None,
-) -> TrainResult:
-    """Train ``discriminator`` in place; checkpoints and TensorBoard logs go under ``out_dir``.
-
-    ``real`` and ``fake`` are pairs in the base models' spaces. With ``resume`` and an
-    existing checkpoint in ``out_dir``, training continues from it and ends with the same
-    weights an uninterrupted run would have. ``stop_after`` stops (after checkpointing) once
-    that many steps are done, as if the run had been killed: for tests and time-sliced jobs.
-    ``fake_cfg_scales`` are the CFG scales the fakes were sampled with (audio, video); with
-    captioned real pairs, a base model whose ``cfg_scale`` differs is warned about
-    (:func:`check_cfg_scales`). A checkpoint of a run made from other inputs
-    (:func:`run_inputs`) is refused; ``out_dir`` is locked while training (a second run on it
-    stops at once); a non-finite loss or gradient stops training before the update, keeping
-    the last good checkpoint. ``bank`` (:func:`mmdisco.training.bank.load_noise_bank`, built
-    from ``real``) makes L_DLSM read the base models' predictions instead of calling them.
-    """
-    from accelerate import Accelerator
-
-    if bank is not None:
-        _check_bank(bank, real, config, _text_drop_prob(discriminator))
-
-    pair_bytes = 4 * (real.audio[0].numel() + real.video[0].numel())
-    # A step holds real and fake batches, their noised copies and the activations' inputs.
-    check_memory(8 * config.batch_size * pair_bytes, "batch_size")
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
-    discriminator.to(accelerator.device).train()
-    _broadcast_parameters(discriminator, accelerator.num_processes)
-    optimizer = torch.optim.Adam(
-        discriminator.parameters(),
-        lr=config.lr,
-        betas=config.betas,
-        weight_decay=config.weight_decay,
-    )
-    out = Path(out_dir) if out_dir is not None else None
-    lock = DirectoryLock(out) if out is not None else None
-    if out is not None:
-        inputs = run_inputs(discriminator, audio_model, video_model, real, fake, config)
-        if bank is not None:
-            inputs["bank"] = bank.manifest.get("fingerprint")
-
-        def open_run() -> None:
-            lock.acquire()
-            try:
-                _open_run(out, inputs, resume)
-            except BaseException:
-                lock.release()
-                raise
-
-        on_rank0(open_run)
-    try:
-        return _train(
-            discriminator, optimizer, audio_model, video_model, real, fake, config, out,
-            accelerator=accelerator, resume=resume, progress=progress, stop_after=stop_after,
-            fake_cfg_scales=fake_cfg_scales, bank=bank,
-        )  # fmt: skip
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _train(
-    discriminator: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    audio_model: BaseModel,
-    video_model: BaseModel,
-    real: PairData,
-    fake: PairData,
-    config: TrainConfig,
-    out: Path | None,
-    *,
-    accelerator: Any,
-    resume: bool,
-    progress: bool,
-    stop_after: int | None,
-    fake_cfg_scales: tuple[float, float] | None,
-    bank: NoiseBank | None = None,
-) -> TrainResult:
-    rank, world = accelerator.process_index, accelerator.num_processes
-    device = accelerator.device
-    main = accelerator.is_main_process
-    ckpt_dir = out / CHECKPOINT_DIR if out is not None else None
-    step = 0
-    if resume and ckpt_dir is not None and (latest := latest_checkpoint(ckpt_dir)) is not None:
-        step = load_checkpoint(latest, discriminator, optimizer, config)
-    start_step = step
-    orders = tuple(
-        BatchOrder(len(data), config.batch_size, derive_seed(config.seed, k))
-        for k, data in ((1, real), (2, fake), (3, fake))
-    )
-    if bank is not None:
-        dlsm_batch = config.dlsm_batch_size or config.batch_size
-        orders += (BatchOrder(len(bank), dlsm_batch, derive_seed(config.seed, 4)),)
-    local = config.batch_size // world
-    if local % config.grad_accum:
-        raise ValueError(
-            f"grad_accum={config.grad_accum} must divide each process's batch "
-            f"(batch_size {config.batch_size} / {world} processes = {local})"
-        )
-    if config.gradient_checkpointing:
-        enable_gradient_checkpointing(discriminator)
-    if real.captions is not None and config.use_dlsm and fake_cfg_scales is not None:
-        check_cfg_scales(audio_model, video_model, fake_cfg_scales)
-    if config.fake_pairing == "shuffle" and fake.cond:
-        raise ValueError(
-            "fake_pairing='shuffle' re-pairs fake audio and video, which would separate them "
-            f"from their per-pair inputs {sorted(fake.cond)}; use fake_pairing='fixed'"
-        )
-    writer = None
-    if main and out is not None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        out.mkdir(parents=True, exist_ok=True)
-        writer = SummaryWriter(str(out / "logs"), purge_step=step)
-        write_json_atomic(out / "train_config.json", config.to_dict())
-    end = config.steps if stop_after is None else min(config.steps, stop_after)
-    bar = tqdm(
-        total=config.steps, initial=step, disable=not (progress and main), desc="train", unit="step"
-    )
-    history: list[dict[str, float]] = []
-    start_time = time.perf_counter()
-    running = torch.zeros(4, dtype=torch.float64)
-    n_running = 0
-    while step < end:
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr_at(step)
-        try:
-            stats, grad_norm = train_step(
-                discriminator,
-                optimizer,
-                audio_model,
-                video_model,
-                micro_batches(real, fake, orders, config, step, rank, world, device, bank),
-                config,
-                step,
-                rank,
-                world,
-            )
-        except NonFiniteError as err:
-            raise _with_resume_advice(err, ckpt_dir) from None
-        step += 1
-        running += stats.double().cpu()
-        n_running += 1
-        if step % config.log_every == 0 or step == end:
-            mean = _all_reduce_mean(running.to(device), world).cpu() / n_running
-            record = {
-                "step": step,
-                "loss": mean[0].item(),
-                "loss_d": mean[1].item(),
-                "loss_dlsm": mean[2].item(),
-                "accuracy": mean[3].item(),
-                "grad_norm": float(grad_norm),
-                "lr": optimizer.param_groups[0]["lr"],
-            }
-            history.append(record)
-            running.zero_()
-            n_running = 0
-            if main:
-                bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
-                if writer is not None:
-                    for key, value in record.items():
-                        if key != "step":
-                            writer.add_scalar(f"train/{key}", value, step)
-        bar.update(1)
-        if ckpt_dir is not None and (step % config.checkpoint_every == 0 or step == end):
-            if main:
-                save_checkpoint(ckpt_dir, discriminator, optimizer, step, config)
-                _prune(ckpt_dir, config.keep_checkpoints)
-            accelerator.wait_for_everyone()
-    bar.close()
-    if writer is not None:
-        writer.close()
-    return TrainResult(discriminator, history, time.perf_counter() - start_time, start_step)

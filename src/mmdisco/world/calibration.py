@@ -166,8 +166,14 @@ def plot_calibration(
         )
         if missing:
             levels = ", ".join(f"{u:g}" for u in missing)
-            ax.text(0.03, 0.05, f"no cosine at t/T = {levels}:\nfewer than {MIN_PAIRS} pairs "
-                    "with an exact gradient", transform=ax.transAxes, fontsize=7)  # fmt: skip
+            ax.text(
+                0.03,
+                0.05,
+                f"no cosine at t/T = {levels}:\nfewer than {MIN_PAIRS} pairs "
+                "with an exact gradient",
+                transform=ax.transAxes,
+                fontsize=7,
+            )
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("noise level t / T")
         ax.set_xlim(0.0, 1.0)

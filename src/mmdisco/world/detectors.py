@@ -61,7 +61,7 @@ class Detection:
 
 
 def _invalid(reason: str) -> Detection:
-    return Detection(False, None, (), reason)
+    return Detection(valid=False, cls=None, events=(), reason=reason)
 
 
 def _check_events(events: Sequence[int], config: WorldConfig) -> str:
@@ -135,7 +135,9 @@ def detect_video(video: Tensor, config: WorldConfig | None = None) -> list[Detec
             events = tuple(int(k) for k in (height[i] == 0).nonzero()[:, 0])
             reason = _check_events(events, config) or _check_trajectory(height[i], events, config)
             detections.append(
-                _invalid(reason) if reason else Detection(True, int(cls[i, 0]), events)
+                _invalid(reason)
+                if reason
+                else Detection(valid=True, cls=int(cls[i, 0]), events=events)
             )
     return detections
 
@@ -208,7 +210,9 @@ def detect_audio(audio: Tensor, config: WorldConfig | None = None) -> list[Detec
         else:
             events = tuple(round(j * w / sr * config.fps) for j in onsets)
             reason = _check_events(events, config)
-            detections.append(_invalid(reason) if reason else Detection(True, int(c[0]), events))
+            detections.append(
+                _invalid(reason) if reason else Detection(valid=True, cls=int(c[0]), events=events)
+            )
     return detections
 
 
@@ -280,8 +284,9 @@ def evaluate(
     config = config or WorldConfig()
     if len(video) != len(audio):
         raise ValueError(f"video and audio batch sizes differ: {len(video)} vs {len(audio)}")
-    return summarize(detect_video(video, config), detect_audio(audio, config), config,
-                     reference_clips)  # fmt: skip
+    return summarize(
+        detect_video(video, config), detect_audio(audio, config), config, reference_clips
+    )
 
 
 def summarize(

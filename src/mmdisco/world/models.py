@@ -37,19 +37,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmdisco.base_models.base import BaseModel
-from mmdisco.errors import InputError, MissingInputError
+from mmdisco.errors import InputError
 from mmdisco.io import (
-    load_tensors,
-    read_json,
-    save_tensors_atomic,
-    state_dict_mismatches,
+    CONFIG_NAME,
+    load_pretrained,
+    save_pretrained,
     tensor_digest,
-    write_json_atomic,
 )
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "world"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 SCHEDULER_CONFIG: dict[str, Any] = {
     "_class_name": "DDPMScheduler",
@@ -397,7 +393,7 @@ class WorldNetwork:
     def __init__(self, config: dict[str, Any], net: nn.Module) -> None:
         self.config = config
         self.scheduler_config = dict(config.get("scheduler", SCHEDULER_CONFIG))
-        self.net = net.eval().requires_grad_(False)
+        self.net = net.eval().requires_grad_(requires_grad=False)
         self.codecs = media_codecs(config)
 
     @classmethod
@@ -448,46 +444,39 @@ class WorldNetwork:
         """Write ``config.json`` and ``model.safetensors`` (each atomically) into ``directory``;
         ``dtype`` (e.g. ``torch.float16``) stores the weights in that type to save space, and
         :meth:`from_pretrained` casts them back to float32."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {"model_type": type(self).__name__, "modality": self.modality, **self.config}
-        write_json_atomic(directory / CONFIG_NAME, config)
-        meta = {"model_type": type(self).__name__}
-        state = {k: v.to(dtype or v.dtype) for k, v in self.net.state_dict().items()}
-        save_tensors_atomic(directory / WEIGHTS_NAME, state, metadata=meta)
-        return directory
+        model_type = type(self).__name__
+        config = {"model_type": model_type, "modality": self.modality, **self.config}
+        meta = {"model_type": model_type}
+        return save_pretrained(directory, config, self.net, dtype, metadata=meta)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu"):
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise MissingInputError(f"{cls.__name__}.from_pretrained: missing {path}")
-        config = read_json(config_path)
+        configs: list[dict[str, Any]] = []
+
+        def build(config: Any) -> nn.Module:
+            configs.append(cls._network_config(config, Path(directory) / CONFIG_NAME))
+            try:
+                return cls.build_network(configs[0])
+            except (KeyError, TypeError, ValueError) as err:
+                raise InputError(
+                    f"does not describe a valid network ({err!r})",
+                    str(Path(directory) / CONFIG_NAME),
+                ) from err
+
+        net = load_pretrained(directory, build, f"a {cls.__name__}")
+        return cls(configs[0], net).to(device)
+
+    @classmethod
+    def _network_config(cls, config: Any, path: Path) -> dict[str, Any]:
+        """The saved config without its labels, after checking it is this class's."""
         model_type = config.pop("model_type", None) if isinstance(config, dict) else None
         if model_type != cls.__name__:
-            raise InputError(
-                f"describes a {model_type!r}, not a {cls.__name__!r}", str(config_path)
-            )
+            raise InputError(f"describes a {model_type!r}, not a {cls.__name__!r}", str(path))
         config.pop("modality", None)
         missing = sorted(set(cls.default_config()) - set(config))
         if missing:
-            raise InputError(f"has no {missing[0]!r} section", str(config_path))
-        try:
-            net = cls.build_network(config)
-        except (KeyError, TypeError, ValueError) as err:
-            raise InputError(
-                f"does not describe a valid network ({err!r})", str(config_path)
-            ) from err
-        state, _ = load_tensors(weights_path)
-        problems = state_dict_mismatches(net.state_dict(), state)
-        if problems:
-            raise ValueError(
-                f"{weights_path} does not match {config_path}:\n  " + "\n  ".join(problems)
-            )
-        net.load_state_dict(state)
-        return cls(config, net).to(device)
+            raise InputError(f"has no {missing[0]!r} section", str(path))
+        return config
 
 
 class WorldDiffusionModel(WorldNetwork, BaseModel):

@@ -37,24 +37,29 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from mmdisco.demo import EVAL_SEED_OFFSET, HELD_OUT_SEED_OFFSET, REAL_SEED_OFFSET
-from mmdisco.demo import world_real_pairs as real_pairs
+from mmdisco.base_models.loading import SCHEDULERS
 from mmdisco.errors import check_bool, check_choice, check_float, check_int, check_ints
 from mmdisco.io import write_json_atomic, write_text_atomic
 from mmdisco.resampling import score_pairs, select, t0_log_snr
+from mmdisco.sampling import SamplingConfig, sample_batches
+from mmdisco.seeding import derive_seed
 from mmdisco.training.data import PairData, fake_pairs
-from mmdisco.training.fakes import (
-    SCHEDULERS,
-    SampleSettings,
-    derive_seed,
-    generate_fakes,
-    sample_pairs,
-)
+from mmdisco.training.fakes import generate_fakes
 from mmdisco.world.detectors import Detection, chance_levels, detect_audio, detect_video, summarize
 from mmdisco.world.generator import generate_clips
 from mmdisco.world.models import load_world_models
 from mmdisco.world.paired import WorldJointModel, load_paired_models
 from mmdisco.world.ratio import ExactLogRatio
+from mmdisco.world.recipes import (
+    EVAL_SEED_OFFSET,
+    GUIDANCE_SCALES,
+    GUIDANCE_WINDOW,
+    HELD_OUT_SEED_OFFSET,
+    REAL_SEED_OFFSET,
+    CodebookRecipe,
+    train_codebook,
+)
+from mmdisco.world.recipes import world_real_pairs as real_pairs
 
 METRICS = ("semantic", "temporal", "validity_audio", "validity_video", "diversity")
 TASKS = ("joint", "video-to-audio", "audio-to-video")
@@ -113,8 +118,8 @@ class SystemsSettings:
 
     def sampling(
         self, scales: tuple[float, float] = (1.0, 1.0), window: tuple[float, float] = (0.0, 1.0)
-    ) -> SampleSettings:
-        return SampleSettings(self.sample_steps, self.scheduler, *scales, window=tuple(window))
+    ) -> SamplingConfig:
+        return SamplingConfig(self.sample_steps, self.scheduler, *scales, window=tuple(window))
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,7 +156,7 @@ def train_world_discriminator(
     """Train the world's MMDisCo discriminator into ``out_dir`` (resumed from checkpoints,
     loaded when complete; the CPU-seconds recorded are those of the run that finished it).
 
-    The demo's recipe (:func:`mmdisco.demo.train_codebook`): one codebook discriminator,
+    The world's recipe (:func:`mmdisco.world.recipes.train_codebook`): one codebook discriminator,
     anchors from real and fake clips, coupling counted from the real pairs, L_D + L_DLSM,
     scale 1. A given clean modality needs no special training: at the clip's log-SNR the
     anchors' posterior is exact, so ``clean_prob`` is not used (kept for the callers' record).
@@ -159,11 +164,9 @@ def train_world_discriminator(
     ``use_dlsm=False`` where the base models cannot be called one modality at a time (the
     joint model's views), so no L_DLSM bank can be built: L_D only.
     """
-    from mmdisco.demo import DemoSettings, train_codebook
     from mmdisco.discriminator import load_discriminator as load
 
     del clean_prob
-    demo = DemoSettings.quick() if quick else DemoSettings()
     record = out_dir / TRAINED
     disc_dir = out_dir / "disc_codebook" / "discriminator"
     if record.exists():
@@ -171,21 +174,27 @@ def train_world_discriminator(
         disc = load(disc_dir)
     else:
         start = time.process_time()
+        recipe = CodebookRecipe.quick(seed) if quick else CodebookRecipe(seed=seed)
         train = dataclasses.replace(
-            demo.codebook_train, seed=seed, fake_pairing=fake_pairing, use_dlsm=use_dlsm
+            recipe.train, seed=seed, fake_pairing=fake_pairing, use_dlsm=use_dlsm
         )
-        settings = dataclasses.replace(demo, seed=seed, codebook_train=train)
         disc, _ = train_codebook(
-            out_dir, audio_model, video_model, real, fake, settings, progress=progress
+            out_dir,
+            audio_model,
+            video_model,
+            real,
+            fake,
+            dataclasses.replace(recipe, train=train),
+            progress=progress,
         )
         cpu_seconds = round(time.process_time() - start, 1)
         write_json_atomic(record, {"cpu_seconds": cpu_seconds})
     disc = disc.eval()
-    a, v = demo.guidance_scale_audio, demo.guidance_scale_video
+    a, v = GUIDANCE_SCALES
     return Guide(
         disc,
         scales={"joint": (a, v), "video-to-audio": (a, 0.0), "audio-to-video": (0.0, v)},
-        window=tuple(demo.guidance_window),
+        window=GUIDANCE_WINDOW,
         parameters=sum(p.numel() for p in disc.parameters()),
         train_cpu_s=cpu_seconds,
     )
@@ -228,22 +237,22 @@ def sample_pool(
     k: int,
     seed: int,
     settings: SystemsSettings,
-    sampling: SampleSettings,
+    sampling: SamplingConfig,
     progress: bool = False,
     **kwargs: Any,
 ) -> Pool:
     """``k`` candidates for each of ``settings.n_eval`` outputs (``kwargs``: those of
-    :func:`~mmdisco.training.fakes.sample_pairs`). Candidate 0 is drawn from ``seed`` itself,
+    :func:`~mmdisco.sampling.sample_batches`). Candidate 0 is drawn from ``seed`` itself,
     so it is the plain sample every row without resampling takes."""
     audio, video = [], []
     start = time.process_time()
     for j in tqdm(range(k), desc=f"{k} x {settings.n_eval} pairs", disable=not progress):
-        a, v = sample_pairs(
+        a, v = sample_batches(
             audio_model,
             video_model,
             settings.n_eval,
-            seed if j == 0 else derive_seed(seed, j),
-            settings=sampling,
+            sampling,
+            seed=seed if j == 0 else derive_seed(seed, j),
             batch_size=settings.batch_size,
             **kwargs,
         )
@@ -660,9 +669,15 @@ def figure(report: dict[str, Any], path: Path) -> Path:
         for name, curve in report["curves"].items():
             method, mode = name.rsplit(" (", 1)
             n = [int(k) for k in curve]
-            ax.plot(n, [curve[k][metric] for k in curve], "--" if mode == "sir)" else "-",
-                    marker="o", ms=3, color=colours[method],
-                    label=method if mode == "argmax)" else None)  # fmt: skip
+            ax.plot(
+                n,
+                [curve[k][metric] for k in curve],
+                "--" if mode == "sir)" else "-",
+                marker="o",
+                ms=3,
+                color=colours[method],
+                label=method if mode == "argmax)" else None,
+            )
         for name, colour in (("cascade T2V -> V2A", "k"), ("joint model from scratch", "grey")):
             if name in rows:
                 ax.axhline(rows[name][metric], color=colour, ls=":", label=name)

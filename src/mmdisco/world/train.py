@@ -207,8 +207,8 @@ def train_world_model(
     world_config = world_config or WorldConfig()
     model = new_model(kind, world_config, seed=cfg.seed)
     cls, config = type(model), model.config
-    net = model.net.train().requires_grad_(True)
-    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    net = model.net.train().requires_grad_(requires_grad=True)
+    ema = copy.deepcopy(net).eval().requires_grad_(requires_grad=False)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
 
     def lr_at(step: int) -> float:
