@@ -4,8 +4,13 @@ latent cache that would hold nothing, and a second writer on a directory in use.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+import torch
 import yaml
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from _tiny import audioldm_animatediff_experiment
@@ -35,3 +40,29 @@ def test_cache_latents_with_no_usable_row_is_an_error(tmp_path):
     assert f"error: {tmp_path / 'cache'}: no row gave a clip, so the cache is empty" in line
     assert "row 1 (" in line and "5): file not found" in line
     assert "notes.xyz): not a readable media file" in line
+
+
+def discriminator_folder(folder: Path, config: object) -> Path:
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file({"weight": torch.zeros(1)}, folder / "model.safetensors")
+    return folder
+
+
+def test_a_discriminator_too_large_for_the_machine_is_refused_before_it_is_built(tmp_path):
+    # One fusion layer of 2**21 x 2**21 weights: 17.6 TB in float32.
+    folder = discriminator_folder(tmp_path / "huge", {"fusion_width": 2**21})
+    line = refused("sample", "--discriminator", folder, "--out", tmp_path / "out", "--n", 1)
+    assert line.startswith(f"error: {folder / 'config.json'} (")
+    assert "M parameters): needs an estimated" in line and "TB of memory" in line
+
+
+@pytest.mark.parametrize("config", [[1, 2], "channels", 3])
+def test_a_discriminator_config_that_is_not_an_object_is_named(tmp_path, config):
+    folder = discriminator_folder(tmp_path / "odd", config)
+    line = refused("sample", "--discriminator", folder, "--out", tmp_path / "out", "--n", 1)
+    found = type(config).__name__
+    assert (
+        line
+        == f"error: {folder / 'config.json'}: must hold a JSON object of settings, found a {found}"
+    )
