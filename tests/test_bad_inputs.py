@@ -28,6 +28,11 @@ def refused(*args: object) -> str:
     return last
 
 
+def invoke(*args: object) -> None:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+
+
 def test_cache_latents_with_no_usable_row_is_an_error(tmp_path):
     clips = tmp_path / "clips"
     clips.mkdir()
@@ -66,3 +71,37 @@ def test_a_discriminator_config_that_is_not_an_object_is_named(tmp_path, config)
         line
         == f"error: {folder / 'config.json'}: must hold a JSON object of settings, found a {found}"
     )
+
+
+def test_a_second_writer_is_refused_and_the_first_ones_output_loads(tmp_path):
+    """generate-fakes and train on a directory another process is writing stop with one line;
+    once it is free, the same command fills it and what it wrote loads."""
+    from mmdisco.io import DirectoryLock
+    from mmdisco.training.fakes import load_fakes
+
+    fakes = tmp_path / "fakes"
+    make_fakes = ("generate-fakes", "--out", fakes, "--n", 2, "--shard-size", 1, "--steps", 1)
+    with DirectoryLock(fakes):
+        line = refused(*make_fakes)
+    assert line.startswith(f"error: {fakes} is being written by process ")
+    assert not (fakes / "manifest.json").exists()
+    invoke(*make_fakes)
+    assert load_fakes(fakes).audio.shape[0] == 2
+    run = tmp_path / "run"
+    train = ("train", "--fakes", fakes, "--out", run, "--n-real", 2, "--steps", 1)
+    with DirectoryLock(run):
+        line = refused(*train)
+    assert line.startswith(f"error: {run} is being written by process ")
+    assert not (run / "discriminator").exists()
+
+
+def test_training_reads_the_cfg_scales_the_fakes_were_sampled_with():
+    from types import SimpleNamespace
+
+    from mmdisco.experiment import fake_cfg_scales
+
+    scales = {name: SimpleNamespace(cfg_scale=s) for name, s in (("audio", 2.5), ("video", 7.5))}
+    cfg = SimpleNamespace(**scales, fakes=SimpleNamespace(out_dir="fakes"))
+    manifest = {"fingerprint": {"cfg_scale_audio": 3.0, "cfg_scale_video": 7.5}}
+    with pytest.warns(UserWarning, match=r"sampled with CFG scales \(3\.0, 7\.5\)"):
+        assert fake_cfg_scales(cfg, manifest) == (3.0, 7.5)
