@@ -216,18 +216,22 @@ def truncation(path: Path) -> str | None:
     return None
 
 
-def read_clip(item: ClipItem, spec: ClipSpec, seed: int = 0) -> Clip:
-    """Decode one clip; raises :class:`SkipClip` with the reason if the file is unusable."""
-    path = item.path
+def open_media(path: Path) -> av.container.InputContainer:
+    """The file's opened container; raises :class:`SkipClip` saying why it cannot be one."""
     if not path.is_file():
         raise SkipClip("file not found")
     if (cut := truncation(path)) is not None:
         raise SkipClip(cut)
     try:
-        container = av.open(str(path))
+        return av.open(str(path))
     except av.error.FFmpegError as err:
         raise SkipClip(f"not a readable media file ({err})") from err
-    with container:
+
+
+def read_clip(item: ClipItem, spec: ClipSpec, seed: int = 0) -> Clip:
+    """Decode one clip; raises :class:`SkipClip` with the reason if the file is unusable."""
+    path = item.path
+    with open_media(path) as container:
         if not container.streams.video:
             raise SkipClip("no video track")
         if not container.streams.audio:

@@ -423,13 +423,14 @@ def train_discriminator(
         out=out,
         bank=bank,
     )
-    if out is None:
+
+    def fit() -> TrainResult:
         return trainer.fit(
-            resume=resume,
-            progress=progress,
-            stop_after=stop_after,
-            fake_cfg_scales=fake_cfg_scales,
+            resume=resume, progress=progress, stop_after=stop_after, fake_cfg_scales=fake_cfg_scales
         )
+
+    if out is None:
+        return fit()
     lock, inputs = DirectoryLock(out), trainer.run_inputs()
 
     def lock_and_open() -> None:
@@ -442,12 +443,7 @@ def train_discriminator(
 
     on_rank0(lock_and_open)
     try:
-        result = trainer.fit(
-            resume=resume,
-            progress=progress,
-            stop_after=stop_after,
-            fake_cfg_scales=fake_cfg_scales,
-        )
+        result = fit()
         if save_as is not None and accelerator.is_main_process:
             discriminator.save_pretrained(out / save_as)
         return result
