@@ -16,8 +16,16 @@ a ratio of per-pair activations.
 
     python benchmarks/memory.py            # full (about 5 minutes on a 2-core CPU)
     python benchmarks/memory.py --quick    # micro-batches 1 and 2, no bf16 ratio
+    python benchmarks/memory.py --presets  # the 2025-26 presets (a few minutes)
 
-Writes ``benchmarks/results/memory.{json,md}``.
+Writes ``benchmarks/results/memory.{json,md}``. ``--presets`` estimates, the same way, one
+training step of each 2025-26 preset (configs/{wan,wan22,hunyuan15}_stableaudio3.yaml,
+ltx2_mmdisco.yaml) with its discriminator and its base models' transformers at real size in
+bfloat16 (benchmarks/real_shapes_presets.py, random weights, on the meta device); it writes
+memory_presets.json and adds its table to memory.md. Only the transformers are counted: the
+text encoders that L_DLSM runs on each micro-batch's captions add their weights to the fixed
+cost (Wan's UMT5-XXL encoder: 5.68B parameters, 10.6 GiB in bfloat16); the VAEs take no part
+in a training step.
 """
 
 from __future__ import annotations
@@ -105,12 +113,104 @@ def bf16_ratio(channels: int = 64) -> dict[str, float]:
     return {"channels": channels, **out, "ratio": out["bf16"] / out["no"]}
 
 
+GPU_BYTES = 80e9  # "80 GB": an A100/H100 80GB holds 80e9 bytes (74.5 GiB)
+
+
+def preset_peaks(name: str, micros: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
+    """Peak memory of one training step of preset ``name`` per micro-batch, on the meta
+    device, and the largest micro-batch under :data:`GPU_BYTES`."""
+    from mmdisco.config import load_experiment
+    from real_shapes_presets import CONFIGS, base_models, flash_attention_memory, meta_counting
+
+    cfg = load_experiment(CONFIGS / f"{name}.yaml")
+    config = cfg.discriminator_config()
+    with torch.device("meta"):
+        disc = Discriminator(config)
+    audio, video = base_models(name)
+    wrapped = (
+        ConfiguredModel(audio, cfg.audio.cfg_scale),
+        ConfiguredModel(video, cfg.video.cfg_scale),
+    )
+    conds = prompt_conditioning(wrapped)
+    text = {"text_audio": config.text_dim_audio, "text_video": config.text_dim_video}
+    train = cfg.train_config()
+    peaks = {}
+    with meta_counting(), flash_attention_memory():
+        for m in micros:
+            step = TrainConfig(batch_size=m, use_dlsm=train.use_dlsm, dlsm_weight=train.dlsm_weight)
+            peaks[m] = estimate_step_memory(disc, *wrapped, step, text, conds)
+    slope = (peaks[micros[-1]].peak - peaks[micros[0]].peak) / (micros[-1] - micros[0])
+    fixed = peaks[micros[0]].peak - micros[0] * slope
+    return {
+        "per_pair_gib": slope / GIB,
+        "fixed_gib": fixed / GIB,
+        "base_models_gib": peaks[1].base_models / GIB,
+        "discriminator_parameters": sum(p.numel() for p in disc.parameters()),
+        "use_dlsm": train.use_dlsm,
+        "measured_gib": {m: peaks[m].peak / GIB for m in micros},
+        "micro_batch_80gb": int((GPU_BYTES - fixed) // slope),
+        "preset_micro_batch": train.batch_size // train.grad_accum,
+    }
+
+
+def render_presets(r: dict[str, Any]) -> str:
+    lines = [
+        "",
+        "## The 2025-26 presets",
+        "",
+        "One training step of each preset (its discriminator, L_D + L_DLSM with CFG unless "
+        "the preset turns L_DLSM off, Adam) with its base models' transformers at real size "
+        "in bfloat16, random weights, on the meta device as above (`python benchmarks/"
+        "memory.py --presets`), attention held as a fused kernel holds it (its output; the "
+        "meta device's math fallback would hold every score matrix). Peak per device; slope "
+        "over micro-batches "
+        f"{r['micro_batches']}. Fits: the largest micro-batch under 80 GB (80e9 bytes, "
+        "before the CUDA context). Only the base models' transformers are counted: the text "
+        "encoders that L_DLSM runs on the captions add their weights to the fixed cost (Wan's "
+        "UMT5-XXL encoder 10.6 GiB in bfloat16; Stable Audio 3's T5Gemma and HunyuanVideo "
+        "1.5's Qwen2.5-VL likewise, not measured here), so the fitting micro-batch is an "
+        "upper bound. LTX-2's preset trains with L_D alone and runs no base model.",
+        "",
+        "| preset | base weights | discriminator | L_DLSM | per pair | fixed | peak, micro-batch "
+        "1 | micro-batch that fits 80 GB | preset's micro-batch |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in r["presets"].items():
+        lines.append(
+            f"| {name} | {row['base_models_gib']:.1f} GiB "
+            f"| {row['discriminator_parameters'] / 1e6:.1f}M "
+            f"| {'yes' if row['use_dlsm'] else 'no'} "
+            f"| {row['per_pair_gib']:.2f} GiB | {row['fixed_gib']:.1f} GiB "
+            f"| {row['measured_gib']['1']:.1f} GiB | {row['micro_batch_80gb']} "
+            f"| {row['preset_micro_batch']} |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def presets(args: argparse.Namespace) -> dict[str, Any]:
+    from real_shapes_presets import PRESETS
+
+    start = time.perf_counter()
+    result = {"presets": {name: preset_peaks(name) for name in PRESETS}, "micro_batches": [1, 2]}
+    result = json.loads(json.dumps(result))  # micro-batch keys as JSON has them
+    result["seconds"] = time.perf_counter() - start
+    write_text_atomic(args.out_dir / "memory_presets.json", json.dumps(result, indent=2) + "\n")
+    base = json.loads((args.out_dir / "memory.json").read_text())
+    write_text_atomic(args.out_dir / "memory.md", render(base) + render_presets(result))
+    print(render_presets(result))
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--presets", action="store_true", help="the 2025-26 presets")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.presets:
+        return presets(args)
     micros = (1, 2) if args.quick else (1, 2, 4)
     start = time.perf_counter()
     rows = {}
@@ -134,7 +234,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["bf16"] = bf16_ratio()
     result["seconds"] = time.perf_counter() - start
     write_text_atomic(args.out_dir / "memory.json", json.dumps(result, indent=2) + "\n")
-    write_text_atomic(args.out_dir / "memory.md", render(result))
+    extra = args.out_dir / "memory_presets.json"
+    tail = render_presets(json.loads(extra.read_text())) if extra.is_file() else ""
+    write_text_atomic(args.out_dir / "memory.md", render(result) + tail)
     print(render(result))
     return result
 

@@ -62,6 +62,7 @@ class DataConfig:
     # peak, null = the waveform as decoded.
     audio_peak: float | str | None = "model"
     posterior: str = "sample"  # latents: "sample" the VAE posterior (reference) or its "mode"
+    width: int | None = None  # frames of size x width (size is then the height); None: square
 
     def __post_init__(self) -> None:
         self.duration = check_float("duration", self.duration, 0.0, open_min=True)
@@ -71,6 +72,8 @@ class DataConfig:
         )
         for name in ("size", "sample_rate", "shard_size", "batch_size"):
             check_int(name, getattr(self, name), 1)
+        if self.width is not None:
+            check_int("width", self.width, 1)
         check_int("seed", self.seed, 0)
         if isinstance(self.audio_peak, str):
             if self.audio_peak != "model":
@@ -194,7 +197,9 @@ class ExperimentConfig:
             source = audio_model if audio_model is not None else adapter_class(self.audio.adapter)
             peak = getattr(source, "peak_level", None)
             remove_dc = bool(getattr(source, "remove_dc", False))
-        return ClipSpec(d.duration, d.fps, d.size, d.sample_rate, peak, remove_dc, d.posterior)
+        return ClipSpec(
+            d.duration, d.fps, d.size, d.sample_rate, peak, remove_dc, d.posterior, width=d.width
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -5,7 +5,11 @@ Every path we support is Gaussian: ``x_t = alpha(t) * x_0 + sigma(t) * eps``.
 * Variance-preserving (DDPM family): ``alpha = sqrt(alphas_cumprod[t])``,
   ``sigma = sqrt(1 - alphas_cumprod[t])`` with integer timesteps ``t`` in ``[0, T)``.
 * Rectified flow (flow matching): ``alpha = 1 - s``, ``sigma = s`` with ``s = t / T``, where
-  ``t`` is the (float) timestep diffusers' flow-matching schedulers hand to the model.
+  ``t`` is the timestep diffusers' flow schedulers hand to the model: a float for
+  FlowMatchEuler, an integer for UniPC with ``use_flow_sigmas`` (Wan), whose ``s`` is then the
+  level the model is told, within ``1 / T`` below the solver's own sigma. A time shift (Wan's
+  ``flow_shift``, HunyuanVideo's ``shift``) only moves the timesteps a sampler visits; the path
+  and hence every conversion below are the same.
 
 MMDisCo's correction lives in epsilon space, so every parameterisation is converted to and
 from epsilon with the closed forms below (docs/method.md).
@@ -246,6 +250,10 @@ def _config_dict(config: Any) -> dict[str, Any]:
 
 
 def _is_flow(config: Mapping[str, Any]) -> bool:
+    # Multistep solvers run on the flow path too (Wan's UniPC): ``use_flow_sigmas`` and the
+    # ``flow_prediction`` parameterisation say so whatever the class.
+    if config.get("use_flow_sigmas") or config.get("prediction_type") == "flow_prediction":
+        return True
     name = str(config.get("_class_name", ""))
     if name:
         return name.startswith("FlowMatch")

@@ -67,10 +67,13 @@ def check_clip_spec(cfg: ExperimentConfig, audio: BaseModel, video: BaseModel) -
             f"data.duration * data.fps gives {spec.num_frames} frames but video.options."
             f"num_frames is {frames}"
         )
-    for name in ("height", "width"):
+    frame = {"height": ("size", spec.size), "width": ("size", spec.size)}
+    if spec.width is not None:
+        frame["width"] = ("width", spec.width)
+    for name, (field, value) in frame.items():
         size = getattr(video, name, None)
-        if size is not None and size != spec.size:
-            raise ConfigError(f"data.size is {spec.size} but video.options.{name} is {size}")
+        if size is not None and size != value:
+            raise ConfigError(f"data.{field} is {value} but video.options.{name} is {size}")
 
 
 def cache_real_latents(

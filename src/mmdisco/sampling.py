@@ -38,7 +38,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mmdisco.base_models.base import BaseModel
-from mmdisco.base_models.loading import SCHEDULERS, cfg_mix, make_scheduler, prompt_pair
+from mmdisco.base_models.loading import (
+    SCHEDULERS,
+    cfg_mix,
+    cfg_scale_at,
+    make_scheduler,
+    prompt_pair,
+)
 from mmdisco.diffusion import CleanSchedule, NoiseSchedule, epsilon_delta_to_prediction
 from mmdisco.errors import (
     InputError,
@@ -88,7 +94,8 @@ class Stream:
         cond = partner if _joint_of(self) is not None else self.cond
         out = self.model.predict(x, t, cond)
         if self.uses_cfg:
-            out = cfg_mix(self.model.predict(x, t, self.uncond), out, self.cfg_scale)
+            scale = cfg_scale_at(self.model, t, self.cfg_scale)
+            out = cfg_mix(self.model.predict(x, t, self.uncond), out, scale)
         return out
 
 
@@ -179,7 +186,9 @@ def _discriminator_deltas(
     if not options.cfg_on_discriminator:
         return delta_a, delta_v
     un_a, un_v = _correction(disc, audio, video, inputs, options, conditional=False)
-    return cfg_mix(un_a, delta_a, audio.cfg_scale), cfg_mix(un_v, delta_v, video.cfg_scale)
+    scale_a = cfg_scale_at(audio.model, inputs.timestep_audio, audio.cfg_scale)
+    scale_v = cfg_scale_at(video.model, inputs.timestep_video, video.cfg_scale)
+    return cfg_mix(un_a, delta_a, scale_a), cfg_mix(un_v, delta_v, scale_v)
 
 
 def _initial_latents(stream: Stream, batch_size: int) -> Tensor:
@@ -276,7 +285,7 @@ def joint_sample(
     options = options or GuidanceOptions()
     _check_run(audio, video, discriminator, batch_size, num_inference_steps, options)
     steps = _lockstep_timesteps(audio, video, num_inference_steps)
-    a, v = _start(audio, batch_size), _start(video, batch_size)
+    a, v = _start_pair(audio, video, batch_size)
     # Built once per run: schedules, prediction types and scheduler-step kwargs are constant.
     schedules = (audio.model.schedule, video.model.schedule)
     ptypes = (audio.model.prediction_type, video.model.prediction_type)
@@ -327,6 +336,15 @@ def _start(stream: Stream, batch_size: int) -> Tensor:
     return stream.latents
 
 
+def _start_pair(audio: Stream, video: Stream, batch_size: int) -> tuple[Tensor, Tensor]:
+    """Both streams' starting latents, in the order a joint model's own pipeline draws them
+    from one generator (LTX-2 draws the video noise first: ``draws_video_first``)."""
+    if getattr(_joint_of(video), "draws_video_first", False):
+        v = _start(video, batch_size)
+        return _start(audio, batch_size), v
+    return _start(audio, batch_size), _start(video, batch_size)
+
+
 def _inputs(
     stream: Stream, x: Tensor, t: Tensor, schedule: NoiseSchedule
 ) -> tuple[Tensor, Tensor, NoiseSchedule]:
@@ -349,13 +367,29 @@ def _predict(
     timestep_video: Tensor,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Both free streams' predictions (None for a given one). Two views of one joint model
-    (:class:`mmdisco.world.paired.WorldJointModel`) are run as one network call."""
+    (:class:`mmdisco.world.paired.WorldJointModel`, LTX-2) are run as one network call."""
     joint = _joint_of(audio)
     if joint is not None and joint is _joint_of(video) and not (audio.given or video.given):
-        return joint.predict_pair(in_a, in_v, timestep_audio, timestep_video)
+        return joint.predict_pair(
+            in_a, in_v, timestep_audio, timestep_video, **_joint_text(audio, video)
+        )
     out_a = None if audio.given else audio.predict(in_a, timestep_audio, partner=in_v)
     out_v = None if video.given else video.predict(in_v, timestep_video, partner=in_a)
     return out_a, out_v
+
+
+def _joint_text(audio: Stream, video: Stream) -> dict[str, Any]:
+    """A text-conditioned joint model's inputs (LTX-2): one prompt for both streams, CFG at
+    each stream's own scale. Nothing for an unconditional joint model (the world's)."""
+    cond = video.cond if video.cond is not None else audio.cond
+    if cond is None:
+        return {}
+    uncond = video.uncond if video.uncond is not None else audio.uncond
+    return {
+        "cond": cond,
+        "uncond": uncond if audio.uses_cfg or video.uses_cfg else None,
+        "cfg_scales": (audio.cfg_scale, video.cfg_scale),
+    }
 
 
 def _model_input(scheduler: SchedulerMixin, x: Tensor, t: Tensor) -> Tensor:

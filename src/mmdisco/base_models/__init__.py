@@ -12,8 +12,12 @@ ADAPTERS: dict[str, str] = {
     "auffusion": "mmdisco.base_models.auffusion:AuffusionModel",
     "spectrogram_image": "mmdisco.base_models.auffusion:SpectrogramImageModel",
     "stable_audio": "mmdisco.base_models.stable_audio:StableAudioModel",
+    "stable_audio_3": "mmdisco.base_models.stable_audio3:StableAudio3Model",
     "animatediff": "mmdisco.base_models.animatediff:AnimateDiffModel",
     "ltx_video": "mmdisco.base_models.ltx:LTXVideoModel",
+    "ltx2": "mmdisco.base_models.ltx2:LTX2Model",
+    "wan": "mmdisco.base_models.wan:WanModel",
+    "hunyuan_video_15": "mmdisco.base_models.hunyuan_video:HunyuanVideo15Model",
     # The synthetic world's base models (src/mmdisco/assets/world/{audio,video}).
     "world_audio": "mmdisco.world.models:WorldAudioModel",
     "world_video": "mmdisco.world.models:WorldVideoModel",

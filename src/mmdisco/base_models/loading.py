@@ -100,9 +100,17 @@ def prompt_pair(model: BaseModel, prompts: list[str]) -> tuple[Any, Any]:
     return model.encode_prompt(prompts), model.encode_prompt([""] * len(prompts))
 
 
-def cfg_mix(uncond: Tensor, cond: Tensor, scale: float) -> Tensor:
+def cfg_mix(uncond: Tensor, cond: Tensor, scale: float | Tensor) -> Tensor:
     """Classifier-free guidance: ``uncond + scale * (cond - uncond)``."""
     return uncond + scale * (cond - uncond)
+
+
+def cfg_scale_at(model: Any, t: Tensor, scale: float) -> float | Tensor:
+    """``model``'s CFG scale at timestep ``t``: ``scale``, unless the model sets its own per
+    step (``model.cfg_scale_at``: Wan 2.2 A14B's low-noise expert has its own; per sample,
+    broadcastable, for a batch of timesteps)."""
+    at = getattr(model, "cfg_scale_at", None)
+    return scale if at is None else at(t, scale)
 
 
 class ConfiguredModel(BaseModel):
@@ -171,7 +179,8 @@ class ConfiguredModel(BaseModel):
         out = self.model.predict(x_t, t, cond)
         if self.cfg_scale == 1.0:
             return out
-        return cfg_mix(self.model.predict(x_t, t, uncond), out, self.cfg_scale)
+        scale = cfg_scale_at(self.model, t, self.cfg_scale)
+        return cfg_mix(self.model.predict(x_t, t, uncond), out, scale)
 
 
 def configured(
@@ -187,7 +196,40 @@ def configured(
         ConfiguredModel(m, scale, lambda m=m: cfg.sampling.make_scheduler(m))
         for m, scale in zip((audio, video), scales, strict=True)
     )
+    joint = getattr(audio, "joint", None)
+    if joint is not None and joint is getattr(video, "joint", None):
+        audio_model.joint = video_model.joint = ConfiguredJoint(joint, scales)
     return audio_model, video_model
+
+
+class ConfiguredJoint:
+    """A joint model (LTX-2) as the experiment drives its two views: ``predict_pair`` takes
+    the views' ``(cond, uncond)`` pairs (:meth:`ConfiguredModel.encode_prompt`; the empty
+    prompt without one) and applies each view's CFG scale, so code that knows one prompt (the
+    fake generator) samples the joint model as configured."""
+
+    def __init__(self, joint: Any, cfg_scales: tuple[float, float]) -> None:
+        self.joint, self.cfg_scales = joint, (float(cfg_scales[0]), float(cfg_scales[1]))
+        self.draws_video_first = getattr(joint, "draws_video_first", False)
+
+    def predict_pair(
+        self, audio_t: Tensor, video_t: Tensor, t_audio: Tensor, t_video: Tensor, **text: Any
+    ) -> tuple[Tensor, Tensor]:
+        pair = text.get("cond")
+        if pair is None:
+            empty = self.joint.encode_prompt([""] * audio_t.shape[0])
+            pair = (empty, empty)
+        cond, uncond = pair
+        guided = self.cfg_scales != (1.0, 1.0)
+        return self.joint.predict_pair(
+            audio_t,
+            video_t,
+            t_audio,
+            t_video,
+            cond=cond,
+            uncond=uncond if guided else None,
+            cfg_scales=self.cfg_scales,
+        )
 
 
 class SamplerSource(Protocol):
@@ -213,11 +255,42 @@ class ModelSpecs(Protocol):
 
 
 def load_models(cfg: ModelSpecs, device: str | torch.device = "cpu") -> tuple[Any, Any]:
-    """Both base models (:func:`load_model`), then checked together: their samplers must
-    agree on the number of steps (:func:`check_sampler_steps`)."""
-    audio, video = load_model(cfg.audio, "audio", device), load_model(cfg.video, "video", device)
+    """Both base models (:func:`load_model`; a joint model both sections name, its two views:
+    :func:`load_joint`), then checked together: their samplers must agree on the number of
+    steps (:func:`check_sampler_steps`)."""
+    if _is_joint(cfg.audio) or _is_joint(cfg.video):
+        audio, video = load_joint(cfg.audio, cfg.video, device)
+    else:
+        audio = load_model(cfg.audio, "audio", device)
+        video = load_model(cfg.video, "video", device)
     check_sampler_steps(cfg, audio, video)
     return audio, video
+
+
+def _is_joint(spec: BaseModelConfig) -> bool:
+    from mmdisco.base_models import adapter_class
+
+    try:
+        return getattr(adapter_class(spec.adapter), "modality", None) == "joint"
+    except ValueError:  # an unknown adapter: load_model names it
+        return False
+
+
+def load_joint(
+    audio: BaseModelConfig, video: BaseModelConfig, device: str | torch.device = "cpu"
+) -> tuple[Any, Any]:
+    """A joint audio-video model (LTX-2) that both sections name, loaded once (and checked
+    with one paired step); its ``.audio`` and ``.video`` views are the two base models."""
+    fields = ("adapter", "path", "options", "torch_dtype", "allow_bin_weights")
+    differ = [f for f in fields if getattr(audio, f) != getattr(video, f)]
+    if differ:
+        raise ConfigError(
+            f"audio.{differ[0]} and video.{differ[0]} differ, but {video.adapter!r} is one "
+            "joint model of both modalities: name the same checkpoint in both sections, with "
+            f"the same {', '.join(differ)}"
+        )
+    joint = load_model(video, "video", device)
+    return joint.audio, joint.video
 
 
 def load_model(spec: BaseModelConfig, name: str, device: str | torch.device = "cpu") -> Any:
@@ -254,14 +327,25 @@ def check_compute(name: str, spec: BaseModelConfig, model: BaseModel) -> None:
         cond = None
     try:
         with torch.no_grad():
-            scheduler = model.make_scheduler()
-            scheduler.set_timesteps(1)
-            x = torch.zeros(1, *model.latent_shape(), device=model.device)
-            out = model.predict(x, scheduler.timesteps[0], cond)
+            outputs = _one_step(model, cond)
     except (RuntimeError, NotImplementedError, TypeError) as err:
         raise ConfigError(f"{where}: one denoiser step failed: {err}") from err
-    if out.dtype != torch.float32 or not torch.isfinite(out).all():
-        raise ConfigError(f"{where}: one denoiser step gave non-finite or non-float32 output")
+    for out in outputs:
+        if out.dtype != torch.float32 or not torch.isfinite(out).all():
+            raise ConfigError(f"{where}: one denoiser step gave non-finite or non-float32 output")
+
+
+def _one_step(model: Any, cond: Any) -> tuple[Tensor, ...]:
+    """The model's prediction(s) for zero latents at its first sampling timestep; a joint
+    model predicts both modalities in one call."""
+    scheduler = model.make_scheduler()
+    scheduler.set_timesteps(1)
+    t = scheduler.timesteps[0]
+    if getattr(model, "modality", None) == "joint":
+        shapes = model.latent_shapes()
+        a, v = (torch.zeros(1, *shapes[k], device=model.device) for k in ("audio", "video"))
+        return tuple(model.predict_pair(a, v, t, t, cond=cond))
+    return (model.predict(torch.zeros(1, *model.latent_shape(), device=model.device), t, cond),)
 
 
 def check_sampler_steps(cfg: ModelSpecs, audio: BaseModel, video: BaseModel) -> None:

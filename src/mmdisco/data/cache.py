@@ -117,7 +117,9 @@ def cache_latents(
     check_int("shard_size", shard_size, 1)
     check_int("batch_size", batch_size, 1)
     spec = dataset.spec
-    clip_bytes = 4 * (spec.num_samples + 3 * spec.num_frames * spec.size**2)
+    clip_bytes = 4 * (
+        spec.num_samples + 3 * spec.num_frames * spec.size * (spec.width or spec.size)
+    )
     latent_bytes = 4 * sum(math.prod(m.latent_shape()) for m in (audio_model, video_model))
     check_memory(batch_size * clip_bytes + shard_size * latent_bytes, "batch_size / shard_size")
     fingerprint = {

@@ -70,11 +70,14 @@ class ClipSpec:
     audio_peak: float | None = None
     remove_dc: bool = False
     posterior: str = "sample"
+    width: int | None = None  # frames of size x width (height x width); None: size x size
 
     def __post_init__(self) -> None:
         check_float("duration", self.duration, 0.0, open_min=True)
         check_float("fps", self.fps, 0.0, open_min=True)
         check_int("size", self.size, 1)
+        if self.width is not None:
+            check_int("width", self.width, 1)
         check_int("sample_rate", self.sample_rate, 1)
         if self.num_frames < 1:
             raise InputError(f"duration * fps gives no frame ({self.duration} * {self.fps})")
@@ -181,15 +184,17 @@ def clip_start(path: Path, length: float, duration: float, seed: int) -> float:
     return u * max(length - duration, 0.0)
 
 
-def resize_center_crop(frame: np.ndarray, size: int) -> np.ndarray:
-    """Scale so the shorter side is ``size``, then crop the central ``size x size``."""
+def resize_center_crop(frame: np.ndarray, size: int, width: int | None = None) -> np.ndarray:
+    """Scale so the frame just covers ``size x width`` (height x width; ``size x size`` when
+    ``width`` is None: the shorter side becomes ``size``), then crop the centre."""
+    height, width = size, width or size
     h, w = frame.shape[:2]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    scale = max(height / h, width / w)
+    nh, nw = max(height, round(h * scale)), max(width, round(w * scale))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     frame = cv2.resize(frame, (nw, nh), interpolation=interp)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return frame[top : top + size, left : left + size]
+    top, left = (nh - height) // 2, (nw - width) // 2
+    return frame[top : top + height, left : left + width]
 
 
 def truncation(path: Path) -> str | None:
@@ -253,7 +258,7 @@ def read_clip(item: ClipItem, spec: ClipSpec, seed: int = 0) -> Clip:
         def place(t: float, frame: av.VideoFrame) -> None:
             # Nearest earlier frame: this frame serves every target time >= t (later frames,
             # placed after it, overwrite their own share).
-            image = resize_center_crop(frame.to_ndarray(format="rgb24"), spec.size)
+            image = resize_center_crop(frame.to_ndarray(format="rgb24"), spec.size, spec.width)
             for k in np.nonzero(times >= t - 1e-6)[0]:
                 frames[k] = image
 
@@ -345,6 +350,8 @@ class ClipDataset(torch.utils.data.Dataset):
             path = os.path.relpath(item.path, self.root)
             digest.update(json.dumps([path, size, item.caption, item.start]).encode() + b"\n")
         spec = dataclasses.asdict(self.spec)
+        if spec["width"] is None:  # square clips: the fingerprint caches were written with
+            del spec["width"]
         return {
             "items": len(self.items),
             "sha256": digest.hexdigest(),
