@@ -27,7 +27,6 @@ convert-official``); the checkpoint is read with ``torch.load(weights_only=True)
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -41,7 +40,7 @@ from torch import Tensor, nn
 
 from mmdisco.diffusion import NoiseSchedule, schedule_from_scheduler_config
 from mmdisco.discriminator.blocks import FactorisedConv3d, ResBlock, audio_tokens, video_tokens
-from mmdisco.io import PretrainedMixin, state_dict_mismatches
+from mmdisco.io import PretrainedMixin, read_json_object, state_dict_mismatches
 
 KIND = "mmdisco-official-discriminator"
 FUSIONS = (
@@ -404,7 +403,7 @@ class OfficialDiscriminator(PretrainedMixin, nn.Module):
 def is_official(directory: str | Path) -> bool:
     """Whether ``directory`` holds a converted release discriminator."""
     config = Path(directory) / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("kind") == KIND
+    return config.is_file() and read_json_object(config).get("kind") == KIND
 
 
 # ------------------------------------------------------------------------------------------
