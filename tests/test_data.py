@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -19,6 +20,7 @@ from mmdisco.data import (
     ClipDataset,
     ClipItem,
     ClipSpec,
+    SkipClip,
     cache_latents,
     caption_dropout,
     collate,
@@ -27,6 +29,7 @@ from mmdisco.data import (
     load_latent_cache,
     read_clip,
 )
+from mmdisco.errors import InputError
 from mmdisco.media import write_mp4
 
 SRC_FPS, SRC_RATE, SRC_SECONDS = 10, 22050, 3.0
@@ -295,3 +298,51 @@ def test_caption_dropout():
     assert abs(dropped_a.float().mean().item() - 0.1) < 3 * math.sqrt(0.09 / 4000)
     captions = drop_captions(["x"] * 1000, 0.1, torch.Generator().manual_seed(1))
     assert 60 < captions.count("") < 140
+
+
+def faststart_copy(source: Path, target: Path) -> Path:
+    """``source`` remuxed with its index (``moov``) before the media data, as streaming
+    encoders write it: such a file still opens when its end is cut off."""
+    with (
+        av.open(str(source)) as src,
+        av.open(str(target), "w", options={"movflags": "faststart"}) as dst,
+    ):
+        streams = {s.index: dst.add_stream_from_template(s) for s in src.streams}
+        for packet in src.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                dst.mux(packet)
+    return target
+
+
+def test_truncated_mp4_is_skipped_and_counted(tmp_path):
+    whole = faststart_copy(write_clip(tmp_path / "src.mp4"), tmp_path / "whole.mp4")
+    data = whole.read_bytes()
+    assert data[4:8] == b"ftyp" and data[36:40] == b"moov"  # the index comes first
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(0.99 * len(data))])  # the last 1 % is missing
+    with av.open(str(cut)) as container:  # it opens, and says it is 3 s long
+        assert container.duration / av.time_base == pytest.approx(SRC_SECONDS, abs=0.05)
+    last = ClipItem(whole, start=SRC_SECONDS - SPEC.duration)
+    assert read_clip(last, SPEC).audio.abs().max() > 0.2
+    for start in (0.0, SRC_SECONDS - SPEC.duration):
+        with pytest.raises(SkipClip, match=rf"^truncated file \({len(data) * 99 // 100} bytes"):
+            read_clip(ClipItem(cut, start=start), SPEC)
+    ds = ClipDataset(tmp_path, SPEC)
+    assert [ds[i] is None for i in range(len(ds))] == [True, False, False]
+    assert ds.summary() == "2 of 3 files used; skipped 1: 1 truncated file"
+
+
+def test_a_cache_with_nothing_in_it_is_an_error(tmp_path):
+    (tmp_path / "notes.xyz").write_text("not a video")
+    manifest = tmp_path / "clips.jsonl"
+    manifest.write_text('{"path": 5}\n{"path": "notes.xyz"}\n')
+    ds = ClipDataset(manifest, SPEC)
+    with pytest.raises(
+        InputError,
+        match=r"cache: no row gave a clip, so the cache is empty: "
+        r"row 1 \(.*5\): file not found; row 2 \(.*notes.xyz\): not a readable",
+    ):
+        cache_latents(
+            ds, PoolModel("audio"), PoolModel("video"), tmp_path / "cache", progress=False
+        )

@@ -158,9 +158,13 @@ def test_discriminator_uses_log_snr_and_couples_modalities() -> None:
 
 
 def test_quick_run_writes_documented_outputs(tmp_path) -> None:
+    threads = torch.get_num_threads()
     result = CliRunner().invoke(app, ["toy", "--out", str(tmp_path), "--quick"])
     assert result.exit_code == 0, result.output
+    assert torch.get_num_threads() == threads  # pinned to 1 for the run only
     data = json.loads((tmp_path / "results.json").read_text())
+    assert data["machine"]["torch_threads"] == 1
+    assert data["machine"]["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
     assert set(SETTINGS) <= set(data)
     for setting in SETTINGS:
         assert set(data[setting]) == set(ALL_ROWS)
@@ -172,6 +176,7 @@ def test_quick_run_writes_documented_outputs(tmp_path) -> None:
     assert data["ind"]["gt"]["mode_precision"] > 0.95
     md = (tmp_path / "results.md").read_text()
     assert "| IND | L_D + L_DLSM |" in md and "18.80" in md
+    assert "Computed on 1 torch thread(s)" in md
     assert (tmp_path / "scatter.png").stat().st_size > 10_000
     with np.load(tmp_path / "samples.npz") as npz:
         assert set(npz.files) == {f"{s}/{r}/0" for s in SETTINGS for r in ALL_ROWS}

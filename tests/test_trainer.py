@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mmdisco.base_models.base import BaseModel
@@ -348,3 +349,23 @@ def test_dlsm_uses_each_real_pairs_caption():
     batch = BatchOrder(len(real), 4, derive_seed(config.seed, 1)).local_batch(0)
     expected = [float(len(captions[i])) for i in batch.tolist()]
     assert seen == [expected, expected]  # audio then video, each with the batch's captions
+
+
+def test_the_trained_discriminator_is_saved_before_the_run_unlocks(tmp_path):
+    """A second run waiting on the directory never finds the final folder half written."""
+    from mmdisco.io import LOCK_NAME
+
+    class Saved(TinyDisc):
+        def save_pretrained(self, directory: Path) -> None:
+            self.holder = json.loads((tmp_path / LOCK_NAME).read_text())
+            Path(directory).mkdir(parents=True)
+            save_file(self.state_dict(), Path(directory) / "model.safetensors")
+
+    disc, (real, fake) = Saved(), toy_data()
+    cfg = TrainConfig(steps=2, batch_size=8)
+    train_discriminator(
+        disc, *models(), real, fake, cfg, tmp_path, progress=False, save_as="discriminator"
+    )
+    assert disc.holder["pid"] == os.getpid() and not (tmp_path / LOCK_NAME).exists()
+    saved = load_file(tmp_path / "discriminator" / "model.safetensors")
+    torch.testing.assert_close(saved, disc.state_dict())

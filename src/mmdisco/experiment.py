@@ -170,7 +170,7 @@ def train_from_config(
     # were sampled with.
     scales = fake_cfg_scales(cfg, fakes.manifest)
     out = Path(cfg.output_dir)
-    result = train_discriminator(
+    return train_discriminator(
         disc,
         *configured(cfg, audio, video, scales),
         real,
@@ -181,10 +181,8 @@ def train_from_config(
         progress=progress,
         stop_after=stop_after,
         fake_cfg_scales=scales,
+        save_as=DISCRIMINATOR_DIR,
     )
-    if accelerator.is_main_process:
-        disc.save_pretrained(out / DISCRIMINATOR_DIR)
-    return result
 
 
 def training_pairs(
@@ -214,9 +212,10 @@ def training_pairs(
 
 
 def fake_cfg_scales(cfg: ExperimentConfig, manifest: dict[str, Any]) -> tuple[float, float]:
-    """The CFG scales the fakes were sampled with (recorded in their manifest); a warning
-    names them when the config now says otherwise, since L_DLSM must use the fakes'."""
-    recorded = manifest.get("config", {})
+    """The CFG scales the fakes were sampled with (recorded in their manifest's fingerprint);
+    a warning names them when the config now says otherwise, since L_DLSM must use the
+    fakes'."""
+    recorded = manifest.get("fingerprint", {})
     scales = (
         float(recorded.get("cfg_scale_audio", cfg.audio.cfg_scale)),
         float(recorded.get("cfg_scale_video", cfg.video.cfg_scale)),

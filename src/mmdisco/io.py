@@ -27,7 +27,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from mmdisco.errors import BusyError, InputError, MissingInputError, NonFiniteError
+from mmdisco.errors import (
+    BusyError,
+    InputError,
+    MissingInputError,
+    NonFiniteError,
+    check_memory,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +135,15 @@ def read_json(path: str | os.PathLike) -> Any:
         raise InputError(f"not valid JSON ({err})", str(path)) from None
 
 
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON file that must hold an object (a config, a manifest), as a dict."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        found = type(data).__name__
+        raise InputError(f"must hold a JSON object of settings, found a {found}", str(path))
+    return data
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -210,7 +225,7 @@ def load_pretrained(
         if not file.is_file():
             raise MissingInputError(f"{directory}: no {file.name} (expected {what})")
     try:
-        module = build(read_json(config_file))
+        module = build(read_json_object(config_file))
     except InputError:
         raise
     except (KeyError, ValueError, TypeError) as err:
@@ -231,6 +246,12 @@ class PretrainedMixin:
     pretrained_what: str = "a model"  # for error messages: "expected <what>"
     pretrained_metadata: dict[str, str] | None = None
 
+    @classmethod
+    def num_parameters_for(cls, config: Any) -> int | None:
+        """The parameter count of a module with ``config``, without allocating it (None:
+        unknown); ``from_pretrained`` refuses a config too large for this machine."""
+        return None
+
     def save_pretrained(
         self, directory: str | os.PathLike, dtype: torch.dtype | None = None
     ) -> None:
@@ -246,7 +267,12 @@ class PretrainedMixin:
         """Load what :meth:`save_pretrained` wrote; errors name missing files and bad keys."""
 
         def build(config: dict[str, Any]) -> nn.Module:
-            return cls(cls.config_class.from_dict(config))  # type: ignore[return-value]
+            parsed = cls.config_class.from_dict(config)
+            count = cls.num_parameters_for(parsed)
+            if count is not None:  # the weights built and the weights read, in float32
+                where = f"{Path(directory) / CONFIG_NAME} ({count / 1e6:,.1f}M parameters)"
+                check_memory(8 * count, where)
+            return cls(parsed)  # type: ignore[return-value]
 
         return load_pretrained(directory, build, cls.pretrained_what).to(device)
 

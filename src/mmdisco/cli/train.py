@@ -226,10 +226,17 @@ def _train_world(
         **DemoSettings().disc_kwargs,  # the small world discriminator
     )
     result = train_discriminator(
-        disc, audio, video, real_data, fake_data, cfg, out, accelerator=accelerator
+        disc,
+        audio,
+        video,
+        real_data,
+        fake_data,
+        cfg,
+        out,
+        accelerator=accelerator,
+        save_as="discriminator",
     )
     if accelerator.is_main_process:
-        disc.save_pretrained(out / "discriminator")
         last = result.history[-1] if result.history else {}
         typer.echo(f"trained in {result.seconds:.0f} s; last {last}; saved {out / 'discriminator'}")
 

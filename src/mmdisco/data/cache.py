@@ -146,8 +146,19 @@ def cache_latents(
             }
         )
     used = manifest.get("num_pairs", 0)
+    if used == 0 and manifest.get("complete"):
+        message = f"no row gave a clip, so the cache is empty: {_skips(manifest)}"
+        raise InputError(message, str(out_dir))
     logger.info("latent cache %s: %d of %d rows used", out_dir, used, len(dataset))
     return manifest
+
+
+def _skips(manifest: dict[str, Any], limit: int = 3) -> str:
+    """The first skipped rows and their reasons, for an error message."""
+    skipped = manifest.get("skipped", [])
+    shown = "; ".join(f"row {s['row'] + 1} ({s['path']}): {s['reason']}" for s in skipped[:limit])
+    more = f"; and {len(skipped) - limit} more" if len(skipped) > limit else ""
+    return (shown + more) or "the data source lists no rows"
 
 
 def _write_uncond(out_dir: Path, audio_model: BaseModel, video_model: BaseModel) -> None:

@@ -8,9 +8,9 @@ its timestamps (so AAC priming is dropped) and resampled to ``sample_rate``. Wit
 ``start``, the clip's start is drawn from a generator seeded by ``(seed, path)``, so the same
 seed picks the same clips in every run and process.
 
-A file that cannot be used (corrupt, no audio or video track, shorter than ``duration``, not
-a media file) never stops a run: :class:`ClipDataset` returns ``None`` for it, logs its path
-and reason, and counts it in :attr:`ClipDataset.skipped`.
+A file that cannot be used (corrupt or truncated, no audio or video track, shorter than
+``duration``, not a media file) never stops a run: :class:`ClipDataset` returns ``None`` for
+it, logs its path and reason, and counts it in :attr:`ClipDataset.skipped`.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from mmdisco.media import decode_frames, place_audio, resample_audio
 logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+ISO_MEDIA_SUFFIXES = (".mp4", ".mov", ".m4v")  # files made of boxes (ISO/IEC 14496-12)
 
 
 class SkipClip(ValueError):
@@ -196,16 +197,46 @@ def resize_center_crop(frame: np.ndarray, size: int, width: int | None = None) -
     return frame[top : top + height, left : left + width]
 
 
+def truncation(path: Path) -> str | None:
+    """Why an MP4 / MOV file is cut short (a top-level box runs past its end), or None.
+
+    A cut file whose index (``moov``) comes first still opens, and decodes up to the cut, so
+    a clip reaching past it would silently end in a repeated frame and silence."""
+    if path.suffix.lower() not in ISO_MEDIA_SUFFIXES:
+        return None
+    size, offset = path.stat().st_size, 0
+    with open(path, "rb") as f:
+        while offset + 8 <= size:
+            f.seek(offset)
+            header = f.read(16)
+            box_size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if box_size == 1 and len(header) == 16:  # a 64-bit size follows the type
+                box_size = int.from_bytes(header[8:16], "big")
+            if box_size < 8 or not all(32 <= c < 127 for c in kind):
+                return None  # size 0: the box runs to the end; otherwise not boxes at all
+            if offset + box_size > size:
+                name = kind.decode("latin-1")
+                return f"truncated file ({size} bytes; its {name!r} box needs {offset + box_size})"
+            offset += box_size
+    return None
+
+
+def open_media(path: Path) -> av.container.InputContainer:
+    """The file's opened container; raises :class:`SkipClip` saying why it cannot be one."""
+    if not path.is_file():
+        raise SkipClip("file not found")
+    if (cut := truncation(path)) is not None:
+        raise SkipClip(cut)
+    try:
+        return av.open(str(path))
+    except av.error.FFmpegError as err:
+        raise SkipClip(f"not a readable media file ({err})") from err
+
+
 def read_clip(item: ClipItem, spec: ClipSpec, seed: int = 0) -> Clip:
     """Decode one clip; raises :class:`SkipClip` with the reason if the file is unusable."""
     path = item.path
-    if not path.is_file():
-        raise SkipClip("file not found")
-    try:
-        container = av.open(str(path))
-    except av.error.FFmpegError as err:
-        raise SkipClip(f"not a readable media file ({err})") from err
-    with container:
+    with open_media(path) as container:
         if not container.streams.video:
             raise SkipClip("no video track")
         if not container.streams.audio:

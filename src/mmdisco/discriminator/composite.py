@@ -7,7 +7,6 @@ of several ratio estimates. :func:`load_discriminator` reads every kind the libr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmdisco.errors import InputError, check_int
-from mmdisco.io import read_json, write_json_atomic
+from mmdisco.io import read_json, read_json_object, write_json_atomic
 
 POOL_CONFIG = "pooling.json"
 SUM_CONFIG = "summed.json"
@@ -95,14 +94,17 @@ def load_discriminator(directory: str | Path, device: str = "cpu") -> nn.Module:
 
     sum_file = Path(directory) / SUM_CONFIG
     if sum_file.exists():
-        parts = json.loads(sum_file.read_text())["parts"]
+        parts = read_json_object(sum_file).get("parts")
+        if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+            message = f"'parts' must be a list of folder names, got {parts!r}"
+            raise InputError(message, str(sum_file))
         return SummedDiscriminators(
             *(load_discriminator(Path(directory) / p, device) for p in parts)
         )
     if is_official(directory):
         return OfficialDiscriminator.from_pretrained(directory, device)
     config_file = Path(directory) / "config.json"
-    if config_file.is_file() and discriminator_kind(read_json(config_file)) == "codebook":
+    if config_file.is_file() and discriminator_kind(read_json_object(config_file)) == "codebook":
         return CodebookDiscriminator.from_pretrained(directory, device)
     disc = Discriminator.from_pretrained(directory, device)
     pool_file = Path(directory) / POOL_CONFIG

@@ -229,11 +229,11 @@ class Discriminator(PretrainedMixin, nn.Module):
 
     # -- persistence -----------------------------------------------------------------------
 
-    @staticmethod
-    def num_parameters_for(config: DiscriminatorConfig) -> int:
+    @classmethod
+    def num_parameters_for(cls, config: DiscriminatorConfig) -> int:
         """The parameter count of a discriminator with ``config``, without allocating it."""
         with torch.device("meta"):
-            return sum(p.numel() for p in Discriminator(config).parameters())
+            return sum(p.numel() for p in cls(config).parameters())
 
 
 def _per_sample(t: Tensor | float, batch: int, name: str, device: torch.device) -> Tensor:

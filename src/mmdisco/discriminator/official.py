@@ -28,7 +28,6 @@ convert-official``); the checkpoint is read with ``torch.load(weights_only=True)
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -43,7 +42,13 @@ from torch import Tensor, nn
 from mmdisco.diffusion import NoiseSchedule, schedule_from_scheduler_config
 from mmdisco.discriminator.blocks import FactorisedConv3d, ResBlock, audio_tokens, video_tokens
 from mmdisco.errors import InputError
-from mmdisco.io import PretrainedMixin, read_json, state_dict_mismatches, write_json_atomic
+from mmdisco.io import (
+    PretrainedMixin,
+    read_json,
+    read_json_object,
+    state_dict_mismatches,
+    write_json_atomic,
+)
 
 T = TypeVar("T")
 KIND = "mmdisco-official-discriminator"
@@ -458,7 +463,7 @@ class OfficialDiscriminator(PretrainedMixin, nn.Module):
 def is_official(directory: str | Path) -> bool:
     """Whether ``directory`` holds a converted release discriminator."""
     config = Path(directory) / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("kind") == KIND
+    return config.is_file() and read_json_object(config).get("kind") == KIND
 
 
 # ------------------------------------------------------------------------------------------

@@ -111,9 +111,30 @@ def gap_ratio(nll: dict[str, float]) -> float:
     return (nll["both"] - nll["gt"]) / (nll["no_joint"] - nll["gt"])
 
 
-def run_grid(cfg: ToyConfig, progress: bool = True) -> tuple[dict, dict[str, Tensor]]:
-    """Run every seed; returns the results dict (results.json) and the samples by
-    ``"setting/row/seed"``."""
+def run_grid(
+    cfg: ToyConfig, progress: bool = True, threads: int = 1
+) -> tuple[dict, dict[str, Tensor]]:
+    """Run every seed on ``threads`` torch threads; returns the results dict (results.json)
+    and the samples by ``"setting/row/seed"``.
+
+    The numbers depend on the thread count and on the CPU kernels torch picks (their sums
+    are ordered differently), so both are pinned or recorded: one thread by default, and the
+    previous count restored afterwards (the grid may run inside another program)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        results, samples = _run_seeds(cfg, progress)
+    finally:
+        torch.set_num_threads(previous)
+    results["machine"] = {
+        "torch_threads": threads,
+        "torch": torch.__version__,
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+    }
+    return results, samples
+
+
+def _run_seeds(cfg: ToyConfig, progress: bool) -> tuple[dict, dict[str, Tensor]]:
     start = time.perf_counter()
     samples: dict[str, Tensor] = {}
     per_seed: dict[str, dict[str, dict[str, list[float]]]] = {

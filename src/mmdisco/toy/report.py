@@ -72,6 +72,7 @@ def results_markdown(results: dict) -> str:
         f"- Sampling: ancestral DDPM (diffusers DDPMScheduler through mmdisco.sampling."
         f"joint_sample), {cfg['inference_steps']} steps, joint guidance scale "
         f"{cfg['guidance_scale']}, {cfg['num_eval']} samples per row.",
+        *_machine_line(results.get("machine")),
         "",
         "## Metrics",
         "",
@@ -91,6 +92,17 @@ def results_markdown(results: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _machine_line(machine: dict | None) -> list[str]:
+    if machine is None:
+        return []
+    return [
+        f"- Computed on {machine['torch_threads']} torch thread(s), torch {machine['torch']}, "
+        f"CPU kernels {machine['cpu_kernels']}. Another thread count or CPU orders the sums "
+        "differently and changes the numbers, some rows by more than their std over seeds "
+        "(the README's toy section gives the spread)."
+    ]
 
 
 def write_outputs(out_dir: str | Path, results: dict, samples: dict[str, Tensor]) -> None:

@@ -384,8 +384,11 @@ def train_discriminator(
     stop_after: int | None = None,
     fake_cfg_scales: tuple[float, float] | None = None,
     bank: NoiseBank | None = None,
+    save_as: str | None = None,
 ) -> TrainResult:
-    """Train ``discriminator`` in place; checkpoints and TensorBoard logs go under ``out_dir``.
+    """Train ``discriminator`` in place; checkpoints and TensorBoard logs go under ``out_dir``,
+    and with ``save_as`` the trained discriminator goes to ``out_dir/save_as`` (written while
+    ``out_dir`` is still locked, so another run never finds it half written).
 
     ``real`` and ``fake`` are pairs in the base models' spaces. With ``resume`` and an
     existing checkpoint in ``out_dir``, training continues from it and ends with the same
@@ -420,13 +423,14 @@ def train_discriminator(
         out=out,
         bank=bank,
     )
-    if out is None:
+
+    def fit() -> TrainResult:
         return trainer.fit(
-            resume=resume,
-            progress=progress,
-            stop_after=stop_after,
-            fake_cfg_scales=fake_cfg_scales,
+            resume=resume, progress=progress, stop_after=stop_after, fake_cfg_scales=fake_cfg_scales
         )
+
+    if out is None:
+        return fit()
     lock, inputs = DirectoryLock(out), trainer.run_inputs()
 
     def lock_and_open() -> None:
@@ -439,12 +443,10 @@ def train_discriminator(
 
     on_rank0(lock_and_open)
     try:
-        return trainer.fit(
-            resume=resume,
-            progress=progress,
-            stop_after=stop_after,
-            fake_cfg_scales=fake_cfg_scales,
-        )
+        result = fit()
+        if save_as is not None and accelerator.is_main_process:
+            discriminator.save_pretrained(out / save_as)
+        return result
     finally:
         lock.release()
 
