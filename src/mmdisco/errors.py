@@ -64,7 +64,7 @@ def check_int(
     if not _is_int(value):
         raise InputError(f"must be an integer, got {value!r}", field)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise InputError(f"must be {_bounds(minimum, maximum, False, False)}, got {value}", field)
+        raise InputError(f"must be {_bounds(minimum, maximum)}, got {value}", field)
     return value
 
 
@@ -86,9 +86,8 @@ def check_float(
     low = minimum is not None and (value <= minimum if open_min else value < minimum)
     high = maximum is not None and (value >= maximum if open_max else value > maximum)
     if low or high:
-        raise InputError(
-            f"must be {_bounds(minimum, maximum, open_min, open_max)}, got {value}", field
-        )
+        bounds = _bounds(minimum, maximum, open_lo=open_min, open_hi=open_max)
+        raise InputError(f"must be {bounds}, got {value}", field)
     return value
 
 
@@ -156,7 +155,9 @@ def _size(nbytes: float) -> str:
     return f"{nbytes:.3g} PB"
 
 
-def _bounds(lo: float | None, hi: float | None, open_lo: bool, open_hi: bool) -> str:
+def _bounds(
+    lo: float | None, hi: float | None, *, open_lo: bool = False, open_hi: bool = False
+) -> str:
     parts = []
     if lo is not None:
         parts.append(f"{'>' if open_lo else '>='} {lo}")

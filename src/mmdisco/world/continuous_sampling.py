@@ -42,8 +42,8 @@ def guided_scores(
     scale: float,
 ) -> tuple[Tensor, Tensor]:
     """Scores of the ideal base models plus ``scale * grad h`` (float64)."""
-    a = audio.detach().double().requires_grad_(True)
-    v = video.detach().double().requires_grad_(True)
+    a = audio.detach().double().requires_grad_()
+    v = video.detach().double().requires_grad_()
     total = log_marginal(terms, a, log_snr, "audio") + log_marginal(terms, v, log_snr, "video")
     if discriminator is not None and scale != 0.0:
         snr = log_snr.expand(len(a)).float()

@@ -62,7 +62,7 @@ def _expand(x: Tensor, like: Tensor) -> Tensor:
 
 def exact_eps(terms: ContinuousWorldTerms, x: Tensor, log_snr: Tensor, modality: str) -> Tensor:
     """The ideal base model's noise prediction ``-sigma * grad log p_t(x)``."""
-    xs = x.detach().double().requires_grad_(True)
+    xs = x.detach().double().requires_grad_()
     (grad,) = torch.autograd.grad(log_marginal(terms, xs, log_snr, modality).sum(), xs)
     return (-_expand(_alpha_sigma(log_snr.double())[1], xs) * grad).float()
 
@@ -108,8 +108,8 @@ def _noise(x: Tensor, lam: Tensor, gen: torch.Generator) -> Tensor:
 
 
 def _dlsm_term(model: nn.Module, bank: DlsmBank, index: Tensor) -> Tensor:
-    a = bank.audio_t[index].requires_grad_(True)
-    v = bank.video_t[index].requires_grad_(True)
+    a = bank.audio_t[index].requires_grad_()
+    v = bank.video_t[index].requires_grad_()
     lam = bank.log_snr[index]
     h = model(a, v, lam, lam)
     ga, gv = torch.autograd.grad(h.sum(), (a, v), create_graph=True)
