@@ -91,9 +91,7 @@ class HunyuanVideo15Model(DiffusersAdapter):
     def from_pretrained(cls, path_or_repo_id: str, **kwargs: Any) -> HunyuanVideo15Model:
         from diffusers import HunyuanVideo15Pipeline
 
-        options = {k: kwargs.pop(k) for k in cls.options if k in kwargs}
-        kwargs.setdefault("use_safetensors", True)
-        return cls(HunyuanVideo15Pipeline.from_pretrained(path_or_repo_id, **kwargs), **options)
+        return cls.load_pipeline(HunyuanVideo15Pipeline, path_or_repo_id, kwargs)
 
     @property
     def default_cfg_scale(self) -> float:

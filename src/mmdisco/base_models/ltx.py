@@ -76,9 +76,7 @@ class LTXVideoModel(DiffusersAdapter):
     def from_pretrained(cls, path_or_repo_id: str, **kwargs: Any) -> LTXVideoModel:
         from diffusers import LTXPipeline
 
-        options = {k: kwargs.pop(k) for k in cls.options if k in kwargs}
-        kwargs.setdefault("use_safetensors", True)
-        return cls(LTXPipeline.from_pretrained(path_or_repo_id, **kwargs), **options)
+        return cls.load_pipeline(LTXPipeline, path_or_repo_id, kwargs)
 
     @property
     def latent_grid(self) -> tuple[int, int, int]:

@@ -117,9 +117,7 @@ class LTX2Model(DiffusersAdapter):
     def from_pretrained(cls, path_or_repo_id: str, **kwargs: Any) -> LTX2Model:
         from diffusers import LTX2Pipeline
 
-        options = {k: kwargs.pop(k) for k in cls.options if k in kwargs}
-        kwargs.setdefault("use_safetensors", True)
-        return cls(LTX2Pipeline.from_pretrained(path_or_repo_id, **kwargs), **options)
+        return cls.load_pipeline(LTX2Pipeline, path_or_repo_id, kwargs)
 
     # ------------------------------------------------------------------ shapes
     @property

@@ -79,9 +79,7 @@ class WanModel(DiffusersAdapter):
     def from_pretrained(cls, path_or_repo_id: str, **kwargs: Any) -> WanModel:
         from diffusers import WanPipeline
 
-        options = {k: kwargs.pop(k) for k in cls.options if k in kwargs}
-        kwargs.setdefault("use_safetensors", True)
-        return cls(WanPipeline.from_pretrained(path_or_repo_id, **kwargs), **options)
+        return cls.load_pipeline(WanPipeline, path_or_repo_id, kwargs)
 
     @property
     def denoiser(self) -> nn.Module:
