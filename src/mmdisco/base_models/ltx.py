@@ -81,13 +81,8 @@ class LTXVideoModel(DiffusersAdapter):
     @property
     def latent_grid(self) -> tuple[int, int, int]:
         p = self.pipe
-        return video_latent_grid(
-            self.num_frames,
-            self.height,
-            self.width,
-            space=p.vae_spatial_compression_ratio,
-            time=p.vae_temporal_compression_ratio,
-        )
+        space, time = p.vae_spatial_compression_ratio, p.vae_temporal_compression_ratio
+        return video_latent_grid(self.num_frames, self.height, self.width, space=space, time=time)
 
     def latent_shape(self) -> tuple[int, ...]:
         return (self.pipe.transformer.config.in_channels, *self.latent_grid)

@@ -123,13 +123,8 @@ class LTX2Model(DiffusersAdapter):
     @property
     def video_grid(self) -> tuple[int, int, int]:
         p = self.pipe
-        return video_latent_grid(
-            self.num_frames,
-            self.height,
-            self.width,
-            space=p.vae_spatial_compression_ratio,
-            time=p.vae_temporal_compression_ratio,
-        )
+        space, time = p.vae_spatial_compression_ratio, p.vae_temporal_compression_ratio
+        return video_latent_grid(self.num_frames, self.height, self.width, space=space, time=time)
 
     @property
     def audio_frames(self) -> int:

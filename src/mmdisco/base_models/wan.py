@@ -115,14 +115,8 @@ class WanModel(DiffusersAdapter):
 
     @property
     def latent_grid(self) -> tuple[int, int, int]:
-        p = self.pipe
-        return video_latent_grid(
-            self.num_frames,
-            self.height,
-            self.width,
-            space=p.vae_scale_factor_spatial,
-            time=p.vae_scale_factor_temporal,
-        )
+        space, time = self.pipe.vae_scale_factor_spatial, self.pipe.vae_scale_factor_temporal
+        return video_latent_grid(self.num_frames, self.height, self.width, space=space, time=time)
 
     def latent_shape(self) -> tuple[int, ...]:
         return (self.denoiser.config.in_channels, *self.latent_grid)
