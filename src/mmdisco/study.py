@@ -491,16 +491,7 @@ def render_markdown(result: dict[str, Any]) -> str:
 ASSETS = Path(__file__).resolve().parent / "assets"
 PAGE_FILE = ASSETS / "study.html"
 STYLE_FILE = ASSETS / "study.css"
-REFUSAL_PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Listening study</title>
-<link rel="icon" href="data:,">
-<link rel="stylesheet" href="/study.css">
-</head>
-<body>
+REFUSAL_BODY = """<body>
 <h1>Listening study</h1>
 <p id="message" class="notice">{message}</p>
 </body>
@@ -518,6 +509,8 @@ class StudyServer(ThreadingHTTPServer):
         with connect(self.db) as conn:
             _meta(conn)
         self.page = PAGE_FILE.read_bytes()
+        # A refused page wears the study page's head (title, style), written once in the asset.
+        self.page_head = self.page.split(b"<body>", 1)[0]
         self.style = STYLE_FILE.read_bytes()
         super().__init__((host, port), StudyHandler)
 
@@ -558,10 +551,11 @@ class StudyHandler(BaseHTTPRequestHandler):
                 self._json(HTTPStatus.FORBIDDEN, {"error": str(err)})
             else:  # a page or a clip opened in the browser: say it in a page
                 message = str(err)
-                body = REFUSAL_PAGE.format(
+                body = REFUSAL_BODY.format(
                     message=html.escape(f"{message[:1].upper()}{message[1:]}.")
                 )
-                self._send(HTTPStatus.FORBIDDEN, body.encode(), "text/html; charset=utf-8")
+                page = self.server.page_head + body.encode()
+                self._send(HTTPStatus.FORBIDDEN, page, "text/html; charset=utf-8")
 
     def do_POST(self) -> None:
         url = urlparse(self.path)

@@ -9,7 +9,7 @@ sampler never sees a half one.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +47,14 @@ class DiffusersAdapter(BaseModel):
                 module.requires_grad_(False).eval()
         self.scheduler_config = dict(pipe.scheduler.config)
         self.scheduler_config["_class_name"] = type(pipe.scheduler).__name__
+
+    @classmethod
+    def load_pipeline(cls, pipeline_cls: Any, path_or_repo_id: str, kwargs: dict[str, Any]) -> Self:
+        """``cls`` around ``pipeline_cls.from_pretrained`` (safetensors unless ``kwargs`` says
+        otherwise), the adapter's own ``options`` taken out of ``kwargs`` first."""
+        options = {k: kwargs.pop(k) for k in cls.options if k in kwargs}
+        kwargs.setdefault("use_safetensors", True)
+        return cls(pipeline_cls.from_pretrained(path_or_repo_id, **kwargs), **options)
 
     @property
     def denoiser(self) -> nn.Module:

@@ -58,9 +58,7 @@ class AudioLDMModel(DiffusersAdapter):
         """Load as ``AudioLDMPipeline.from_pretrained`` does; adapter options are popped first."""
         from diffusers import AudioLDMPipeline
 
-        options = {k: kwargs.pop(k) for k in cls.options if k in kwargs}
-        kwargs.setdefault("use_safetensors", True)
-        return cls(AudioLDMPipeline.from_pretrained(path_or_repo_id, **kwargs), **options)
+        return cls.load_pipeline(AudioLDMPipeline, path_or_repo_id, kwargs)
 
     @property
     def duration(self) -> float:

@@ -23,34 +23,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import Tensor
 
 from mmdisco.base_models._diffusers import DiffusersAdapter, masked_mean, vae_latents
+from mmdisco.base_models._video import FlowSigmasScheduler, check_video_size, video_latent_grid
 from mmdisco.base_models.base import PromptEmbeds
 
 
-class HunyuanVideo15Scheduler(FlowMatchEulerDiscreteScheduler):
+class HunyuanVideo15Scheduler(FlowSigmasScheduler):
     """FlowMatchEuler whose ``set_timesteps(N)`` takes HunyuanVideo15Pipeline's sigmas."""
 
-    init_noise_sigma = 1.0  # the generic sampler's interface; flow starts from N(0, I)
-
-    def scale_model_input(self, sample: Tensor, timestep: Any = None) -> Tensor:
-        return sample
-
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: Any = None,
-        sigmas: Any = None,
-        mu: float | None = None,
-        timesteps: Any = None,
-    ) -> None:
-        if num_inference_steps and sigmas is None and timesteps is None:
-            sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
-        super().set_timesteps(
-            num_inference_steps, device, sigmas=sigmas, mu=mu, timesteps=timesteps
-        )
+    def pipeline_sigmas(self, num_inference_steps: int) -> np.ndarray:
+        return np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
 
 
 class HunyuanVideo15Model(DiffusersAdapter):
@@ -77,19 +61,15 @@ class HunyuanVideo15Model(DiffusersAdapter):
 
     def _check_size(self) -> None:
         p = self.pipe
-        space = p.vae_scale_factor_spatial * p.transformer.config.patch_size
-        time = p.vae_scale_factor_temporal
-        for name, size in (("height", self.height), ("width", self.width)):
-            if size <= 0 or size % space:
-                raise ValueError(
-                    f"{name}={size}: HunyuanVideo 1.5 needs a positive multiple of {space} (VAE "
-                    "compression times the transformer's patch size)"
-                )
-        if self.num_frames < 1 or (self.num_frames - 1) % time:
-            raise ValueError(
-                f"num_frames={self.num_frames}: HunyuanVideo 1.5 needs {time}k + 1 frames (its "
-                f"VAE compresses time by {time}), e.g. {(self.num_frames - 1) // time * time + 1}"
-            )
+        check_video_size(
+            "HunyuanVideo 1.5",
+            self.num_frames,
+            self.height,
+            self.width,
+            space=p.vae_scale_factor_spatial * p.transformer.config.patch_size,
+            time=p.vae_scale_factor_temporal,
+            why=" (VAE compression times the transformer's patch size)",
+        )
 
     def _check_guider(self) -> None:
         config = self.pipe.guider.config
@@ -111,9 +91,7 @@ class HunyuanVideo15Model(DiffusersAdapter):
     def from_pretrained(cls, path_or_repo_id: str, **kwargs: Any) -> HunyuanVideo15Model:
         from diffusers import HunyuanVideo15Pipeline
 
-        options = {k: kwargs.pop(k) for k in cls.options if k in kwargs}
-        kwargs.setdefault("use_safetensors", True)
-        return cls(HunyuanVideo15Pipeline.from_pretrained(path_or_repo_id, **kwargs), **options)
+        return cls.load_pipeline(HunyuanVideo15Pipeline, path_or_repo_id, kwargs)
 
     @property
     def default_cfg_scale(self) -> float:
@@ -122,16 +100,12 @@ class HunyuanVideo15Model(DiffusersAdapter):
         return float(guider.guidance_scale) if guider.config.get("enabled", True) else 1.0
 
     def make_scheduler(self, cls: Any = None, **overrides: Any) -> Any:
-        cls = cls or HunyuanVideo15Scheduler
-        config = {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}
-        return cls.from_config({**config, **overrides})
+        return super().make_scheduler(cls or HunyuanVideo15Scheduler, **overrides)
 
     @property
     def latent_grid(self) -> tuple[int, int, int]:
-        p = self.pipe
-        frames = (self.num_frames - 1) // p.vae_scale_factor_temporal + 1
-        space = p.vae_scale_factor_spatial
-        return frames, self.height // space, self.width // space
+        space, time = self.pipe.vae_scale_factor_spatial, self.pipe.vae_scale_factor_temporal
+        return video_latent_grid(self.num_frames, self.height, self.width, space=space, time=time)
 
     def latent_shape(self) -> tuple[int, ...]:
         return (self.pipe.num_channels_latents, *self.latent_grid)

@@ -18,37 +18,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import Tensor
 
 from mmdisco.base_models._diffusers import DiffusersAdapter, masked_mean, vae_latents
+from mmdisco.base_models._video import FlowSigmasScheduler, check_video_size, video_latent_grid
 from mmdisco.base_models.base import PromptEmbeds
 
 
-class LTXFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
+class LTXFlowMatchScheduler(FlowSigmasScheduler):
     """FlowMatchEuler whose ``set_timesteps(N)`` applies LTXPipeline's sigmas and shift."""
 
-    mu: float | None = None
-    init_noise_sigma = 1.0  # the generic sampler's interface; flow starts from N(0, I)
-
-    def scale_model_input(self, sample: Tensor, timestep: Any = None) -> Tensor:
-        return sample
-
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: Any = None,
-        sigmas: Any = None,
-        mu: float | None = None,
-        timesteps: Any = None,
-    ) -> None:
-        if num_inference_steps and sigmas is None and timesteps is None:
-            sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
-        if self.config.use_dynamic_shifting and mu is None:
-            mu = self.mu
-        super().set_timesteps(
-            num_inference_steps, device, sigmas=sigmas, mu=mu, timesteps=timesteps
-        )
+    def pipeline_sigmas(self, num_inference_steps: int) -> np.ndarray:
+        return np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
 
 
 def calculate_shift(seq_len: int, config: Any) -> float:
@@ -79,18 +60,15 @@ class LTXVideoModel(DiffusersAdapter):
     ) -> None:
         super().__init__(pipe)
         self.num_frames, self.height, self.width = int(num_frames), int(height), int(width)
-        space, time = pipe.vae_spatial_compression_ratio, pipe.vae_temporal_compression_ratio
-        for name, size in (("height", self.height), ("width", self.width)):
-            if size <= 0 or size % space:
-                raise ValueError(
-                    f"{name}={size}: LTX-Video needs a positive multiple of {space} (its VAE "
-                    f"compresses space by {space})"
-                )
-        if self.num_frames < 1 or (self.num_frames - 1) % time:
-            raise ValueError(
-                f"num_frames={self.num_frames}: LTX-Video needs {time}k + 1 frames (its VAE "
-                f"compresses time by {time}), e.g. {(self.num_frames - 1) // time * time + 1}"
-            )
+        check_video_size(
+            "LTX-Video",
+            self.num_frames,
+            self.height,
+            self.width,
+            space=pipe.vae_spatial_compression_ratio,
+            time=pipe.vae_temporal_compression_ratio,
+            why=f" (its VAE compresses space by {pipe.vae_spatial_compression_ratio})",
+        )
         self.fps, self.max_sequence_length = float(fps), int(max_sequence_length)
         self.decode_timestep = float(decode_timestep)
 
@@ -98,27 +76,19 @@ class LTXVideoModel(DiffusersAdapter):
     def from_pretrained(cls, path_or_repo_id: str, **kwargs: Any) -> LTXVideoModel:
         from diffusers import LTXPipeline
 
-        options = {k: kwargs.pop(k) for k in cls.options if k in kwargs}
-        kwargs.setdefault("use_safetensors", True)
-        return cls(LTXPipeline.from_pretrained(path_or_repo_id, **kwargs), **options)
+        return cls.load_pipeline(LTXPipeline, path_or_repo_id, kwargs)
 
     @property
     def latent_grid(self) -> tuple[int, int, int]:
         p = self.pipe
-        frames = (self.num_frames - 1) // p.vae_temporal_compression_ratio + 1
-        return (
-            frames,
-            self.height // p.vae_spatial_compression_ratio,
-            (self.width // p.vae_spatial_compression_ratio),
-        )
+        space, time = p.vae_spatial_compression_ratio, p.vae_temporal_compression_ratio
+        return video_latent_grid(self.num_frames, self.height, self.width, space=space, time=time)
 
     def latent_shape(self) -> tuple[int, ...]:
         return (self.pipe.transformer.config.in_channels, *self.latent_grid)
 
     def make_scheduler(self, cls: Any = None, **overrides: Any) -> Any:
-        cls = cls or LTXFlowMatchScheduler
-        config = {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}
-        scheduler = cls.from_config({**config, **overrides})
+        scheduler = super().make_scheduler(cls or LTXFlowMatchScheduler, **overrides)
         if isinstance(scheduler, LTXFlowMatchScheduler):
             f, h, w = self.latent_grid
             scheduler.mu = calculate_shift(f * h * w, scheduler.config)

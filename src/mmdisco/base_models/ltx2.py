@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from mmdisco.base_models._diffusers import DiffusersAdapter, masked_mean, vae_latents
+from mmdisco.base_models._video import check_video_size, video_latent_grid
 from mmdisco.base_models.base import BaseModel, PromptEmbeds
 from mmdisco.base_models.ltx import LTXFlowMatchScheduler, calculate_shift
 
@@ -97,43 +98,33 @@ class LTX2Model(DiffusersAdapter):
             raise ValueError(f"{sorted(unknown)[0]}: unknown LTX-2 option")
         self.guidance = {**GUIDANCE_DEFAULTS, **guidance}
         self.guidance["stg_blocks"] = tuple(int(b) for b in self.guidance["stg_blocks"] or ())
-        self._check_video_size(int(num_frames), int(height), int(width))
         self.num_frames, self.height, self.width = int(num_frames), int(height), int(width)
+        check_video_size(
+            "LTX-2",
+            self.num_frames,
+            self.height,
+            self.width,
+            space=pipe.vae_spatial_compression_ratio,
+            time=pipe.vae_temporal_compression_ratio,
+        )
         self.frame_rate, self.max_sequence_length = float(frame_rate), int(max_sequence_length)
         self.use_cross_timestep, self.decode_timestep = bool(use_cross_timestep), decode_timestep
         self.n_fft = int(n_fft)
         self.video = LTX2View(self, "video")
         self.audio = LTX2View(self, "audio")
 
-    def _check_video_size(self, num_frames: int, height: int, width: int) -> None:
-        space, time = (
-            self.pipe.vae_spatial_compression_ratio,
-            self.pipe.vae_temporal_compression_ratio,
-        )
-        for name, size in (("height", height), ("width", width)):
-            if size <= 0 or size % space:
-                raise ValueError(f"{name}={size}: LTX-2 needs a positive multiple of {space}")
-        if num_frames < 1 or (num_frames - 1) % time:
-            raise ValueError(
-                f"num_frames={num_frames}: LTX-2 needs {time}k + 1 frames (its VAE compresses "
-                f"time by {time}), e.g. {(num_frames - 1) // time * time + 1}"
-            )
-
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str, **kwargs: Any) -> LTX2Model:
         from diffusers import LTX2Pipeline
 
-        options = {k: kwargs.pop(k) for k in cls.options if k in kwargs}
-        kwargs.setdefault("use_safetensors", True)
-        return cls(LTX2Pipeline.from_pretrained(path_or_repo_id, **kwargs), **options)
+        return cls.load_pipeline(LTX2Pipeline, path_or_repo_id, kwargs)
 
     # ------------------------------------------------------------------ shapes
     @property
     def video_grid(self) -> tuple[int, int, int]:
         p = self.pipe
-        frames = (self.num_frames - 1) // p.vae_temporal_compression_ratio + 1
-        space = p.vae_spatial_compression_ratio
-        return frames, self.height // space, self.width // space
+        space, time = p.vae_spatial_compression_ratio, p.vae_temporal_compression_ratio
+        return video_latent_grid(self.num_frames, self.height, self.width, space=space, time=time)
 
     @property
     def audio_frames(self) -> int:
@@ -163,9 +154,7 @@ class LTX2Model(DiffusersAdapter):
     def make_scheduler(self, cls: Any = None, **overrides: Any) -> Any:
         """The pipeline's scheduler: FlowMatchEuler with its sigmas and the shift ``mu`` of the
         video token count (the audio stream takes the same: the pipeline deep-copies it)."""
-        cls = cls or LTXFlowMatchScheduler
-        config = {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}
-        scheduler = cls.from_config({**config, **overrides})
+        scheduler = super().make_scheduler(cls or LTXFlowMatchScheduler, **overrides)
         if isinstance(scheduler, LTXFlowMatchScheduler):
             f, h, w = self.video_grid
             scheduler.mu = calculate_shift(f * h * w, scheduler.config)

@@ -82,9 +82,7 @@ class StableAudio3Model(DiffusersAdapter):
     def from_pretrained(cls, path_or_repo_id: str, **kwargs: Any) -> StableAudio3Model:
         from diffusers import StableAudio3Pipeline
 
-        options = {k: kwargs.pop(k) for k in cls.options if k in kwargs}
-        kwargs.setdefault("use_safetensors", True)
-        return cls(StableAudio3Pipeline.from_pretrained(path_or_repo_id, **kwargs), **options)
+        return cls.load_pipeline(StableAudio3Pipeline, path_or_repo_id, kwargs)
 
     def make_scheduler(self, cls: Any = None, **overrides: Any) -> Any:
         cls = cls or LogSNRFlowMatchScheduler

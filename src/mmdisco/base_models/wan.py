@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from mmdisco.base_models._diffusers import DiffusersAdapter, masked_mean, vae_latents
+from mmdisco.base_models._video import check_video_size, video_latent_grid
 from mmdisco.base_models.base import PromptEmbeds
 
 
@@ -64,27 +65,21 @@ class WanModel(DiffusersAdapter):
         self._check_size()
 
     def _check_size(self) -> None:
-        space = self.pipe.vae_scale_factor_spatial * self.denoiser.config.patch_size[1]
-        time = self.pipe.vae_scale_factor_temporal
-        for name, size in (("height", self.height), ("width", self.width)):
-            if size <= 0 or size % space:
-                raise ValueError(
-                    f"{name}={size}: this Wan checkpoint needs a positive multiple of {space} "
-                    "(VAE compression times the transformer's patch size)"
-                )
-        if self.num_frames < 1 or (self.num_frames - 1) % time:
-            raise ValueError(
-                f"num_frames={self.num_frames}: Wan needs {time}k + 1 frames (its VAE compresses "
-                f"time by {time}), e.g. {(self.num_frames - 1) // time * time + 1}"
-            )
+        check_video_size(
+            "Wan",
+            self.num_frames,
+            self.height,
+            self.width,
+            space=self.pipe.vae_scale_factor_spatial * self.denoiser.config.patch_size[1],
+            time=self.pipe.vae_scale_factor_temporal,
+            why=" (this checkpoint's VAE compression times its transformer's patch size)",
+        )
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str, **kwargs: Any) -> WanModel:
         from diffusers import WanPipeline
 
-        options = {k: kwargs.pop(k) for k in cls.options if k in kwargs}
-        kwargs.setdefault("use_safetensors", True)
-        return cls(WanPipeline.from_pretrained(path_or_repo_id, **kwargs), **options)
+        return cls.load_pipeline(WanPipeline, path_or_repo_id, kwargs)
 
     @property
     def denoiser(self) -> nn.Module:
@@ -120,10 +115,8 @@ class WanModel(DiffusersAdapter):
 
     @property
     def latent_grid(self) -> tuple[int, int, int]:
-        p = self.pipe
-        frames = (self.num_frames - 1) // p.vae_scale_factor_temporal + 1
-        space = p.vae_scale_factor_spatial
-        return frames, self.height // space, self.width // space
+        space, time = self.pipe.vae_scale_factor_spatial, self.pipe.vae_scale_factor_temporal
+        return video_latent_grid(self.num_frames, self.height, self.width, space=space, time=time)
 
     def latent_shape(self) -> tuple[int, ...]:
         return (self.denoiser.config.in_channels, *self.latent_grid)
