@@ -44,7 +44,7 @@ class DiffusersAdapter(BaseModel):
         pipe.set_progress_bar_config(disable=True)
         for module in pipe.components.values():
             if isinstance(module, nn.Module):
-                module.requires_grad_(False).eval()
+                module.requires_grad_(requires_grad=False).eval()
         self.scheduler_config = dict(pipe.scheduler.config)
         self.scheduler_config["_class_name"] = type(pipe.scheduler).__name__
 
@@ -75,7 +75,7 @@ class DiffusersAdapter(BaseModel):
 
     def add_module(self, name: str, module: nn.Module) -> nn.Module:
         """Own ``module`` (frozen, eval mode) alongside the pipeline's components."""
-        self.extra_modules[name] = module.requires_grad_(False).eval()
+        self.extra_modules[name] = module.requires_grad_(requires_grad=False).eval()
         return module
 
     def to(self, device: torch.device | str) -> DiffusersAdapter:
