@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -32,6 +33,7 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from torch import Tensor
 from transformers import (
     ClapAudioConfig,
     ClapConfig,
@@ -52,6 +54,7 @@ from transformers import (
     T5Tokenizer,
 )
 
+from mmdisco.base_models import BaseModel
 from mmdisco.base_models.auffusion import SpectrogramImageConfig
 
 WORDS = ["a", "dog", "barks", "hammer", "hits", "wood", "cat", "runs", "loud"]
@@ -592,3 +595,23 @@ def audioldm_animatediff_experiment(tmp_path: Path, seconds: float = 0.5, **sect
     for section, values in sections.items():
         data[section] = {**data.get(section, {}), **values}
     return data
+
+
+class SilentFlowAudio(BaseModel):
+    """A flow model that predicts zero velocity: an audio partner with nothing to say, for
+    checking a video adapter alone through ``joint_sample``."""
+
+    modality = "audio"
+
+    def __init__(self) -> None:
+        self.scheduler_config = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 1.0}
+
+    def latent_shape(self) -> tuple[int, ...]:
+        return (2, 4)
+
+    def predict(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        return torch.zeros_like(x_t)
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)

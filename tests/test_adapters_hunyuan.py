@@ -32,7 +32,9 @@ from transformers import (
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from mmdisco.base_models import BaseModel, load_base_model
+from _tiny import SilentFlowAudio as Silence
+from _tiny import generator
+from mmdisco.base_models import load_base_model
 from mmdisco.base_models.hunyuan_video import HunyuanVideo15Model, HunyuanVideo15Scheduler
 from mmdisco.diffusion import FlowSchedule
 from mmdisco.sampling import Stream, joint_sample
@@ -142,25 +144,6 @@ def folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def model(folder) -> HunyuanVideo15Model:
     return load_base_model("hunyuan_video_15", str(folder), **SIZE)
-
-
-class Silence(BaseModel):
-    """A flow model that predicts zero velocity: an audio partner with nothing to say."""
-
-    modality = "audio"
-
-    def __init__(self) -> None:
-        self.scheduler_config = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 1.0}
-
-    def latent_shape(self) -> tuple[int, ...]:
-        return (2, 4)
-
-    def predict(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
-        return torch.zeros_like(x_t)
-
-
-def generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def sample(model: HunyuanVideo15Model, disc: Any = None, scale: float = 1.0) -> Tensor:

@@ -18,8 +18,9 @@ from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, Wa
 from torch import Tensor
 from transformers import UMT5Config, UMT5EncoderModel
 
-from _tiny import t5_tokenizer
-from mmdisco.base_models import BaseModel, load_base_model
+from _tiny import SilentFlowAudio as Silence
+from _tiny import generator, t5_tokenizer
+from mmdisco.base_models import load_base_model
 from mmdisco.base_models.wan import WanModel
 from mmdisco.diffusion import FlowSchedule
 from mmdisco.sampling import Stream, joint_sample
@@ -142,25 +143,6 @@ def load(folders, name: str, **kw: Any) -> WanModel:
 @pytest.fixture(scope="module")
 def models(folders) -> dict[str, WanModel]:
     return {name: load(folders, name) for name in SIZES}
-
-
-class Silence(BaseModel):
-    """A flow model that predicts zero velocity: an audio partner with nothing to say."""
-
-    modality = "audio"
-
-    def __init__(self) -> None:
-        self.scheduler_config = {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 1.0}
-
-    def latent_shape(self) -> tuple[int, ...]:
-        return (2, 4)
-
-    def predict(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
-        return torch.zeros_like(x_t)
-
-
-def generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def video_stream(model: WanModel, cfg: float, seed: int, scale: float = 1.0) -> Stream:
