@@ -377,8 +377,9 @@ def test_two_processes_fill_one_resumable_cache(tmp_path):
                 path.unlink()
             else:
                 kept[path] = path.stat().st_mtime_ns
-    launch("cache-latents", "--config", config)
-    launch("generate-fakes", "--config", config)
+    summaries = {"cache-latents": "real pairs cached", "generate-fakes": "fake pairs"}
+    for stage, summary in summaries.items():
+        assert launch(stage, "--config", config).stdout.count(summary) == 1  # main process only
     for path, mtime in kept.items():
         assert path.stat().st_mtime_ns == mtime, f"{path} was rewritten"
     for cache, lost in (("cache", (0, 1)), ("fakes", (1, 2))):

@@ -25,6 +25,7 @@ from mmdisco.training.checkpoints import (
     unflatten_optimizer_state,
 )
 from mmdisco.training.data import BatchOrder, PairData
+from mmdisco.training.distributed import finish_processes
 from mmdisco.training.trainer import TrainConfig, train_discriminator
 
 
@@ -253,6 +254,7 @@ WORKER = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_trainer import TinyDisc, models, toy_data
     from mmdisco.training.data import BatchOrder
+    from mmdisco.training.distributed import finish_processes
     from mmdisco.seeding import derive_seed
     from mmdisco.training.trainer import TrainConfig, train_discriminator
 
@@ -268,8 +270,18 @@ WORKER = textwrap.dedent(
     flat = torch.cat([p.detach().flatten() for p in disc.parameters()]).tolist()
     with open({out!r} + f"/rank{{acc.process_index}}.json", "w") as f:
         json.dump({{"world": acc.num_processes, "seen": seen, "weights": flat}}, f)
+    finish_processes()
     """
 )
+
+
+def test_finish_processes_closes_the_group(tmp_path):
+    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    assert torch.distributed.is_initialized()
+    finish_processes()
+    assert not torch.distributed.is_initialized()
+    finish_processes()  # nothing to close: does nothing
 
 
 @pytest.mark.slow

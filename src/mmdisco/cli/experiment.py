@@ -72,10 +72,14 @@ def _run_stage(
 ) -> None:
     """Run one caching stage of ``config`` on this process's device; the main process prints
     ``summary(cfg, manifest, seconds)``."""
+    from mmdisco.training.distributed import finish_processes
+
     cfg = load_config(config)
     start = time.perf_counter()
     manifest = stage(cfg, process_device())
-    if is_main_process():
+    main = is_main_process()
+    finish_processes()
+    if main:
         typer.echo(summary(cfg, manifest, time.perf_counter() - start))
 
 
@@ -83,6 +87,7 @@ def train_from_yaml(
     config: Path, dry_run: bool = False, processes: int = 1, memory_gib: float | None = None
 ) -> None:
     from mmdisco.experiment import DISCRIMINATOR_DIR, train_from_config
+    from mmdisco.training.distributed import finish_processes
     from mmdisco.training.memory import dry_run_report
 
     cfg = load_config(config)
@@ -90,9 +95,12 @@ def train_from_yaml(
         typer.echo(dry_run_report(cfg, processes, memory_gib))
         return
     result = train_from_config(cfg)
-    last = result.history[-1] if result.history else {}
-    out = Path(cfg.output_dir) / DISCRIMINATOR_DIR
-    typer.echo(f"trained in {result.seconds:.0f} s; last {last}; saved {out}")
+    main = is_main_process()
+    finish_processes()
+    if main:
+        last = result.history[-1] if result.history else {}
+        out = Path(cfg.output_dir) / DISCRIMINATOR_DIR
+        typer.echo(f"trained in {result.seconds:.0f} s; last {last}; saved {out}")
 
 
 def sample_from_yaml(

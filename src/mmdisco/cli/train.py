@@ -112,6 +112,7 @@ def generate_fakes_cmd(
 
     Under ``accelerate launch`` every process samples its own shards of the one cache."""
     from mmdisco.cli.experiment import is_main_process, process_device
+    from mmdisco.training.distributed import finish_processes
     from mmdisco.training.fakes import generate_fakes
 
     if config is not None:
@@ -131,7 +132,9 @@ def generate_fakes_cmd(
         num_inference_steps=num_inference_steps,
         scheduler=scheduler,
     )
-    if is_main_process():
+    main = is_main_process()
+    finish_processes()
+    if main:
         typer.echo(
             f"{manifest['n']} fake pairs in {len(manifest['shards'])} shards at {out} "
             f"({time.perf_counter() - start:.0f} s)"
@@ -206,6 +209,7 @@ def _train_world(
 
     from mmdisco.demo import DemoSettings
     from mmdisco.training.data import PairData, fake_pairs
+    from mmdisco.training.distributed import finish_processes
     from mmdisco.training.trainer import train_discriminator
     from mmdisco.world.recipes import build_discriminator, world_real_pairs
 
@@ -236,6 +240,7 @@ def _train_world(
         accelerator=accelerator,
         save_as="discriminator",
     )
+    finish_processes()
     if accelerator.is_main_process:
         last = result.history[-1] if result.history else {}
         typer.echo(f"trained in {result.seconds:.0f} s; last {last}; saved {out / 'discriminator'}")

@@ -40,3 +40,15 @@ def broadcast_parameters(model: nn.Module, world_size: int) -> None:
     if world_size > 1:
         for tensor in model.state_dict().values():
             torch.distributed.broadcast(tensor, src=0)
+
+
+def finish_processes() -> None:
+    """Wait for every process, then close the process group.
+
+    A process that exits while its process group is open can abort with "terminate called
+    without an active exception" (gloo's threads are still running), failing the whole launch
+    even though training succeeded. Call this last in every multi-process entry point.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
