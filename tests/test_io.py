@@ -124,3 +124,15 @@ def test_number_checks_and_memory_estimates():
     with pytest.raises(ValueError, match=r"fakes\.num_samples: needs an estimated 13 TB of memory"):
         check_memory(13e12, "fakes.num_samples", available=25 * 10**9)
     check_memory(1e9, "small", available=25 * 10**9)
+
+
+def test_io_and_study_export_import_no_torch():
+    """Atomic writes need no torch: `mmdisco study export` (stdlib only) writes through them."""
+    script = (
+        "import sys\n"
+        "import mmdisco.io, mmdisco.study, mmdisco.cli.web\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", proc.stdout

@@ -20,12 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any
 
 from mmdisco.errors import (
     BusyError,
@@ -34,6 +29,10 @@ from mmdisco.errors import (
     NonFiniteError,
     check_memory,
 )
+
+if TYPE_CHECKING:  # torch is imported where tensors are handled: `study export` needs none
+    import torch
+    from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +83,8 @@ def save_tensors_atomic(
 ) -> None:
     """``safetensors.torch.save_file`` through :func:`atomic_path`; with ``finite`` (the
     default) a tensor holding NaN or infinity is refused before anything is written."""
+    from safetensors.torch import save_file
+
     if finite:
         check_finite(tensors, str(path))
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
@@ -99,6 +100,8 @@ def load_tensors(
 ) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file; a missing, corrupt or (with ``finite``)
     non-finite file raises an error naming it. ``keys``: those that must be present."""
+    from safetensors import SafetensorError, safe_open
+
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"{path}: no such file")
@@ -118,6 +121,8 @@ def load_tensors(
 
 def check_finite(tensors: Mapping[str, Tensor], where: str) -> None:
     """Raise :class:`NonFiniteError` naming ``where`` and the first tensor with NaN or inf."""
+    import torch
+
     for key, value in tensors.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             bad = int((~torch.isfinite(value)).sum())
@@ -154,6 +159,8 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def tensor_digest(tensors: Mapping[str, Tensor]) -> str:
     """sha256 over the names, shapes, dtypes and bytes of ``tensors`` (an input's identity)."""
+    import torch
+
     digest = hashlib.sha256()
     for key in sorted(tensors):
         value = tensors[key].detach().cpu().contiguous()

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from pathlib import Path
@@ -222,24 +221,14 @@ def study_export(
 ) -> None:
     """Win rates of B over A per question with Wilson 95 % intervals and binomial tests,
     per listener and per pair; prints the summary table."""
+    from mmdisco.io import write_json_atomic, write_text_atomic
     from mmdisco.study import answer_rows, answers_csv, export, render_markdown
 
     result = export(db)
     if out is not None:
-        _write_atomic(out, json.dumps(result, indent=2, sort_keys=True) + "\n")
+        write_json_atomic(out, result)
     if csv is not None:
         rows = answer_rows(db)
-        _write_atomic(csv, answers_csv(rows))
+        write_text_atomic(csv, answers_csv(rows))
         typer.echo(f"wrote {len(rows)} answers to {csv}", err=True)
     typer.echo(render_markdown(result))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder (mmdisco.io would import torch)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
