@@ -53,7 +53,19 @@ METRICS = ("semantic", "temporal", "validity_audio", "validity_video", "copy_rat
 NOISE_LEVELS = (0.3, 0.5, 0.7, 0.9)
 # The best recipe found on the tuning seeds in the time we had (docs/training_the_discriminator.md)
 RECIPE = ContinuousTrainConfig(steps=1500, dlsm_weight=0.0, all_pairs_groups=8)
-NETWORK = {"num_codes": 64, "num_factors": 2, "width": 256, "depth": 2, "head": "bilinear"}
+# The networks to choose from (``--network``): SharedLatentConfig fields beyond the shapes
+NETWORKS = {
+    "mlp": {"num_codes": 64, "num_factors": 2, "width": 256, "depth": 2, "head": "bilinear"},
+    "conv": {
+        "num_codes": 64,
+        "num_factors": 2,
+        "width": 32,
+        "depth": 2,
+        "head": "aligned",
+        "encoder": "conv",
+    },
+}
+DEFAULT_NETWORK = "conv"
 
 
 def score(audio, video, terms, training) -> dict[str, float]:
@@ -72,7 +84,9 @@ def score(audio, video, terms, training) -> dict[str, float]:
     }
 
 
-def run_seed(seed: int, pairs: int, steps: int, train_steps: int) -> dict:
+def run_seed(
+    seed: int, pairs: int, steps: int, train_steps: int, network: str = DEFAULT_NETWORK
+) -> dict:
     torch.set_num_threads(1)
     config = ContinuousWorldConfig()
     terms, exact = ContinuousWorldTerms(config), ContinuousLogRatio(config)
@@ -82,7 +96,7 @@ def run_seed(seed: int, pairs: int, steps: int, train_steps: int) -> dict:
     bank = dlsm_bank(terms, *real, cfg) if cfg.dlsm_weight > 0 else None
     torch.manual_seed(seed)
     model = SharedLatentDiscriminator(
-        SharedLatentConfig(config.audio_shape, config.video_shape, **NETWORK)
+        SharedLatentConfig(config.audio_shape, config.video_shape, **NETWORKS[network])
     )
     train_continuous_discriminator(model, real, fake, bank, cfg)
     model.eval().requires_grad_(False)
@@ -114,11 +128,11 @@ def run_seed(seed: int, pairs: int, steps: int, train_steps: int) -> dict:
         "rows": rows,
         "calibration": calibration,
         "train_seconds": train_seconds,
-        "settings": settings(pairs, steps, cfg),
+        "settings": settings(pairs, steps, cfg, network),
     }
 
 
-def settings(pairs: int, steps: int, cfg: ContinuousTrainConfig) -> dict:
+def settings(pairs: int, steps: int, cfg: ContinuousTrainConfig, network: str) -> dict:
     return {
         "world": "continuous",
         "world_config": ContinuousWorldConfig().to_dict(),
@@ -129,7 +143,7 @@ def settings(pairs: int, steps: int, cfg: ContinuousTrainConfig) -> dict:
         "guidance_scale_video": 1.0,
         "use_dlsm": cfg.dlsm_weight > 0,
         "discriminator": SharedLatentDiscriminator.__name__,
-        "network": NETWORK,
+        "network": {"name": network, **NETWORKS[network]},
         "training": cfg.to_dict(),
         "chance": continuous_chance_levels(),
     }
@@ -246,12 +260,13 @@ def main() -> None:
     parser.add_argument("--aggregate", action="store_true")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--pairs", type=int, default=256)
+    parser.add_argument("--network", choices=sorted(NETWORKS), default=DEFAULT_NETWORK)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.seed is not None:
         pairs, steps, train = (16, 5, 20) if args.quick else (args.pairs, 25, RECIPE.steps)
-        result = run_seed(args.seed, pairs, steps, train)
+        result = run_seed(args.seed, pairs, steps, train, args.network)
         write_json_atomic(args.out / f"seed_{args.seed}.json", result)
     if args.aggregate:
         runs = [json.loads(p.read_text()) for p in sorted(args.out.glob("seed_*.json"))]

@@ -46,8 +46,10 @@ def _model(config: SharedLatentConfig, seed: int = 0) -> SharedLatentDiscriminat
 def test_encoders_put_both_modalities_on_the_video_frames(audio_shape, video_shape) -> None:
     emb = snr_embedding(torch.zeros(2))
     frames = video_shape[1]
-    video = VideoConvEncoder(video_shape, width=8, depth=2)(torch.randn(2, *video_shape), emb)
-    audio = AudioConvEncoder(audio_shape, width=8, depth=2, steps=frames)
+    video = VideoConvEncoder(video_shape, width=8, depth=2, frame_depth=2)(
+        torch.randn(2, *video_shape), emb
+    )
+    audio = AudioConvEncoder(audio_shape, width=8, depth=2, frame_depth=1, steps=frames)
     assert video.shape == (2, 8, frames)
     assert audio(torch.randn(2, *audio_shape), emb).shape == (2, 8, frames)
     for head in HEADS:
@@ -58,7 +60,7 @@ def test_encoders_put_both_modalities_on_the_video_frames(audio_shape, video_sha
 
 
 def test_video_features_ignore_a_horizontal_shift() -> None:
-    encoder = VideoConvEncoder((3, 2, 6, 12), width=8, depth=2)
+    encoder = VideoConvEncoder((3, 2, 6, 12), width=8, depth=2, frame_depth=2)
     with torch.no_grad():
         for p in encoder.parameters():
             p.normal_(0.0, 0.3)
@@ -139,4 +141,4 @@ def test_config_errors_name_the_field() -> None:
     with pytest.raises(ValueError, match="unknown SharedLatentConfig field"):
         SharedLatentConfig.from_dict({**CONFIG.to_dict(), "colour": 1})
     with pytest.raises(ValueError, match=r"\(C, F, H, W\)"):
-        VideoConvEncoder((3, 8, 8), width=8, depth=1)
+        VideoConvEncoder((3, 8, 8), width=8, depth=1, frame_depth=1)

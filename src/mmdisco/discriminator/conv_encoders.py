@@ -4,10 +4,11 @@ Both modalities come out on one time grid of ``S`` steps (the video's frames), s
 compare what the audio and the video say *at the same time* (event timing is shared) as well
 as what they say overall.
 
-* Video ``(C, F, H, W)``: 2D convolutions over ``(H, W)`` within each frame, then a mean
-  over the horizontal axis, so that moving the content sideways leaves the features unchanged
-  (a horizontal position is a nuisance; a vertical one is not under gravity), the rows pooled
-  to at most ``rows`` and folded into channels, then 1D convolutions over the frames.
+* Video ``(C, F, H, W)``: 2D convolutions over ``(H, W)`` within each frame, then a pooling
+  over space that moving the content sideways leaves unchanged (a horizontal position is a
+  nuisance; a vertical one is not under gravity): attention maps with a row-coordinate
+  channel, or the mean over the horizontal axis (:class:`VideoConvEncoder`), then 1D
+  convolutions over the frames.
 * Audio ``(..., T)``: the last axis is time and every other axis (latent channels,
   frequency) is a channel of 1D convolutions over time; the time axis is then resampled to
   ``S * fold`` steps and each group of ``fold`` folded into channels (space-to-depth: no
@@ -82,37 +83,69 @@ def _standardise(x: Tensor) -> Tensor:
 
 
 class VideoConvEncoder(nn.Module):
-    """``(B, C, F, H, W)`` and ``(B,)`` log-SNR -> ``(B, width, F)`` per-frame features."""
+    """``(B, C, F, H, W)`` and ``(B,)`` log-SNR -> ``(B, width, F)`` per-frame features:
+    ``frame_depth`` convolutions within each frame, a pooling over space (``pool``), ``depth``
+    convolutions over the frames.
 
-    def __init__(self, shape: tuple[int, ...], width: int, depth: int, rows: int = 8) -> None:
+    ``pool="attention"``: ``heads`` softmax maps over ``(H, W)`` each average the features
+    where they look, and the input carries a row-coordinate channel, so where an object is
+    vertically survives and where it is horizontally does not; the input-gradient then falls
+    on the object, not on the background around it. ``pool="mean"``: the mean over ``W``,
+    the rows (pooled to at most ``rows``) folded into channels.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        width: int,
+        depth: int,
+        frame_depth: int,
+        pool: str = "attention",
+        heads: int = 4,
+        rows: int = 8,
+    ) -> None:
         super().__init__()
         if len(shape) != 4:
             raise ValueError(f"video latents must be (C, F, H, W), got shape {shape}")
-        channels, self.frames, height, _ = shape
-        self.rows = min(rows, height)
-        self.spatial = _stack(2, channels, width, depth, kernel=3)
-        self.temporal = _stack(1, width * self.rows, width, depth, kernel=3)
+        if pool not in ("attention", "mean"):
+            raise ValueError(f"video pool must be 'attention' or 'mean', got {pool!r}")
+        channels, _, height, _ = shape
+        self.pool, self.rows = pool, min(rows, height)
+        extra = 1 if pool == "attention" else 0
+        self.spatial = _stack(2, channels + extra, width, frame_depth, kernel=3)
+        self.saliency = nn.Conv2d(width, heads, 1)
+        pooled = width * (heads if pool == "attention" else self.rows)
+        self.temporal = _stack(1, pooled, width, depth, kernel=3)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         b, c, f, h, w = x.shape
-        x = _standardise(x)
-        frames = x.transpose(1, 2).reshape(b * f, c, h, w)
-        z = _run(self.spatial, frames, emb.repeat_interleave(f, dim=0))
-        z = F.adaptive_avg_pool1d(z.mean(-1), self.rows)  # (B F, width, rows)
-        z = z.reshape(b, f, -1).transpose(1, 2)  # (B, width * rows, F)
+        frames = _standardise(x).transpose(1, 2).reshape(b * f, c, h, w)
+        if self.pool == "attention":
+            row = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=frames.dtype)
+            frames = torch.cat([frames, row[:, None].expand(b * f, 1, h, w)], dim=1)
+        z = _run(self.spatial, frames, emb.repeat_interleave(f, dim=0))  # (B F, width, H, W)
+        if self.pool == "attention":
+            weights = torch.softmax(self.saliency(z).flatten(2), dim=-1)  # (B F, heads, H W)
+            z = torch.einsum("nkp,ncp->nkc", weights, z.flatten(2))
+        else:
+            z = F.adaptive_avg_pool1d(z.mean(-1), self.rows)  # (B F, width, rows)
+        z = z.reshape(b, f, -1).transpose(1, 2)  # (B, pooled, F)
         return _run(self.temporal, z, emb)
 
 
 class AudioConvEncoder(nn.Module):
     """``(B, ..., T)`` and ``(B,)`` log-SNR -> ``(B, width, steps)`` features on ``steps``
-    time steps (the video's frames)."""
+    time steps (the video's frames): ``frame_depth`` convolutions at the audio's own rate,
+    ``depth`` over the steps."""
 
-    def __init__(self, shape: tuple[int, ...], width: int, depth: int, steps: int) -> None:
+    def __init__(
+        self, shape: tuple[int, ...], width: int, depth: int, frame_depth: int, steps: int
+    ) -> None:
         super().__init__()
         if len(shape) < 2:
             raise ValueError(f"audio latents need a channel and a time axis, got shape {shape}")
         self.steps, self.fold = steps, max(1, shape[-1] // steps)
-        self.frame = _stack(1, math.prod(shape[:-1]), width, depth, kernel=5)
+        self.frame = _stack(1, math.prod(shape[:-1]), width, frame_depth, kernel=5)
         self.temporal = _stack(1, width * self.fold, width, depth, kernel=3)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:

@@ -60,6 +60,10 @@ class SharedLatentConfig:
     sharpness_slope: float = 0.25
     head: str = "shared_latent"  # or "bilinear", "aligned" (module doc)
     encoder: str = "mlp"  # or "conv"
+    video_pool: str = "attention"  # conv: or "mean" (VideoConvEncoder)
+    frame_depth: int = (
+        1  # conv: layers within a video frame / at the audio's rate (``depth``: over time)
+    )
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -97,11 +101,9 @@ class SharedLatentConfig:
 class CodeScale(nn.Module):
     """A learnt ``exp(a + b * lambda)`` per group: ``(B,)`` log-SNR -> ``(B, groups, 1)``."""
 
-    def __init__(self, config: SharedLatentConfig) -> None:
+    def __init__(self, groups: int, offset: float, slope: float) -> None:
         super().__init__()
-        self.sharpness = nn.Parameter(
-            torch.tensor([[config.sharpness_offset, config.sharpness_slope]] * config.num_factors)
-        )  # (groups, 2): a, b
+        self.sharpness = nn.Parameter(torch.tensor([[offset, slope]] * groups))  # (groups, 2)
 
     def forward(self, log_snr: Tensor) -> Tensor:
         a, b = self.sharpness[:, 0], self.sharpness[:, 1]
@@ -119,7 +121,7 @@ class NoiseAwareEncoder(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in itertools.pairwise(dims))
         self.films = nn.ModuleList(nn.Linear(16, 2 * config.width) for _ in range(config.depth))
         self.out = nn.Linear(config.width, self.groups * self.codes)
-        self.scale = CodeScale(config)
+        self.scale = CodeScale(self.groups, config.sharpness_offset, config.sharpness_slope)
 
     def forward(self, x: Tensor, log_snr: Tensor) -> tuple[Tensor, None]:
         emb = snr_embedding(log_snr)
@@ -141,8 +143,10 @@ class ConvCodeEncoder(nn.Module):
         self.groups, self.codes = config.num_factors, config.num_codes
         self.trunk = trunk
         self.out = nn.Linear(config.width, self.groups * self.codes)
-        self.scale = CodeScale(config)
+        self.scale = CodeScale(self.groups, config.sharpness_offset, config.sharpness_slope)
         self.timeline = nn.Conv1d(config.width, config.width, 1)
+        # what one time step says grows with the SNR as well; it starts small at high noise
+        self.time_scale = CodeScale(1, 0.0, config.sharpness_slope)
 
     def forward(self, x: Tensor, log_snr: Tensor) -> tuple[Tensor, Tensor]:
         z = self.trunk(x, snr_embedding(log_snr))  # (B, width, steps)
@@ -150,7 +154,7 @@ class ConvCodeEncoder(nn.Module):
         # h = 0 where the gradient of every product of the two modalities' outputs vanishes
         z = torch.nn.functional.layer_norm(z.transpose(1, 2), z.shape[1:2]).transpose(1, 2)
         logits = self.out(z.mean(-1)).reshape(len(x), self.groups, self.codes)
-        return logits * self.scale(log_snr), self.timeline(z)
+        return logits * self.scale(log_snr), self.timeline(z) * self.time_scale(log_snr)
 
 
 def build_encoders(config: SharedLatentConfig) -> tuple[nn.Module, nn.Module]:
@@ -160,8 +164,9 @@ def build_encoders(config: SharedLatentConfig) -> tuple[nn.Module, nn.Module]:
             config.video_shape, config
         )
     steps = config.video_shape[1]
-    audio = AudioConvEncoder(config.audio_shape, config.width, config.depth, steps)
-    video = VideoConvEncoder(config.video_shape, config.width, config.depth)
+    sizes = {"width": config.width, "depth": config.depth, "frame_depth": config.frame_depth}
+    audio = AudioConvEncoder(config.audio_shape, steps=steps, **sizes)
+    video = VideoConvEncoder(config.video_shape, pool=config.video_pool, **sizes)
     return ConvCodeEncoder(audio, config), ConvCodeEncoder(video, config)
 
 
