@@ -61,8 +61,10 @@ NETWORKS = {
         "num_factors": 2,
         "width": 32,
         "depth": 2,
+        "frame_depth": 1,
         "head": "aligned",
         "encoder": "conv",
+        "video_pool": "mean",
     },
 }
 DEFAULT_NETWORK = "conv"

@@ -52,15 +52,16 @@ def test_encoders_put_both_modalities_on_the_video_frames(audio_shape, video_sha
     audio = AudioConvEncoder(audio_shape, width=8, depth=2, frame_depth=1, steps=frames)
     assert video.shape == (2, 8, frames)
     assert audio(torch.randn(2, *audio_shape), emb).shape == (2, 8, frames)
-    for head in HEADS:
+    for head, pool in zip(HEADS, ("mean", "attention", "attention"), strict=True):
         config = dataclasses.replace(
-            CONFIG, audio_shape=audio_shape, video_shape=video_shape, head=head
+            CONFIG, audio_shape=audio_shape, video_shape=video_shape, head=head, video_pool=pool
         )
         assert _model(config)(*_inputs(config)).shape == (3,)
 
 
-def test_video_features_ignore_a_horizontal_shift() -> None:
-    encoder = VideoConvEncoder((3, 2, 6, 12), width=8, depth=2, frame_depth=2)
+@pytest.mark.parametrize("pool", ["mean", "attention"])
+def test_video_features_ignore_a_horizontal_shift(pool: str) -> None:
+    encoder = VideoConvEncoder((3, 2, 6, 12), width=8, depth=2, frame_depth=2, pool=pool)
     with torch.no_grad():
         for p in encoder.parameters():
             p.normal_(0.0, 0.3)
@@ -140,5 +141,9 @@ def test_config_errors_name_the_field() -> None:
         dataclasses.replace(CONFIG, encoder="mlp")
     with pytest.raises(ValueError, match="unknown SharedLatentConfig field"):
         SharedLatentConfig.from_dict({**CONFIG.to_dict(), "colour": 1})
+    with pytest.raises(ValueError, match="video_pool"):
+        dataclasses.replace(CONFIG, video_pool="max")
+    with pytest.raises(ValueError, match="video pool"):
+        VideoConvEncoder((3, 8, 8, 8), width=8, depth=1, frame_depth=1, pool="max")
     with pytest.raises(ValueError, match=r"\(C, F, H, W\)"):
         VideoConvEncoder((3, 8, 8), width=8, depth=1, frame_depth=1)

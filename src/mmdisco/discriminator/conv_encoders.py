@@ -100,7 +100,7 @@ class VideoConvEncoder(nn.Module):
         width: int,
         depth: int,
         frame_depth: int,
-        pool: str = "attention",
+        pool: str = "mean",
         heads: int = 4,
         rows: int = 8,
     ) -> None:
@@ -113,7 +113,7 @@ class VideoConvEncoder(nn.Module):
         self.pool, self.rows = pool, min(rows, height)
         extra = 1 if pool == "attention" else 0
         self.spatial = _stack(2, channels + extra, width, frame_depth, kernel=3)
-        self.saliency = nn.Conv2d(width, heads, 1)
+        self.saliency = nn.Conv2d(width, heads, 1) if pool == "attention" else None
         pooled = width * (heads if pool == "attention" else self.rows)
         self.temporal = _stack(1, pooled, width, depth, kernel=3)
 
@@ -124,7 +124,7 @@ class VideoConvEncoder(nn.Module):
             row = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=frames.dtype)
             frames = torch.cat([frames, row[:, None].expand(b * f, 1, h, w)], dim=1)
         z = _run(self.spatial, frames, emb.repeat_interleave(f, dim=0))  # (B F, width, H, W)
-        if self.pool == "attention":
+        if self.saliency is not None:
             weights = torch.softmax(self.saliency(z).flatten(2), dim=-1)  # (B F, heads, H W)
             z = torch.einsum("nkp,ncp->nkc", weights, z.flatten(2))
         else:

@@ -44,6 +44,7 @@ from mmdisco.io import PretrainedMixin
 KIND = "shared_latent"
 ENCODERS = ("mlp", "conv")
 HEADS = ("shared_latent", "bilinear", "aligned")
+VIDEO_POOLS = ("mean", "attention")
 
 
 @dataclass(frozen=True)
@@ -60,18 +61,21 @@ class SharedLatentConfig:
     sharpness_slope: float = 0.25
     head: str = "shared_latent"  # or "bilinear", "aligned" (module doc)
     encoder: str = "mlp"  # or "conv"
-    video_pool: str = "attention"  # conv: or "mean" (VideoConvEncoder)
-    frame_depth: int = (
-        1  # conv: layers within a video frame / at the audio's rate (``depth``: over time)
-    )
+    video_pool: str = "mean"  # conv: or "attention" (VideoConvEncoder)
+    # conv: layers within a video frame / at the audio's rate (``depth``: over time)
+    frame_depth: int = 1
 
     def __post_init__(self) -> None:
-        if self.encoder not in ENCODERS:
-            raise ValueError(
-                f"SharedLatentConfig.encoder must be one of {ENCODERS}, got {self.encoder!r}"
-            )
-        if self.head not in HEADS:
-            raise ValueError(f"SharedLatentConfig.head must be one of {HEADS}, got {self.head!r}")
+        for name, allowed in (
+            ("encoder", ENCODERS),
+            ("head", HEADS),
+            ("video_pool", VIDEO_POOLS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"SharedLatentConfig.{name} must be one of {allowed}, "
+                    f"got {getattr(self, name)!r}"
+                )
         if self.head == "aligned" and self.encoder != "conv":
             raise ValueError(
                 "SharedLatentConfig.head='aligned' needs encoder='conv' (it keeps time)"
