@@ -4,10 +4,10 @@ ratio, with ideal base models (the world's exact marginal scores).
 Per seed (data, fakes, discriminator and sampling seeds all change with it): train
 :class:`~mmdisco.discriminator.shared_latent.SharedLatentDiscriminator` with
 :func:`~mmdisco.world.continuous_training.train_continuous_discriminator`, then sample 256
-pairs independently, guided by the network and guided by the exact ratio (scale 1 on both
-modalities, 25 DDPM steps; ``--pairs``), score them with the continuous detectors and the
-copy rate, and
-calibrate the network against the exact ratio on held-out real and fake pairs.
+pairs independently, guided by the network (one scale on both modalities, ``--scale``, 1 by
+default) and guided by the exact ratio (scale 1), 25 DDPM steps (``--pairs``), score them
+with the continuous detectors and the copy rate, and calibrate the network against the exact
+ratio on held-out real and fake pairs. ``--network`` picks the network (``NETWORKS``).
 
     python benchmarks/continuous_world.py --seed 10     # -> results/continuous/seed_10.json
     python benchmarks/continuous_world.py --aggregate   # report.json / report.md / report.png
@@ -53,7 +53,21 @@ METRICS = ("semantic", "temporal", "validity_audio", "validity_video", "copy_rat
 NOISE_LEVELS = (0.3, 0.5, 0.7, 0.9)
 # The best recipe found on the tuning seeds in the time we had (docs/training_the_discriminator.md)
 RECIPE = ContinuousTrainConfig(steps=1500, dlsm_weight=0.0, all_pairs_groups=8)
-NETWORK = {"num_codes": 64, "num_factors": 2, "width": 256, "depth": 2, "head": "bilinear"}
+# The networks to choose from (``--network``): SharedLatentConfig fields beyond the shapes
+NETWORKS = {
+    "mlp": {"num_codes": 64, "num_factors": 2, "width": 256, "depth": 2, "head": "bilinear"},
+    "conv": {
+        "num_codes": 64,
+        "num_factors": 2,
+        "width": 32,
+        "depth": 2,
+        "frame_depth": 1,
+        "head": "aligned",
+        "encoder": "conv",
+        "video_pool": "mean",
+    },
+}
+DEFAULT_NETWORK = "conv"
 
 
 def score(audio, video, terms, training) -> dict[str, float]:
@@ -72,7 +86,14 @@ def score(audio, video, terms, training) -> dict[str, float]:
     }
 
 
-def run_seed(seed: int, pairs: int, steps: int, train_steps: int) -> dict:
+def run_seed(
+    seed: int,
+    pairs: int,
+    steps: int,
+    train_steps: int,
+    network: str = DEFAULT_NETWORK,
+    scale: float = 1.0,
+) -> dict:
     torch.set_num_threads(1)
     config = ContinuousWorldConfig()
     terms, exact = ContinuousWorldTerms(config), ContinuousLogRatio(config)
@@ -82,7 +103,7 @@ def run_seed(seed: int, pairs: int, steps: int, train_steps: int) -> dict:
     bank = dlsm_bank(terms, *real, cfg) if cfg.dlsm_weight > 0 else None
     torch.manual_seed(seed)
     model = SharedLatentDiscriminator(
-        SharedLatentConfig(config.audio_shape, config.video_shape, **NETWORK)
+        SharedLatentConfig(config.audio_shape, config.video_shape, **NETWORKS[network])
     )
     train_continuous_discriminator(model, real, fake, bank, cfg)
     model.eval().requires_grad_(False)
@@ -92,8 +113,9 @@ def run_seed(seed: int, pairs: int, steps: int, train_steps: int) -> dict:
         "video": detect_continuous(real[1], "video", terms),
     }
     rows = {}
-    for name, disc in (("independent", None), ("network", model), ("exact_ratio", exact)):
-        audio, video = sample_continuous(terms, pairs, seed, disc, 1.0, steps)
+    guides = (("independent", None, 1.0), ("network", model, scale), ("exact_ratio", exact, 1.0))
+    for name, disc, disc_scale in guides:
+        audio, video = sample_continuous(terms, pairs, seed, disc, disc_scale, steps)
         rows[name] = score(audio, video, terms, training)
     held = generate_continuous_clips(pairs, 400_000 + seed, config)
     fake_a = generate_continuous_clips(pairs, 500_000 + seed, config).audio
@@ -114,22 +136,24 @@ def run_seed(seed: int, pairs: int, steps: int, train_steps: int) -> dict:
         "rows": rows,
         "calibration": calibration,
         "train_seconds": train_seconds,
-        "settings": settings(pairs, steps, cfg),
+        "settings": settings(pairs, steps, cfg, network, scale),
     }
 
 
-def settings(pairs: int, steps: int, cfg: ContinuousTrainConfig) -> dict:
+def settings(
+    pairs: int, steps: int, cfg: ContinuousTrainConfig, network: str, scale: float
+) -> dict:
     return {
         "world": "continuous",
         "world_config": ContinuousWorldConfig().to_dict(),
         "base_models": "exact marginal scores of the world (ideal base models)",
         "pairs": pairs,
         "sampling_steps": steps,
-        "guidance_scale_audio": 1.0,
-        "guidance_scale_video": 1.0,
+        "guidance_scale_audio": scale,
+        "guidance_scale_video": scale,
         "use_dlsm": cfg.dlsm_weight > 0,
         "discriminator": SharedLatentDiscriminator.__name__,
-        "network": NETWORK,
+        "network": {"name": network, **NETWORKS[network]},
         "training": cfg.to_dict(),
         "chance": continuous_chance_levels(),
     }
@@ -179,7 +203,8 @@ def markdown(report: dict) -> str:
     lines = [
         f"# Continuous world: network discriminator vs exact ratio (seeds {seeds})",
         "",
-        f"{report['settings']['pairs']} pairs per seed, scale 1 on both modalities, "
+        f"{report['settings']['pairs']} pairs per seed, network guidance scale "
+        f"{report['settings']['guidance_scale_audio']:g} on both modalities (exact ratio: 1), "
         f"{report['settings']['sampling_steps']} DDPM steps, ideal base models. "
         f"Chance: semantic {report['settings']['chance']['semantic']:.3f}, "
         f"temporal {report['settings']['chance']['temporal']:.3f}.",
@@ -225,7 +250,7 @@ def figure(report: dict, path: Path) -> None:
     left.set_xticks([i + width / 2 for i in range(len(ROWS))], ROWS)
     left.set_ylim(0, 1.05)
     left.legend()
-    left.set_title("agreement at scale 1")
+    left.set_title(f"agreement (network at scale {report['settings']['guidance_scale_audio']:g})")
     levels = [float(x) for x in report["calibration"]]
     for key in ("cos_audio", "cos_video"):
         ys = [report["calibration"][str(x)][key]["mean"] for x in levels]
@@ -246,12 +271,16 @@ def main() -> None:
     parser.add_argument("--aggregate", action="store_true")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--pairs", type=int, default=256)
+    parser.add_argument("--network", choices=sorted(NETWORKS), default=DEFAULT_NETWORK)
+    parser.add_argument("--scale", type=float, default=1.0, help="network guidance scale")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.seed is not None:
         pairs, steps, train = (16, 5, 20) if args.quick else (args.pairs, 25, RECIPE.steps)
-        result = run_seed(args.seed, pairs, steps, train)
+        if not 0.5 <= args.scale <= 2.0:
+            parser.error(f"--scale must lie in [0.5, 2] (the issue's range), got {args.scale}")
+        result = run_seed(args.seed, pairs, steps, train, args.network, args.scale)
         write_json_atomic(args.out / f"seed_{args.seed}.json", result)
     if args.aggregate:
         runs = [json.loads(p.read_text()) for p in sorted(args.out.glob("seed_*.json"))]

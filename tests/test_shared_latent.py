@@ -1,5 +1,7 @@
 """SharedLatentDiscriminator: the factorised form, coupling, and a short training run."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -23,8 +25,8 @@ def test_logit_is_the_shared_latent_formula() -> None:
     with torch.no_grad():
         model.prior_logits.normal_()
     audio, video, snr_a, snr_v = _inputs()
-    qa = torch.softmax(model.audio_encoder(audio, snr_a), -1)
-    qv = torch.softmax(model.video_encoder(video, snr_v), -1)
+    qa = torch.softmax(model.audio_encoder(audio, snr_a)[0], -1)
+    qv = torch.softmax(model.video_encoder(video, snr_v)[0], -1)
     prior = torch.softmax(model.prior_logits, -1)
     want = torch.log((qa * qv / prior).sum(-1)).sum(-1)
     assert torch.allclose(model(audio, video, snr_a, snr_v), want, atol=1e-5)
@@ -73,7 +75,7 @@ def test_training_separates_pairs_that_share_a_code() -> None:
 def test_cross_logits_match_pairwise_calls() -> None:
     torch.manual_seed(4)
     for head in ("shared_latent", "bilinear"):
-        config = SharedLatentConfig(**{**CONFIG.to_dict(), "head": head})
+        config = dataclasses.replace(CONFIG, head=head)
         model = SharedLatentDiscriminator(config)
         audio, video, _, _ = _inputs(4)
         lam = torch.tensor(1.5)

@@ -16,20 +16,35 @@ when), the priors ``pi`` are learnt, and
 No training example is stored and its size does not depend on the training set. The
 log-sum-exp gives mismatched pairs very negative logits (their codes disagree) without any
 one network producing them, and the video gradient depends on the audio through the audio's
-code posterior (the modalities are coupled). The encoders are MLPs over the flattened latent,
-modulated by the log-SNR (FiLM), whose logits are multiplied by a learnt ``exp(a + b * lambda)``
-per group: the exact posterior sharpens like the signal-to-noise ratio as noise falls.
+code posterior (the modalities are coupled). The encoders (``encoder``) are MLPs over the
+flattened latent or the convolutional encoders of :mod:`mmdisco.discriminator.conv_encoders`
+(invariant to a horizontal shift of the video, keeping time), modulated by the log-SNR (FiLM);
+their logits are multiplied by a learnt ``exp(a + b * lambda)`` per group: the exact posterior
+sharpens like the signal-to-noise ratio as noise falls.
+
+Heads (``head``): ``"shared_latent"`` (the formula above); ``"bilinear"``, ``h = <e_a, e_v> /
+sqrt(dim) + b`` on the same outputs; ``"aligned"`` (convolutional encoders only), the bilinear
+term plus one per time step, ``sum_s <u_s(a), w_s(v)> / sqrt(dim * steps)``, comparing what
+the audio and the video say at the same time before anything is pooled.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from mmdisco.discriminator.conv_encoders import AudioConvEncoder, VideoConvEncoder, snr_embedding
+from mmdisco.io import PretrainedMixin
+
+KIND = "shared_latent"
+ENCODERS = ("mlp", "conv")
+HEADS = ("shared_latent", "bilinear", "aligned")
+VIDEO_POOLS = ("mean", "attention")
 
 
 @dataclass(frozen=True)
@@ -44,14 +59,64 @@ class SharedLatentConfig:
     # symmetric saddle where every q is uniform and h = 0 has no gradient
     sharpness_offset: float = 1.5
     sharpness_slope: float = 0.25
-    head: str = "shared_latent"  # or "bilinear": h = <e_a, e_v> / sqrt(dim) + bias
+    head: str = "shared_latent"  # or "bilinear", "aligned" (module doc)
+    encoder: str = "mlp"  # or "conv"
+    video_pool: str = "mean"  # conv: or "attention" (VideoConvEncoder)
+    # conv: layers within a video frame / at the audio's rate (``depth``: over time)
+    frame_depth: int = 1
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("encoder", ENCODERS),
+            ("head", HEADS),
+            ("video_pool", VIDEO_POOLS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"SharedLatentConfig.{name} must be one of {allowed}, "
+                    f"got {getattr(self, name)!r}"
+                )
+        if self.head == "aligned" and self.encoder != "conv":
+            raise ValueError(
+                "SharedLatentConfig.head='aligned' needs encoder='conv' (it keeps time)"
+            )
+        object.__setattr__(self, "audio_shape", tuple(self.audio_shape))
+        object.__setattr__(self, "video_shape", tuple(self.video_shape))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["audio_shape"], d["video_shape"] = list(self.audio_shape), list(self.video_shape)
+        return {"discriminator_type": KIND, **d}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SharedLatentConfig:
+        data = dict(data)
+        kind = data.pop("discriminator_type", KIND)
+        if kind != KIND:
+            raise ValueError(
+                f"not a shared-latent discriminator config (discriminator_type={kind!r})"
+            )
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown SharedLatentConfig field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+class CodeScale(nn.Module):
+    """A learnt ``exp(a + b * lambda)`` per group: ``(B,)`` log-SNR -> ``(B, groups, 1)``."""
+
+    def __init__(self, groups: int, offset: float, slope: float) -> None:
+        super().__init__()
+        self.sharpness = nn.Parameter(torch.tensor([[offset, slope]] * groups))  # (groups, 2)
+
+    def forward(self, log_snr: Tensor) -> Tensor:
+        a, b = self.sharpness[:, 0], self.sharpness[:, 1]
+        return torch.exp(a + b * log_snr.clamp(-10, 10)[:, None])[..., None]
 
 
 class NoiseAwareEncoder(nn.Module):
-    """``(x_t, lambda) -> (B, groups, codes)`` log-posteriors over codes."""
+    """``(x_t, lambda) -> ((B, groups, codes) log-posteriors over codes, None)``: an MLP over
+    the flattened latent, nothing per time step."""
 
     def __init__(self, shape: tuple[int, ...], config: SharedLatentConfig) -> None:
         super().__init__()
@@ -60,36 +125,65 @@ class NoiseAwareEncoder(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in itertools.pairwise(dims))
         self.films = nn.ModuleList(nn.Linear(16, 2 * config.width) for _ in range(config.depth))
         self.out = nn.Linear(config.width, self.groups * self.codes)
-        self.sharpness = nn.Parameter(
-            torch.tensor([[config.sharpness_offset, config.sharpness_slope]] * self.groups)
-        )  # (groups, 2): a, b
+        self.scale = CodeScale(self.groups, config.sharpness_offset, config.sharpness_slope)
 
-    def forward(self, x: Tensor, log_snr: Tensor) -> Tensor:
-        emb = _snr_embedding(log_snr)
+    def forward(self, x: Tensor, log_snr: Tensor) -> tuple[Tensor, None]:
+        emb = snr_embedding(log_snr)
         z = torch.nn.functional.layer_norm(x.flatten(1), (x[0].numel(),))
         for layer, film in zip(self.layers, self.films, strict=True):
             scale, shift = film(emb).chunk(2, dim=-1)
             z = torch.nn.functional.silu(layer(z) * (1 + scale) + shift)
         logits = self.out(z).reshape(len(x), self.groups, self.codes)
-        a, b = self.sharpness[:, 0], self.sharpness[:, 1]
-        temperature = torch.exp(a + b * log_snr.clamp(-10, 10)[:, None])  # (B, groups)
-        return logits * temperature[..., None]
+        return logits * self.scale(log_snr), None
 
 
-def _snr_embedding(log_snr: Tensor) -> Tensor:
-    freqs = torch.exp(torch.linspace(-3.0, 1.0, 8, device=log_snr.device))
-    args = log_snr.float()[:, None] * freqs
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+class ConvCodeEncoder(nn.Module):
+    """``(x_t, lambda) -> ((B, groups, codes), (B, width, steps))``: code logits from the
+    time-pooled features of a convolutional encoder, and per-time features for the
+    ``"aligned"`` head."""
+
+    def __init__(self, trunk: nn.Module, config: SharedLatentConfig) -> None:
+        super().__init__()
+        self.groups, self.codes = config.num_factors, config.num_codes
+        self.trunk = trunk
+        self.out = nn.Linear(config.width, self.groups * self.codes)
+        self.scale = CodeScale(self.groups, config.sharpness_offset, config.sharpness_slope)
+        self.timeline = nn.Conv1d(config.width, config.width, 1)
+        # what one time step says grows with the SNR as well; it starts small at high noise
+        self.time_scale = CodeScale(1, 0.0, config.sharpness_slope)
+
+    def forward(self, x: Tensor, log_snr: Tensor) -> tuple[Tensor, Tensor]:
+        z = self.trunk(x, snr_embedding(log_snr))  # (B, width, steps)
+        # unit-scale features at every step: small ones would start the heads on the saddle
+        # h = 0 where the gradient of every product of the two modalities' outputs vanishes
+        z = torch.nn.functional.layer_norm(z.transpose(1, 2), z.shape[1:2]).transpose(1, 2)
+        logits = self.out(z.mean(-1)).reshape(len(x), self.groups, self.codes)
+        return logits * self.scale(log_snr), self.timeline(z) * self.time_scale(log_snr)
 
 
-class SharedLatentDiscriminator(nn.Module):
+def build_encoders(config: SharedLatentConfig) -> tuple[nn.Module, nn.Module]:
+    """The audio and the video encoder ``config.encoder`` names."""
+    if config.encoder == "mlp":
+        return NoiseAwareEncoder(config.audio_shape, config), NoiseAwareEncoder(
+            config.video_shape, config
+        )
+    steps = config.video_shape[1]
+    sizes = {"width": config.width, "depth": config.depth, "frame_depth": config.frame_depth}
+    audio = AudioConvEncoder(config.audio_shape, steps=steps, **sizes)
+    video = VideoConvEncoder(config.video_shape, pool=config.video_pool, **sizes)
+    return ConvCodeEncoder(audio, config), ConvCodeEncoder(video, config)
+
+
+class SharedLatentDiscriminator(PretrainedMixin, nn.Module):
     """``h(a_t, v_t) = sum_g log sum_k q_g(k | a_t) q_g(k | v_t) / pi_{g,k}`` (module doc)."""
+
+    config_class = SharedLatentConfig
+    pretrained_what = "a shared-latent discriminator"
 
     def __init__(self, config: SharedLatentConfig) -> None:
         super().__init__()
         self.config = config
-        self.audio_encoder = NoiseAwareEncoder(config.audio_shape, config)
-        self.video_encoder = NoiseAwareEncoder(config.video_shape, config)
+        self.audio_encoder, self.video_encoder = build_encoders(config)
         self.prior_logits = nn.Parameter(torch.zeros(config.num_factors, config.num_codes))
         self.bias = nn.Parameter(torch.zeros(()))
 
@@ -110,16 +204,21 @@ class SharedLatentDiscriminator(nn.Module):
         snr_v = (
             torch.as_tensor(log_snr_video, device=video.device).float().reshape(-1).expand(batch)
         )
-        out_a = self.audio_encoder(audio.float(), snr_a)
-        out_v = self.video_encoder(video.float(), snr_v)
-        return self.head(out_a[:, None], out_v[:, None])[:, 0]
+        codes_a, time_a = self.audio_encoder(audio.float(), snr_a)
+        codes_v, time_v = self.video_encoder(video.float(), snr_v)
+        return self.head(codes_a, codes_v, time_a, time_v)
 
-    def head(self, out_a: Tensor, out_v: Tensor) -> Tensor:
-        """Logits of every pair of encoder outputs broadcast against each other: ``(..., groups,
-        codes)`` each -> ``(...)``."""
-        if self.config.head == "bilinear":
+    def head(
+        self, out_a: Tensor, out_v: Tensor, time_a: Tensor | None, time_v: Tensor | None
+    ) -> Tensor:
+        """Logits of every pair of encoder outputs broadcast against each other: codes
+        ``(..., groups, codes)`` and per-time features ``(..., width, steps)`` -> ``(...)``."""
+        if self.config.head in ("bilinear", "aligned"):
             dim = out_a.shape[-1] * out_a.shape[-2]
-            return (out_a * out_v).sum((-1, -2)) / math.sqrt(dim) + self.bias
+            h = (out_a * out_v).sum((-1, -2)) / math.sqrt(dim) + self.bias
+            if self.config.head == "aligned" and time_a is not None and time_v is not None:
+                h = h + (time_a * time_v).sum((-1, -2)) / math.sqrt(time_a[0].numel())
+            return h
         log_qa, log_qv = torch.log_softmax(out_a, -1), torch.log_softmax(out_v, -1)
         log_prior = torch.log_softmax(self.prior_logits, dim=-1)
         return torch.logsumexp(log_qa + log_qv - log_prior, dim=-1).sum(-1)
@@ -130,6 +229,8 @@ class SharedLatentDiscriminator(nn.Module):
         ``log_snr`` is one value (a 0-d or 1-element tensor)."""
         snr_a = torch.as_tensor(log_snr).float().reshape(-1).expand(len(audio))
         snr_v = torch.as_tensor(log_snr).float().reshape(-1).expand(len(video))
-        out_a = self.audio_encoder(audio.float(), snr_a)
-        out_v = self.video_encoder(video.float(), snr_v)
-        return self.head(out_a[:, None], out_v[None])
+        codes_a, time_a = self.audio_encoder(audio.float(), snr_a)
+        codes_v, time_v = self.video_encoder(video.float(), snr_v)
+        if time_a is not None and time_v is not None:
+            time_a, time_v = time_a[:, None], time_v[None]
+        return self.head(codes_a[:, None], codes_v[None], time_a, time_v)
