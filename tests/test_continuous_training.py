@@ -10,6 +10,7 @@ from mmdisco.world.continuous import ContinuousWorldConfig
 from mmdisco.world.continuous_ratio import ContinuousWorldTerms
 from mmdisco.world.continuous_training import (
     ContinuousTrainConfig,
+    _group_loss,
     dlsm_bank,
     ema_update,
     exact_eps,
@@ -172,6 +173,7 @@ def test_dlsm_switches_on_at_dlsm_start() -> None:
         ({"objective": "infonce"}, "needs all_pairs_groups"),
         ({"all_pairs_groups": 8, "batch_size": 8}, "fewer than 2 pairs"),
         ({"noise_sampling": "edm"}, "noise_sampling must be"),
+        ({"grad_penalty": 1.0}, "grad_penalty needs all_pairs_groups"),
     ],
 )
 def test_config_rejects_bad_fields(fields: dict, message: str) -> None:
@@ -190,3 +192,36 @@ def test_noise_sampling_uniform_in_time_stays_in_range_and_is_uniform_in_time() 
     assert torch.allclose(quartiles, expected.double(), atol=0.01)
     uniform = sample_log_snr(20_000, ContinuousTrainConfig(), torch.Generator().manual_seed(0))
     assert uniform.median().item() == pytest.approx(-1.0, abs=0.1)
+
+
+class _Linear(torch.nn.Module):
+    """``h(a, v) = <c, a> + <d, v>``: its input-gradient is ``(c, d)`` everywhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = torch.nn.Parameter(torch.linspace(-1, 1, math.prod(SMALL.audio_shape)))
+        self.d = torch.nn.Parameter(torch.linspace(0, 2, math.prod(SMALL.video_shape)))
+
+    def forward(self, a: torch.Tensor, v: torch.Tensor, *_: torch.Tensor) -> torch.Tensor:
+        return a.flatten(1) @ self.c + v.flatten(1) @ self.d
+
+    def cross_logits(self, a: torch.Tensor, v: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+        return (a.flatten(1) @ self.c)[:, None] + (v.flatten(1) @ self.d)[None]
+
+
+@pytest.mark.parametrize("objective", ["bce", "infonce"])
+def test_grad_penalty_adds_sigma_squared_times_the_gradient_norm(objective: str) -> None:
+    real, fake = training_data(SMALL, ContinuousTrainConfig(num_real=4, num_fake=4))
+    clean = (*real, *fake)
+    lam = torch.tensor(0.7)
+    losses = []
+    for weight in (0.0, 0.5):
+        cfg = ContinuousTrainConfig(
+            batch_size=4, all_pairs_groups=1, objective=objective, grad_penalty=weight
+        )
+        gen = torch.Generator().manual_seed(0)
+        losses.append(_group_loss(_Linear(), clean, lam, cfg, gen).item())
+    model = _Linear()
+    squared_norm = model.c.pow(2).sum() + model.d.pow(2).sum()
+    expected = 0.5 * torch.sigmoid(-lam) * squared_norm
+    assert losses[1] - losses[0] == pytest.approx(expected.item(), rel=1e-4)

@@ -49,6 +49,7 @@ class ContinuousTrainConfig:
     # "log_snr": uniform in log-SNR over log_snr_range; "time": uniform in the cosine
     # schedule's time t/T between the same ends (the sampler's steps are uniform in time)
     noise_sampling: str = "log_snr"
+    grad_penalty: float = 0.0  # times sigma^2 |grad h|^2 of the real pairs (all-pairs groups)
 
     def __post_init__(self) -> None:
         if self.objective not in ("bce", "infonce"):
@@ -59,6 +60,8 @@ class ContinuousTrainConfig:
             )
         if self.objective == "infonce" and self.all_pairs_groups < 1:
             raise ValueError("objective 'infonce' needs all_pairs_groups >= 1")
+        if self.grad_penalty > 0 and self.all_pairs_groups < 1:
+            raise ValueError("grad_penalty needs all_pairs_groups >= 1")
         if self.all_pairs_groups > 0 and self.batch_size < 2 * self.all_pairs_groups:
             raise ValueError(
                 f"batch_size {self.batch_size} leaves fewer than 2 pairs in each of "
@@ -200,15 +203,26 @@ def _group_loss(
     cfg: ContinuousTrainConfig,
     gen: torch.Generator,
 ) -> Tensor:
-    """L_D of one group sharing the log-SNR ``lam`` (0-d)."""
+    """L_D of one group sharing the log-SNR ``lam`` (0-d), plus ``cfg.grad_penalty`` times the
+    mean squared input-gradient of the real pairs' logits in epsilon units."""
     real_a, real_v, fake_a, fake_v = clean
     lam_b = lam.expand(len(real_a))
     a, v = _noise(real_a, lam_b, gen), _noise(real_v, lam_b, gen)
+    if cfg.grad_penalty > 0:
+        a, v = a.requires_grad_(), v.requires_grad_()
     if cfg.objective == "infonce":
-        return info_nce(model.cross_logits(a, v, lam))
-    h_real = model(a, v, lam_b, lam_b)
-    fa, fv = _noise(fake_a, lam_b, gen), _noise(fake_v, lam_b, gen)
-    return discriminator_loss(h_real, model.cross_logits(fa, fv, lam).flatten())
+        logits = model.cross_logits(a, v, lam)
+        loss, h_real = info_nce(logits), logits.diagonal()
+    else:
+        h_real = model(a, v, lam_b, lam_b)
+        fa, fv = _noise(fake_a, lam_b, gen), _noise(fake_v, lam_b, gen)
+        loss = discriminator_loss(h_real, model.cross_logits(fa, fv, lam).flatten())
+    if cfg.grad_penalty > 0:
+        grads = torch.autograd.grad(h_real.sum(), (a, v), create_graph=True)
+        sigma2 = torch.sigmoid(-lam)
+        norms = sum(g.pow(2).flatten(1).sum(1) for g in grads)
+        loss = loss + cfg.grad_penalty * sigma2 * norms.mean()
+    return loss
 
 
 def _loss_d(
