@@ -53,6 +53,8 @@ def test_bank_and_all_pairs_training_learn_the_pairing() -> None:
         all_pairs_groups=2,
         log_snr_range=(1.0, 4.0),
         dlsm_weight=0.1,
+        objective="bce",
+        weight_decay=0.0,
     )
     real, fake = training_data(SMALL, cfg)
     bank = dlsm_bank(terms, *real, cfg)
@@ -140,6 +142,8 @@ def test_info_nce_training_learns_the_pairing() -> None:
         all_pairs_groups=2,
         objective="infonce",
         log_snr_range=(1.0, 4.0),
+        weight_decay=0.0,
+        noise_sampling="log_snr",
     )
     real, fake = training_data(SMALL, cfg)
     log = train_continuous_discriminator(_tiny_model(32), real, fake, None, cfg)
@@ -157,6 +161,7 @@ def test_dlsm_switches_on_at_dlsm_start() -> None:
         all_pairs_groups=2,
         dlsm_rows=4,
         bank_noisings=1,
+        dlsm_weight=1.0,
         dlsm_start=0.5,
     )
     real, fake = training_data(SMALL, cfg)
@@ -170,10 +175,13 @@ def test_dlsm_switches_on_at_dlsm_start() -> None:
     ("fields", "message"),
     [
         ({"objective": "mse"}, "objective must be"),
-        ({"objective": "infonce"}, "needs all_pairs_groups"),
+        ({"objective": "infonce", "all_pairs_groups": 0}, "needs all_pairs_groups"),
         ({"all_pairs_groups": 8, "batch_size": 8}, "fewer than 2 pairs"),
         ({"noise_sampling": "edm"}, "noise_sampling must be"),
-        ({"grad_penalty": 1.0}, "grad_penalty needs all_pairs_groups"),
+        (
+            {"grad_penalty": 1.0, "all_pairs_groups": 0, "objective": "bce"},
+            "grad_penalty needs all_pairs_groups",
+        ),
     ],
 )
 def test_config_rejects_bad_fields(fields: dict, message: str) -> None:
@@ -190,7 +198,8 @@ def test_noise_sampling_uniform_in_time_stays_in_range_and_is_uniform_in_time() 
     quartiles = torch.quantile(t, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
     expected = torch.tensor([t_lo + q * (t_hi - t_lo) for q in (0.25, 0.5, 0.75)])
     assert torch.allclose(quartiles, expected.double(), atol=0.01)
-    uniform = sample_log_snr(20_000, ContinuousTrainConfig(), torch.Generator().manual_seed(0))
+    cfg = ContinuousTrainConfig(noise_sampling="log_snr")
+    uniform = sample_log_snr(20_000, cfg, torch.Generator().manual_seed(0))
     assert uniform.median().item() == pytest.approx(-1.0, abs=0.1)
 
 

@@ -1,10 +1,17 @@
-"""Training a network discriminator on the continuous world with L_D + L_DLSM.
+"""Training a network discriminator on the continuous world.
 
 The base models are the world's exact marginals (:mod:`mmdisco.world.continuous_sampling`),
 so fake pairs are independent clips of the world and L_DLSM's base-model residual
 ``eps_theta - eps`` is exact: :func:`dlsm_bank` computes it once for a few noisings of every
-real pair (the role of :mod:`mmdisco.training.bank` for real models). Noise levels are drawn
-uniformly in log-SNR over the schedule's range, fresh for L_D at every step.
+real pair (the role of :mod:`mmdisco.training.bank` for real models).
+
+The batch is split into ``all_pairs_groups`` groups that each share one noise level, drawn
+fresh at every step (uniform in log-SNR or in the schedule's time). Within a group the
+objective is L_D over the real pairs and all (audio, video) pairs of the fake clips, or a
+symmetric InfoNCE over the real pairs (:func:`info_nce`: every other pair of the group is a
+negative, so no fake clip is needed). Options: an input-gradient penalty, L_DLSM from a
+given fraction of the steps, AdamW weight decay, an EMA of the weights, and fresh clips of
+the world at every step instead of a fixed training set.
 """
 
 from __future__ import annotations
@@ -29,26 +36,27 @@ class ContinuousTrainConfig:
     num_real: int = 2048
     num_fake: int = 2048
     steps: int = 1500
-    batch_size: int = 128
+    batch_size: int = 512
     lr: float = 1e-3
-    dlsm_weight: float = 1.0  # times the per-sample squared norm (sum over elements)
+    dlsm_weight: float = 0.0  # times the per-sample squared norm (sum over elements)
     dlsm_rows: int = 64
     bank_noisings: int = 2
     # > 0: L_D's fakes are all (audio, video) pairs of the fake batch within each of this many
-    # groups (one log-SNR per group): (B / groups)^2 fake pairs per group instead of B / groups
-    all_pairs_groups: int = 0
+    # groups (one log-SNR per group): (B / groups)^2 fake pairs per group instead of B / groups;
+    # 0: one fake pair per real pair, each pair at its own log-SNR (BCE only)
+    all_pairs_groups: int = 8
     log_snr_range: tuple[float, float] = LOG_SNR_RANGE
     seed: int = 0
     # "bce": L_D (real vs fake pairs); "infonce": symmetric InfoNCE over the real pairs of each
     # group (the other pairs of the group are the negatives; needs all_pairs_groups > 0)
-    objective: str = "bce"
+    objective: str = "infonce"
     fresh_data: bool = False  # fresh world clips every step instead of the training set
-    weight_decay: float = 0.0
+    weight_decay: float = 1.0  # AdamW's (decoupled: each step shrinks weights by lr * this)
     ema_decay: float = 0.0  # > 0: the trained model gets the EMA of its weights
     dlsm_start: float = 0.0  # fraction of the steps before L_DLSM is switched on
     # "log_snr": uniform in log-SNR over log_snr_range; "time": uniform in the cosine
     # schedule's time t/T between the same ends (the sampler's steps are uniform in time)
-    noise_sampling: str = "log_snr"
+    noise_sampling: str = "time"
     grad_penalty: float = 0.0  # times sigma^2 |grad h|^2 of the real pairs (all-pairs groups)
 
     def __post_init__(self) -> None:
