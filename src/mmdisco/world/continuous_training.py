@@ -35,7 +35,7 @@ LOG_SNR_RANGE = (-7.0, 5.0)  # about t/T in [0.02, 0.98] of the cosine schedule
 class ContinuousTrainConfig:
     num_real: int = 2048
     num_fake: int = 2048
-    steps: int = 1500
+    steps: int = 5000
     batch_size: int = 512
     lr: float = 1e-3
     dlsm_weight: float = 0.0  # times the per-sample squared norm (sum over elements)
