@@ -1,5 +1,7 @@
 """Training a network discriminator on the continuous world (tiny world, few steps)."""
 
+import math
+
 import pytest
 import torch
 
@@ -8,8 +10,12 @@ from mmdisco.world.continuous import ContinuousWorldConfig
 from mmdisco.world.continuous_ratio import ContinuousWorldTerms
 from mmdisco.world.continuous_training import (
     ContinuousTrainConfig,
+    _group_loss,
     dlsm_bank,
+    ema_update,
     exact_eps,
+    info_nce,
+    sample_log_snr,
     train_continuous_discriminator,
     training_data,
 )
@@ -39,7 +45,7 @@ def test_bank_and_all_pairs_training_learn_the_pairing() -> None:
     cfg = ContinuousTrainConfig(
         num_real=256,
         num_fake=256,
-        steps=200,
+        steps=300,
         batch_size=32,
         lr=5e-3,
         dlsm_rows=16,
@@ -47,6 +53,8 @@ def test_bank_and_all_pairs_training_learn_the_pairing() -> None:
         all_pairs_groups=2,
         log_snr_range=(1.0, 4.0),
         dlsm_weight=0.1,
+        objective="bce",
+        weight_decay=0.0,
     )
     real, fake = training_data(SMALL, cfg)
     bank = dlsm_bank(terms, *real, cfg)
@@ -56,3 +64,173 @@ def test_bank_and_all_pairs_training_learn_the_pairing() -> None:
     log = train_continuous_discriminator(SharedLatentDiscriminator(net), real, fake, bank, cfg)
     # 2 log 2 = 1.386 is the loss of a discriminator that learnt nothing
     assert sum(row["l_d"] for row in log[-2:]) / 2 < 1.2
+
+
+def _tiny_model(width: int = 16) -> SharedLatentDiscriminator:
+    torch.manual_seed(0)
+    net = SharedLatentConfig(SMALL.audio_shape, SMALL.video_shape, width=width, head="bilinear")
+    return SharedLatentDiscriminator(net)
+
+
+def _params(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_info_nce_matches_a_hand_computed_value() -> None:
+    logits = torch.tensor([[2.0, 0.0], [1.0, -1.0]])
+    row_0 = -2.0 + math.log(math.exp(2.0) + 1.0)  # audio 0 over videos 0, 1
+    row_1 = 1.0 + math.log(math.exp(1.0) + math.exp(-1.0))  # audio 1: its video is column 1
+    col_0 = -2.0 + math.log(math.exp(2.0) + math.exp(1.0))  # video 0 over audios 0, 1
+    col_1 = 1.0 + math.log(1.0 + math.exp(-1.0))
+    expected = 0.5 * ((row_0 + row_1) / 2 + (col_0 + col_1) / 2)
+    assert info_nce(logits).item() == pytest.approx(expected, rel=1e-6)
+    # adding a constant per row and per column changes one direction's loss, not log r's
+    assert info_nce(logits + 3.0).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_ema_update_is_the_exponential_average() -> None:
+    average = [torch.zeros(3)]
+    values = [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([-1.0, 0.0, 5.0])]
+    for v in values:
+        ema_update(average, [v], decay=0.9)
+    manual = 0.9 * 0.1 * values[0] + 0.1 * values[1]  # 0.9^2 * 0 + ...
+    assert torch.allclose(average[0], manual, atol=1e-7)
+
+
+def test_training_with_ema_ends_at_the_average_of_the_iterates() -> None:
+    real, fake = training_data(SMALL, ContinuousTrainConfig(num_real=64, num_fake=64))
+    base = {"num_real": 64, "num_fake": 64, "batch_size": 8, "all_pairs_groups": 2}
+    start = _params(_tiny_model())
+    iterates = []
+    for steps in (1, 2):  # step 0 runs at the full learning rate whatever the length
+        model = _tiny_model()
+        cfg = ContinuousTrainConfig(**base, steps=steps, dlsm_weight=0.0)
+        train_continuous_discriminator(model, real, fake, None, cfg)
+        iterates.append(_params(model))
+    model = _tiny_model()
+    cfg = ContinuousTrainConfig(**base, steps=2, dlsm_weight=0.0, ema_decay=0.8)
+    train_continuous_discriminator(model, real, fake, None, cfg)
+    for p, p0, p1, p2 in zip(model.parameters(), start, *iterates, strict=True):
+        manual = 0.8**2 * p0 + 0.8 * 0.2 * p1 + 0.2 * p2
+        assert torch.allclose(p.detach(), manual, atol=1e-6)
+
+
+def test_fresh_data_is_deterministic_for_a_seed_and_reads_no_training_set() -> None:
+    empty = (torch.zeros(0, *SMALL.audio_shape), torch.zeros(0, *SMALL.video_shape))
+    runs = []
+    for seed in (3, 3, 4):
+        cfg = ContinuousTrainConfig(
+            steps=3, batch_size=8, all_pairs_groups=2, fresh_data=True, seed=seed
+        )
+        model = _tiny_model()
+        log = train_continuous_discriminator(model, empty, empty, None, cfg, world=SMALL)
+        runs.append((log[-1]["l_d"], _params(model)))
+    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-6)
+    assert all(torch.allclose(a, b) for a, b in zip(runs[0][1], runs[1][1], strict=True))
+    assert runs[0][0] != pytest.approx(runs[2][0], rel=1e-4)
+    with pytest.raises(ValueError, match="fresh_data needs the world"):
+        train_continuous_discriminator(_tiny_model(), empty, empty, None, cfg)
+
+
+def test_info_nce_training_learns_the_pairing() -> None:
+    cfg = ContinuousTrainConfig(
+        num_real=256,
+        num_fake=256,
+        steps=150,
+        batch_size=32,
+        lr=5e-3,
+        all_pairs_groups=2,
+        objective="infonce",
+        log_snr_range=(1.0, 4.0),
+        weight_decay=0.0,
+        noise_sampling="log_snr",
+    )
+    real, fake = training_data(SMALL, cfg)
+    log = train_continuous_discriminator(_tiny_model(32), real, fake, None, cfg)
+    # log 16 = 2.77 is the loss of a discriminator that learnt nothing (16 pairs per group)
+    assert sum(row["l_d"] for row in log[-2:]) / 2 < 2.0
+
+
+def test_dlsm_switches_on_at_dlsm_start() -> None:
+    terms = ContinuousWorldTerms(SMALL)
+    cfg = ContinuousTrainConfig(
+        num_real=32,
+        num_fake=32,
+        steps=21,
+        batch_size=8,
+        all_pairs_groups=2,
+        dlsm_rows=4,
+        bank_noisings=1,
+        dlsm_weight=1.0,
+        dlsm_start=0.5,
+    )
+    real, fake = training_data(SMALL, cfg)
+    bank = dlsm_bank(terms, *real, cfg)
+    log = train_continuous_discriminator(_tiny_model(), real, fake, bank, cfg)
+    by_step = {row["step"]: row["l_dlsm"] for row in log}
+    assert by_step[0] == 0.0 and by_step[20] > 0.0  # on from step 10.5
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"objective": "mse"}, "objective must be"),
+        ({"objective": "infonce", "all_pairs_groups": 0}, "needs all_pairs_groups"),
+        ({"all_pairs_groups": 8, "batch_size": 8}, "fewer than 2 pairs"),
+        ({"noise_sampling": "edm"}, "noise_sampling must be"),
+        (
+            {"grad_penalty": 1.0, "all_pairs_groups": 0, "objective": "bce"},
+            "grad_penalty needs all_pairs_groups",
+        ),
+    ],
+)
+def test_config_rejects_bad_fields(fields: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ContinuousTrainConfig(**fields)
+
+
+def test_noise_sampling_uniform_in_time_stays_in_range_and_is_uniform_in_time() -> None:
+    cfg = ContinuousTrainConfig(log_snr_range=(-7.0, 5.0), noise_sampling="time")
+    lam = sample_log_snr(20_000, cfg, torch.Generator().manual_seed(0), torch.float64)
+    assert lam.min() >= -7.0 - 1e-9 and lam.max() <= 5.0 + 1e-9
+    t = 2 / math.pi * torch.atan(torch.exp(-lam / 2))  # back to the cosine schedule's time
+    t_lo, t_hi = (2 / math.pi * math.atan(math.exp(-e / 2)) for e in (5.0, -7.0))
+    quartiles = torch.quantile(t, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+    expected = torch.tensor([t_lo + q * (t_hi - t_lo) for q in (0.25, 0.5, 0.75)])
+    assert torch.allclose(quartiles, expected.double(), atol=0.01)
+    cfg = ContinuousTrainConfig(noise_sampling="log_snr")
+    uniform = sample_log_snr(20_000, cfg, torch.Generator().manual_seed(0))
+    assert uniform.median().item() == pytest.approx(-1.0, abs=0.1)
+
+
+class _Linear(torch.nn.Module):
+    """``h(a, v) = <c, a> + <d, v>``: its input-gradient is ``(c, d)`` everywhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = torch.nn.Parameter(torch.linspace(-1, 1, math.prod(SMALL.audio_shape)))
+        self.d = torch.nn.Parameter(torch.linspace(0, 2, math.prod(SMALL.video_shape)))
+
+    def forward(self, a: torch.Tensor, v: torch.Tensor, *_: torch.Tensor) -> torch.Tensor:
+        return a.flatten(1) @ self.c + v.flatten(1) @ self.d
+
+    def cross_logits(self, a: torch.Tensor, v: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+        return (a.flatten(1) @ self.c)[:, None] + (v.flatten(1) @ self.d)[None]
+
+
+@pytest.mark.parametrize("objective", ["bce", "infonce"])
+def test_grad_penalty_adds_sigma_squared_times_the_gradient_norm(objective: str) -> None:
+    real, fake = training_data(SMALL, ContinuousTrainConfig(num_real=4, num_fake=4))
+    clean = (*real, *fake)
+    lam = torch.tensor(0.7)
+    losses = []
+    for weight in (0.0, 0.5):
+        cfg = ContinuousTrainConfig(
+            batch_size=4, all_pairs_groups=1, objective=objective, grad_penalty=weight
+        )
+        gen = torch.Generator().manual_seed(0)
+        losses.append(_group_loss(_Linear(), clean, lam, cfg, gen).item())
+    model = _Linear()
+    squared_norm = model.c.pow(2).sum() + model.d.pow(2).sum()
+    expected = 0.5 * torch.sigmoid(-lam) * squared_norm
+    assert losses[1] - losses[0] == pytest.approx(expected.item(), rel=1e-4)

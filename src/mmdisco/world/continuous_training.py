@@ -1,10 +1,17 @@
-"""Training a network discriminator on the continuous world with L_D + L_DLSM.
+"""Training a network discriminator on the continuous world.
 
 The base models are the world's exact marginals (:mod:`mmdisco.world.continuous_sampling`),
 so fake pairs are independent clips of the world and L_DLSM's base-model residual
 ``eps_theta - eps`` is exact: :func:`dlsm_bank` computes it once for a few noisings of every
-real pair (the role of :mod:`mmdisco.training.bank` for real models). Noise levels are drawn
-uniformly in log-SNR over the schedule's range, fresh for L_D at every step.
+real pair (the role of :mod:`mmdisco.training.bank` for real models).
+
+The batch is split into ``all_pairs_groups`` groups that each share one noise level, drawn
+fresh at every step (uniform in log-SNR or in the schedule's time). Within a group the
+objective is L_D over the real pairs and all (audio, video) pairs of the fake clips, or a
+symmetric InfoNCE over the real pairs (:func:`info_nce`: every other pair of the group is a
+negative, so no fake clip is needed). Options: an input-gradient penalty, L_DLSM from a
+given fraction of the steps, AdamW weight decay, an EMA of the weights, and fresh clips of
+the world at every step instead of a fixed training set.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmdisco.training.losses import discriminator_loss
@@ -27,17 +35,46 @@ LOG_SNR_RANGE = (-7.0, 5.0)  # about t/T in [0.02, 0.98] of the cosine schedule
 class ContinuousTrainConfig:
     num_real: int = 2048
     num_fake: int = 2048
-    steps: int = 1500
-    batch_size: int = 128
+    steps: int = 5000
+    batch_size: int = 512
     lr: float = 1e-3
-    dlsm_weight: float = 1.0  # times the per-sample squared norm (sum over elements)
+    dlsm_weight: float = 0.0  # times the per-sample squared norm (sum over elements)
     dlsm_rows: int = 64
     bank_noisings: int = 2
     # > 0: L_D's fakes are all (audio, video) pairs of the fake batch within each of this many
-    # groups (one log-SNR per group): (B / groups)^2 fake pairs per group instead of B / groups
-    all_pairs_groups: int = 0
+    # groups (one log-SNR per group): (B / groups)^2 fake pairs per group instead of B / groups;
+    # 0: one fake pair per real pair, each pair at its own log-SNR (BCE only)
+    all_pairs_groups: int = 8
     log_snr_range: tuple[float, float] = LOG_SNR_RANGE
     seed: int = 0
+    # "bce": L_D (real vs fake pairs); "infonce": symmetric InfoNCE over the real pairs of each
+    # group (the other pairs of the group are the negatives; needs all_pairs_groups > 0)
+    objective: str = "infonce"
+    fresh_data: bool = False  # fresh world clips every step instead of the training set
+    weight_decay: float = 1.0  # AdamW's (decoupled: each step shrinks weights by lr * this)
+    ema_decay: float = 0.0  # > 0: the trained model gets the EMA of its weights
+    dlsm_start: float = 0.0  # fraction of the steps before L_DLSM is switched on
+    # "log_snr": uniform in log-SNR over log_snr_range; "time": uniform in the cosine
+    # schedule's time t/T between the same ends (the sampler's steps are uniform in time)
+    noise_sampling: str = "time"
+    grad_penalty: float = 0.0  # times sigma^2 |grad h|^2 of the real pairs (all-pairs groups)
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("bce", "infonce"):
+            raise ValueError(f"objective must be 'bce' or 'infonce', got {self.objective!r}")
+        if self.noise_sampling not in ("log_snr", "time"):
+            raise ValueError(
+                f"noise_sampling must be 'log_snr' or 'time', got {self.noise_sampling!r}"
+            )
+        if self.objective == "infonce" and self.all_pairs_groups < 1:
+            raise ValueError("objective 'infonce' needs all_pairs_groups >= 1")
+        if self.grad_penalty > 0 and self.all_pairs_groups < 1:
+            raise ValueError("grad_penalty needs all_pairs_groups >= 1")
+        if self.all_pairs_groups > 0 and self.batch_size < 2 * self.all_pairs_groups:
+            raise ValueError(
+                f"batch_size {self.batch_size} leaves fewer than 2 pairs in each of "
+                f"all_pairs_groups={self.all_pairs_groups} groups"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,6 +97,20 @@ def _expand(x: Tensor, like: Tensor) -> Tensor:
     return x.reshape(-1, *[1] * (like.ndim - 1))
 
 
+def sample_log_snr(
+    n: int, cfg: ContinuousTrainConfig, gen: torch.Generator, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """``n`` noise levels over ``cfg.log_snr_range``, uniform in log-SNR or in time.
+
+    The cosine schedule has ``log-SNR = -2 log tan(pi t / 2)`` at time ``t`` in [0, 1]."""
+    u = torch.rand(n, generator=gen, dtype=dtype)
+    lo, hi = cfg.log_snr_range
+    if cfg.noise_sampling == "log_snr":
+        return lo + (hi - lo) * u
+    t_lo, t_hi = (2 / math.pi * math.atan(math.exp(-end / 2)) for end in (hi, lo))
+    return -2 * torch.log(torch.tan(math.pi / 2 * (t_lo + (t_hi - t_lo) * u)))
+
+
 def exact_eps(terms: ContinuousWorldTerms, x: Tensor, log_snr: Tensor, modality: str) -> Tensor:
     """The ideal base model's noise prediction ``-sigma * grad log p_t(x)``."""
     xs = x.detach().double().requires_grad_()
@@ -74,8 +125,7 @@ def dlsm_bank(
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + 1)
     rows: dict[str, list[Tensor]] = {}
     for _ in range(cfg.bank_noisings):
-        lo, hi = cfg.log_snr_range
-        lam = lo + (hi - lo) * torch.rand(len(audio), generator=gen, dtype=torch.float64)
+        lam = sample_log_snr(len(audio), cfg, gen, torch.float64)
         alpha, sigma = _alpha_sigma(lam)
         for name, x0 in (("audio", audio), ("video", video)):
             eps = torch.randn(x0.shape, generator=gen)
@@ -119,25 +169,92 @@ def _dlsm_term(model: nn.Module, bank: DlsmBank, index: Tensor) -> Tensor:
     return ra.pow(2).flatten(1).sum(1).mean() + rv.pow(2).flatten(1).sum(1).mean()
 
 
-def _grouped_logits(
+CleanBatch = tuple[Tensor, Tensor, Tensor, Tensor]  # real audio, real video, fake audio, fake video
+
+
+def _clean_batch(
+    data: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]],
+    cfg: ContinuousTrainConfig,
+    world: ContinuousWorldConfig | None,
+    gen: torch.Generator,
+) -> CleanBatch:
+    """``batch_size`` real pairs and unpaired fake clips: from the training set, or fresh
+    draws of the world (``cfg.fresh_data``; the seeds come from ``gen``)."""
+    n = cfg.batch_size
+    if cfg.fresh_data:
+        if world is None:
+            raise ValueError("fresh_data needs the world's config (world=...)")
+        seeds = torch.randint(2**62, (3,), generator=gen).tolist()
+        real = generate_continuous_clips(n, seeds[0], world)
+        fake_a = generate_continuous_clips(n, seeds[1], world).audio
+        fake_v = generate_continuous_clips(n, seeds[2], world).video
+        return real.audio, real.video, fake_a, fake_v
+    (real_a, real_v), (fake_a, fake_v) = data
+    i = torch.randint(len(real_a), (n,), generator=gen)
+    j, k = (torch.randint(len(fake_a), (n,), generator=gen) for _ in range(2))
+    return real_a[i], real_v[i], fake_a[j], fake_v[k]
+
+
+def info_nce(logits: Tensor) -> Tensor:
+    """Symmetric InfoNCE of a ``(B, B)`` matrix ``h(a_i, v_j)`` whose diagonal holds the real
+    pairs: cross-entropy of each audio over the B videos and of each video over the B audios.
+    Its optimum is ``log r`` plus a constant per row for the first term and per column for the
+    second; the sum pins both, so ``h = log r + const`` and the input-gradient is ``grad log r``."""
+    target = torch.arange(len(logits), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def _group_loss(
     model: nn.Module,
-    real: tuple[Tensor, Tensor],
-    fake: tuple[Tensor, Tensor],
-    rows: tuple[Tensor, Tensor, Tensor],
+    clean: CleanBatch,
     lam: Tensor,
     cfg: ContinuousTrainConfig,
     gen: torch.Generator,
-) -> tuple[Tensor, Tensor]:
-    """Real logits (B,) and all-pairs fake logits, one log-SNR per group."""
-    i, j, k = rows
-    reals, fakes = [], []
-    for g, idx in enumerate(torch.arange(len(i)).chunk(cfg.all_pairs_groups)):
-        lam_g = lam[g].expand(len(idx))
-        a, v = _noise(real[0][i[idx]], lam_g, gen), _noise(real[1][i[idx]], lam_g, gen)
-        reals.append(model(a, v, lam_g, lam_g))
-        fa, fv = _noise(fake[0][j[idx]], lam_g, gen), _noise(fake[1][k[idx]], lam_g, gen)
-        fakes.append(model.cross_logits(fa, fv, lam[g]).flatten())
-    return torch.cat(reals), torch.cat(fakes)
+) -> Tensor:
+    """L_D of one group sharing the log-SNR ``lam`` (0-d), plus ``cfg.grad_penalty`` times the
+    mean squared input-gradient of the real pairs' logits in epsilon units."""
+    real_a, real_v, fake_a, fake_v = clean
+    lam_b = lam.expand(len(real_a))
+    a, v = _noise(real_a, lam_b, gen), _noise(real_v, lam_b, gen)
+    if cfg.grad_penalty > 0:
+        a, v = a.requires_grad_(), v.requires_grad_()
+    if cfg.objective == "infonce":
+        logits = model.cross_logits(a, v, lam)
+        loss, h_real = info_nce(logits), logits.diagonal()
+    else:
+        h_real = model(a, v, lam_b, lam_b)
+        fa, fv = _noise(fake_a, lam_b, gen), _noise(fake_v, lam_b, gen)
+        loss = discriminator_loss(h_real, model.cross_logits(fa, fv, lam).flatten())
+    if cfg.grad_penalty > 0:
+        grads = torch.autograd.grad(h_real.sum(), (a, v), create_graph=True)
+        sigma2 = torch.sigmoid(-lam)
+        norms = sum(g.pow(2).flatten(1).sum(1) for g in grads)
+        loss = loss + cfg.grad_penalty * sigma2 * norms.mean()
+    return loss
+
+
+def _loss_d(
+    model: nn.Module, clean: CleanBatch, cfg: ContinuousTrainConfig, gen: torch.Generator
+) -> Tensor:
+    """L_D of a batch: per-pair fakes at per-pair log-SNRs, or the mean over
+    ``all_pairs_groups`` groups that each share one log-SNR (all-pairs fakes, or InfoNCE)."""
+    if cfg.all_pairs_groups == 0:
+        lam = sample_log_snr(2 * cfg.batch_size, cfg, gen).reshape(2, cfg.batch_size)
+        real_a, real_v, fake_a, fake_v = clean
+        h_real = model(_noise(real_a, lam[0], gen), _noise(real_v, lam[0], gen), lam[0], lam[0])
+        h_fake = model(_noise(fake_a, lam[1], gen), _noise(fake_v, lam[1], gen), lam[1], lam[1])
+        return discriminator_loss(h_real, h_fake)
+    lam = sample_log_snr(cfg.all_pairs_groups, cfg, gen)
+    groups = zip(*(x.chunk(cfg.all_pairs_groups) for x in clean), strict=True)
+    losses = [_group_loss(model, part, lam[g], cfg, gen) for g, part in enumerate(groups)]
+    return torch.stack(losses).mean()
+
+
+def ema_update(average: list[Tensor], params: list[Tensor], decay: float) -> None:
+    """``average <- decay * average + (1 - decay) * params``, in place."""
+    with torch.no_grad():
+        for avg, p in zip(average, params, strict=True):
+            avg.lerp_(p.detach(), 1.0 - decay)
 
 
 def train_continuous_discriminator(
@@ -146,29 +263,23 @@ def train_continuous_discriminator(
     fake: tuple[Tensor, Tensor],
     bank: DlsmBank | None,
     cfg: ContinuousTrainConfig,
+    world: ContinuousWorldConfig | None = None,
 ) -> list[dict[str, float]]:
-    """Adam with a cosine decay on ``L_D + dlsm_weight * L_DLSM``; returns a loss log."""
+    """AdamW with a cosine decay on ``L_D + dlsm_weight * L_DLSM`` (L_DLSM from step
+    ``dlsm_start * steps``); the model ends with the EMA of its weights when
+    ``cfg.ema_decay > 0``. Returns a loss log."""
     gen = torch.Generator().manual_seed(cfg.seed * 104729 + 3)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.steps))
     )
-    lo, hi = cfg.log_snr_range
+    average = [p.detach().clone() for p in params] if cfg.ema_decay > 0 else None
     log: list[dict[str, float]] = []
     for step in range(cfg.steps):
-        i = torch.randint(len(real[0]), (cfg.batch_size,), generator=gen)
-        j, k = (torch.randint(len(fake[0]), (cfg.batch_size,), generator=gen) for _ in range(2))
-        lam = lo + (hi - lo) * torch.rand(2 * cfg.batch_size, generator=gen)
-        lr_, lf = lam[: cfg.batch_size], lam[cfg.batch_size :]
-        h_real = model(_noise(real[0][i], lr_, gen), _noise(real[1][i], lr_, gen), lr_, lr_)
-        if cfg.all_pairs_groups > 0:
-            h_real, h_fake = _grouped_logits(model, real, fake, (i, j, k), lam, cfg, gen)
-        else:
-            h_fake = model(_noise(fake[0][j], lf, gen), _noise(fake[1][k], lf, gen), lf, lf)
-        loss_d = discriminator_loss(h_real, h_fake)
-        loss = loss_d
-        loss_dlsm = torch.zeros(())
-        if bank is not None and cfg.dlsm_weight > 0:
+        loss_d = _loss_d(model, _clean_batch((real, fake), cfg, world, gen), cfg, gen)
+        loss, loss_dlsm = loss_d, torch.zeros(())
+        if bank is not None and cfg.dlsm_weight > 0 and step >= cfg.dlsm_start * cfg.steps:
             rows = torch.randint(len(bank.log_snr), (cfg.dlsm_rows,), generator=gen)
             loss_dlsm = _dlsm_term(model, bank, rows)
             loss = loss + cfg.dlsm_weight * loss_dlsm
@@ -176,6 +287,12 @@ def train_continuous_discriminator(
         loss.backward()
         opt.step()
         sched.step()
+        if average is not None:
+            ema_update(average, params, cfg.ema_decay)
         if step % 50 == 0 or step == cfg.steps - 1:
             log.append({"step": step, "l_d": loss_d.item(), "l_dlsm": loss_dlsm.item()})
+    if average is not None:
+        with torch.no_grad():
+            for p, avg in zip(params, average, strict=True):
+                p.copy_(avg)
     return log
