@@ -1,0 +1,36 @@
+"""The continuous-world benchmark end to end in a few seconds: its rows, settings and report."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "continuous_world.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("continuous_world", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_one_tiny_seed_gives_every_row_and_the_report(bench, tmp_path):
+    run = bench.run_seed(0, pairs=4, steps=3, train_steps=2, codes=4)
+    assert set(run["rows"]) == {"independent", "network", "codebook", "exact_ratio"}
+    for row in run["rows"].values():
+        assert set(row) == set(bench.METRICS)
+        assert all(0.0 <= value <= 1.0 for value in row.values())
+    settings = run["settings"]
+    assert settings["world"] == "continuous" and settings["use_dlsm"] is False
+    assert settings["guidance_scale_audio"] == settings["guidance_scale_video"] == bench.SCALE
+    assert settings["discriminator"] == "SharedLatentDiscriminator"
+    assert [c["noise_level"] for c in run["calibration"]] == list(bench.NOISE_LEVELS)
+    report = bench.aggregate([json.loads(json.dumps(run))])
+    text = bench.markdown(report)
+    for row in bench.ROWS:
+        assert f"| {row} |" in text
+    bench.figure(report, tmp_path / "report.png")
+    assert (tmp_path / "report.png").stat().st_size > 1000
