@@ -1,5 +1,5 @@
-"""The continuous world: a network discriminator trained with L_D + L_DLSM against the exact
-ratio, with ideal base models (the world's exact marginal scores).
+"""The continuous world: a network discriminator (and a codebook one) against the exact ratio,
+with ideal base models (the world's exact marginal scores).
 
 Per seed (data, fakes, discriminator and sampling seeds all change with it): train
 :class:`~mmdisco.discriminator.shared_latent.SharedLatentDiscriminator` with
