@@ -9,15 +9,15 @@ import subprocess
 import sys
 
 import pytest
+import safetensors.torch
 import torch
 from safetensors.torch import save_file
 
-import mmdisco.io as mmdisco_io
 import mmdisco.shards as shards
 import mmdisco.training.fakes as fakes
 from _shrink import ShrinkModel
 from mmdisco.errors import BusyError, NonFiniteError
-from mmdisco.io import DirectoryLock
+from mmdisco.io import DirectoryLock, sha256_file
 from mmdisco.sampling import SamplingConfig, sample_batches
 from mmdisco.training.fakes import generate_fakes, load_fakes
 
@@ -48,7 +48,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
     assert [s["count"] for s in reference["shards"]] == [4, 4, 2]
 
     # Kill 1: while writing shard 1 (the file is half written when the process dies).
-    real_save = mmdisco_io.save_file  # the writer behind save_tensors_atomic
+    real_save = safetensors.torch.save_file  # the writer save_tensors_atomic calls
 
     def dying_save(tensors, path, metadata=None):
         if "shard-00001" in str(path):
@@ -57,11 +57,11 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed")
         real_save(tensors, path, metadata=metadata)
 
-    monkeypatch.setattr(mmdisco_io, "save_file", dying_save)
+    monkeypatch.setattr(safetensors.torch, "save_file", dying_save)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         generate_fakes(*models(), 10, out, **KW)
-    monkeypatch.setattr(mmdisco_io, "save_file", real_save)
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
     names = sorted(p.name for p in out.iterdir())
     assert names == ["manifest.json", "progress-rank0.json", "shard-00000.safetensors"]
     assert [
@@ -156,9 +156,7 @@ def test_non_finite_samples_are_never_cached(tmp_path):
     bad = {"audio": torch.full((4, 2, 3), float("inf")), "video": torch.zeros(4, 3, 2, 2)}
     save_file(bad, tmp_path / "ok" / "shard-00000.safetensors")
     manifest = json.loads((tmp_path / "ok" / "manifest.json").read_text())
-    manifest["shards"][0]["sha256"] = mmdisco_io.sha256_file(
-        tmp_path / "ok" / "shard-00000.safetensors"
-    )
+    manifest["shards"][0]["sha256"] = sha256_file(tmp_path / "ok" / "shard-00000.safetensors")
     (tmp_path / "ok" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(NonFiniteError, match="'audio' holds 24 NaN or infinite values"):
         load_fakes(tmp_path / "ok")
