@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+from mmdisco.discriminator.composite import load_discriminator
 from mmdisco.discriminator.conv_encoders import AudioConvEncoder, VideoConvEncoder, snr_embedding
 from mmdisco.discriminator.shared_latent import SharedLatentConfig, SharedLatentDiscriminator
 from mmdisco.errors import InputError
@@ -122,8 +123,8 @@ def test_video_gradient_depends_on_the_audio() -> None:
 def test_save_and_load_round_trip(tmp_path) -> None:
     model = _model(CONFIG, seed=6)
     model.save_pretrained(tmp_path / "disc")
-    loaded = SharedLatentDiscriminator.from_pretrained(tmp_path / "disc")
-    assert loaded.config == CONFIG
+    loaded = load_discriminator(tmp_path / "disc")  # the one loader knows the kind
+    assert isinstance(loaded, SharedLatentDiscriminator) and loaded.config == CONFIG
     inputs = _inputs(CONFIG)
     with torch.no_grad():
         assert torch.allclose(loaded(*inputs), model(*inputs), atol=1e-6)

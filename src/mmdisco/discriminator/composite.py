@@ -85,12 +85,15 @@ class SummedDiscriminators(nn.Module):
 
 def load_discriminator(directory: str | Path, device: str = "cpu") -> nn.Module:
     """A discriminator saved by ``Discriminator``, :class:`CodebookDiscriminator`,
-    :class:`PooledDiscriminator` or :class:`SummedDiscriminators`, or converted from the
+    :class:`SharedLatentDiscriminator`, :class:`PooledDiscriminator` or
+    :class:`SummedDiscriminators`, or converted from the
     reference release by :func:`mmdisco.discriminator.official.convert_official`: the one
     loader for every saved discriminator."""
     from mmdisco.discriminator.codebook import CodebookDiscriminator, discriminator_kind
     from mmdisco.discriminator.model import Discriminator
     from mmdisco.discriminator.official import OfficialDiscriminator, is_official
+    from mmdisco.discriminator.shared_latent import KIND as SHARED_LATENT
+    from mmdisco.discriminator.shared_latent import SharedLatentDiscriminator
 
     sum_file = Path(directory) / SUM_CONFIG
     if sum_file.exists():
@@ -104,8 +107,11 @@ def load_discriminator(directory: str | Path, device: str = "cpu") -> nn.Module:
     if is_official(directory):
         return OfficialDiscriminator.from_pretrained(directory, device)
     config_file = Path(directory) / "config.json"
-    if config_file.is_file() and discriminator_kind(read_json_object(config_file)) == "codebook":
+    config = read_json_object(config_file) if config_file.is_file() else {}
+    if discriminator_kind(config) == "codebook":
         return CodebookDiscriminator.from_pretrained(directory, device)
+    if config.get("discriminator_type") == SHARED_LATENT:
+        return SharedLatentDiscriminator.from_pretrained(directory, device)
     disc = Discriminator.from_pretrained(directory, device)
     pool_file = Path(directory) / POOL_CONFIG
     if pool_file.exists():
