@@ -40,7 +40,7 @@ the noise levels that guide.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmdisco.diffusion import LOG_SNR_LIMIT
+from mmdisco.discriminator.config import config_from_tagged_dict, tagged_config_dict
 from mmdisco.io import PretrainedMixin
 
 KIND = "codebook"
@@ -112,20 +113,11 @@ class CodebookConfig:
         return (c, f, h // self.video_pool, w // self.video_pool)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["audio_shape"], d["video_shape"] = list(self.audio_shape), list(self.video_shape)
-        return {"discriminator_type": KIND, **d}
+        return tagged_config_dict(self, KIND)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CodebookConfig:
-        data = dict(data)
-        kind = data.pop("discriminator_type", KIND)
-        if kind != KIND:
-            raise ValueError(f"not a codebook discriminator config (discriminator_type={kind!r})")
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown CodebookConfig field(s): {', '.join(unknown)}")
-        return cls(**data)
+        return config_from_tagged_dict(cls, data, KIND)
 
 
 def kmeans(

@@ -248,3 +248,24 @@ def _checked_fields(changes: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise InputError(f"unknown DiscriminatorConfig field(s): {', '.join(unknown)}")
     return changes
+
+
+def tagged_config_dict(config: Any, kind: str) -> dict[str, Any]:
+    """A shape-carrying discriminator config as JSON data, tagged with its ``kind`` (the
+    ``discriminator_type`` that :func:`mmdisco.discriminator.load_discriminator` reads)."""
+    data = asdict(config)
+    data["audio_shape"], data["video_shape"] = list(config.audio_shape), list(config.video_shape)
+    return {"discriminator_type": kind, **data}
+
+
+def config_from_tagged_dict(cls: Any, data: dict[str, Any], kind: str) -> Any:
+    """``cls`` from what :func:`tagged_config_dict` wrote; another kind or an unknown field is
+    a ``ValueError`` naming it."""
+    data = dict(data)
+    found = data.pop("discriminator_type", kind)
+    if found != kind:
+        raise ValueError(f"not a {kind} discriminator config (discriminator_type={found!r})")
+    unknown = sorted(set(data) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    return cls(**data)

@@ -153,12 +153,8 @@ class Discriminator(PretrainedMixin, nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         self._check_inputs(audio, video)
         batch = audio.shape[0]
-        emb_audio = self.time_audio(
-            _per_sample(log_snr_audio, batch, "log_snr_audio", audio.device)
-        )
-        emb_video = self.time_video(
-            _per_sample(log_snr_video, batch, "log_snr_video", video.device)
-        )
+        emb_audio = self.time_audio(per_sample(log_snr_audio, batch, "log_snr_audio", audio.device))
+        emb_video = self.time_video(per_sample(log_snr_video, batch, "log_snr_video", video.device))
         if text_drop is not None and self.training:
             drop = text_drop.to(audio.device, torch.bool).reshape(batch)
         else:
@@ -236,7 +232,8 @@ class Discriminator(PretrainedMixin, nn.Module):
             return sum(p.numel() for p in cls(config).parameters())
 
 
-def _per_sample(t: Tensor | float, batch: int, name: str, device: torch.device) -> Tensor:
+def per_sample(t: Tensor | float, batch: int, name: str, device: torch.device) -> Tensor:
+    """``t`` (a scalar or one value per sample) as ``(batch,)`` float32 on ``device``."""
     t = torch.as_tensor(t, dtype=torch.float32, device=device).reshape(-1)
     if t.numel() == 1:
         return t.expand(batch)

@@ -32,13 +32,15 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from mmdisco.discriminator.config import config_from_tagged_dict, tagged_config_dict
 from mmdisco.discriminator.conv_encoders import AudioConvEncoder, VideoConvEncoder, snr_embedding
+from mmdisco.discriminator.model import per_sample
 from mmdisco.io import PretrainedMixin
 
 KIND = "shared_latent"
@@ -84,22 +86,11 @@ class SharedLatentConfig:
         object.__setattr__(self, "video_shape", tuple(self.video_shape))
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["audio_shape"], d["video_shape"] = list(self.audio_shape), list(self.video_shape)
-        return {"discriminator_type": KIND, **d}
+        return tagged_config_dict(self, KIND)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SharedLatentConfig:
-        data = dict(data)
-        kind = data.pop("discriminator_type", KIND)
-        if kind != KIND:
-            raise ValueError(
-                f"not a shared-latent discriminator config (discriminator_type={kind!r})"
-            )
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown SharedLatentConfig field(s): {', '.join(unknown)}")
-        return cls(**data)
+        return config_from_tagged_dict(cls, data, KIND)
 
 
 class CodeScale(nn.Module):
@@ -198,12 +189,8 @@ class SharedLatentDiscriminator(PretrainedMixin, nn.Module):
         if cond:
             raise ValueError(f"SharedLatentDiscriminator is unconditional; got {sorted(cond)}")
         batch = audio.shape[0]
-        snr_a = (
-            torch.as_tensor(log_snr_audio, device=audio.device).float().reshape(-1).expand(batch)
-        )
-        snr_v = (
-            torch.as_tensor(log_snr_video, device=video.device).float().reshape(-1).expand(batch)
-        )
+        snr_a = per_sample(log_snr_audio, batch, "log_snr_audio", audio.device)
+        snr_v = per_sample(log_snr_video, batch, "log_snr_video", video.device)
         codes_a, time_a = self.audio_encoder(audio.float(), snr_a)
         codes_v, time_v = self.video_encoder(video.float(), snr_v)
         return self.head(codes_a, codes_v, time_a, time_v)
@@ -227,8 +214,8 @@ class SharedLatentDiscriminator(PretrainedMixin, nn.Module):
         """``h(a_i, v_j)`` for every i, j at one shared log-SNR per row/column pair:
         ``(Ba, Bv)``; the audio's and the video's log-SNR must be equal wherever paired, so
         ``log_snr`` is one value (a 0-d or 1-element tensor)."""
-        snr_a = torch.as_tensor(log_snr).float().reshape(-1).expand(len(audio))
-        snr_v = torch.as_tensor(log_snr).float().reshape(-1).expand(len(video))
+        snr_a = per_sample(log_snr, len(audio), "log_snr", audio.device)
+        snr_v = per_sample(log_snr, len(video), "log_snr", video.device)
         codes_a, time_a = self.audio_encoder(audio.float(), snr_a)
         codes_v, time_v = self.video_encoder(video.float(), snr_v)
         if time_a is not None and time_v is not None:
