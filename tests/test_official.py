@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -457,6 +458,27 @@ def test_cli_converts_a_full_size_release(tmp_path):
     assert "does not match the release config" in bad.output
 
 
+# A tiny release discriminator for AudioLDM + AnimateDiff latents (4 channels each, text 32).
+TINY_AUDIOLDM_RELEASE = OfficialConfig(
+    video_channels=4,
+    audio_channels=4,
+    channels=32,
+    channel_mult=(1, 2),
+    blocks_per_level=1,
+    time_embed_dim=32,
+    text_dim_video=32,
+    text_dim_audio=32,
+    schedule={"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+)
+
+
+def save_tiny_audioldm_release(tmp_path: Path) -> Path:
+    """A random checkpoint of :data:`TINY_AUDIOLDM_RELEASE` in the release's format."""
+    checkpoint = tmp_path / "release.pt"
+    torch.save(random_release_state(TINY_AUDIOLDM_RELEASE, seed=3), checkpoint)
+    return checkpoint
+
+
 def test_sampling_audioldm_animatediff_with_a_release_discriminator(tmp_path):
     """The documented path: a converted release discriminator guides AudioLDM + AnimateDiff
     through the experiment config, with CFG on its term against the empty prompt's tokens."""
@@ -466,19 +488,7 @@ def test_sampling_audioldm_animatediff_with_a_release_discriminator(tmp_path):
     from mmdisco.config import ConfigError, load_experiment
     from mmdisco.experiment import sample_from_config
 
-    config = OfficialConfig(
-        video_channels=4,
-        audio_channels=4,
-        channels=32,
-        channel_mult=(1, 2),
-        blocks_per_level=1,
-        time_embed_dim=32,
-        text_dim_video=32,
-        text_dim_audio=32,
-        schedule={"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
-    )
-    checkpoint = tmp_path / "release.pt"
-    torch.save(random_release_state(config, seed=3), checkpoint)
+    config, checkpoint = TINY_AUDIOLDM_RELEASE, save_tiny_audioldm_release(tmp_path)
     convert_official(checkpoint, config, tmp_path / "disc")
     data = audioldm_animatediff_experiment(
         tmp_path,
@@ -531,19 +541,7 @@ def test_sampling_with_a_converted_release_uses_the_releases_settings(
     from mmdisco.config import load_experiment
     from mmdisco.pipeline import MMDisCoPipeline
 
-    config = OfficialConfig(
-        video_channels=4,
-        audio_channels=4,
-        channels=32,
-        channel_mult=(1, 2),
-        blocks_per_level=1,
-        time_embed_dim=32,
-        text_dim_video=32,
-        text_dim_audio=32,
-        schedule={"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
-    )
-    checkpoint = tmp_path / "release.pt"
-    torch.save(random_release_state(config, seed=3), checkpoint)
+    config, checkpoint = TINY_AUDIOLDM_RELEASE, save_tiny_audioldm_release(tmp_path)
     disc_dir = tmp_path / "disc"
     convert_official(checkpoint, config, disc_dir)
     write_release_sampling(disc_dir, "audioldm_animediff_vggsound")  # as convert-official does
