@@ -15,6 +15,7 @@ from mmdisco.world.continuous_training import (
     ema_update,
     exact_eps,
     info_nce,
+    info_nce_generated,
     sample_log_snr,
     train_continuous_discriminator,
     training_data,
@@ -86,6 +87,58 @@ def test_info_nce_matches_a_hand_computed_value() -> None:
     assert info_nce(logits).item() == pytest.approx(expected, rel=1e-6)
     # adding a constant per row and per column changes one direction's loss, not log r's
     assert info_nce(logits + 3.0).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_info_nce_generated_matches_a_hand_computed_value() -> None:
+    # rows: real audio 0, fake audio; columns: real video 0, fake videos 1, 2
+    logits = torch.tensor([[2.0, 0.5, -1.0], [1.0, 7.0, 7.0]])
+    by_audio = -2.0 + math.log(math.exp(2.0) + math.exp(0.5) + math.exp(-1.0))
+    by_video = -2.0 + math.log(math.exp(2.0) + math.exp(1.0))  # the fake audio is row 1
+    expected = 0.5 * (by_audio + by_video)
+    assert info_nce_generated(logits, 1).item() == pytest.approx(expected, rel=1e-6)
+    # fake-with-fake logits (7.0) are not used
+    logits[1, 1:] = -3.0
+    assert info_nce_generated(logits, 1).item() == pytest.approx(expected, rel=1e-6)
+
+
+def _learnt_table(negatives: str, joint: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """A free table ``h[a, v]`` trained by symmetric InfoNCE on a discrete world: real pairs
+    from ``joint``, fake audio and video from the rows of ``fake`` (imperfect base models)."""
+    gen = torch.Generator().manual_seed(0)
+    table = torch.zeros(joint.shape, requires_grad=True)
+    opt = torch.optim.Adam([table], lr=0.05)
+    decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / 600)
+    k = joint.shape[0]
+    for _ in range(600):
+        pair = torch.multinomial(joint.flatten(), 256, replacement=True, generator=gen)
+        a, v = pair // k, pair % k
+        fa = torch.multinomial(fake[0], 256, replacement=True, generator=gen)
+        fv = torch.multinomial(fake[1], 256, replacement=True, generator=gen)
+        if negatives == "real":
+            loss = info_nce(table[a][:, v])
+        else:
+            loss = info_nce_generated(table[torch.cat([a, fa])][:, torch.cat([v, fv])], 256)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        decay.step()
+    return table.detach()
+
+
+def test_info_nce_with_generated_negatives_learns_mmdiscos_ratio() -> None:
+    joint = torch.tensor([[0.30, 0.05, 0.05], [0.02, 0.20, 0.03], [0.05, 0.05, 0.25]])
+    fake = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])  # p_theta(a), p_theta(v)
+    mmdisco = joint.log() - fake[0].log()[:, None] - fake[1].log()[None]
+    data = joint.log() - joint.sum(1).log()[:, None] - joint.sum(0).log()[None]
+
+    def centred(h: torch.Tensor) -> torch.Tensor:
+        return h - h.mean()
+
+    assert (centred(mmdisco) - centred(data)).abs().max() > 0.5  # the two targets differ
+    generated = _learnt_table("fake", joint, fake)
+    assert torch.allclose(centred(generated), centred(mmdisco), atol=0.15)
+    real = _learnt_table("real", joint, fake)
+    assert torch.allclose(centred(real), centred(data), atol=0.15)
 
 
 def test_ema_update_is_the_exponential_average() -> None:
@@ -178,6 +231,7 @@ def test_dlsm_switches_on_at_dlsm_start() -> None:
         ({"objective": "infonce", "all_pairs_groups": 0}, "needs all_pairs_groups"),
         ({"all_pairs_groups": 8, "batch_size": 8}, "fewer than 2 pairs"),
         ({"noise_sampling": "edm"}, "noise_sampling must be"),
+        ({"negatives": "both"}, "negatives must be"),
         (
             {"grad_penalty": 1.0, "all_pairs_groups": 0, "objective": "bce"},
             "grad_penalty needs all_pairs_groups",
@@ -218,15 +272,23 @@ class _Linear(torch.nn.Module):
         return (a.flatten(1) @ self.c)[:, None] + (v.flatten(1) @ self.d)[None]
 
 
-@pytest.mark.parametrize("objective", ["bce", "infonce"])
-def test_grad_penalty_adds_sigma_squared_times_the_gradient_norm(objective: str) -> None:
+@pytest.mark.parametrize(
+    ("objective", "negatives"), [("bce", "fake"), ("infonce", "fake"), ("infonce", "real")]
+)
+def test_grad_penalty_adds_sigma_squared_times_the_gradient_norm(
+    objective: str, negatives: str
+) -> None:
     real, fake = training_data(SMALL, ContinuousTrainConfig(num_real=4, num_fake=4))
     clean = (*real, *fake)
     lam = torch.tensor(0.7)
     losses = []
     for weight in (0.0, 0.5):
         cfg = ContinuousTrainConfig(
-            batch_size=4, all_pairs_groups=1, objective=objective, grad_penalty=weight
+            batch_size=4,
+            all_pairs_groups=1,
+            objective=objective,
+            negatives=negatives,
+            grad_penalty=weight,
         )
         gen = torch.Generator().manual_seed(0)
         losses.append(_group_loss(_Linear(), clean, lam, cfg, gen).item())

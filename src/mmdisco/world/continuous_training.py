@@ -8,8 +8,9 @@ real pair (the role of :mod:`mmdisco.training.bank` for real models).
 The batch is split into ``all_pairs_groups`` groups that each share one noise level, drawn
 fresh at every step (uniform in log-SNR or in the schedule's time). Within a group the
 objective is L_D over the real pairs and all (audio, video) pairs of the fake clips, or a
-symmetric InfoNCE over the real pairs (:func:`info_nce`: every other pair of the group is a
-negative, so no fake clip is needed). Options: an input-gradient penalty, L_DLSM from a
+symmetric InfoNCE whose negatives are the fake clips (:func:`info_nce_generated`: MMDisCo's
+ratio ``p(a, v) / (p_theta(a) p_theta(v))``) or the group's other real pairs (:func:`info_nce`:
+the data's ``p(a, v) / (p(a) p(v))``, the same ratio only for ideal base models). Options: an input-gradient penalty, L_DLSM from a
 given fraction of the steps, AdamW weight decay, an EMA of the weights, and fresh clips of
 the world at every step instead of a fixed training set.
 """
@@ -47,9 +48,11 @@ class ContinuousTrainConfig:
     all_pairs_groups: int = 8
     log_snr_range: tuple[float, float] = LOG_SNR_RANGE
     seed: int = 0
-    # "bce": L_D (real vs fake pairs); "infonce": symmetric InfoNCE over the real pairs of each
-    # group (the other pairs of the group are the negatives; needs all_pairs_groups > 0)
+    # "bce": L_D (real vs fake pairs); "infonce": symmetric InfoNCE within each group (needs
+    # all_pairs_groups > 0) with ``negatives``: "fake", the group's generated clips (learns
+    # MMDisCo's ratio), or "real", the group's other real pairs (learns the data's; no fakes)
     objective: str = "infonce"
+    negatives: str = "fake"
     fresh_data: bool = False  # fresh world clips every step instead of the training set
     weight_decay: float = 1.0  # AdamW's (decoupled: each step shrinks weights by lr * this)
     ema_decay: float = 0.0  # > 0: the trained model gets the EMA of its weights
@@ -62,6 +65,8 @@ class ContinuousTrainConfig:
     def __post_init__(self) -> None:
         if self.objective not in ("bce", "infonce"):
             raise ValueError(f"objective must be 'bce' or 'infonce', got {self.objective!r}")
+        if self.negatives not in ("fake", "real"):
+            raise ValueError(f"negatives must be 'fake' or 'real', got {self.negatives!r}")
         if self.noise_sampling not in ("log_snr", "time"):
             raise ValueError(
                 f"noise_sampling must be 'log_snr' or 'time', got {self.noise_sampling!r}"
@@ -204,6 +209,22 @@ def info_nce(logits: Tensor) -> Tensor:
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
+def info_nce_generated(logits: Tensor, n_real: int) -> Tensor:
+    """Symmetric InfoNCE with generated negatives, from ``h`` of every pair of ``n_real``
+    real clips followed by the fake clips, audio along the rows and video along the columns:
+    each real audio scores its own video against the fake videos, each real video its own
+    audio against the fake audios. The first term's optimum is ``log p(v | a) / p_theta(v)
+    + c(a)``, the second's ``log p(a | v) / p_theta(a) + c'(v)``; the one ``h`` that is both
+    is ``log p(a, v) / (p_theta(a) p_theta(v)) + const``, the ratio MMDisCo guides with,
+    which includes each base model's own error."""
+    n = n_real
+    own = logits[:n, :n].diagonal()[:, None]
+    by_audio = torch.cat([own, logits[:n, n:]], dim=1)
+    by_video = torch.cat([own, logits[n:, :n].T], dim=1)
+    target = torch.zeros(n, dtype=torch.long, device=logits.device)
+    return 0.5 * (F.cross_entropy(by_audio, target) + F.cross_entropy(by_video, target))
+
+
 def _group_loss(
     model: nn.Module,
     clean: CleanBatch,
@@ -218,9 +239,15 @@ def _group_loss(
     a, v = _noise(real_a, lam_b, gen), _noise(real_v, lam_b, gen)
     if cfg.grad_penalty > 0:
         a, v = a.requires_grad_(), v.requires_grad_()
-    if cfg.objective == "infonce":
+    if cfg.objective == "infonce" and cfg.negatives == "real":
         logits = model.cross_logits(a, v, lam)
         loss, h_real = info_nce(logits), logits.diagonal()
+    elif cfg.objective == "infonce":
+        lam_f = lam.expand(len(fake_a))
+        fa, fv = _noise(fake_a, lam_f, gen), _noise(fake_v, lam_f, gen)
+        logits = model.cross_logits(torch.cat([a, fa]), torch.cat([v, fv]), lam)
+        n = len(a)
+        loss, h_real = info_nce_generated(logits, n), logits[:n, :n].diagonal()
     else:
         h_real = model(a, v, lam_b, lam_b)
         fa, fv = _noise(fake_a, lam_b, gen), _noise(fake_v, lam_b, gen)
