@@ -76,6 +76,7 @@ RECIPES = {
         lr=2e-3,
         batch_size=128,
         objective="infonce",
+        negatives="real",  # as measured on seeds 10-12; "fake" gives the same ratio here
         noise_sampling="log_snr",
         weight_decay=0.0,
     ),

@@ -10,9 +10,10 @@ fresh at every step (uniform in log-SNR or in the schedule's time). Within a gro
 objective is L_D over the real pairs and all (audio, video) pairs of the fake clips, or a
 symmetric InfoNCE whose negatives are the fake clips (:func:`info_nce_generated`: MMDisCo's
 ratio ``p(a, v) / (p_theta(a) p_theta(v))``) or the group's other real pairs (:func:`info_nce`:
-the data's ``p(a, v) / (p(a) p(v))``, the same ratio only for ideal base models). Options: an input-gradient penalty, L_DLSM from a
-given fraction of the steps, AdamW weight decay, an EMA of the weights, and fresh clips of
-the world at every step instead of a fixed training set.
+the data's ``p(a, v) / (p(a) p(v))``, the same ratio only for ideal base models). Options:
+an input-gradient penalty, L_DLSM from a given fraction of the steps, AdamW weight decay, an
+EMA of the weights, and fresh clips of the world at every step instead of a fixed training
+set.
 """
 
 from __future__ import annotations
