@@ -21,7 +21,7 @@ def demo_cmd(
         str,
         typer.Option(
             help="continuous: a network discriminator against the exact ratio of a world with "
-            "a continuum of clips (about 4 minutes); finite: the 264-clip world with trained "
+            "a continuum of clips (about 5 minutes); finite: the 264-clip world with trained "
             "base models and a codebook discriminator"
         ),
     ] = "continuous",
