@@ -1,4 +1,5 @@
-"""`mmdisco demo --quick`: the whole pipeline end to end on the world (a minute-scale run)."""
+"""`mmdisco demo --world finite --quick`: the whole pipeline end to end on the finite world (a
+minute-scale run)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ def test_quick_demo_writes_a_complete_report(tmp_path):
     out = tmp_path / "demo"
     threads = torch.get_num_threads()  # the command sets it; give it back to the test process
     try:
-        result = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick"])
+        args = ["demo", "--world", "finite", "--out", str(out), "--quick"]
+        result = CliRunner().invoke(app, args)
         first = (out / "report.json").read_text()
-        again = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick"])
+        again = CliRunner().invoke(app, args)
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output + repr(result.exception)

@@ -1,4 +1,5 @@
-"""The end-to-end MMDisCo demo on the synthetic audio-visual world (`mmdisco demo`).
+"""The end-to-end MMDisCo demo on the finite synthetic audio-visual world
+(`mmdisco demo --world finite`; the continuous world's is :mod:`mmdisco.world.continuous_demo`).
 
 Two frozen base models, each trained on one modality of the world, generate valid audio and
 valid video that do not agree: the class (colour vs pitch) and the impact times are

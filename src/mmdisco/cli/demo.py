@@ -1,4 +1,5 @@
-"""`mmdisco demo`: the whole method on the synthetic audio-visual world, in minutes on a CPU."""
+"""`mmdisco demo`: the whole method on a synthetic audio-visual world (the continuous one by
+default, ``--world finite`` for the finite one), in minutes on a CPU."""
 
 from __future__ import annotations
 
@@ -8,27 +9,46 @@ from typing import Annotated
 import typer
 
 from mmdisco.cli import app
-from mmdisco.errors import check_int
+from mmdisco.errors import InputError, check_choice, check_int
+
+WORLDS = ("continuous", "finite")
 
 
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option(help="output directory")] = Path("outputs/demo"),
+    world: Annotated[
+        str,
+        typer.Option(
+            help="continuous: a network discriminator against the exact ratio of a world with "
+            "a continuum of clips (about 5 minutes); finite: the 264-clip world with trained "
+            "base models and a codebook discriminator"
+        ),
+    ] = "continuous",
     quick: Annotated[
         bool, typer.Option(help="a tiny run (under a minute) that checks the pipeline")
     ] = False,
     seed: Annotated[int, typer.Option(help="seed of data, fakes, training and sampling")] = 0,
+    guidance_scale: Annotated[
+        float | None,
+        typer.Option(
+            help="continuous world: the network's scale on both modalities, in [0.5, 2] "
+            "(default: the demo's)"
+        ),
+    ] = None,
     models_dir: Annotated[
         Path | None,
         typer.Option(
-            help="world base models (audio/ and video/ inside); default: the shipped ones"
+            help="finite world: base models (audio/ and video/ inside); default: the shipped ones"
         ),
     ] = None,
     guidance_scale_audio: Annotated[
-        float | None, typer.Option(help="guidance scale of the audio (default: the demo's)")
+        float | None,
+        typer.Option(help="finite world: guidance scale of the audio (default: the demo's)"),
     ] = None,
     guidance_scale_video: Annotated[
-        float | None, typer.Option(help="guidance scale of the video (default: the demo's)")
+        float | None,
+        typer.Option(help="finite world: guidance scale of the video (default: the demo's)"),
     ] = None,
     train_steps: Annotated[
         int | None,
@@ -44,23 +64,82 @@ def demo_cmd(
         ),
     ] = 1,
 ) -> None:
-    """Fakes, one discriminator (L_D + L_DLSM), sampling unguided, guided and with the exact
-    ratio, calibration against the exact ratio, evaluation and a report."""
-    import dataclasses
-
+    """The method end to end on a synthetic audio-visual world: fakes, one discriminator,
+    sampling unguided, guided and with the exact ratio, calibration against the exact ratio,
+    evaluation and a report."""
     import torch
 
-    from mmdisco.demo import DemoSettings, render_markdown, run_demo
-
+    check_choice("world", world, WORLDS)
     check_int("threads", threads, 0)
     if train_steps is not None:
         check_int("train_steps", train_steps, 1)
+    other_world = (
+        {"guidance_scale": guidance_scale}
+        if world == "finite"
+        else {
+            "models_dir": models_dir,
+            "guidance_scale_audio": guidance_scale_audio,
+            "guidance_scale_video": guidance_scale_video,
+        }
+    )
+    for name, value in other_world.items():
+        if value is not None:
+            raise InputError(f"applies to the other world, not --world {world}", name)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if world == "continuous":
+        text = _continuous_demo(out, seed, guidance_scale, train_steps, quick=quick)
+    else:
+        scales = (guidance_scale_audio, guidance_scale_video)
+        text = _finite_demo(out, seed, models_dir, scales, train_steps, quick=quick)
+    typer.echo(text)
+    typer.echo(f"report: {out / 'report.json'}, {out / 'report.md'}")
+
+
+def _continuous_demo(
+    out: Path,
+    seed: int,
+    guidance_scale: float | None,
+    train_steps: int | None,
+    *,
+    quick: bool,
+) -> str:
+    import dataclasses
+
+    from mmdisco.world.continuous_demo import (
+        ContinuousDemoSettings,
+        render_markdown,
+        run_continuous_demo,
+    )
+
+    settings = ContinuousDemoSettings.quick() if quick else ContinuousDemoSettings()
+    changes: dict = {"seed": seed}
+    if guidance_scale is not None:
+        changes["guidance_scale"] = guidance_scale
+    if train_steps is not None:
+        changes["recipe"] = dataclasses.replace(settings.recipe, steps=train_steps)
+    settings = dataclasses.replace(settings, **changes)  # checks every number again
+    return render_markdown(run_continuous_demo(out, settings))
+
+
+def _finite_demo(
+    out: Path,
+    seed: int,
+    models_dir: Path | None,
+    scales: tuple[float | None, float | None],
+    train_steps: int | None,
+    *,
+    quick: bool,
+) -> str:
+    import dataclasses
+
+    from mmdisco.demo import DemoSettings, render_markdown, run_demo
+
     settings = DemoSettings.quick() if quick else DemoSettings()
     changes: dict = {"seed": seed, "models_dir": None if models_dir is None else str(models_dir)}
-    if guidance_scale_audio is not None:
-        changes["guidance_scale_audio"] = guidance_scale_audio
-    if guidance_scale_video is not None:
-        changes["guidance_scale_video"] = guidance_scale_video
+    for modality, scale in zip(("audio", "video"), scales, strict=True):
+        if scale is not None:
+            changes[f"guidance_scale_{modality}"] = scale
     if train_steps is not None:  # every discriminator, per-head step counts included
         changes["codebook_train"] = dataclasses.replace(settings.codebook_train, steps=train_steps)
         changes["train"] = dataclasses.replace(settings.train, steps=train_steps)
@@ -69,11 +148,8 @@ def demo_cmd(
             for head, c in settings.head_train.items()
         }
     settings = dataclasses.replace(settings, **changes)  # checks every number again
-    if threads > 0:
-        torch.set_num_threads(threads)
     report = run_demo(out, settings)
-    typer.echo(render_markdown(report).split("\nSettings:")[0])
-    typer.echo(f"report: {out / 'report.json'}, {out / 'report.md'}")
+    return render_markdown(report).split("\nSettings:")[0]
 
 
 @app.command("build-world-pipeline")

@@ -1,0 +1,276 @@
+"""What the continuous world's benchmark (``benchmarks/continuous_world.py``) and its demo
+(:mod:`mmdisco.world.continuous_demo`) share: the networks and their recipes, training one,
+scoring guided samples, calibrating against the exact ratio, and the report's tables and
+figure.
+
+A run (one seed) is a dict ``{"seed", "rows", "calibration", "train_seconds", "settings"}``:
+``rows`` maps a sampler (``independent``, ``network``, ``exact_ratio``, ...) to its
+:data:`METRICS`, ``calibration`` is :func:`mmdisco.world.calibration.calibrate`'s list at
+:data:`NOISE_LEVELS`. :func:`aggregate` turns runs into a report (means and stds over seeds)
+that :func:`tables` and :func:`figure` draw.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mmdisco.diffusion import schedule_from_scheduler_config
+from mmdisco.discriminator.shared_latent import SharedLatentConfig, SharedLatentDiscriminator
+from mmdisco.io import atomic_path
+from mmdisco.world.calibration import calibrate
+from mmdisco.world.continuous import ContinuousWorldConfig, generate_continuous_clips
+from mmdisco.world.continuous_detectors import (
+    ContinuousDetection,
+    agreement,
+    continuous_chance_levels,
+    copy_flags,
+    detect_continuous,
+)
+from mmdisco.world.continuous_ratio import ContinuousWorldTerms
+from mmdisco.world.continuous_training import (
+    ContinuousTrainConfig,
+    dlsm_bank,
+    train_continuous_discriminator,
+)
+from mmdisco.world.models import SCHEDULER_CONFIG
+
+METRICS = ("semantic", "temporal", "validity_audio", "validity_video", "copy_rate")
+NOISE_LEVELS = (0.3, 0.5, 0.7, 0.9)
+CALIBRATION_KEYS = (
+    *("cos_audio", "cos_video", "frac_video"),
+    *("logit_corr", "accuracy", "bayes_accuracy"),
+)
+# The networks to choose from: SharedLatentConfig fields beyond the shapes
+NETWORKS: dict[str, dict[str, Any]] = {
+    "mlp": {"num_codes": 64, "num_factors": 2, "width": 256, "depth": 2, "head": "bilinear"},
+    "conv": {
+        "num_codes": 64,
+        "num_factors": 2,
+        "width": 32,
+        "depth": 2,
+        "frame_depth": 1,
+        "head": "aligned",
+        "encoder": "conv",
+        "video_pool": "mean",
+    },
+}
+# Each network's best recipe on the tuning seeds (docs/training_the_discriminator.md): the
+# conv network with symmetric InfoNCE in 8 groups of 16, the MLP with the training defaults
+RECIPES = {
+    "conv": ContinuousTrainConfig(
+        steps=8000,
+        lr=2e-3,
+        batch_size=128,
+        objective="infonce",
+        negatives="real",  # as measured on seeds 10-12; "fake" gives the same ratio here
+        noise_sampling="log_snr",
+        weight_decay=0.0,
+    ),
+    "mlp": ContinuousTrainConfig(),
+}
+SCALE = 2.0  # the network's guidance scale on both modalities (best of 0.5 / 1 / 2 on seeds 0, 1)
+SCALE_RANGE = (0.5, 2.0)  # the scales the method's claim allows (issue 18)
+# Seeds of the held-out clips that calibrate a network: real pairs, fake audio, fake video
+CALIBRATION_SEED_OFFSETS = (400_000, 500_000, 600_000)
+
+
+def score(
+    audio: Tensor,
+    video: Tensor,
+    terms: ContinuousWorldTerms,
+    training: dict[str, ContinuousDetection],
+) -> dict[str, float]:
+    """Agreement, validity and copy rate (mean over the audio and the video clips)."""
+    da, dv = detect_continuous(audio, "audio", terms), detect_continuous(video, "video", terms)
+    agree = agreement(da, dv, terms.config)
+    copies = [
+        copy_flags(d, training[m], m, terms.config) for m, d in (("audio", da), ("video", dv))
+    ]
+    return {
+        "semantic": float(agree["semantic"].double().mean()),
+        "temporal": float(agree["temporal"].double().mean()),
+        "validity_audio": float(da.valid.double().mean()),
+        "validity_video": float(dv.valid.double().mean()),
+        "copy_rate": float(torch.cat(copies).double().mean()),
+    }
+
+
+def training_detections(
+    real: tuple[Tensor, Tensor], terms: ContinuousWorldTerms
+) -> dict[str, ContinuousDetection]:
+    """The training clips' detections, which :func:`score`'s copy rate compares against."""
+    return {
+        "audio": detect_continuous(real[0], "audio", terms),
+        "video": detect_continuous(real[1], "video", terms),
+    }
+
+
+def train_network(
+    terms: ContinuousWorldTerms,
+    real: tuple[Tensor, Tensor],
+    fake: tuple[Tensor, Tensor],
+    cfg: ContinuousTrainConfig,
+    network: str,
+) -> tuple[SharedLatentDiscriminator, float]:
+    """The network ``NETWORKS[network]``, initialised from ``cfg.seed`` and trained with
+    :func:`train_continuous_discriminator` (with an exact L_DLSM bank when
+    ``cfg.dlsm_weight > 0``); returns it frozen, and the seconds it took."""
+    config = terms.config
+    start = time.perf_counter()
+    bank = dlsm_bank(terms, *real, cfg) if cfg.dlsm_weight > 0 else None
+    shared = SharedLatentConfig(config.audio_shape, config.video_shape, **NETWORKS[network])
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation, global state untouched
+        torch.manual_seed(cfg.seed)
+        model = SharedLatentDiscriminator(shared)
+    train_continuous_discriminator(model, real, fake, bank, cfg)
+    model.eval().requires_grad_(False)
+    return model, time.perf_counter() - start
+
+
+def calibrate_network(
+    model: SharedLatentDiscriminator,
+    exact: torch.nn.Module,
+    config: ContinuousWorldConfig,
+    pairs: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """:func:`calibrate` at :data:`NOISE_LEVELS` on ``pairs`` held-out real pairs and as many
+    independent (fake) pairs, clips no training set of ``seed`` contains."""
+    real_seed, audio_seed, video_seed = (offset + seed for offset in CALIBRATION_SEED_OFFSETS)
+    held = generate_continuous_clips(pairs, real_seed, config)
+    fake_a = generate_continuous_clips(pairs, audio_seed, config).audio
+    fake_v = generate_continuous_clips(pairs, video_seed, config).video
+    schedule = schedule_from_scheduler_config(SCHEDULER_CONFIG)
+    return calibrate(
+        model,
+        exact,
+        (held.audio, held.video),
+        (fake_a, fake_v),
+        schedule,
+        schedule,
+        noise_levels=NOISE_LEVELS,
+        seed=seed,
+    )
+
+
+def run_settings(
+    pairs: int,
+    steps: int,
+    cfg: ContinuousTrainConfig,
+    network: str,
+    scale: float,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A run's ``settings``: the world, the sampler, the network and its recipe; ``extra``
+    (what only one caller has) goes after the discriminator's name."""
+    return {
+        "world": "continuous",
+        "world_config": ContinuousWorldConfig().to_dict(),
+        "base_models": "exact marginal scores of the world (ideal base models)",
+        "pairs": pairs,
+        "sampling_steps": steps,
+        "guidance_scale_audio": scale,
+        "guidance_scale_video": scale,
+        "use_dlsm": cfg.dlsm_weight > 0,
+        "discriminator": SharedLatentDiscriminator.__name__,
+        **extra,
+        "network": {"name": network, **NETWORKS[network]},
+        "training": cfg.to_dict(),
+        "chance": continuous_chance_levels(),
+    }
+
+
+def _mean_std(values: list[float | None]) -> dict[str, Any]:
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return {"mean": None, "std": None, "n": 0}
+    std = statistics.stdev(present) if len(present) > 1 else 0.0
+    return {"mean": statistics.fmean(present), "std": std, "n": len(present)}
+
+
+def aggregate(runs: list[dict[str, Any]], rows: Sequence[str]) -> dict[str, Any]:
+    """Means and stds over the runs (seeds) of each of ``rows``' metrics (the report's rows,
+    in this order) and of every calibration measure."""
+    stats = {
+        row: {m: _mean_std([r["rows"][row][m] for r in runs]) for m in METRICS} for row in rows
+    }
+    calibration = {
+        str(level): {
+            key: _mean_std([r["calibration"][i][key] for r in runs]) for key in CALIBRATION_KEYS
+        }
+        for i, level in enumerate(NOISE_LEVELS)
+    }
+    return {
+        "seeds": [r["seed"] for r in runs],
+        "settings": runs[0]["settings"],
+        "rows": {k: {m: v["mean"] for m, v in row.items()} for k, row in stats.items()},
+        "rows_std": {k: {m: v["std"] for m, v in row.items()} for k, row in stats.items()},
+        "calibration": calibration,
+        "train_seconds": _mean_std([r["train_seconds"] for r in runs]),
+    }
+
+
+def _fmt(stat: dict[str, Any]) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}" if stat["n"] > 1 else f"{stat['mean']:.3f}"
+
+
+def tables(report: dict[str, Any]) -> list[str]:
+    """Markdown lines of an aggregated report: one row per sampler (mean ± std over seeds;
+    the mean alone for one seed), then the calibration against the exact ratio."""
+    lines = ["| row | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    n = len(report["seeds"])
+    for row, metrics in report["rows"].items():
+        stats = [{"mean": metrics[m], "std": report["rows_std"][row][m], "n": n} for m in METRICS]
+        lines.append(f"| {row} | " + " | ".join(_fmt(s) for s in stats) + " |")
+    lines += [
+        "",
+        "| t/T | cos audio | cos video | frac video | accuracy | Bayes accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for level, cal in report["calibration"].items():
+        keys = ("cos_audio", "cos_video", "frac_video", "accuracy", "bayes_accuracy")
+        lines.append(f"| {level} | " + " | ".join(_fmt(cal[k]) for k in keys) + " |")
+    return lines
+
+
+def figure(report: dict[str, Any], path: Path) -> None:
+    """Agreement of every row (bars, std over seeds as error bars) and the network's
+    input-gradient cosine to the exact ratio against the noise level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(report["rows"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    width = 0.25
+    for k, metric in enumerate(("semantic", "temporal")):
+        means = [report["rows"][r][metric] for r in rows]
+        stds = [report["rows_std"][r][metric] for r in rows]
+        left.bar([i + k * width for i in range(len(rows))], means, width, yerr=stds, label=metric)
+    left.set_xticks([i + width / 2 for i in range(len(rows))], rows)
+    left.set_ylim(0, 1.05)
+    left.legend()
+    left.set_title(f"agreement (network at scale {report['settings']['guidance_scale_audio']:g})")
+    levels = [float(x) for x in report["calibration"]]
+    for key in ("cos_audio", "cos_video"):
+        ys = [report["calibration"][str(x)][key]["mean"] for x in levels]
+        right.plot(levels, [float("nan") if y is None else y for y in ys], "o-", label=key)
+    right.axhline(0.7, color="grey", lw=0.8, ls="--")
+    right.set_xlabel("t/T")
+    right.set_ylim(-0.1, 1.05)
+    right.legend()
+    right.set_title("input-gradient cosine to the exact ratio")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
