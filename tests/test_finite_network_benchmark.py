@@ -1,0 +1,40 @@
+"""The finite-world network benchmark end to end in seconds: its rows, settings and report."""
+
+import dataclasses
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "finite_network.py"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("finite_network", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("continuous_world", None)
+
+
+def test_one_tiny_seed_gives_every_row_and_the_report(bench, tmp_path):
+    train = dataclasses.replace(bench.RECIPE, steps=3, num_real=32, num_fake=32, batch_size=16)
+    run = bench.run_seed(0, tmp_path / "work", pairs=4, steps=3, train=train, scale=2.0)
+    assert set(run["rows"]) == set(bench.ROWS)
+    for row in run["rows"].values():
+        assert set(row) == set(bench.METRICS)
+        assert all(0.0 <= value <= 1.0 for value in row.values())
+    settings = run["settings"]
+    assert settings["world"] == "finite" and settings["training"]["negatives"] == "fake"
+    assert settings["guidance_scale_audio"] == settings["guidance_scale_video"] == 2.0
+    assert settings["discriminator"] == "SharedLatentDiscriminator"
+    assert [c["noise_level"] for c in run["calibration"]] == list(bench.NOISE_LEVELS)
+    text = bench.markdown(bench.aggregate([json.loads(json.dumps(run))] * 2))
+    for row in bench.ROWS:
+        assert f"| {row} | " in text
+    assert "InfoNCE with fake negatives" in text
