@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -37,6 +35,14 @@ from mmdisco.training.data import encode_pairs, fake_pairs
 from mmdisco.training.fakes import generate_fakes
 from mmdisco.world import chance_levels, evaluate, generate_clips
 from mmdisco.world.calibration import calibrate
+from mmdisco.world.continuous_eval import (
+    NETWORKS,
+    NOISE_LEVELS,
+    RECIPES,
+    aggregate,
+    figure,
+    tables,
+)
 from mmdisco.world.continuous_training import ContinuousTrainConfig, train_continuous_discriminator
 from mmdisco.world.models import load_world_models
 from mmdisco.world.ratio import ExactLogRatio
@@ -46,9 +52,6 @@ from mmdisco.world.recipes import (
     REAL_SEED_OFFSET,
     world_real_pairs,
 )
-
-sys.path.insert(0, str(Path(__file__).parent))
-from continuous_world import NETWORKS, NOISE_LEVELS, RECIPES
 
 RESULTS = Path(__file__).parent / "results" / "finite_network"
 ROWS = ("independent", "network", "exact_ratio")
@@ -144,57 +147,21 @@ def run_seed(
     }
 
 
-def _mean_std(values: list[float]) -> dict:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "std": std}
-
-
-def aggregate(runs: list[dict]) -> dict:
-    rows = {r: {m: _mean_std([run["rows"][r][m] for run in runs]) for m in METRICS} for r in ROWS}
-    calibration = {
-        str(level): {
-            key: _mean_std([run["calibration"][i][key] or 0.0 for run in runs])
-            for key in ("cos_audio", "cos_video")
-        }
-        for i, level in enumerate(NOISE_LEVELS)
-    }
-    train = _mean_std([run["train_seconds"] for run in runs])
-    return {
-        "seeds": [run["seed"] for run in runs],
-        "settings": runs[0]["settings"],
-        "rows": rows,
-        "calibration": calibration,
-        "train_seconds": train,
-    }
-
-
 def markdown(report: dict) -> str:
-    settings = report["settings"]
-
-    def cell(stat: dict) -> str:
-        return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
-
-    lines = [
+    settings, training = report["settings"], report["settings"]["training"]
+    head = [
         f"# Finite world: network discriminator vs exact ratio (seeds "
         f"{', '.join(map(str, report['seeds']))})",
         "",
         f"{settings['pairs']} pairs per seed, {settings['sampling_steps']} DDPM steps, the "
         f"shipped (trained) base models; the network ({settings['network']['name']}, "
-        f"InfoNCE with {settings['training']['negatives']} negatives, "
-        f"{settings['training']['steps']} steps) at scale {settings['guidance_scale_audio']:g} "
-        f"on both modalities, the exact ratio at 1. Chance: semantic "
+        f"InfoNCE with {training['negatives']} negatives, batch {training['batch_size']}, "
+        f"{training['steps']} steps) at scale {settings['guidance_scale_audio']:g} on both "
+        f"modalities, the exact ratio at 1. Chance: semantic "
         f"{settings['chance']['semantic']:.3f}, temporal {settings['chance']['temporal']:.3f}.",
         "",
-        "| row | " + " | ".join(METRICS) + " |",
-        "|---|" + "---|" * len(METRICS),
     ]
-    for row in ROWS:
-        cells = " | ".join(cell(report["rows"][row][m]) for m in METRICS)
-        lines.append(f"| {row} | {cells} |")
-    lines += ["", "| t/T | cos audio | cos video |", "|---|---|---|"]
-    for level, cal in report["calibration"].items():
-        lines.append(f"| {level} | {cell(cal['cos_audio'])} | {cell(cal['cos_video'])} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(head + tables(report)) + "\n"
 
 
 def main() -> None:
@@ -220,9 +187,10 @@ def main() -> None:
         print(json.dumps(result["rows"], indent=1))
     if args.aggregate:
         runs = [json.loads(p.read_text()) for p in sorted(args.out.glob("seed_*.json"))]
-        report = aggregate(runs)
+        report = aggregate(runs, ROWS, METRICS)
         write_json_atomic(args.out / "report.json", report)
         write_text_atomic(args.out / "report.md", markdown(report))
+        figure(report, args.out / "report.png")
         print(markdown(report))
 
 
