@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from mmdisco.discriminator.codebook import CodebookConfig, CodebookDiscriminator
-from mmdisco.io import write_json_atomic, write_text_atomic
+from mmdisco.io import write_json_atomic
 from mmdisco.world import continuous_eval
 from mmdisco.world.continuous import ContinuousWorldConfig
 from mmdisco.world.continuous_eval import (
@@ -42,6 +42,7 @@ from mmdisco.world.continuous_eval import (
     tables,
     train_network,
     training_detections,
+    write_report,
 )
 from mmdisco.world.continuous_ratio import ContinuousLogRatio, ContinuousWorldTerms
 from mmdisco.world.continuous_sampling import sample_continuous
@@ -152,9 +153,7 @@ def main() -> None:
     if args.aggregate:
         runs = [json.loads(p.read_text()) for p in sorted(args.out.glob("seed_*.json"))]
         report = aggregate(runs)
-        write_json_atomic(args.out / "report.json", report)
-        write_text_atomic(args.out / "report.md", markdown(report))
-        figure(report, args.out / "report.png")
+        write_report(args.out, report, markdown(report))
         print(markdown(report))
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from mmdisco.discriminator.shared_latent import SharedLatentConfig, SharedLatentDiscriminator
-from mmdisco.io import write_json_atomic, write_text_atomic
+from mmdisco.io import write_json_atomic
 from mmdisco.sampling import SamplingConfig, sample_batches
 from mmdisco.training.data import encode_pairs, fake_pairs
 from mmdisco.training.fakes import generate_fakes
@@ -40,8 +40,9 @@ from mmdisco.world.continuous_eval import (
     NOISE_LEVELS,
     RECIPES,
     aggregate,
-    figure,
+    run_settings,
     tables,
+    write_report,
 )
 from mmdisco.world.continuous_training import ContinuousTrainConfig, train_continuous_discriminator
 from mmdisco.world.models import load_world_models
@@ -131,20 +132,16 @@ def run_seed(
         "rows": rows,
         "calibration": calibration,
         "train_seconds": train_seconds,
-        "settings": {
-            "world": "finite",
-            "base_models": "the shipped world base models (trained, imperfect)",
-            "pairs": pairs,
-            "sampling_steps": steps,
-            "guidance_scale_audio": scale,
-            "guidance_scale_video": scale,
-            "use_dlsm": train.dlsm_weight > 0,
-            "discriminator": SharedLatentDiscriminator.__name__,
-            "network": {"name": NETWORK, **NETWORKS[NETWORK]},
-            "training": train.to_dict(),
-            "chance": chance_levels(),
-        },
+        "settings": finite_settings(pairs, steps, train, scale),
     }
+
+
+def finite_settings(pairs: int, steps: int, train: ContinuousTrainConfig, scale: float) -> dict:
+    """The continuous benchmark's settings, with the finite world's base models and chance."""
+    settings = run_settings(pairs, steps, train, NETWORK, scale)
+    del settings["world_config"]
+    base_models = "the shipped world base models (trained, imperfect)"
+    return {**settings, "world": "finite", "base_models": base_models, "chance": chance_levels()}
 
 
 def markdown(report: dict) -> str:
@@ -188,9 +185,7 @@ def main() -> None:
     if args.aggregate:
         runs = [json.loads(p.read_text()) for p in sorted(args.out.glob("seed_*.json"))]
         report = aggregate(runs, ROWS, METRICS)
-        write_json_atomic(args.out / "report.json", report)
-        write_text_atomic(args.out / "report.md", markdown(report))
-        figure(report, args.out / "report.png")
+        write_report(args.out, report, markdown(report))
         print(markdown(report))
 
 

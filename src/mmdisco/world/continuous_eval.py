@@ -23,7 +23,7 @@ from torch import Tensor
 
 from mmdisco.diffusion import schedule_from_scheduler_config
 from mmdisco.discriminator.shared_latent import SharedLatentConfig, SharedLatentDiscriminator
-from mmdisco.io import atomic_path
+from mmdisco.io import atomic_path, write_json_atomic, write_text_atomic
 from mmdisco.world.calibration import calibrate
 from mmdisco.world.continuous import ContinuousWorldConfig, generate_continuous_clips
 from mmdisco.world.continuous_detectors import (
@@ -277,3 +277,10 @@ def figure(report: dict[str, Any], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+
+
+def write_report(out: Path, report: dict[str, Any], markdown: str) -> None:
+    """An aggregated report's ``report.json``, ``report.md`` and ``report.png`` in ``out``."""
+    write_json_atomic(out / "report.json", report)
+    write_text_atomic(out / "report.md", markdown)
+    figure(report, out / "report.png")
