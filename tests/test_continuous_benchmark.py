@@ -1,20 +1,15 @@
 """The continuous-world benchmark end to end in a few seconds: its rows, settings and report."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "continuous_world.py"
+from _scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("continuous_world", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("continuous_world")
 
 
 def test_one_tiny_seed_gives_every_row_and_the_report(bench, tmp_path):

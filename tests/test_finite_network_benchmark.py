@@ -1,23 +1,18 @@
 """The finite-world network benchmark end to end in seconds: its rows, settings and report."""
 
 import dataclasses
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "finite_network.py"
+from _scripts import load_benchmark
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("finite_network", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("finite_network")
 
 
 def test_one_tiny_seed_gives_every_row_and_the_report(bench, tmp_path):

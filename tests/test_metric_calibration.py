@@ -1,21 +1,16 @@
 """The calibration benchmark's quick mode: known offsets on world clips, exact truth."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "metric_calibration.py"
+from _scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def calibration():
-    spec = importlib.util.spec_from_file_location("metric_calibration", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("metric_calibration")
 
 
 def test_shift_is_exact_and_zero_filled(calibration):
