@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 
-from mmdisco.discriminator.shared_latent import SharedLatentConfig, SharedLatentDiscriminator
 from mmdisco.io import write_json_atomic
 from mmdisco.sampling import SamplingConfig, sample_batches
 from mmdisco.training.data import encode_pairs, fake_pairs
@@ -36,10 +35,10 @@ from mmdisco.training.fakes import generate_fakes
 from mmdisco.world import chance_levels, evaluate, generate_clips
 from mmdisco.world.calibration import calibrate
 from mmdisco.world.continuous_eval import (
-    NETWORKS,
     NOISE_LEVELS,
     RECIPES,
     aggregate,
+    new_network,
     run_settings,
     tables,
     write_report,
@@ -91,9 +90,8 @@ def run_seed(
     )
     fakes = fake_pairs(work / f"fakes_{seed}")
     start = time.perf_counter()
-    torch.manual_seed(seed)
     shapes = (audio_model.latent_shape(), video_model.latent_shape())
-    model = SharedLatentDiscriminator(SharedLatentConfig(*shapes, **NETWORKS[NETWORK]))
+    model = new_network(NETWORK, *shapes, train.seed)
     fake = (fakes.audio[:n_fake], fakes.video[:n_fake])
     train_continuous_discriminator(model, (real.audio, real.video), fake, None, train)
     model.eval().requires_grad_(False)

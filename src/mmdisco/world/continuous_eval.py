@@ -115,6 +115,17 @@ def training_detections(
     }
 
 
+def new_network(
+    network: str, audio_shape: tuple[int, ...], video_shape: tuple[int, ...], seed: int
+) -> SharedLatentDiscriminator:
+    """The untrained network ``NETWORKS[network]`` for these latent shapes, initialised from
+    ``seed`` (the global random state is left untouched)."""
+    shared = SharedLatentConfig(audio_shape, video_shape, **NETWORKS[network])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SharedLatentDiscriminator(shared)
+
+
 def train_network(
     terms: ContinuousWorldTerms,
     real: tuple[Tensor, Tensor],
@@ -128,10 +139,7 @@ def train_network(
     config = terms.config
     start = time.perf_counter()
     bank = dlsm_bank(terms, *real, cfg) if cfg.dlsm_weight > 0 else None
-    shared = SharedLatentConfig(config.audio_shape, config.video_shape, **NETWORKS[network])
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation, global state untouched
-        torch.manual_seed(cfg.seed)
-        model = SharedLatentDiscriminator(shared)
+    model = new_network(network, config.audio_shape, config.video_shape, cfg.seed)
     train_continuous_discriminator(model, real, fake, bank, cfg)
     model.eval().requires_grad_(False)
     return model, time.perf_counter() - start
