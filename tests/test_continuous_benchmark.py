@@ -29,3 +29,11 @@ def test_one_tiny_seed_gives_every_row_and_the_report(bench, tmp_path):
         assert f"| {row} |" in text
     bench.figure(report, tmp_path / "report.png")
     assert (tmp_path / "report.png").stat().st_size > 1000
+
+
+def test_guidance_window_benchmark_rows_and_table():
+    window = load_benchmark("guidance_window")
+    report = window.run(pairs=2, steps=3, windows=((0.0, 0.5),))
+    assert [row["window"] for row in report["rows"]] == [None, [0.0, 0.5]]
+    text = window.markdown(report)
+    assert "| none (independent) |" in text and "| [0, 0.5] |" in text

@@ -252,7 +252,7 @@ def test_noise_sampling_uniform_in_time_stays_in_range_and_is_uniform_in_time() 
     quartiles = torch.quantile(t, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
     expected = torch.tensor([t_lo + q * (t_hi - t_lo) for q in (0.25, 0.5, 0.75)])
     assert torch.allclose(quartiles, expected.double(), atol=0.01)
-    cfg = ContinuousTrainConfig(noise_sampling="log_snr")
+    cfg = ContinuousTrainConfig(log_snr_range=(-7.0, 5.0), noise_sampling="log_snr")
     uniform = sample_log_snr(20_000, cfg, torch.Generator().manual_seed(0))
     assert uniform.median().item() == pytest.approx(-1.0, abs=0.1)
 

@@ -248,3 +248,21 @@ def test_calibrate_scores_the_continuous_ratio_against_itself() -> None:
     assert row["logit_corr"] == pytest.approx(1.0, abs=1e-6)
     assert row["cos_audio"] == pytest.approx(1.0, abs=1e-6)
     assert row["accuracy"] == row["bayes_accuracy"]
+
+
+def test_guidance_window_guides_only_the_steps_inside_it() -> None:
+    from mmdisco.world.continuous_sampling import sample_continuous
+
+    terms, ratio = ContinuousWorldTerms(SMALL), ContinuousLogRatio(SMALL)
+
+    def sample(disc, window=(0.0, 1.0)):
+        return torch.cat(
+            [x.flatten(1) for x in sample_continuous(terms, 3, 5, disc, 1.0, 4, window=window)], 1
+        )
+
+    free, guided = sample(None), sample(ratio)
+    # 4 steps at t/T 0.999, 0.666, 0.333, 0: (0.4, 0.6) holds none of them, (0, 0.5) two
+    assert torch.allclose(sample(ratio, (0.4, 0.6)), free)
+    assert torch.allclose(sample(ratio, (0.0, 1.0)), guided)
+    low = sample(ratio, (0.0, 0.5))
+    assert not torch.allclose(low, free, atol=1e-3) and not torch.allclose(low, guided, atol=1e-3)

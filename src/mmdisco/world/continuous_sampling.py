@@ -10,7 +10,8 @@ discriminator's, which is what this world measures.
 
 The sampler is ancestral DDPM on the cosine schedule of the world models
 (:data:`mmdisco.world.models.SCHEDULER_CONFIG`), ``steps`` evenly spaced timesteps, the
-clean-clip estimate clipped to [-1, 1].
+clean-clip estimate clipped to [-1, 1]. ``window`` restricts guidance to the steps whose noise
+level ``t / T`` lies in it, as :class:`mmdisco.sampling.GuidanceOptions` does on real models.
 """
 
 from __future__ import annotations
@@ -61,11 +62,13 @@ def sample_continuous(
     scale: float = 1.0,
     steps: int = 25,
     chunk: int = 128,
+    window: tuple[float, float] = (0.0, 1.0),
 ) -> tuple[Tensor, Tensor]:
-    """``n`` (audio, video) pairs, float32, deterministic given ``seed``."""
+    """``n`` (audio, video) pairs, float32, deterministic given ``seed``; the discriminator
+    guides the steps whose ``t / T`` lies in ``window``."""
     outs = [
         _sample_chunk(
-            terms, min(chunk, n - start), seed * 1009 + start, discriminator, scale, steps
+            terms, min(chunk, n - start), seed * 1009 + start, discriminator, scale, steps, window
         )
         for start in range(0, n, chunk)
     ]
@@ -79,6 +82,7 @@ def _sample_chunk(
     discriminator: Discriminator | None,
     scale: float,
     steps: int,
+    window: tuple[float, float],
 ) -> tuple[Tensor, Tensor]:
     c = terms.config
     gen = torch.Generator().manual_seed(seed)
@@ -92,7 +96,8 @@ def _sample_chunk(
         ab = abar[t]
         ab_prev = abar[times[i + 1]] if i + 1 < steps else torch.tensor(1.0, dtype=torch.float64)
         log_snr = torch.log(ab / (1 - ab)).reshape(1)
-        scores = guided_scores(terms, x[0], x[1], log_snr, discriminator, scale)
+        guide = window[0] <= t / len(abar) <= window[1]
+        scores = guided_scores(terms, x[0], x[1], log_snr, discriminator if guide else None, scale)
         for m in range(2):
             x0 = ((x[m] + (1 - ab) * scores[m]) / ab.sqrt()).clamp(-1.0, 1.0)
             eps = (x[m] - ab.sqrt() * x0) / (1 - ab).sqrt()
