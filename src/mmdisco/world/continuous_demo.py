@@ -54,9 +54,10 @@ from mmdisco.world.continuous_training import ContinuousTrainConfig, training_da
 
 ROWS = ("independent", "network", "exact_ratio")
 # The demo's network and recipe: the MLP network with ContinuousTrainConfig's defaults (the
-# MLP's best recipe; InfoNCE with generated negatives, as on real models) cut from 5000 to 1200
-# steps so that the demo fits in 6 minutes on 2 cores; the conv network of the benchmark guides
-# better but trains 3.4 times slower per step.
+# MLP's best recipe; InfoNCE with generated negatives, as on real models, on the noise levels
+# where guidance decides this world) cut from 5000 to 1200 steps so that the demo fits in 6
+# minutes on 2 cores; the conv network of the benchmark guides better but trains 3.4 times
+# slower per step.
 DEMO_NETWORK = "mlp"
 DEMO_RECIPE = ContinuousTrainConfig(steps=1200)
 
