@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from mmdisco.errors import InputError
 from mmdisco.world.continuous import (
     ContinuousWorldConfig,
     event_times_of,
@@ -266,3 +267,5 @@ def test_guidance_window_guides_only_the_steps_inside_it() -> None:
     assert torch.allclose(sample(ratio, (0.0, 1.0)), guided)
     low = sample(ratio, (0.0, 0.5))
     assert not torch.allclose(low, free, atol=1e-3) and not torch.allclose(low, guided, atol=1e-3)
+    with pytest.raises(InputError, match="window"):
+        sample(ratio, (0.6, 0.4))

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from mmdisco.diffusion import schedule_from_scheduler_config
+from mmdisco.errors import check_fraction_range
 from mmdisco.world.continuous_ratio import ContinuousWorldTerms, log_marginal
 from mmdisco.world.models import SCHEDULER_CONFIG
 
@@ -66,6 +67,7 @@ def sample_continuous(
 ) -> tuple[Tensor, Tensor]:
     """``n`` (audio, video) pairs, float32, deterministic given ``seed``; the discriminator
     guides the steps whose ``t / T`` lies in ``window``."""
+    window = check_fraction_range("window", window, allow_empty=True)
     outs = [
         _sample_chunk(
             terms, min(chunk, n - start), seed * 1009 + start, discriminator, scale, steps, window
