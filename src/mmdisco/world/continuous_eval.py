@@ -12,6 +12,7 @@ that :func:`tables` and :func:`figure` draw.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -278,6 +279,10 @@ def figure(report: dict[str, Any], path: Path) -> None:
     left.legend()
     left.set_title(f"agreement (network at scale {report['settings']['guidance_scale_audio']:g})")
     levels = [float(x) for x in report["calibration"]]
+    trained = report["settings"].get("training", {}).get("log_snr_range")
+    if trained is not None:  # as t/T of the cosine schedule (sample_log_snr's time)
+        ends = sorted(2 / math.pi * math.atan(math.exp(-lam / 2)) for lam in trained)
+        right.axvspan(*ends, color="grey", alpha=0.15, label="trained noise levels")
     for key in ("cos_audio", "cos_video"):
         ys = [report["calibration"][str(x)][key]["mean"] for x in levels]
         right.plot(levels, [float("nan") if y is None else y for y in ys], "o-", label=key)
