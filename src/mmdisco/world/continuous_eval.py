@@ -12,7 +12,6 @@ that :func:`tables` and :func:`figure` draw.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ from mmdisco.world.continuous_detectors import (
 from mmdisco.world.continuous_ratio import ContinuousWorldTerms
 from mmdisco.world.continuous_training import (
     ContinuousTrainConfig,
+    cosine_time,
     dlsm_bank,
     train_continuous_discriminator,
 )
@@ -280,8 +280,8 @@ def figure(report: dict[str, Any], path: Path) -> None:
     left.set_title(f"agreement (network at scale {report['settings']['guidance_scale_audio']:g})")
     levels = [float(x) for x in report["calibration"]]
     trained = report["settings"].get("training", {}).get("log_snr_range")
-    if trained is not None:  # as t/T of the cosine schedule (sample_log_snr's time)
-        ends = sorted(2 / math.pi * math.atan(math.exp(-lam / 2)) for lam in trained)
+    if trained is not None:  # as t/T: the time sample_log_snr draws in
+        ends = sorted(cosine_time(lam) for lam in trained)
         right.axvspan(*ends, color="grey", alpha=0.15, label="trained noise levels")
     for key in ("cos_audio", "cos_video"):
         ys = [report["calibration"][str(x)][key]["mean"] for x in levels]

@@ -108,6 +108,12 @@ def _expand(x: Tensor, like: Tensor) -> Tensor:
     return x.reshape(-1, *[1] * (like.ndim - 1))
 
 
+def cosine_time(log_snr: float) -> float:
+    """The time ``t`` in [0, 1] of the cosine schedule at which it has this log-SNR
+    (``log-SNR = -2 log tan(pi t / 2)``)."""
+    return 2 / math.pi * math.atan(math.exp(-log_snr / 2))
+
+
 def sample_log_snr(
     n: int, cfg: ContinuousTrainConfig, gen: torch.Generator, dtype: torch.dtype = torch.float32
 ) -> Tensor:
@@ -118,7 +124,7 @@ def sample_log_snr(
     lo, hi = cfg.log_snr_range
     if cfg.noise_sampling == "log_snr":
         return lo + (hi - lo) * u
-    t_lo, t_hi = (2 / math.pi * math.atan(math.exp(-end / 2)) for end in (hi, lo))
+    t_lo, t_hi = cosine_time(hi), cosine_time(lo)
     return -2 * torch.log(torch.tan(math.pi / 2 * (t_lo + (t_hi - t_lo) * u)))
 
 
