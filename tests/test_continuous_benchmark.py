@@ -33,7 +33,12 @@ def test_one_tiny_seed_gives_every_row_and_the_report(bench, tmp_path):
 
 def test_guidance_window_benchmark_rows_and_table():
     window = load_benchmark("guidance_window")
-    report = window.run(pairs=2, steps=3, windows=((0.0, 0.5),))
-    assert [row["window"] for row in report["rows"]] == [None, [0.0, 0.5]]
+    report = window.run(pairs=2, steps=3, windows=((0.0, 0.5),), modalities=("video",))
+    assert [(row["window"], row["guided"]) for row in report["rows"]] == [
+        (None, "both"),
+        ([0.0, 0.5], "both"),
+        ([0.0, 1.0], "video"),
+    ]
     text = window.markdown(report)
-    assert "| none (independent) |" in text and "| [0, 0.5] |" in text
+    assert "| none (independent) |" in text and "| [0, 0.5] | both |" in text
+    assert "| [0, 1] | video |" in text

@@ -18,6 +18,7 @@ from mmdisco.world.continuous_training import (
     info_nce_generated,
     sample_log_snr,
     train_continuous_discriminator,
+    weight_decay_groups,
     training_data,
 )
 
@@ -296,3 +297,28 @@ def test_grad_penalty_adds_sigma_squared_times_the_gradient_norm(
     squared_norm = model.c.pow(2).sum() + model.d.pow(2).sum()
     expected = 0.5 * torch.sigmoid(-lam) * squared_norm
     assert losses[1] - losses[0] == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_weight_decay_shrinks_layer_weights_only() -> None:
+    """With a zero learning rate for the loss (every gradient zeroed), one AdamW step shrinks
+    exactly the linear and convolution weights; the learnt code scales and biases keep their
+    values, unless every parameter is asked to decay."""
+    model = SharedLatentDiscriminator(
+        SharedLatentConfig(
+            SMALL.audio_shape, SMALL.video_shape, width=8, encoder="conv", head="aligned"
+        )
+    )
+    for decay_all in (False, True):
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt = torch.optim.AdamW(weight_decay_groups(model, 0.5, decay_all), lr=0.1)
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        for name, p in model.named_parameters():
+            layer_weight = name.endswith("weight") and p.ndim >= 2
+            shrunk = before[name] * (1 - 0.1 * 0.5)
+            expected = shrunk if (layer_weight or decay_all) else before[name]
+            assert torch.allclose(p.detach(), expected), name
+            p.data.copy_(before[name])
+    names = {n for n, _ in model.named_parameters()}
+    assert "audio_encoder.scale.sharpness" in names  # a 2-D parameter that must not decay

@@ -269,3 +269,25 @@ def test_guidance_window_guides_only_the_steps_inside_it() -> None:
     assert not torch.allclose(low, free, atol=1e-3) and not torch.allclose(low, guided, atol=1e-3)
     with pytest.raises(InputError, match="window"):
         sample(ratio, (0.6, 0.4))
+
+
+def test_a_scale_per_modality_guides_only_the_modalities_it_names() -> None:
+    from mmdisco.world.continuous_sampling import sample_continuous
+
+    terms, ratio = ContinuousWorldTerms(SMALL), ContinuousLogRatio(SMALL)
+
+    def sample(disc, scale):
+        return sample_continuous(terms, 3, 5, disc, scale, 4)
+
+    free_a, free_v = sample(None, 1.0)
+    both_a, both_v = sample(ratio, 1.0)
+    # a modality's update reads only its own score: an unguided one is left as it was
+    audio_only_a, audio_only_v = sample(ratio, (1.0, 0.0))
+    video_only_a, video_only_v = sample(ratio, (0.0, 1.0))
+    assert torch.allclose(audio_only_v, free_v) and torch.allclose(video_only_a, free_a)
+    assert not torch.allclose(audio_only_a, free_a, atol=1e-3)
+    assert not torch.allclose(video_only_v, free_v, atol=1e-3)
+    same_a, same_v = sample(ratio, (1.0, 1.0))
+    assert torch.allclose(same_a, both_a) and torch.allclose(same_v, both_v)
+    with pytest.raises(ValueError, match="audio, video"):
+        sample(ratio, (1.0, 1.0, 1.0))

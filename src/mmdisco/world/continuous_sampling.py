@@ -41,18 +41,22 @@ def guided_scores(
     video: Tensor,
     log_snr: Tensor,
     discriminator: Discriminator | None,
-    scale: float,
+    scale: tuple[float, float],
 ) -> tuple[Tensor, Tensor]:
-    """Scores of the ideal base models plus ``scale * grad h`` (float64)."""
+    """Scores of the ideal base models plus ``scale * grad h``, one scale per modality
+    ``(audio, video)`` (float64)."""
     a = audio.detach().double().requires_grad_()
     v = video.detach().double().requires_grad_()
-    total = log_marginal(terms, a, log_snr, "audio") + log_marginal(terms, v, log_snr, "video")
-    if discriminator is not None and scale != 0.0:
-        snr = log_snr.expand(len(a)).float()
-        h = discriminator(a.float(), v.float(), snr, snr)
-        total = total + scale * h.double()
-    grad_a, grad_v = torch.autograd.grad(total.sum(), (a, v))
-    return grad_a, grad_v
+    grads = torch.autograd.grad(
+        (log_marginal(terms, a, log_snr, "audio") + log_marginal(terms, v, log_snr, "video")).sum(),
+        (a, v),
+    )
+    if discriminator is None or scale == (0.0, 0.0):
+        return grads
+    snr = log_snr.expand(len(a)).float()
+    h = discriminator(a.float(), v.float(), snr, snr)
+    guide = torch.autograd.grad(h.double().sum(), (a, v))
+    return grads[0] + scale[0] * guide[0], grads[1] + scale[1] * guide[1]
 
 
 def sample_continuous(
@@ -60,17 +64,21 @@ def sample_continuous(
     n: int,
     seed: int,
     discriminator: Discriminator | None = None,
-    scale: float = 1.0,
+    scale: float | tuple[float, float] = 1.0,
     steps: int = 25,
     chunk: int = 128,
     window: tuple[float, float] = (0.0, 1.0),
 ) -> tuple[Tensor, Tensor]:
     """``n`` (audio, video) pairs, float32, deterministic given ``seed``; the discriminator
-    guides the steps whose ``t / T`` lies in ``window``."""
+    guides the steps whose ``t / T`` lies in ``window``, at one ``scale`` or at ``(audio,
+    video)`` scales (0 on a modality leaves it unguided)."""
     window = check_fraction_range("window", window, allow_empty=True)
+    scales = (float(scale), float(scale)) if isinstance(scale, int | float) else scale
+    if len(scales) != 2:
+        raise ValueError(f"scale must be a number or (audio, video), got {scale!r}")
     outs = [
         _sample_chunk(
-            terms, min(chunk, n - start), seed * 1009 + start, discriminator, scale, steps, window
+            terms, min(chunk, n - start), seed * 1009 + start, discriminator, scales, steps, window
         )
         for start in range(0, n, chunk)
     ]
@@ -82,7 +90,7 @@ def _sample_chunk(
     n: int,
     seed: int,
     discriminator: Discriminator | None,
-    scale: float,
+    scale: tuple[float, float],
     steps: int,
     window: tuple[float, float],
 ) -> tuple[Tensor, Tensor]:
