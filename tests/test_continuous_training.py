@@ -18,8 +18,8 @@ from mmdisco.world.continuous_training import (
     info_nce_generated,
     sample_log_snr,
     train_continuous_discriminator,
-    weight_decay_groups,
     training_data,
+    weight_decay_groups,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
