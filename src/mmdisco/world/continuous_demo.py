@@ -57,7 +57,7 @@ ROWS = ("independent", "network", "exact_ratio")
 # MLP's best recipe; InfoNCE with generated negatives, as on real models, on the noise levels
 # where guidance decides this world) cut from 5000 to 1200 steps so that the demo fits in 6
 # minutes on 2 cores; the conv network of the benchmark guides better but trains 3.4 times
-# slower per step.
+# slower per step (measured at width 32; the benchmark's is now 64 wide).
 DEMO_NETWORK = "mlp"
 DEMO_RECIPE = ContinuousTrainConfig(steps=1200)
 

@@ -308,9 +308,10 @@ def weight_decay_groups(
     0.03 in 4000 steps of the conv recipe: the decay, not the loss, had set them."""
     params = list(model.parameters())
     layers = (nn.Linear, nn.Conv1d, nn.Conv2d)
-    decayed = {id(m.weight) for m in model.modules() if isinstance(m, layers)}
     if decay_all:
         decayed = {id(p) for p in params}
+    else:
+        decayed = {id(m.weight) for m in model.modules() if isinstance(m, layers)}
     return [
         {"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
         {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0},
