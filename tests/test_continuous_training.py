@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from mmdisco.discriminator.shared_latent import SharedLatentConfig, SharedLatentDiscriminator
+from mmdisco.training.contrastive import cross_blocks, info_nce_generated
+from mmdisco.training.optim import weight_decay_groups
 from mmdisco.world.continuous import ContinuousWorldConfig
 from mmdisco.world.continuous_ratio import ContinuousWorldTerms
 from mmdisco.world.continuous_training import (
@@ -15,11 +17,9 @@ from mmdisco.world.continuous_training import (
     ema_update,
     exact_eps,
     info_nce,
-    info_nce_generated,
     sample_log_snr,
     train_continuous_discriminator,
     training_data,
-    weight_decay_groups,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -96,10 +96,10 @@ def test_info_nce_generated_matches_a_hand_computed_value() -> None:
     by_audio = -2.0 + math.log(math.exp(2.0) + math.exp(0.5) + math.exp(-1.0))
     by_video = -2.0 + math.log(math.exp(2.0) + math.exp(1.0))  # the fake audio is row 1
     expected = 0.5 * (by_audio + by_video)
-    assert info_nce_generated(logits, 1).item() == pytest.approx(expected, rel=1e-6)
+    assert info_nce_generated(*cross_blocks(logits, 1)).item() == pytest.approx(expected, rel=1e-6)
     # fake-with-fake logits (7.0) are not used
     logits[1, 1:] = -3.0
-    assert info_nce_generated(logits, 1).item() == pytest.approx(expected, rel=1e-6)
+    assert info_nce_generated(*cross_blocks(logits, 1)).item() == pytest.approx(expected, rel=1e-6)
 
 
 def _learnt_table(negatives: str, joint: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -118,7 +118,8 @@ def _learnt_table(negatives: str, joint: torch.Tensor, fake: torch.Tensor) -> to
         if negatives == "real":
             loss = info_nce(table[a][:, v])
         else:
-            loss = info_nce_generated(table[torch.cat([a, fa])][:, torch.cat([v, fv])], 256)
+            logits = table[torch.cat([a, fa])][:, torch.cat([v, fv])]
+            loss = info_nce_generated(*cross_blocks(logits, 256))
         opt.zero_grad()
         loss.backward()
         opt.step()

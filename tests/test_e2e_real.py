@@ -35,7 +35,7 @@ from mmdisco.base_models.loading import ConfiguredModel, load_models
 from mmdisco.cli import app
 from mmdisco.config import ConfigError, load_experiment
 from mmdisco.data import load_latent_cache
-from mmdisco.discriminator import Discriminator
+from mmdisco.discriminator import Discriminator, load_discriminator
 from mmdisco.errors import InputError
 from mmdisco.experiment import check_clip_spec, sample_from_config
 from mmdisco.media import load_given, media_spec, read_mp4, write_mp4
@@ -96,9 +96,9 @@ def assert_mp4(path: Path, seconds: float, frames: int, fps: float) -> None:
     assert np.abs(clip.audio).max() > 0
 
 
-@pytest.mark.parametrize("dtype", [None, "bfloat16"])
-def test_audioldm_animatediff_cache_fakes_train_sample(tmp_path, dtype):
-    """The whole workflow, with both base models' weights in float32 or in bfloat16."""
+def workflow_data(tmp_path: Path, dtype: str | None = None, **sections: dict) -> dict:
+    """The tiny AudioLDM + AnimateDiff workflow's config, on clips written under
+    ``tmp_path``; ``sections`` replace whole sections."""
     manifest = write_clips(tmp_path / "clips")
     root = tmp_path / "run"
     data = {
@@ -145,6 +145,14 @@ def test_audioldm_animatediff_cache_fakes_train_sample(tmp_path, dtype):
             "batch_size": 2,
         },
     }
+    return {**data, **sections}
+
+
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_audioldm_animatediff_cache_fakes_train_sample(tmp_path, dtype):
+    """The whole workflow, with both base models' weights in float32 or in bfloat16."""
+    root = tmp_path / "run"
+    data = workflow_data(tmp_path, dtype)
     config = write_config(tmp_path / "experiment.yaml", data)
 
     # 1. real clips -> latents, captions -> both models' pooled text embeddings
@@ -234,6 +242,49 @@ def test_audioldm_animatediff_cache_fakes_train_sample(tmp_path, dtype):
     bad = replace(cfg, discriminator={**cfg.discriminator, "audio_channels": 8})
     with pytest.raises(ConfigError, match=r"discriminator\.audio_channels is 8 but audio latents"):
         bad.discriminator_config_for(audio, video)
+
+
+def test_the_contrastive_recipe_trains_and_samples_through_the_config(tmp_path):
+    """The shared-latent network with the contrastive objective, from the YAML: its latent
+    shapes come from the base models (time is axis 1 of AudioLDM's (C, T, F) latent), each
+    group's fakes share its real pairs' caption, and the trained network guides sampling."""
+    root = tmp_path / "run"
+    data = workflow_data(
+        tmp_path,
+        discriminator={
+            "preset": "shared_latent",
+            "encoder": "conv",
+            "head": "aligned",
+            "width": 8,
+            "num_codes": 4,
+            "audio_time_axis": 1,
+        },
+        train={
+            "steps": 2,
+            "batch_size": 2,
+            "objective": "infonce",
+            "group_size": 2,
+            "optimizer": "adamw",
+            "weight_decay": 1.0,
+            "use_dlsm": False,
+            "checkpoint_every": 2,
+            "log_every": 1,
+        },
+    )
+    data["sampling"] = {**data["sampling"], "batch_size": 1}
+    config = write_config(tmp_path / "experiment.yaml", data)
+    invoke("cache-latents", "--config", config)
+    invoke("generate-fakes", "--config", config)
+    invoke("train", "--config", config)
+    disc = load_discriminator(root / "discriminator")
+    assert type(disc).__name__ == "SharedLatentDiscriminator"
+    assert disc.config.audio_shape == (4, 1000, 4) and disc.config.video_shape == (4, 4, 8, 8)
+    cfg = load_experiment(config)
+    runs = sample_from_config(cfg, ["a dog barks"], tmp_path / "samples", progress=False)
+    assert not torch.allclose(runs["independent"].audio_latents, runs["guided"].audio_latents)
+    bad = replace(cfg, discriminator={**cfg.discriminator, "audio_time_axis": 5})
+    with pytest.raises(ConfigError, match=r"discriminator.*audio_time_axis 5 is not an axis"):
+        bad.discriminator_config_for(*load_models(cfg))
 
 
 def test_cfg_folded_into_configured_model(tmp_path):

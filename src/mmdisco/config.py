@@ -131,7 +131,12 @@ class ExperimentConfig:
 
     # -- the library's config objects ------------------------------------------------------
     def discriminator_config(self) -> Any:
-        """The discriminator's config; one too large to train on this machine is refused."""
+        """The discriminator's config; one too large to train on this machine is refused.
+
+        ``preset: shared_latent`` is the shared-latent network
+        (:class:`~mmdisco.discriminator.shared_latent.SharedLatentConfig` fields, no text
+        inputs); its latent shapes come from the base models
+        (:meth:`discriminator_config_for`), so here it is checked with stand-in shapes."""
         from mmdisco.discriminator import Discriminator, DiscriminatorConfig
 
         spec = dict(self.discriminator)
@@ -141,9 +146,13 @@ class ExperimentConfig:
                 config = DiscriminatorConfig.from_dict(spec)
             elif preset in ("text_to_av", "mm_diffusion"):
                 config = getattr(DiscriminatorConfig, preset)(**spec)
+            elif preset == SHARED_LATENT:
+                # stand-in shapes of a high rank: which axes exist is checked once known
+                return _shared_latent_config(spec, (1,) * 8, (1, 1, 1, 1))
             else:
                 raise ConfigError(
-                    f"discriminator.preset: unknown {preset!r}; use 'text_to_av' or 'mm_diffusion'"
+                    f"discriminator.preset: unknown {preset!r}; use 'text_to_av', "
+                    f"'mm_diffusion' or '{SHARED_LATENT}'"
                 )
         except (TypeError, ValueError) as err:
             raise _in_section("discriminator", err) from err
@@ -155,10 +164,16 @@ class ExperimentConfig:
         """:meth:`discriminator_config` checked against the base models' latents; caption
         dropout from ``data.caption_dropout`` unless the section sets ``text_drop_prob``."""
         dcfg = self.discriminator_config()
+        a_shape, v_shape = audio.latent_shape(), video.latent_shape()
+        if self.discriminator.get("preset") == SHARED_LATENT:
+            spec = {k: v for k, v in self.discriminator.items() if k != "preset"}
+            try:
+                return _shared_latent_config(spec, a_shape, v_shape)
+            except (TypeError, ValueError) as err:
+                raise _in_section("discriminator", err) from err
         takes_text = dcfg.text_dim_audio or dcfg.text_dim_video
         if "text_drop_prob" not in self.discriminator and takes_text:
             dcfg = dcfg.replace(text_drop_prob=self.data.caption_dropout)
-        a_shape, v_shape = audio.latent_shape(), video.latent_shape()
         checks = (
             ("audio_channels", dcfg.audio_channels, a_shape[0], "audio latents", a_shape),
             (
@@ -301,3 +316,33 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     return experiment_from_dict(data or {}, str(path))
+
+
+SHARED_LATENT = "shared_latent"
+
+
+def _shared_latent_config(
+    spec: dict[str, Any], audio_shape: tuple[int, ...], video_shape: tuple[int, ...]
+) -> Any:
+    from mmdisco.discriminator.shared_latent import SharedLatentConfig
+
+    return SharedLatentConfig(
+        audio_shape=tuple(audio_shape), video_shape=tuple(video_shape), **spec
+    )
+
+
+def build_discriminator(config: Any) -> Any:
+    """The untrained discriminator of a config :meth:`ExperimentConfig.discriminator_config_for`
+    returned (under the caller's random state and default device)."""
+    from mmdisco.discriminator import Discriminator
+    from mmdisco.discriminator.shared_latent import SharedLatentConfig, SharedLatentDiscriminator
+
+    if isinstance(config, SharedLatentConfig):
+        return SharedLatentDiscriminator(config)
+    return Discriminator(config)
+
+
+def text_dims(config: Any) -> tuple[int | None, int | None]:
+    """The widths of the pooled text embeddings a discriminator config takes (audio, video);
+    None for a modality it reads no text for."""
+    return getattr(config, "text_dim_audio", None), getattr(config, "text_dim_video", None)

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from mmdisco.base_models.base import BaseModel
 from mmdisco.base_models.loading import configured, load_models
-from mmdisco.config import ExperimentConfig
+from mmdisco.config import ExperimentConfig, build_discriminator, text_dims
 from mmdisco.data.cache import TEXT_KEYS
 from mmdisco.diffusion import DiscreteSchedule
 from mmdisco.errors import ConfigError
@@ -153,7 +153,6 @@ def train_from_config(
     ``output_dir/discriminator`` (checkpoints and logs under ``output_dir``)."""
     from accelerate import Accelerator
 
-    from mmdisco.discriminator import Discriminator
     from mmdisco.training.fakes import load_fakes
     from mmdisco.training.trainer import train_discriminator
 
@@ -165,7 +164,7 @@ def train_from_config(
     real, fake = training_pairs(cfg, dcfg, audio, video, fakes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(train_cfg.seed)  # the initial weights are a function of the seed
-        disc = Discriminator(dcfg)
+        disc = build_discriminator(dcfg)
     # L_DLSM corrects each base model's captioned, CFG-guided prediction: the one the fakes
     # were sampled with.
     scales = fake_cfg_scales(cfg, fakes.manifest)
@@ -201,13 +200,18 @@ def training_pairs(
         captions=real_cache.captions,
     )
     fake_text: dict[str, Tensor] = {}
-    if dcfg.text_dim_audio or dcfg.text_dim_video:
+    if any(text_dims(dcfg)):
         if fakes.captions is None:
             raise ConfigError(
                 f"discriminator takes text but the fakes in {cfg.fakes.out_dir} have no captions"
             )
         fake_text = pooled_embeddings(audio, video, fakes.captions, cfg.data.batch_size)
-    fake = PairData(fakes.audio, fakes.video, _text_inputs(dcfg, fake_text, "the fakes"))
+    fake = PairData(
+        fakes.audio,
+        fakes.video,
+        _text_inputs(dcfg, fake_text, "the fakes"),
+        captions=fakes.captions,  # the contrastive objective groups fakes by caption
+    )
     return real, fake
 
 
@@ -233,7 +237,7 @@ def fake_cfg_scales(cfg: ExperimentConfig, manifest: dict[str, Any]) -> tuple[fl
 def _text_inputs(dcfg: Any, available: dict[str, Tensor], what: str) -> dict[str, Tensor]:
     """The pooled text embeddings this discriminator takes, checked against its widths."""
     out = {}
-    for key, dim in zip(TEXT_KEYS, (dcfg.text_dim_audio, dcfg.text_dim_video), strict=True):
+    for key, dim in zip(TEXT_KEYS, text_dims(dcfg), strict=True):
         if dim is None:
             continue
         if key not in available:

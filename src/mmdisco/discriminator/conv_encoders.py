@@ -9,8 +9,8 @@ as what they say overall.
   nuisance; a vertical one is not under gravity): attention maps with a row-coordinate
   channel, or the mean over the horizontal axis (:class:`VideoConvEncoder`), then 1D
   convolutions over the frames.
-* Audio ``(..., T)``: the last axis is time and every other axis (latent channels,
-  frequency) is a channel of 1D convolutions over time; the time axis is then resampled to
+* Audio ``(..., T)``: the last axis (or ``time_axis``) is time and every other axis (latent
+  channels, frequency) is a channel of 1D convolutions over time; the time axis is then resampled to
   ``S * fold`` steps and each group of ``fold`` folded into channels (space-to-depth: no
   sub-step timing is averaged away), then 1D convolutions over the ``S`` steps.
 
@@ -134,21 +134,30 @@ class VideoConvEncoder(nn.Module):
 
 
 class AudioConvEncoder(nn.Module):
-    """``(B, ..., T)`` and ``(B,)`` log-SNR -> ``(B, width, steps)`` features on ``steps``
-    time steps (the video's frames): ``frame_depth`` convolutions at the audio's own rate,
-    ``depth`` over the steps."""
+    """``(B, ..., T)`` (time on ``time_axis`` of a clip's shape) and ``(B,)`` log-SNR ->
+    ``(B, width, steps)`` features on ``steps`` time steps (the video's frames):
+    ``frame_depth`` convolutions at the audio's own rate, ``depth`` over the steps."""
 
     def __init__(
-        self, shape: tuple[int, ...], width: int, depth: int, frame_depth: int, steps: int
+        self,
+        shape: tuple[int, ...],
+        width: int,
+        depth: int,
+        frame_depth: int,
+        steps: int,
+        time_axis: int = -1,
     ) -> None:
         super().__init__()
         if len(shape) < 2:
             raise ValueError(f"audio latents need a channel and a time axis, got shape {shape}")
+        self.time_axis = time_axis % len(shape) + 1  # of a batch
+        shape = (*shape[: self.time_axis - 1], *shape[self.time_axis :], shape[self.time_axis - 1])
         self.steps, self.fold = steps, max(1, shape[-1] // steps)
         self.frame = _stack(1, math.prod(shape[:-1]), width, frame_depth, kernel=5)
         self.temporal = _stack(1, width * self.fold, width, depth, kernel=3)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        x = x.movedim(self.time_axis, -1)
         z = _run(self.frame, _standardise(x).flatten(1, -2), emb)  # (B, width, T)
         z = F.adaptive_avg_pool1d(z, self.steps * self.fold)
         b, width, _ = z.shape

@@ -66,6 +66,9 @@ class SharedLatentConfig:
     video_pool: str = "mean"  # conv: or "attention" (VideoConvEncoder)
     # conv: layers within a video frame / at the audio's rate (``depth``: over time)
     frame_depth: int = 1
+    # conv: which axis of an audio latent is time (e.g. 1 for a (C, T, F) mel latent);
+    # every other axis is a channel
+    audio_time_axis: int = -1
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -81,6 +84,12 @@ class SharedLatentConfig:
         if self.head == "aligned" and self.encoder != "conv":
             raise ValueError(
                 "SharedLatentConfig.head='aligned' needs encoder='conv' (it keeps time)"
+            )
+        rank = len(tuple(self.audio_shape))
+        if not -rank <= self.audio_time_axis < rank:
+            raise ValueError(
+                f"SharedLatentConfig.audio_time_axis {self.audio_time_axis} is not an axis of "
+                f"audio latents of shape {tuple(self.audio_shape)}"
             )
         object.__setattr__(self, "audio_shape", tuple(self.audio_shape))
         object.__setattr__(self, "video_shape", tuple(self.video_shape))
@@ -160,7 +169,9 @@ def build_encoders(config: SharedLatentConfig) -> tuple[nn.Module, nn.Module]:
         )
     steps = config.video_shape[1]
     sizes = {"width": config.width, "depth": config.depth, "frame_depth": config.frame_depth}
-    audio = AudioConvEncoder(config.audio_shape, steps=steps, **sizes)
+    audio = AudioConvEncoder(
+        config.audio_shape, steps=steps, time_axis=config.audio_time_axis, **sizes
+    )
     video = VideoConvEncoder(config.video_shape, pool=config.video_pool, **sizes)
     return ConvCodeEncoder(audio, config), ConvCodeEncoder(video, config)
 
@@ -210,12 +221,20 @@ class SharedLatentDiscriminator(PretrainedMixin, nn.Module):
         log_prior = torch.log_softmax(self.prior_logits, dim=-1)
         return torch.logsumexp(log_qa + log_qv - log_prior, dim=-1).sum(-1)
 
-    def cross_logits(self, audio: Tensor, video: Tensor, log_snr: Tensor) -> Tensor:
-        """``h(a_i, v_j)`` for every i, j at one shared log-SNR per row/column pair:
-        ``(Ba, Bv)``; the audio's and the video's log-SNR must be equal wherever paired, so
-        ``log_snr`` is one value (a 0-d or 1-element tensor)."""
-        snr_a = per_sample(log_snr, len(audio), "log_snr", audio.device)
-        snr_v = per_sample(log_snr, len(video), "log_snr", video.device)
+    def cross_logits(
+        self,
+        audio: Tensor,
+        video: Tensor,
+        log_snr_audio: Tensor,
+        log_snr_video: Tensor | None = None,
+    ) -> Tensor:
+        """``h(a_i, v_j)`` for every i, j: ``(Ba, Bv)``, each clip encoded once. Every audio
+        sits at ``log_snr_audio`` and every video at ``log_snr_video`` (default: the audio's),
+        0-d or 1-element tensors: a pair's two log-SNRs must not depend on which pair it is."""
+        if log_snr_video is None:
+            log_snr_video = log_snr_audio
+        snr_a = per_sample(log_snr_audio, len(audio), "log_snr_audio", audio.device)
+        snr_v = per_sample(log_snr_video, len(video), "log_snr_video", video.device)
         codes_a, time_a = self.audio_encoder(audio.float(), snr_a)
         codes_v, time_v = self.video_encoder(video.float(), snr_v)
         if time_a is not None and time_v is not None:

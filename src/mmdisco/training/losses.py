@@ -23,6 +23,7 @@ from torch import Tensor
 from mmdisco.diffusion import LOG_SNR_LIMIT, NoiseSchedule, _broadcast, to_epsilon
 from mmdisco.errors import check_float
 from mmdisco.guidance import DiscriminatorFn, discriminator_gradients
+from mmdisco.training.contrastive import check_groups, contrastive_term, group_fractions
 
 if TYPE_CHECKING:
     from mmdisco.base_models.base import BaseModel
@@ -74,10 +75,18 @@ class LossConfig:
     noise_range: tuple[float, float] = (0.0, 1.0)
     # Fraction of pairs with one modality held clean (log-SNR at the clip).
     clean_prob: float = 0.0
+    # L_D's form: "bce", real pairs against fake pairs; "infonce", each real pair against the
+    # fake clips of its group of ``group_size`` (mmdisco.training.contrastive)
+    objective: str = "bce"
+    group_size: int = 32
 
     def __post_init__(self) -> None:
         if not (self.use_d or self.use_dlsm):
             raise ValueError("at least one of use_d and use_dlsm must be set")
+        if self.objective not in ("bce", "infonce"):
+            raise ValueError(f"objective must be 'bce' or 'infonce', got {self.objective!r}")
+        if self.objective == "infonce" and self.clean_prob > 0:
+            raise ValueError("objective 'infonce' does not hold modalities clean (clean_prob 0)")
         lo, hi = self.noise_range
         if not 0.0 <= lo < hi <= 1.0:
             raise ValueError(
@@ -188,9 +197,11 @@ def noise_pairs(
     schedule_video: NoiseSchedule,
     config: LossConfig,
     generator: torch.Generator | None,
+    fractions: tuple[Tensor, Tensor] | None = None,
 ) -> NoisedPairs:
     """Noise a batch of pairs as the objective does: noise levels uniform on
-    ``config.noise_range`` (one per pair with ``shared_timesteps``), independent noise per
+    ``config.noise_range`` (one per pair with ``shared_timesteps``), or the given
+    ``fractions`` of the schedules (audio, video; ``(n,)`` each), independent noise per
     modality, and with ``clean_prob`` one modality of a pair held clean."""
     n, device = audio.shape[0], audio.device
     lo, hi = config.noise_range
@@ -198,8 +209,11 @@ def noise_pairs(
     def draw_fractions() -> Tensor:
         return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
 
-    u_a = draw_fractions()
-    u_v = u_a if config.shared_timesteps else draw_fractions()
+    if fractions is None:
+        u_a = draw_fractions()
+        u_v = u_a if config.shared_timesteps else draw_fractions()
+    else:
+        u_a, u_v = fractions
     a_t, noise_a, t_a = _noise(audio, schedule_audio, u_a, generator)
     v_t, noise_v, t_v = _noise(video, schedule_video, u_v, generator)
     snr_a, snr_v = schedule_audio.log_snr(t_a).to(device), schedule_video.log_snr(t_v).to(device)
@@ -291,6 +305,13 @@ def mmdisco_loss(
 ) -> LossOutput:
     """One evaluation of the MMDisCo objective on a batch of real and of fake pairs.
 
+    ``config.objective="infonce"`` replaces L_D's binary cross-entropy by the contrastive
+    term of :mod:`mmdisco.training.contrastive`: the batch is cut into groups of
+    ``config.group_size`` consecutive real pairs and as many fake clips, each group at one
+    noise level; ``logits_real`` then holds every row's top-1 margin (own logit minus best
+    negative) and ``logits_fake`` is empty, so that :attr:`LossOutput.accuracy` is the
+    fraction of rows whose real pair wins.
+
     Real and fake pairs are noised alike (:func:`noise_pairs`): one noise level per pair
     shared by both modalities (``config.shared_timesteps``, as in the paper), mapped onto
     each modality's own schedule, independent noise, noise levels uniform on
@@ -322,8 +343,25 @@ def mmdisco_loss(
             )
     schedules = (schedule_audio, schedule_video)
     cond_real = dict(cond_real or {})
-    real = noise_pairs(real_audio, real_video, *schedules, config, generator)
+    fractions = None
+    if config.objective == "infonce":
+        check_groups(real_audio.shape[0], config.group_size, "a micro-batch")
+        if fake_audio.shape[0] != real_audio.shape[0]:
+            raise ValueError(
+                f"objective 'infonce' pairs each group's real pairs with as many fakes: "
+                f"{real_audio.shape[0]} real vs {fake_audio.shape[0]} fake"
+            )
+        fractions = group_fractions(
+            real_audio.shape[0],
+            config.group_size,
+            config.noise_range,
+            config.shared_timesteps,
+            generator,
+            real_audio.device,
+        )
+    real = noise_pairs(real_audio, real_video, *schedules, config, generator, fractions)
     zero = real_audio.new_zeros(())
+    contrastive = config.use_d and config.objective == "infonce"
     if config.use_dlsm and bank is None:
         assert eps_audio is not None and eps_video is not None
         l_dlsm, logits_real = _live_dlsm(disc, real, schedules, (eps_audio, eps_video), cond_real)
@@ -331,8 +369,19 @@ def mmdisco_loss(
         l_dlsm = (
             _bank_dlsm(disc, bank, *schedules) if bank is not None and config.use_dlsm else zero
         )
-        logits_real = disc(*_inputs(real), **cond_real)
-    if config.use_d:
+        logits_real = zero.new_zeros(0) if contrastive else disc(*_inputs(real), **cond_real)
+    if contrastive:
+        fake = noise_pairs(fake_audio, fake_video, *schedules, config, generator, fractions)
+        l_d, logits_real = contrastive_term(
+            disc,
+            (real.audio, real.video),
+            (fake.audio, fake.video),
+            (real.log_snr_audio, real.log_snr_video),
+            config.group_size,
+            cond_real,
+        )
+        logits_fake = logits_real.new_zeros(0)
+    elif config.use_d:
         fake = noise_pairs(fake_audio, fake_video, *schedules, config, generator)
         logits_fake = disc(*_inputs(fake), **dict(cond_fake or {}))
         l_d = discriminator_loss(logits_real, logits_fake)

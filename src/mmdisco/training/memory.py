@@ -294,7 +294,7 @@ def estimate_training_memory(
     bfloat16 autocast cannot run on the meta device; its steps are estimated in float32,
     which bounds them from above (``MemoryEstimate.exact`` is then False).
     """
-    from mmdisco.discriminator import Discriminator
+    from mmdisco.config import build_discriminator, text_dims
 
     audio, video, conds = models or memory_models(cfg)
     train_cfg = cfg.train_config()
@@ -307,8 +307,8 @@ def estimate_training_memory(
         )
     dcfg = cfg.discriminator_config_for(audio, video)
     with torch.device("meta"):
-        disc = Discriminator(dcfg)
-    dims = (dcfg.text_dim_audio, dcfg.text_dim_video)
+        disc = build_discriminator(dcfg)
+    dims = text_dims(dcfg)
     text_dims = {k: d for k, d in zip(TEXT_KEYS, dims, strict=True) if d}
     step_cfg = dataclasses.replace(train_cfg, batch_size=micro, grad_accum=1, mixed_precision="no")
     estimate = estimate_step_memory(disc, audio, video, step_cfg, text_dims, conds)

@@ -55,9 +55,11 @@ from mmdisco.training.checkpoints import (
     save_checkpoint,
     with_resume_advice,
 )
+from mmdisco.training.contrastive import CaptionGroups, check_groups
 from mmdisco.training.data import BatchOrder, PairData
 from mmdisco.training.distributed import all_reduce_mean, broadcast_parameters, sync_gradients
 from mmdisco.training.losses import BankRows, LossConfig, LossOutput, epsilon_fn, mmdisco_loss
+from mmdisco.training.optim import OPTIMIZERS, build_optimizer
 
 MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16}
 
@@ -76,10 +78,19 @@ class TrainConfig:
     lr: float = 1e-3  # Adam, as in the paper
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
+    # "adam": weight_decay is an L2 term on every parameter (the paper's optimiser); "adamw":
+    # decoupled decay on linear and convolution weights only (mmdisco.training.optim)
+    optimizer: str = "adam"
     lr_schedule: str = "constant"  # or "cosine" (to lr_min_ratio * lr at the last step)
     lr_min_ratio: float = 0.1
     warmup_steps: int = 0
     dlsm_weight: float = 1.0
+    # L_D's form: "bce", real pairs against fake pairs (the paper's); "infonce", each real
+    # pair against fake clips of its caption, in groups of group_size pairs that share one
+    # noise level and their negatives (mmdisco.training.contrastive). The default stays
+    # "bce" so that a run saved before the field existed resumes as it was trained.
+    objective: str = "bce"
+    group_size: int = 32
     use_d: bool = True
     use_dlsm: bool = True
     shared_timesteps: bool = True
@@ -118,6 +129,9 @@ class TrainConfig:
             check_float(f"betas[{i}]", b, 0.0, 1.0, open_max=True) for i, b in enumerate(self.betas)
         )
         self.weight_decay = check_float("weight_decay", self.weight_decay, 0.0)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("objective", self.objective, ("bce", "infonce"))
+        check_int("group_size", self.group_size, 1)
         check_choice("lr_schedule", self.lr_schedule, ("constant", "cosine"))
         self.lr_min_ratio = check_float("lr_min_ratio", self.lr_min_ratio, 0.0, 1.0)
         check_int("warmup_steps", self.warmup_steps, 0)
@@ -128,6 +142,9 @@ class TrainConfig:
             raise InputError("use_d and use_dlsm are both false: there is nothing to train")
         self.noise_range = check_fraction_range("noise_range", self.noise_range)
         self.clean_prob = check_float("clean_prob", self.clean_prob, 0.0, 1.0)
+        if self.objective == "infonce" and self.clean_prob > 0:
+            message = "objective 'infonce' holds no modality clean; set it to 0"
+            raise InputError(message, "clean_prob")
         check_choice("fake_pairing", self.fake_pairing, ("fixed", "shuffle"))
         if self.dlsm_batch_size is not None:
             check_int("dlsm_batch_size", self.dlsm_batch_size, 1)
@@ -200,11 +217,13 @@ class Trainer:
         self.checkpoints = out / CHECKPOINT_DIR if out is not None else None
         discriminator.to(self.device).train()
         broadcast_parameters(discriminator, self.world)
-        self.optimizer = torch.optim.Adam(
-            discriminator.parameters(),
-            lr=config.lr,
-            betas=config.betas,
-            weight_decay=config.weight_decay,
+        self.optimizer = build_optimizer(
+            discriminator, config.optimizer, config.lr, config.betas, config.weight_decay
+        )
+        self.captions = (
+            CaptionGroups.of(real.captions, fake.captions)
+            if config.objective == "infonce" and config.use_d
+            else None
         )
         self.orders = tuple(
             BatchOrder(len(data), config.batch_size, derive_seed(config.seed, k))
@@ -243,6 +262,12 @@ class Trainer:
                 f"grad_accum={config.grad_accum} must divide each process's batch "
                 f"(batch_size {config.batch_size} / {self.world} processes = {local})"
             )
+        if config.objective == "infonce" and config.use_d:
+            micro = (
+                f"each micro-batch (batch_size {config.batch_size} / {self.world} processes"
+                f" / grad_accum {config.grad_accum})"
+            )
+            check_groups(local // config.grad_accum, config.group_size, micro)
         if config.gradient_checkpointing:
             enable_gradient_checkpointing(self.discriminator)
         if self.real.captions is not None and config.use_dlsm and fake_cfg_scales is not None:
@@ -269,6 +294,7 @@ class Trainer:
             self.world,
             self.device,
             self.bank,
+            self.captions,
         )
         try:
             return train_step(
@@ -492,8 +518,12 @@ def micro_batches(
     world: int,
     device: torch.device,
     bank: NoiseBank | None = None,
+    captions: CaptionGroups | None = None,
 ) -> list[tuple[PairData, PairData, BankRows | None]]:
-    """This process's real and fake pairs of ``step``, as ``grad_accum`` equal parts."""
+    """This process's real and fake pairs of ``step``, as ``grad_accum`` equal parts. With
+    ``captions`` (the contrastive objective on captioned pairs) each part's groups are
+    redrawn so that a group's real pairs and fakes share one caption
+    (:meth:`CaptionGroups.regroup`, seeded by ``(seed, step, rank, part)``)."""
     real_order, fake_order, fake_video_order, *bank_order = orders
     parts = []
     indices = (
@@ -504,9 +534,12 @@ def micro_batches(
     rows: tuple[Tensor | None, ...] = (None,) * config.grad_accum
     if bank is not None:
         rows = bank_order[0].local_batch(step, rank, world).chunk(config.grad_accum)
-    for i_real, i_fake, i_video, i_bank in zip(*indices, rows, strict=True):
+    for micro, (i_real, i_fake, i_video, i_bank) in enumerate(zip(*indices, rows, strict=True)):
+        if captions is not None:
+            g = torch.Generator().manual_seed(derive_seed(config.seed, step, rank, micro, 5))
+            i_real, i_fake = captions.regroup(i_fake, config.group_size, g)
         f = fake.take(i_fake, device)
-        if config.fake_pairing == "shuffle":
+        if config.fake_pairing == "shuffle" and captions is None:
             f.video = fake.video[i_video].to(device)
         b = None if bank is None or i_bank is None else bank.rows(i_bank, real, device)
         parts.append((real.take(i_real, device), f, b))

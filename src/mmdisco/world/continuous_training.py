@@ -8,7 +8,8 @@ real pair (the role of :mod:`mmdisco.training.bank` for real models).
 The batch is split into ``all_pairs_groups`` groups that each share one noise level, drawn
 fresh at every step (uniform in log-SNR or in the schedule's time). Within a group the
 objective is L_D over the real pairs and all (audio, video) pairs of the fake clips, or a
-symmetric InfoNCE whose negatives are the fake clips (:func:`info_nce_generated`: MMDisCo's
+symmetric InfoNCE whose negatives are the fake clips (``info_nce_generated`` of
+:mod:`mmdisco.training.contrastive`: MMDisCo's
 ratio ``p(a, v) / (p_theta(a) p_theta(v))``) or the group's other real pairs (:func:`info_nce`:
 the data's ``p(a, v) / (p(a) p(v))``, the same ratio only for ideal base models). Options:
 an input-gradient penalty, L_DLSM from a given fraction of the steps, AdamW weight decay (on
@@ -26,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmdisco.training.contrastive import cross_blocks, info_nce_generated
 from mmdisco.training.losses import discriminator_loss
+from mmdisco.training.optim import weight_decay_groups
 from mmdisco.world.continuous import ContinuousWorldConfig, generate_continuous_clips
 from mmdisco.world.continuous_ratio import ContinuousWorldTerms, log_marginal
 
@@ -224,22 +227,6 @@ def info_nce(logits: Tensor) -> Tensor:
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
-def info_nce_generated(logits: Tensor, n_real: int) -> Tensor:
-    """Symmetric InfoNCE with generated negatives, from ``h`` of every pair of ``n_real``
-    real clips followed by the fake clips, audio along the rows and video along the columns:
-    each real audio scores its own video against the fake videos, each real video its own
-    audio against the fake audios. The first term's optimum is ``log p(v | a) / p_theta(v)
-    + c(a)``, the second's ``log p(a | v) / p_theta(a) + c'(v)``; the one ``h`` that is both
-    is ``log p(a, v) / (p_theta(a) p_theta(v)) + const``, the ratio MMDisCo guides with,
-    which includes each base model's own error."""
-    n = n_real
-    own = logits[:n, :n].diagonal()[:, None]
-    by_audio = torch.cat([own, logits[:n, n:]], dim=1)
-    by_video = torch.cat([own, logits[n:, :n].T], dim=1)
-    target = torch.zeros(n, dtype=torch.long, device=logits.device)
-    return 0.5 * (F.cross_entropy(by_audio, target) + F.cross_entropy(by_video, target))
-
-
 def _group_loss(
     model: nn.Module,
     clean: CleanBatch,
@@ -262,7 +249,7 @@ def _group_loss(
         fa, fv = _noise(fake_a, lam_f, gen), _noise(fake_v, lam_f, gen)
         logits = model.cross_logits(torch.cat([a, fa]), torch.cat([v, fv]), lam)
         n = len(a)
-        loss, h_real = info_nce_generated(logits, n), logits[:n, :n].diagonal()
+        loss, h_real = info_nce_generated(*cross_blocks(logits, n)), logits[:n, :n].diagonal()
     else:
         h_real = model(a, v, lam_b, lam_b)
         fa, fv = _noise(fake_a, lam_b, gen), _noise(fake_v, lam_b, gen)
@@ -297,25 +284,6 @@ def ema_update(average: list[Tensor], params: list[Tensor], decay: float) -> Non
     with torch.no_grad():
         for avg, p in zip(average, params, strict=True):
             avg.lerp_(p.detach(), 1.0 - decay)
-
-
-def weight_decay_groups(
-    model: nn.Module, weight_decay: float, decay_all: bool = False
-) -> list[dict[str, Any]]:
-    """AdamW's parameter groups: weight decay on the weights of linear and convolution layers,
-    none on biases, priors and learnt scales (``decay_all``: on every parameter). Decayed, the
-    code scales ``exp(a + b * lambda)`` of the shared-latent encoders fell from ``a = 1.5`` to
-    0.03 in 4000 steps of the conv recipe: the decay, not the loss, had set them."""
-    params = list(model.parameters())
-    layers = (nn.Linear, nn.Conv1d, nn.Conv2d)
-    if decay_all:
-        decayed = {id(p) for p in params}
-    else:
-        decayed = {id(m.weight) for m in model.modules() if isinstance(m, layers)}
-    return [
-        {"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
-        {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0},
-    ]
 
 
 def train_continuous_discriminator(

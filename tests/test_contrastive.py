@@ -1,0 +1,240 @@
+"""The contrastive objective of the real-model trainer: groups, captions, logits, training."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+from mmdisco.discriminator.shared_latent import SharedLatentConfig, SharedLatentDiscriminator
+from mmdisco.errors import InputError
+from mmdisco.seeding import derive_seed
+from mmdisco.training.contrastive import CaptionGroups, group_logits
+from mmdisco.training.data import BatchOrder, PairData
+from mmdisco.training.losses import LossConfig, mmdisco_loss
+from mmdisco.training.trainer import TrainConfig, micro_batches, train_discriminator
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_trainer import TinyDisc, models, toy_data
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CONV = SharedLatentConfig(
+    audio_shape=(2, 12, 3),  # (channels, time, frequency), like a mel latent
+    video_shape=(3, 4, 6, 6),
+    num_codes=6,
+    width=8,
+    encoder="conv",
+    head="aligned",
+    audio_time_axis=1,
+)
+
+
+def _clips(n: int, seed: int) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *CONV.audio_shape, generator=gen), torch.randn(
+        n, *CONV.video_shape, generator=gen
+    )
+
+
+def test_pairs_called_one_by_one_give_the_cross_logits() -> None:
+    """A discriminator without ``cross_logits`` is called on every pair; the logits must be
+    those the shared-latent discriminator computes by encoding each clip once."""
+    torch.manual_seed(0)
+    model = SharedLatentDiscriminator(CONV)
+    real, fake = _clips(3, 1), _clips(4, 2)
+    snr = (torch.tensor(1.5), torch.tensor(-0.5))
+
+    def plain(audio: Tensor, video: Tensor, snr_a: Tensor, snr_v: Tensor) -> Tensor:
+        return model(audio, video, snr_a, snr_v)
+
+    fast = group_logits(model, real, fake, snr, {})
+    slow = group_logits(plain, real, fake, snr, {})
+    for x, y, shape in zip(fast, slow, [(3,), (3, 4), (3, 4)], strict=True):
+        assert x.shape == shape
+        assert torch.allclose(x, y, atol=1e-5)
+    # row i, column j of h(a_i, fake v_j) is exactly that pair
+    assert torch.allclose(
+        fast[1][2, 1], model(real[0][2:3], fake[1][1:2], snr[0], snr[1])[0], atol=1e-5
+    )
+
+
+def test_audio_time_axis_reads_time_where_it_is() -> None:
+    """The same weights on a (C, T, F) latent told time is axis 1 and on its (C, F, T)
+    transpose told time is last give the same logits."""
+    torch.manual_seed(0)
+    model = SharedLatentDiscriminator(CONV)
+    last = SharedLatentDiscriminator(
+        dataclasses.replace(CONV, audio_shape=(2, 3, 12), audio_time_axis=-1)
+    )
+    last.load_state_dict(model.state_dict())
+    audio, video = _clips(3, 3)
+    snr = torch.tensor([0.0, 1.0, 2.0])
+    want = model(audio, video, snr, snr)
+    assert torch.allclose(last(audio.transpose(2, 3), video, snr, snr), want, atol=1e-5)
+    with pytest.raises(ValueError, match="audio_time_axis 3 is not an axis"):
+        dataclasses.replace(CONV, audio_time_axis=3)
+
+
+def test_groups_share_their_anchors_caption() -> None:
+    real = ["dog", "cat", "dog", "bird", "cat", "dog"]
+    fake = ["cat", "dog", "dog", "bird", "cat", "cat", "dog", "bird"]
+    groups = CaptionGroups.of(real, fake)
+    assert groups is not None
+    gen = torch.Generator().manual_seed(0)
+    anchors = torch.tensor([0, 5, 3, 1, 7, 2])  # every third is an anchor
+    i_real, i_fake = groups.regroup(anchors, 3, gen)
+    assert len(i_real) == len(i_fake) == 6
+    assert i_fake[0] == 0 and i_fake[3] == 1
+    for g, caption in enumerate(["cat", "dog"]):
+        assert {real[i] for i in i_real[3 * g : 3 * g + 3].tolist()} == {caption}
+        assert {fake[i] for i in i_fake[3 * g : 3 * g + 3].tolist()} == {caption}
+    assert CaptionGroups.of(None, None) is None
+
+
+@pytest.mark.parametrize(
+    ("real", "fake", "message"),
+    [
+        (["a", "b"], None, "the fakes have none"),
+        (None, ["a"], "the real pairs have none"),
+        (["a", "b"], ["a", "c"], "1 caption\\(s\\) of the fakes belong to no real pair, e.g. 'c'"),
+    ],
+)
+def test_captions_the_groups_cannot_use_are_refused(real, fake, message) -> None:
+    with pytest.raises(InputError, match=message):
+        CaptionGroups.of(real, fake)
+
+
+class Recorder(TinyDisc):
+    """TinyDisc that records the log-SNRs of every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Tensor, Tensor]] = []
+
+    def forward(self, audio, video, t_audio, t_video):
+        self.calls.append((t_audio.detach().clone(), t_video.detach().clone()))
+        return super().forward(audio, video, t_audio, t_video)
+
+
+def test_the_objective_scores_each_group_at_one_noise_level() -> None:
+    torch.manual_seed(0)
+    disc = Recorder().eval()
+    real, fake = toy_data(8)
+    audio_model, video_model = models()
+    config = LossConfig(use_dlsm=False, objective="infonce", group_size=4)
+    out = mmdisco_loss(
+        disc,
+        real.audio,
+        real.video,
+        fake.audio,
+        fake.video,
+        audio_model.schedule,
+        video_model.schedule,
+        config,
+        generator=torch.Generator().manual_seed(1),
+    )
+    # two groups, each: own pairs, then audio x fake video, then fake audio x video
+    assert [len(c[0]) for c in disc.calls] == [4, 16, 16] * 2
+    levels = [torch.cat([c[0] for c in disc.calls[3 * g : 3 * g + 3]]) for g in range(2)]
+    for lv in levels:
+        assert torch.all(lv == lv[0])
+    assert levels[0][0] != levels[1][0]
+    # the loss is the mean of the groups' InfoNCE on the logits the discriminator gave
+    assert out.logits_real.shape == (16,) and out.logits_fake.shape == (0,)
+    assert 0.0 <= out.accuracy <= 1.0
+    assert out.d.item() == pytest.approx(out.total.item())
+    assert out.d.item() > 0
+
+
+def test_a_group_size_that_does_not_divide_the_batch_is_refused(tmp_path) -> None:
+    real, fake = toy_data(64)
+    cfg = TrainConfig(steps=1, batch_size=16, grad_accum=2, objective="infonce", group_size=3)
+    with pytest.raises(InputError, match=r"micro-batch .* of 8 pairs does not split into groups"):
+        train_discriminator(TinyDisc(), *models(), real, fake, cfg, progress=False)
+    with pytest.raises(InputError, match="clean_prob"):
+        TrainConfig(objective="infonce", clean_prob=0.1)
+
+
+def _captioned(n: int = 96) -> tuple[PairData, PairData]:
+    real, fake = toy_data(n)
+    names = ["low", "mid", "high"]
+    real_captions = [names[i % 3] for i in range(n)]
+    fake_captions = [names[(i * 7) % 3] for i in range(n)]
+    return PairData(real.audio, real.video, captions=real_captions), PairData(
+        fake.audio, fake.video, captions=fake_captions
+    )
+
+
+def test_each_micro_batch_groups_pairs_of_one_caption() -> None:
+    real, fake = _captioned()
+    cfg = TrainConfig(steps=2, batch_size=16, grad_accum=2, objective="infonce", group_size=4)
+    orders = tuple(BatchOrder(len(real), 16, derive_seed(0, k)) for k in (1, 2, 3))
+    groups = CaptionGroups.of(real.captions, fake.captions)
+    for step in range(2):
+        parts = micro_batches(
+            real, fake, orders, cfg, step, 0, 1, torch.device("cpu"), None, groups
+        )
+        assert len(parts) == 2
+        for r, f, _ in parts:
+            assert len(r) == len(f) == 8
+            for g in range(2):
+                group = slice(4 * g, 4 * g + 4)
+                assert {*r.captions[group], *f.captions[group]} == {r.captions[4 * g]}
+
+
+def test_contrastive_training_resumes_exactly(tmp_path) -> None:
+    real, fake = _captioned()
+    cfg = TrainConfig(
+        steps=8,
+        batch_size=16,
+        objective="infonce",
+        group_size=8,
+        optimizer="adamw",
+        weight_decay=0.1,
+        use_dlsm=False,
+        checkpoint_every=4,
+        log_every=2,
+    )
+
+    def run(out: Path, stop_after: int | None = None, seed: int = 0) -> TinyDisc:
+        torch.manual_seed(seed)
+        disc = TinyDisc()
+        train_discriminator(
+            disc, *models(), real, fake, cfg, out, progress=False, stop_after=stop_after
+        )
+        return disc
+
+    straight = run(tmp_path / "a")
+    run(tmp_path / "b", stop_after=4)
+    resumed = run(tmp_path / "b", seed=7)
+    for (k, x), y in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(x, y, atol=1e-6), k
+    state = load_file(tmp_path / "b" / "checkpoints" / "step-00000008" / "optimizer.safetensors")
+    assert state  # AdamW's two parameter groups round-trip through the checkpoint
+
+
+def test_contrastive_training_learns_which_video_goes_with_the_audio() -> None:
+    """Real video repeats the audio; a fake video is independent: after training, the own
+    video beats all 15 fake videos of its group far above chance (1 / 16)."""
+    real, fake = toy_data(512)
+    cfg = TrainConfig(
+        steps=200,
+        batch_size=64,
+        objective="infonce",
+        group_size=16,
+        use_dlsm=False,
+        noise_range=(0.0, 0.3),
+        lr=3e-3,
+        log_every=50,
+    )
+    torch.manual_seed(0)
+    result = train_discriminator(TinyDisc(), *models(), real, fake, cfg, progress=False)
+    assert result.history[0]["accuracy"] < 0.35
+    assert result.history[-1]["accuracy"] > 0.8
+    assert result.history[-1]["loss_d"] < 0.3 * result.history[0]["loss_d"]
