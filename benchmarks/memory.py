@@ -116,39 +116,52 @@ def bf16_ratio(channels: int = 64) -> dict[str, float]:
 GPU_BYTES = 80e9  # "80 GB": an A100/H100 80GB holds 80e9 bytes (74.5 GiB)
 
 
-def preset_peaks(name: str, micros: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
-    """Peak memory of one training step of preset ``name`` per micro-batch, on the meta
-    device, and the largest micro-batch under :data:`GPU_BYTES`."""
+def preset_peaks(name: str) -> dict[str, Any]:
+    """Peak memory of one training step of preset ``name`` at two micro-batches (1 and 2
+    pairs, or 1 and 2 contrastive groups), on the meta device, and the largest micro-batch
+    under :data:`GPU_BYTES`."""
     from mmdisco.config import load_experiment
+    from mmdisco.discriminator import build_discriminator, text_dims
     from real_shapes_presets import CONFIGS, base_models, flash_attention_memory, meta_counting
 
     cfg = load_experiment(CONFIGS / f"{name}.yaml")
-    config = cfg.discriminator_config()
-    with torch.device("meta"):
-        disc = Discriminator(config)
     audio, video = base_models(name)
+    config = cfg.discriminator_config_for(audio, video)
+    with torch.device("meta"):
+        disc = build_discriminator(config)
     wrapped = (
         ConfiguredModel(audio, cfg.audio.cfg_scale),
         ConfiguredModel(video, cfg.video.cfg_scale),
     )
     conds = prompt_conditioning(wrapped)
-    text = {"text_audio": config.text_dim_audio, "text_video": config.text_dim_video}
+    keys = ("text_audio", "text_video")
+    text = {k: d for k, d in zip(keys, text_dims(config), strict=True) if d}
     train = cfg.train_config()
+    unit = train.group_size if train.objective == "infonce" else 1
+    micros = (unit, 2 * unit)
     peaks = {}
     with meta_counting(), flash_attention_memory():
         for m in micros:
-            step = TrainConfig(batch_size=m, use_dlsm=train.use_dlsm, dlsm_weight=train.dlsm_weight)
+            step = TrainConfig(
+                batch_size=m,
+                use_dlsm=train.use_dlsm,
+                dlsm_weight=train.dlsm_weight,
+                objective=train.objective,
+                group_size=train.group_size,
+            )
             peaks[m] = estimate_step_memory(disc, *wrapped, step, text, conds)
     slope = (peaks[micros[-1]].peak - peaks[micros[0]].peak) / (micros[-1] - micros[0])
     fixed = peaks[micros[0]].peak - micros[0] * slope
+    fits = int((GPU_BYTES - fixed) // slope)
     return {
         "per_pair_gib": slope / GIB,
         "fixed_gib": fixed / GIB,
-        "base_models_gib": peaks[1].base_models / GIB,
+        "base_models_gib": peaks[micros[0]].base_models / GIB,
         "discriminator_parameters": sum(p.numel() for p in disc.parameters()),
         "use_dlsm": train.use_dlsm,
+        "objective": train.objective,
         "measured_gib": {m: peaks[m].peak / GIB for m in micros},
-        "micro_batch_80gb": int((GPU_BYTES - fixed) // slope),
+        "micro_batch_80gb": fits // unit * unit,  # whole groups
         "preset_micro_batch": train.batch_size // train.grad_accum,
     }
 
@@ -158,30 +171,32 @@ def render_presets(r: dict[str, Any]) -> str:
         "",
         "## The 2025-26 presets",
         "",
-        "One training step of each preset (its discriminator, L_D + L_DLSM with CFG unless "
-        "the preset turns L_DLSM off, Adam) with its base models' transformers at real size "
+        "One training step of each preset (its discriminator and objective: L_D as binary "
+        "cross-entropy or contrastive groups, plus L_DLSM with CFG where the preset keeps it; "
+        "the optimiser's two moments) with its base models' transformers at real size "
         "in bfloat16, random weights, on the meta device as above (`python benchmarks/"
         "memory.py --presets`), attention held as a fused kernel holds it (its output; the "
         "meta device's math fallback would hold every score matrix). Peak per device; slope "
-        "over micro-batches "
-        f"{r['micro_batches']}. Fits: the largest micro-batch under 80 GB (80e9 bytes, "
+        "over two micro-batches (1 and 2 pairs, or 1 and 2 contrastive groups). Fits: the "
+        "largest micro-batch under 80 GB (80e9 bytes, "
         "before the CUDA context). Only the base models' transformers are counted: the text "
         "encoders that L_DLSM runs on the captions add their weights to the fixed cost (Wan's "
         "UMT5-XXL encoder 10.6 GiB in bfloat16; Stable Audio 3's T5Gemma and HunyuanVideo "
         "1.5's Qwen2.5-VL likewise, not measured here), so the fitting micro-batch is an "
-        "upper bound. LTX-2's preset trains with L_D alone and runs no base model.",
+        "upper bound. A preset without L_DLSM runs no base model while training.",
         "",
-        "| preset | base weights | discriminator | L_DLSM | per pair | fixed | peak, micro-batch "
-        "1 | micro-batch that fits 80 GB | preset's micro-batch |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| preset | base weights | discriminator | objective | L_DLSM | per pair | fixed "
+        "| peak, smallest micro-batch | micro-batch that fits 80 GB | preset's micro-batch |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     for name, row in r["presets"].items():
+        smallest, peak = next(iter(row["measured_gib"].items()))
         lines.append(
             f"| {name} | {row['base_models_gib']:.1f} GiB "
             f"| {row['discriminator_parameters'] / 1e6:.1f}M "
-            f"| {'yes' if row['use_dlsm'] else 'no'} "
+            f"| {row.get('objective', 'bce')} | {'yes' if row['use_dlsm'] else 'no'} "
             f"| {row['per_pair_gib']:.2f} GiB | {row['fixed_gib']:.1f} GiB "
-            f"| {row['measured_gib']['1']:.1f} GiB | {row['micro_batch_80gb']} "
+            f"| {peak:.1f} GiB ({smallest}) | {row['micro_batch_80gb']} "
             f"| {row['preset_micro_batch']} |"
         )
     lines.append("")
@@ -192,7 +207,7 @@ def presets(args: argparse.Namespace) -> dict[str, Any]:
     from real_shapes_presets import PRESETS
 
     start = time.perf_counter()
-    result = {"presets": {name: preset_peaks(name) for name in PRESETS}, "micro_batches": [1, 2]}
+    result = {"presets": {name: preset_peaks(name) for name in PRESETS}}
     result = json.loads(json.dumps(result))  # micro-batch keys as JSON has them
     result["seconds"] = time.perf_counter() - start
     write_text_atomic(args.out_dir / "memory_presets.json", json.dumps(result, indent=2) + "\n")

@@ -3,7 +3,8 @@
 One guided sampling step of ``configs/{wan,wan22,hunyuan15}_stableaudio3.yaml`` and
 ``configs/ltx2_mmdisco.yaml`` is, per sample: every network pass the base models make (two
 with CFG; LTX-2's four: conditional, unconditional, STG and modality-isolated), plus the
-discriminator's forward and input-gradient, twice with CFG on its term. :func:`step_passes`
+discriminator's forward and input-gradient (twice with CFG on the term of a discriminator
+that reads text). :func:`step_passes`
 lists those passes at the preset's shapes; ``sampling_overhead.py --presets`` counts their
 FLOPs on the meta device (nothing allocated) or, on a GPU, times them in bfloat16.
 
@@ -234,30 +235,34 @@ PRESETS = ("wan_stableaudio3", "wan22_stableaudio3", "hunyuan15_stableaudio3", "
 
 
 def discriminator_passes(preset: str, shapes: dict[str, tuple[int, ...]], device: Any) -> Callable:
-    """The discriminator term of one guided step of ``preset`` (its config as in the YAML):
-    two corrections (conditional and unconditional text: CFG on the discriminator term), each
-    a forward and an input-gradient, in float32."""
+    """The discriminator term of one guided step of ``preset`` (its config as in the YAML): a
+    forward and an input-gradient, in float32; twice (conditional and unconditional text)
+    when the preset puts CFG on the term of a discriminator that reads text."""
     from mmdisco.config import load_experiment
-    from mmdisco.discriminator import Discriminator
+    from mmdisco.discriminator import build_discriminator, text_dims
     from mmdisco.guidance import discriminator_gradients
 
-    config = load_experiment(CONFIGS / f"{preset}.yaml").discriminator_config()
+    experiment = load_experiment(CONFIGS / f"{preset}.yaml")
+    config = experiment.discriminator_config_for_shapes(shapes["audio"], shapes["video"])
     with torch.device(device):
-        disc = Discriminator(config).eval()
+        disc = build_discriminator(config).eval()
     text = {
-        "text_audio": torch.zeros(1, config.text_dim_audio, device=device),
-        "text_video": torch.zeros(1, config.text_dim_video, device=device),
+        key: torch.zeros(1, dim, device=device)
+        for key, dim in zip(("text_audio", "text_video"), text_dims(config), strict=True)
+        if dim
     }
+    corrections = 2 if text and experiment.sampling.cfg_on_discriminator else 1
 
     def run() -> None:
         a = torch.zeros(1, *shapes["audio"], device=device)
         v = torch.zeros(1, *shapes["video"], device=device)
         log_snr = torch.zeros(1, device=device)
         # guidance_correction without its finiteness check (meta tensors have no values)
-        for _ in ("conditional", "unconditional"):
+        for _ in range(corrections):
             discriminator_gradients(disc, a, v, log_snr, log_snr, **text)
 
     run.parameters = sum(p.numel() for p in disc.parameters())  # type: ignore[attr-defined]
+    run.corrections = corrections  # type: ignore[attr-defined]
     return run
 
 

@@ -388,7 +388,8 @@ def render_presets(r: dict[str, Any]) -> str:
         ),
         "Unguided: every base-model pass of the step (two with CFG; LTX-2: conditional, "
         "unconditional, STG and modality-isolated). Guided adds the discriminator's forward "
-        "and input-gradient twice (CFG on its term, as the presets set).",
+        "and input-gradient: twice where the preset puts CFG on the term of a discriminator "
+        "that reads text (LTX-2's), once for the shared-latent network, which reads none.",
         "",
         "| preset | latents (audio; video) | base models | unguided step | discriminator "
         "| its term | guided / unguided |",

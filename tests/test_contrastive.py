@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -238,3 +239,32 @@ def test_contrastive_training_learns_which_video_goes_with_the_audio() -> None:
     assert result.history[0]["accuracy"] < 0.35
     assert result.history[-1]["accuracy"] > 0.8
     assert result.history[-1]["loss_d"] < 0.3 * result.history[0]["loss_d"]
+
+
+def test_mmdisco_train_runs_the_contrastive_recipe_by_default(tmp_path) -> None:
+    """``mmdisco train`` trains the shared-latent network with the contrastive recipe; the
+    paper's discriminator and objective are one option away."""
+    from typer.testing import CliRunner
+
+    from mmdisco.cli import app
+    from mmdisco.discriminator import Discriminator, load_discriminator
+
+    def invoke(*args: object) -> None:
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+
+    fakes = tmp_path / "fakes"
+    invoke("generate-fakes", "--out", fakes, "--n", 8, "--shard-size", 8, "--steps", 2)
+    common = ("--fakes", fakes, "--n-real", 16, "--steps", 2, "--batch-size", 8)
+    invoke("train", *common, "--out", tmp_path / "default")
+    disc = load_discriminator(tmp_path / "default" / "discriminator")
+    assert isinstance(disc, SharedLatentDiscriminator) and disc.config.head == "aligned"
+    saved = TrainConfig.from_dict(
+        json.loads((tmp_path / "default" / "train_config.json").read_text())
+    )
+    assert saved == TrainConfig.contrastive(steps=2, batch_size=8, group_size=8)
+    invoke("train", *common, "--out", tmp_path / "paper", "--recipe", "paper")
+    paper = load_discriminator(tmp_path / "paper" / "discriminator")
+    assert isinstance(getattr(paper, "disc", paper), Discriminator)  # maybe behind pooling
+    saved = json.loads((tmp_path / "paper" / "train_config.json").read_text())
+    assert (saved["objective"], saved["use_dlsm"], saved["optimizer"]) == ("bce", True, "adam")

@@ -38,7 +38,7 @@ def test_presets_follow_the_reference_release(name):
     path = CONFIGS / f"{name}.yaml"
     cfg = load_experiment(path)
     assert cfg.sampling.scheduler == "DDPMScheduler" and cfg.sampling.num_inference_steps == 50
-    assert cfg.sampling.cfg_on_discriminator
+    assert not cfg.sampling.cfg_on_discriminator  # the recipe's network reads no text
     assert (cfg.sampling.guidance_scale_audio, cfg.sampling.guidance_scale_video) == (1.0, 1.0)
     assert cfg.video.path == "SG161222/Realistic_Vision_V5.1_noVAE"
     assert cfg.video.options["motion_adapter"] == "guoyww/animatediff-motion-adapter-v1-5-2"
@@ -56,6 +56,45 @@ def test_presets_follow_the_reference_release(name):
     text = path.read_text()
     assert "Deliberate differences from the reference release" in text
     assert text.count("\n#  ") >= 5
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "audioldm_animatediff",
+        "auffusion_animatediff",
+        "wan_stableaudio3",
+        "wan22_stableaudio3",
+        "hunyuan15_stableaudio3",
+    ],
+)
+def test_presets_train_the_recipe_proven_on_the_continuous_world(name):
+    """Presets of two independent base models train what learnt the continuous world's ratio:
+    its network family and objective, its optimiser settings; groups fill micro-batches."""
+    from mmdisco.discriminator.shared_latent import CONV_NETWORK
+    from mmdisco.training.trainer import CONTRASTIVE
+    from mmdisco.world.continuous_eval import RECIPES
+
+    cfg = load_experiment(CONFIGS / f"{name}.yaml")
+    disc = cfg.discriminator
+    assert disc["preset"] == "shared_latent"
+    for key in ("encoder", "head", "num_codes", "num_factors", "depth", "video_pool"):
+        assert disc.get(key, CONV_NETWORK[key]) == CONV_NETWORK[key], key
+    train = cfg.train_config()
+    for key, value in CONTRASTIVE.items():
+        if key != "group_size":  # a micro-batch of 32 holds 4 groups of 8 captions
+            assert getattr(train, key) == value, key
+    # the library's recipe is the one the continuous world's benchmark ran
+    assert (RECIPES["conv"].lr, RECIPES["conv"].weight_decay) == (train.lr, train.weight_decay)
+    assert (train.batch_size // train.grad_accum) % train.group_size == 0
+    assert not cfg.sampling.cfg_on_discriminator
+
+
+def test_the_joint_model_preset_keeps_binary_cross_entropy():
+    """LTX-2's fakes are the joint model's own pairs: the ratio to learn is p / p_joint, which
+    re-pairing fakes as negatives would not give."""
+    train = load_experiment(CONFIGS / "ltx2_mmdisco.yaml").train_config()
+    assert train.objective == "bce"
 
 
 def tiny_config(tmp_path: Path, **changes) -> dict:

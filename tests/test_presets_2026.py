@@ -14,7 +14,8 @@ import torch
 import yaml
 
 from mmdisco.config import experiment_from_dict, load_experiment
-from mmdisco.discriminator import Discriminator
+from mmdisco.discriminator import build_discriminator
+from mmdisco.discriminator.shared_latent import SharedLatentConfig
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
@@ -71,7 +72,8 @@ def test_presets_run_the_models_as_their_cards(name):
         for key, value in want.items():
             assert got[key] == pytest.approx(value, abs=1e-12), (name, key)
     assert cfg.sampling.num_inference_steps == steps and cfg.sampling.scheduler == "default"
-    assert cfg.sampling.cfg_on_discriminator
+    # CFG on the discriminator term needs a discriminator that reads text (LTX-2's)
+    assert cfg.sampling.cfg_on_discriminator == (name == "ltx2_mmdisco")
     # The clips have the video model's frames and are as long as both models' clips.
     assert (cfg.data.size, cfg.data.width) == (v_opts["height"], v_opts["width"])
     frames = v_opts["num_frames"]
@@ -90,17 +92,21 @@ def test_presets_run_the_models_as_their_cards(name):
 @pytest.mark.parametrize("name", list(CARDS))
 def test_discriminator_fits_the_latents(name):
     cfg = load_experiment(CONFIGS / f"{name}.yaml")
-    disc = cfg.discriminator_config()
     (a_adapter, _, a_opts), (v_adapter, _, v_opts), _ = CARDS[name]
     audio, video = audio_latent(name, a_adapter, a_opts), video_latent(name, v_adapter, v_opts)
-    assert disc.audio_channels == audio[0] and disc.video_channels == video[0]
-    assert disc.audio_kind == ("2d" if len(audio) == 3 else "1d")
-    if disc.audio_kind == "1d":  # at least one audio token per latent video frame, deepest level
-        assert audio[1] // disc.audio_downsample**disc.num_downsamples >= video[1]
+    disc = cfg.discriminator_config_for_shapes(audio, video)
+    if isinstance(disc, SharedLatentConfig):
+        assert disc.audio_shape == audio and disc.video_shape == video
+        # time is axis 1, and there is at least one audio step per latent video frame
+        assert disc.audio_time_axis == 1 and audio[1] >= video[1]
+    else:
+        assert disc.audio_channels == audio[0] and disc.video_channels == video[0]
+        assert disc.audio_kind == ("2d" if len(audio) == 3 else "1d")
     # The benchmark measured these shapes and this very discriminator, under 1.10x.
     row = json.loads((RESULTS / "sampling_overhead_presets.json").read_text())["rows"][name]
     assert tuple(row["shapes"]["audio"]) == audio and tuple(row["shapes"]["video"]) == video
-    assert row["discriminator_parameters"] == Discriminator.num_parameters_for(disc)
+    params = sum(p.numel() for p in build_discriminator(disc).parameters())
+    assert row["discriminator_parameters"] == params
     assert 1.0 < row["ratio"] <= 1.10
 
 

@@ -163,8 +163,13 @@ class ExperimentConfig:
     def discriminator_config_for(self, audio: Any, video: Any) -> Any:
         """:meth:`discriminator_config` checked against the base models' latents; caption
         dropout from ``data.caption_dropout`` unless the section sets ``text_drop_prob``."""
+        return self.discriminator_config_for_shapes(audio.latent_shape(), video.latent_shape())
+
+    def discriminator_config_for_shapes(
+        self, a_shape: tuple[int, ...], v_shape: tuple[int, ...]
+    ) -> Any:
+        """:meth:`discriminator_config_for` given the latent shapes (audio, video) alone."""
         dcfg = self.discriminator_config()
-        a_shape, v_shape = audio.latent_shape(), video.latent_shape()
         if self.discriminator.get("preset") == SHARED_LATENT:
             spec = {k: v for k, v in self.discriminator.items() if k != "preset"}
             try:
@@ -324,25 +329,17 @@ SHARED_LATENT = "shared_latent"
 def _shared_latent_config(
     spec: dict[str, Any], audio_shape: tuple[int, ...], video_shape: tuple[int, ...]
 ) -> Any:
+    import dataclasses
+
     from mmdisco.discriminator.shared_latent import SharedLatentConfig
 
+    known = {f.name for f in dataclasses.fields(SharedLatentConfig)} - {
+        "audio_shape",
+        "video_shape",
+    }
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise InputError(f"unknown field; expected one of {sorted(known)}", unknown[0])
     return SharedLatentConfig(
         audio_shape=tuple(audio_shape), video_shape=tuple(video_shape), **spec
     )
-
-
-def build_discriminator(config: Any) -> Any:
-    """The untrained discriminator of a config :meth:`ExperimentConfig.discriminator_config_for`
-    returned (under the caller's random state and default device)."""
-    from mmdisco.discriminator import Discriminator
-    from mmdisco.discriminator.shared_latent import SharedLatentConfig, SharedLatentDiscriminator
-
-    if isinstance(config, SharedLatentConfig):
-        return SharedLatentDiscriminator(config)
-    return Discriminator(config)
-
-
-def text_dims(config: Any) -> tuple[int | None, int | None]:
-    """The widths of the pooled text embeddings a discriminator config takes (audio, video);
-    None for a modality it reads no text for."""
-    return getattr(config, "text_dim_audio", None), getattr(config, "text_dim_video", None)

@@ -31,9 +31,10 @@ from torch import Tensor
 
 from mmdisco.base_models.base import BaseModel
 from mmdisco.base_models.loading import configured, load_models
-from mmdisco.config import ExperimentConfig, build_discriminator, text_dims
+from mmdisco.config import ExperimentConfig
 from mmdisco.data.cache import TEXT_KEYS
 from mmdisco.diffusion import DiscreteSchedule
+from mmdisco.discriminator import build_discriminator, text_dims
 from mmdisco.errors import ConfigError
 from mmdisco.media import for_aac, mono, write_mp4
 from mmdisco.sampling import sample_batches

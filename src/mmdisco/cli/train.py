@@ -147,8 +147,16 @@ def train_cmd(
     out: Annotated[
         Path | None, typer.Option(help="run directory: checkpoints/, logs/, discriminator/")
     ] = None,
+    recipe: Annotated[
+        str,
+        typer.Option(
+            help="contrastive: the shared-latent network, InfoNCE against the fakes in groups "
+            "that share a noise level, AdamW (what learnt the continuous world's ratio); "
+            "paper: the paper's discriminator (--head), L_D + L_DLSM, Adam"
+        ),
+    ] = "contrastive",
     head: Annotated[
-        str, typer.Option(help="fusion head: mlp, time_aligned, separable, ...")
+        str, typer.Option(help="with --recipe paper: fusion head: mlp, time_aligned, ...")
     ] = "time_aligned",
     real: RealLatents = None,
     n_real: Annotated[
@@ -156,8 +164,12 @@ def train_cmd(
     ] = 4096,
     steps: Annotated[int, typer.Option(help="optimisation steps")] = 2000,
     batch_size: Annotated[int, typer.Option(help="real and fake pairs per step")] = 64,
-    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 1e-3,
-    dlsm_weight: Annotated[float, typer.Option(help="weight of L_DLSM (0 = L_D only)")] = 1.0,
+    lr: Annotated[
+        float | None, typer.Option(help="learning rate (default: the recipe's, 2e-3 or 1e-3)")
+    ] = None,
+    dlsm_weight: Annotated[
+        float, typer.Option(help="with --recipe paper: weight of L_DLSM (0 = L_D only)")
+    ] = 1.0,
     seed: Seed = 0,
     config: TrainConfigFile = None,
     audio_model: AudioModelDir = None,
@@ -166,7 +178,8 @@ def train_cmd(
     processes: Processes = 1,
     memory_gib: MemoryGib = None,
 ) -> None:
-    """Train a discriminator on real pairs vs cached fakes (L_D + dlsm_weight * L_DLSM)."""
+    """Train a discriminator on real pairs vs cached fakes (by default the contrastive recipe;
+    ``--recipe paper``: L_D + dlsm_weight * L_DLSM)."""
     from mmdisco.discriminator.config import FUSIONS
     from mmdisco.training.trainer import TrainConfig
 
@@ -184,30 +197,42 @@ def train_cmd(
         except InputError as err:
             raise InputError(str(err), str(config)) from None
     else:
-        cfg = TrainConfig(
-            steps=steps, batch_size=batch_size, lr=lr, dlsm_weight=dlsm_weight, seed=seed
-        )
+        check_choice("recipe", recipe, RECIPES)
+        common = {"steps": steps, "batch_size": batch_size, "seed": seed}
+        if lr is not None:
+            common["lr"] = lr
+        if recipe == "contrastive":
+            cfg = TrainConfig.contrastive(group_size=min(batch_size, 32), **common)
+        else:
+            cfg = TrainConfig(dlsm_weight=dlsm_weight, **common)
+    check_choice("recipe", recipe, RECIPES)
     check_choice("head", head, FUSIONS)
     if real is None:
         check_int("n_real", n_real, 1)
-    _train_world(cfg, fakes, out, head, real, n_real, seed, (audio_model, video_model))
+    network = "shared_latent" if recipe == "contrastive" else head
+    _train_world(cfg, fakes, out, network, real, n_real, seed, (audio_model, video_model))
+
+
+RECIPES = ("contrastive", "paper")
 
 
 def _train_world(
     cfg: Any,
     fakes: Path,
     out: Path,
-    head: str,
+    network: str,
     real: Path | None,
     n_real: int,
     seed: int,
     model_dirs: tuple[Path | None, Path | None],
 ) -> None:
-    """Train the small world discriminator (head ``head``) against world base models."""
+    """Train a discriminator against world base models: the contrastive recipe's network
+    (``network="shared_latent"``) or the small world discriminator with head ``network``."""
     import torch
     from accelerate import Accelerator
 
     from mmdisco.demo import DemoSettings
+    from mmdisco.discriminator.shared_latent import SharedLatentConfig, SharedLatentDiscriminator
     from mmdisco.training.data import PairData, fake_pairs
     from mmdisco.training.distributed import finish_processes
     from mmdisco.training.trainer import train_discriminator
@@ -222,13 +247,19 @@ def _train_world(
     audio, video = world_base_models(*model_dirs, str(accelerator.device))
     if real_data is None:
         real_data = world_real_pairs(audio, video, n_real, seed=seed)
-    disc = build_discriminator(
-        head,
-        audio.latent_shape(),
-        video.latent_shape(),
-        seed=seed,
-        **DemoSettings().disc_kwargs,  # the small world discriminator
-    )
+    if network == "shared_latent":
+        network_config = SharedLatentConfig.conv(audio.latent_shape(), video.latent_shape())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the initial weights are a function of the seed
+            disc = SharedLatentDiscriminator(network_config)
+    else:
+        disc = build_discriminator(
+            network,
+            audio.latent_shape(),
+            video.latent_shape(),
+            seed=seed,
+            **DemoSettings().disc_kwargs,  # the small world discriminator
+        )
     result = train_discriminator(
         disc,
         audio,

@@ -5,7 +5,9 @@ from mmdisco.discriminator.codebook import CodebookConfig, CodebookDiscriminator
 from mmdisco.discriminator.composite import (
     PooledDiscriminator,
     SummedDiscriminators,
+    build_discriminator,
     load_discriminator,
+    text_dims,
 )
 from mmdisco.discriminator.config import AUDIO_KINDS, FUSIONS, DiscriminatorConfig
 from mmdisco.discriminator.model import Discriminator
@@ -20,6 +22,8 @@ __all__ = [
     "DiscriminatorConfig",
     "PooledDiscriminator",
     "SummedDiscriminators",
+    "build_discriminator",
     "load_discriminator",
     "state_dict_mismatches",
+    "text_dims",
 ]

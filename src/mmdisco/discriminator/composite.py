@@ -83,6 +83,23 @@ class SummedDiscriminators(nn.Module):
         write_json_atomic(Path(directory) / SUM_CONFIG, {"parts": parts})
 
 
+def build_discriminator(config: Any) -> nn.Module:
+    """The untrained discriminator a config describes (:class:`DiscriminatorConfig` or
+    :class:`SharedLatentConfig`), under the caller's random state and default device."""
+    from mmdisco.discriminator.model import Discriminator
+    from mmdisco.discriminator.shared_latent import SharedLatentConfig, SharedLatentDiscriminator
+
+    if isinstance(config, SharedLatentConfig):
+        return SharedLatentDiscriminator(config)
+    return Discriminator(config)
+
+
+def text_dims(config: Any) -> tuple[int | None, int | None]:
+    """The widths of the pooled text embeddings a discriminator config takes (audio, video);
+    None for a modality it reads no text for."""
+    return getattr(config, "text_dim_audio", None), getattr(config, "text_dim_video", None)
+
+
 def load_discriminator(directory: str | Path, device: str = "cpu") -> nn.Module:
     """A discriminator saved by ``Discriminator``, :class:`CodebookDiscriminator`,
     :class:`SharedLatentDiscriminator`, :class:`PooledDiscriminator` or

@@ -9,10 +9,11 @@ as what they say overall.
   nuisance; a vertical one is not under gravity): attention maps with a row-coordinate
   channel, or the mean over the horizontal axis (:class:`VideoConvEncoder`), then 1D
   convolutions over the frames.
-* Audio ``(..., T)``: the last axis (or ``time_axis``) is time and every other axis (latent
-  channels, frequency) is a channel of 1D convolutions over time; the time axis is then resampled to
-  ``S * fold`` steps and each group of ``fold`` folded into channels (space-to-depth: no
-  sub-step timing is averaged away), then 1D convolutions over the ``S`` steps.
+* Audio ``(C, T)`` or ``(C, T, F)``: axis 1 (or ``time_axis``) is time and every other axis
+  (latent channels, frequency) is a channel of 1D convolutions over time; the time axis is
+  then resampled to ``S * fold`` steps and each group of ``fold`` folded into channels
+  (space-to-depth: no sub-step timing is averaged away), then 1D convolutions over the ``S``
+  steps.
 
 Every convolution is modulated by the log-SNR (FiLM on :func:`snr_embedding`) and followed
 by a SiLU: smooth, since guidance uses the input-gradient. There is no normalisation layer: a
@@ -134,7 +135,7 @@ class VideoConvEncoder(nn.Module):
 
 
 class AudioConvEncoder(nn.Module):
-    """``(B, ..., T)`` (time on ``time_axis`` of a clip's shape) and ``(B,)`` log-SNR ->
+    """``(B, C, T[, F])`` (time on ``time_axis`` of a clip's shape) and ``(B,)`` log-SNR ->
     ``(B, width, steps)`` features on ``steps`` time steps (the video's frames):
     ``frame_depth`` convolutions at the audio's own rate, ``depth`` over the steps."""
 
@@ -145,7 +146,7 @@ class AudioConvEncoder(nn.Module):
         depth: int,
         frame_depth: int,
         steps: int,
-        time_axis: int = -1,
+        time_axis: int = 1,
     ) -> None:
         super().__init__()
         if len(shape) < 2:

@@ -41,12 +41,27 @@ from torch import Tensor, nn
 from mmdisco.discriminator.config import config_from_tagged_dict, tagged_config_dict
 from mmdisco.discriminator.conv_encoders import AudioConvEncoder, VideoConvEncoder, snr_embedding
 from mmdisco.discriminator.model import per_sample
+from mmdisco.errors import check_int
 from mmdisco.io import PretrainedMixin
 
 KIND = "shared_latent"
 ENCODERS = ("mlp", "conv")
 HEADS = ("shared_latent", "bilinear", "aligned")
 VIDEO_POOLS = ("mean", "attention")
+
+
+# The network of the contrastive recipe (SharedLatentConfig.conv): what learnt the continuous
+# world's density ratio (docs/training_the_discriminator.md, fifth round).
+CONV_NETWORK: dict[str, Any] = {
+    "num_codes": 64,
+    "num_factors": 2,
+    "width": 64,
+    "depth": 2,
+    "frame_depth": 1,
+    "head": "aligned",
+    "encoder": "conv",
+    "video_pool": "mean",
+}
 
 
 @dataclass(frozen=True)
@@ -66,9 +81,9 @@ class SharedLatentConfig:
     video_pool: str = "mean"  # conv: or "attention" (VideoConvEncoder)
     # conv: layers within a video frame / at the audio's rate (``depth``: over time)
     frame_depth: int = 1
-    # conv: which axis of an audio latent is time (e.g. 1 for a (C, T, F) mel latent);
-    # every other axis is a channel
-    audio_time_axis: int = -1
+    # conv: which axis of an audio latent is time; every other axis is a channel. Axis 1 is
+    # the adapters' convention: (C, T) and (C, T, F) latents
+    audio_time_axis: int = 1
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -85,6 +100,9 @@ class SharedLatentConfig:
             raise ValueError(
                 "SharedLatentConfig.head='aligned' needs encoder='conv' (it keeps time)"
             )
+        for name in ("num_codes", "num_factors", "width", "depth", "frame_depth"):
+            check_int(name, getattr(self, name), 1)
+        check_int("audio_time_axis", self.audio_time_axis)
         rank = len(tuple(self.audio_shape))
         if not -rank <= self.audio_time_axis < rank:
             raise ValueError(
@@ -93,6 +111,13 @@ class SharedLatentConfig:
             )
         object.__setattr__(self, "audio_shape", tuple(self.audio_shape))
         object.__setattr__(self, "video_shape", tuple(self.video_shape))
+
+    @classmethod
+    def conv(
+        cls, audio_shape: tuple[int, ...], video_shape: tuple[int, ...], **changes: Any
+    ) -> SharedLatentConfig:
+        """The contrastive recipe's network (:data:`CONV_NETWORK`) for these latents."""
+        return cls(audio_shape, video_shape, **{**CONV_NETWORK, **changes})
 
     def to_dict(self) -> dict[str, Any]:
         return tagged_config_dict(self, KIND)

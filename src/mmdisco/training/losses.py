@@ -133,7 +133,9 @@ class LossOutput:
 
     @property
     def accuracy(self) -> float:
-        """Fraction of pairs the discriminator classifies correctly (threshold logit 0)."""
+        """Fraction of pairs the discriminator classifies correctly (threshold logit 0); for
+        the contrastive objective, whose ``logits_real`` are top-1 margins, the fraction of
+        rows whose real pair beats every negative."""
         correct = (self.logits_real > 0).float().sum() + (self.logits_fake <= 0).float().sum()
         return (correct / (len(self.logits_real) + len(self.logits_fake))).item()
 
@@ -286,6 +288,46 @@ def _live_dlsm(
     return l_dlsm, out.logits
 
 
+def _check_inputs(
+    config: LossConfig,
+    bank: BankRows | None,
+    eps: tuple[EpsFn | None, EpsFn | None],
+    pairs: tuple[Tensor, Tensor],
+    name: str,
+) -> None:
+    if bank is not None and config.clean_prob > 0:
+        raise ValueError("clean_prob > 0 needs L_DLSM computed live, not from a bank")
+    if config.use_dlsm and bank is None and None in eps:
+        raise ValueError("L_DLSM needs the base models: pass eps_audio and eps_video")
+    a, v = pairs
+    if a.shape[0] != v.shape[0]:
+        raise ValueError(f"{name} audio and video batch sizes differ: {a.shape[0]} vs {v.shape[0]}")
+
+
+def _group_fractions(
+    config: LossConfig, real: Tensor, fake: Tensor, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor] | None:
+    """The contrastive objective's noise fractions, constant within each group; None (one
+    level per pair) for binary cross-entropy."""
+    if config.objective != "infonce":
+        return None
+    n_real, n_fake = real.shape[0], fake.shape[0]
+    check_groups(n_real, config.group_size, "a micro-batch")
+    if n_fake != n_real:
+        raise ValueError(
+            f"objective 'infonce' pairs each group's real pairs with as many fakes: "
+            f"{n_real} real vs {n_fake} fake"
+        )
+    return group_fractions(
+        n_real,
+        config.group_size,
+        config.noise_range,
+        config.shared_timesteps,
+        generator,
+        real.device,
+    )
+
+
 def mmdisco_loss(
     disc: DiscriminatorFn,
     real_audio: Tensor,
@@ -332,33 +374,11 @@ def mmdisco_loss(
     while L_D's real pairs get fresh noise (a discriminator shown the bank's few fixed
     noisings as its real class memorises them).
     """
-    if bank is not None and config.clean_prob > 0:
-        raise ValueError("clean_prob > 0 needs L_DLSM computed live, not from a bank")
-    if config.use_dlsm and bank is None and (eps_audio is None or eps_video is None):
-        raise ValueError("L_DLSM needs the base models: pass eps_audio and eps_video")
-    for name, a, v in (("real", real_audio, real_video), ("fake", fake_audio, fake_video)):
-        if a.shape[0] != v.shape[0]:
-            raise ValueError(
-                f"{name} audio and video batch sizes differ: {a.shape[0]} vs {v.shape[0]}"
-            )
+    _check_inputs(config, bank, (eps_audio, eps_video), (real_audio, real_video), "real")
+    _check_inputs(config, bank, (eps_audio, eps_video), (fake_audio, fake_video), "fake")
     schedules = (schedule_audio, schedule_video)
     cond_real = dict(cond_real or {})
-    fractions = None
-    if config.objective == "infonce":
-        check_groups(real_audio.shape[0], config.group_size, "a micro-batch")
-        if fake_audio.shape[0] != real_audio.shape[0]:
-            raise ValueError(
-                f"objective 'infonce' pairs each group's real pairs with as many fakes: "
-                f"{real_audio.shape[0]} real vs {fake_audio.shape[0]} fake"
-            )
-        fractions = group_fractions(
-            real_audio.shape[0],
-            config.group_size,
-            config.noise_range,
-            config.shared_timesteps,
-            generator,
-            real_audio.device,
-        )
+    fractions = _group_fractions(config, real_audio, fake_audio, generator)
     real = noise_pairs(real_audio, real_video, *schedules, config, generator, fractions)
     zero = real_audio.new_zeros(())
     contrastive = config.use_d and config.objective == "infonce"
@@ -372,14 +392,9 @@ def mmdisco_loss(
         logits_real = zero.new_zeros(0) if contrastive else disc(*_inputs(real), **cond_real)
     if contrastive:
         fake = noise_pairs(fake_audio, fake_video, *schedules, config, generator, fractions)
-        l_d, logits_real = contrastive_term(
-            disc,
-            (real.audio, real.video),
-            (fake.audio, fake.video),
-            (real.log_snr_audio, real.log_snr_video),
-            config.group_size,
-            cond_real,
-        )
+        pairs = ((real.audio, real.video), (fake.audio, fake.video))
+        snr = (real.log_snr_audio, real.log_snr_video)
+        l_d, logits_real = contrastive_term(disc, *pairs, snr, config.group_size, cond_real)
         logits_fake = logits_real.new_zeros(0)
     elif config.use_d:
         fake = noise_pairs(fake_audio, fake_video, *schedules, config, generator)

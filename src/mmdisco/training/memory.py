@@ -294,7 +294,7 @@ def estimate_training_memory(
     bfloat16 autocast cannot run on the meta device; its steps are estimated in float32,
     which bounds them from above (``MemoryEstimate.exact`` is then False).
     """
-    from mmdisco.config import build_discriminator, text_dims
+    from mmdisco.discriminator import build_discriminator, text_dims
 
     audio, video, conds = models or memory_models(cfg)
     train_cfg = cfg.train_config()

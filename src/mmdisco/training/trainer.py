@@ -62,6 +62,19 @@ from mmdisco.training.losses import BankRows, LossConfig, LossOutput, epsilon_fn
 from mmdisco.training.optim import OPTIMIZERS, build_optimizer
 
 MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16}
+# The contrastive recipe (TrainConfig.contrastive): what learnt the continuous world's density
+# ratio with the shared-latent network (docs/training_the_discriminator.md, fifth round).
+CONTRASTIVE: dict[str, Any] = {
+    "objective": "infonce",
+    "group_size": 32,
+    "optimizer": "adamw",
+    "lr": 2e-3,
+    "weight_decay": 1.0,
+    "lr_schedule": "cosine",
+    "lr_min_ratio": 0.0,
+    "use_dlsm": False,
+    "grad_clip": None,
+}
 
 
 @dataclass
@@ -156,6 +169,13 @@ class TrainConfig:
         check_int("keep_checkpoints", self.keep_checkpoints, 1)
         check_int("log_every", self.log_every, 1)
         check_int("seed", self.seed, 0)
+
+    @classmethod
+    def contrastive(cls, **changes: Any) -> TrainConfig:
+        """The contrastive recipe (:data:`CONTRASTIVE`): symmetric InfoNCE against fakes of
+        the same caption in groups of 32 that share a noise level, AdamW 2e-3 with a cosine
+        decay and decay 1.0 on layer weights, no L_DLSM, no clipping."""
+        return cls(**{**CONTRASTIVE, **changes})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

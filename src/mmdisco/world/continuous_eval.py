@@ -22,7 +22,11 @@ import torch
 from torch import Tensor
 
 from mmdisco.diffusion import schedule_from_scheduler_config
-from mmdisco.discriminator.shared_latent import SharedLatentConfig, SharedLatentDiscriminator
+from mmdisco.discriminator.shared_latent import (
+    CONV_NETWORK,
+    SharedLatentConfig,
+    SharedLatentDiscriminator,
+)
 from mmdisco.io import atomic_path, write_json_atomic, write_text_atomic
 from mmdisco.world.calibration import calibrate
 from mmdisco.world.continuous import ContinuousWorldConfig, generate_continuous_clips
@@ -53,16 +57,7 @@ CALIBRATION_KEYS = (
 # The networks to choose from: SharedLatentConfig fields beyond the shapes
 NETWORKS: dict[str, dict[str, Any]] = {
     "mlp": {"num_codes": 64, "num_factors": 2, "width": 256, "depth": 2, "head": "bilinear"},
-    "conv": {
-        "num_codes": 64,
-        "num_factors": 2,
-        "width": 64,
-        "depth": 2,
-        "frame_depth": 1,
-        "head": "aligned",
-        "encoder": "conv",
-        "video_pool": "mean",
-    },
+    "conv": dict(CONV_NETWORK),
 }
 # Each network's best recipe on the tuning seeds (docs/training_the_discriminator.md): the
 # conv network with symmetric InfoNCE in 8 groups of 32, noise levels uniform in time over
