@@ -31,6 +31,19 @@ def test_one_tiny_seed_gives_every_row_and_the_report(bench, tmp_path):
     assert (tmp_path / "report.png").stat().st_size > 1000
 
 
+def test_the_trained_base_models_rows_and_table(bench):
+    """``--base trained``: the same network guides the shipped base models; the exact ratio
+    (the world's) aligns them nearly as it aligns the ideal ones, even in 5 steps."""
+    run = bench.run_trained_base_seed(0, 8, 5, 2, "conv", 2.0)
+    assert set(run["rows"]) == set(bench.TRAINED_ROWS)
+    assert run["settings"]["base_models"] == "trained"
+    assert run["rows"]["exact_ratio"]["semantic"] >= 0.75
+    assert run["rows"]["independent"]["validity_audio"] >= 0.75
+    text = bench.trained_base_markdown([json.loads(json.dumps(run))])
+    for row in bench.TRAINED_ROWS:
+        assert f"| {row.replace('_', ' ')} |" in text
+
+
 def test_guidance_window_benchmark_rows_and_table():
     window = load_benchmark("guidance_window")
     report = window.run(pairs=2, steps=3, windows=((0.0, 0.5),), modalities=("video",))

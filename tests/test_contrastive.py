@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,6 @@ from mmdisco.training.contrastive import CaptionGroups, group_logits
 from mmdisco.training.data import BatchOrder, PairData
 from mmdisco.training.losses import LossConfig, mmdisco_loss
 from mmdisco.training.trainer import TrainConfig, micro_batches, train_discriminator
-
-sys.path.insert(0, str(Path(__file__).parent))
 from test_trainer import TinyDisc, models, toy_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")

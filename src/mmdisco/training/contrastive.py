@@ -4,9 +4,8 @@ MMDisCo guides with ``r = p(a, v | c) / (p_theta(a | c) p_theta(v | c))``. Symme
 with generated negatives learns ``log r`` up to a constant per caption (constants have no
 input-gradient): each real audio scores its own video against fake videos, each real video
 its own audio against fake audios (:func:`info_nce_generated`). Unlike L_D's binary
-cross-entropy it never has to produce the very negative logits of mismatched pairs on its
-own, the softmax compares them, and its optimum is the ratio wherever the two distributions
-overlap at all.
+cross-entropy it never has to push the logits of mismatched pairs towards minus infinity on
+their own: the softmax only compares them with the real pair's.
 
 A step's pairs are cut into groups of ``group_size`` real pairs and as many fake clips. A
 group shares one noise level (both modalities, each on its own schedule) and, with captions,

@@ -27,6 +27,7 @@ from mmdisco.world.continuous_ratio import ContinuousWorldTerms, log_marginal
 from mmdisco.world.models import SCHEDULER_CONFIG
 
 Discriminator = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+ScoreModel = Callable[[Tensor, Tensor], Tensor]  # (x_t, log-SNR) -> grad log p_t(x_t)
 
 
 def world_schedule_abar() -> Tensor:
@@ -42,15 +43,21 @@ def guided_scores(
     log_snr: Tensor,
     discriminator: Discriminator | None,
     scale: tuple[float, float],
+    base: tuple[ScoreModel, ScoreModel] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Scores of the ideal base models plus ``scale * grad h``, one scale per modality
-    ``(audio, video)`` (float64)."""
+    """Scores of the base models plus ``scale * grad h``, one scale per modality ``(audio,
+    video)`` (float64). The base models are the ideal ones (the world's exact marginal
+    scores) unless ``base`` gives trained ones (``.score`` of
+    :class:`mmdisco.world.continuous_models.ContinuousBaseModel`)."""
     a = audio.detach().double().requires_grad_()
     v = video.detach().double().requires_grad_()
-    grads = torch.autograd.grad(
-        (log_marginal(terms, a, log_snr, "audio") + log_marginal(terms, v, log_snr, "video")).sum(),
-        (a, v),
-    )
+    if base is None:
+        marginals = log_marginal(terms, a, log_snr, "audio") + log_marginal(
+            terms, v, log_snr, "video"
+        )
+        grads = torch.autograd.grad(marginals.sum(), (a, v))
+    else:
+        grads = (base[0](a.detach(), log_snr).double(), base[1](v.detach(), log_snr).double())
     if discriminator is None or scale == (0.0, 0.0):
         return grads
     snr = log_snr.expand(len(a)).float()
@@ -68,17 +75,26 @@ def sample_continuous(
     steps: int = 25,
     chunk: int = 128,
     window: tuple[float, float] = (0.0, 1.0),
+    base: tuple[ScoreModel, ScoreModel] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``n`` (audio, video) pairs, float32, deterministic given ``seed``; the discriminator
     guides the steps whose ``t / T`` lies in ``window``, at one ``scale`` or at ``(audio,
-    video)`` scales (0 on a modality leaves it unguided)."""
+    video)`` scales (0 on a modality leaves it unguided). ``base``: trained base models'
+    score functions (audio, video) instead of the world's exact ones."""
     window = check_fraction_range("window", window, allow_empty=True)
     scales = (float(scale), float(scale)) if isinstance(scale, int | float) else scale
     if len(scales) != 2:
         raise ValueError(f"scale must be a number or (audio, video), got {scale!r}")
     outs = [
         _sample_chunk(
-            terms, min(chunk, n - start), seed * 1009 + start, discriminator, scales, steps, window
+            terms,
+            min(chunk, n - start),
+            seed * 1009 + start,
+            discriminator,
+            scales,
+            steps,
+            window,
+            base,
         )
         for start in range(0, n, chunk)
     ]
@@ -93,6 +109,7 @@ def _sample_chunk(
     scale: tuple[float, float],
     steps: int,
     window: tuple[float, float],
+    base: tuple[ScoreModel, ScoreModel] | None,
 ) -> tuple[Tensor, Tensor]:
     c = terms.config
     gen = torch.Generator().manual_seed(seed)
@@ -107,7 +124,8 @@ def _sample_chunk(
         ab_prev = abar[times[i + 1]] if i + 1 < steps else torch.tensor(1.0, dtype=torch.float64)
         log_snr = torch.log(ab / (1 - ab)).reshape(1)
         guide = window[0] <= t / len(abar) <= window[1]
-        scores = guided_scores(terms, x[0], x[1], log_snr, discriminator if guide else None, scale)
+        disc = discriminator if guide else None
+        scores = guided_scores(terms, x[0], x[1], log_snr, disc, scale, base)
         for m in range(2):
             x0 = ((x[m] + (1 - ab) * scores[m]) / ab.sqrt()).clamp(-1.0, 1.0)
             eps = (x[m] - ab.sqrt() * x0) / (1 - ab).sqrt()

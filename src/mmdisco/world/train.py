@@ -179,6 +179,37 @@ def denoising_loss(
     return F.mse_loss(net(x_t, t.float(), *batch[1:]), target)
 
 
+def warmup_cosine(step: int, warmup: int, steps: int, decay: bool = True) -> float:
+    """The learning-rate factor of the world models: linear warmup over ``warmup`` steps,
+    then a cosine decay to 0.1 at ``steps`` (constant 1 without ``decay``)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if not decay:
+        return 1.0
+    frac = (step - warmup) / max(1, steps - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def optimiser_step(
+    loss: Tensor, net: nn.Module, opt: torch.optim.Optimizer, sched: Any, grad_clip: float
+) -> None:
+    """Backward, gradient clipping, the optimiser's and the schedule's step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    opt.step()
+    sched.step()
+
+
+def ema_step(ema: nn.Module, net: nn.Module, step: int, ema_decay: float) -> None:
+    """One EMA update of ``ema`` towards ``net``, with the decay ramped up over the first
+    steps (``min(ema_decay, (1 + step) / (10 + step))``)."""
+    decay = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for p_ema, p in zip(ema.parameters(), net.parameters(), strict=True):
+            p_ema.lerp_(p, 1 - decay)
+
+
 def train_world_model(
     kind: str,
     cfg: TrainConfig | None = None,
@@ -211,15 +242,9 @@ def train_world_model(
     ema = copy.deepcopy(net).eval().requires_grad_(requires_grad=False)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
 
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup:
-            return (step + 1) / cfg.warmup
-        if not cfg.decay:
-            return 1.0
-        frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: warmup_cosine(step, cfg.warmup, cfg.steps, cfg.decay)
+    )
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     batches = world_batches(model, cfg, world_config)
@@ -227,15 +252,8 @@ def train_world_model(
     bar = tqdm(range(cfg.steps), desc=f"train-base {kind}", disable=not progress)
     for step in bar:
         loss = denoising_loss(model, net, next(batches), cfg, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), net.parameters(), strict=True):
-                p_ema.lerp_(p, 1 - decay)
+        optimiser_step(loss, net, opt, sched, cfg.grad_clip)
+        ema_step(ema, net, step, cfg.ema_decay)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         due = callback is not None and (step + 1) % callback_every == 0
