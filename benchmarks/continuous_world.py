@@ -139,6 +139,26 @@ def run_trained_base_seed(
     }
 
 
+def trained_base_report(runs: list[dict]) -> dict:
+    """Mean and std over seeds of every row and metric, with the first run's settings."""
+    import statistics
+
+    rows = {}
+    for row in TRAINED_ROWS:
+        rows[row] = {}
+        for metric in METRICS:
+            values = [r["rows"][row][metric] for r in runs]
+            std = statistics.pstdev(values) if len(values) > 1 else 0.0
+            rows[row][metric] = {"mean": statistics.fmean(values), "std": std, "per_seed": values}
+    seconds = [r["train_seconds"] for r in runs]
+    return {
+        "seeds": [r["seed"] for r in runs],
+        "settings": runs[0]["settings"],
+        "rows": rows,
+        "train_seconds": {"mean": statistics.fmean(seconds), "per_seed": seconds},
+    }
+
+
 def trained_base_markdown(runs: list[dict]) -> str:
     import statistics
 
@@ -245,6 +265,7 @@ def trained_base_main(args: argparse.Namespace, parser: argparse.ArgumentParser)
     if args.aggregate:
         runs = [json.loads(p.read_text()) for p in sorted(out.glob("seed_*.json"))]
         text = trained_base_markdown(runs)
+        write_json_atomic(out / "report.json", trained_base_report(runs))
         (out / "report.md").write_text(text)
         print(text)
 
