@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from mmdisco.discriminator.codebook import CodebookConfig, CodebookDiscriminator
-from mmdisco.io import write_json_atomic
+from mmdisco.io import write_json_atomic, write_text_atomic
 from mmdisco.world import continuous_eval
 from mmdisco.world.continuous import ContinuousWorldConfig
 from mmdisco.world.continuous_eval import (
@@ -159,11 +159,10 @@ def trained_base_report(runs: list[dict]) -> dict:
     }
 
 
-def trained_base_markdown(runs: list[dict]) -> str:
-    import statistics
-
-    seeds = ", ".join(str(r["seed"]) for r in runs)
-    settings = runs[0]["settings"]
+def trained_base_markdown(report: dict) -> str:
+    """The table of :func:`trained_base_report`."""
+    seeds = ", ".join(map(str, report["seeds"]))
+    settings = report["settings"]
     lines = [
         f"# Continuous world with the shipped trained base models (seeds {seeds})",
         "",
@@ -175,12 +174,8 @@ def trained_base_markdown(runs: list[dict]) -> str:
         "| row | semantic | temporal | validity (audio / video) | copy rate |",
         "|---|---|---|---|---|",
     ]
-    for row in TRAINED_ROWS:
-        cells = []
-        for metric in METRICS:
-            values = [r["rows"][row][metric] for r in runs]
-            std = statistics.pstdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.fmean(values):.3f} ± {std:.3f}")
+    for row, stats in report["rows"].items():
+        cells = [f"{stats[m]['mean']:.3f} ± {stats[m]['std']:.3f}" for m in METRICS]
         validity = f"{cells[2]} / {cells[3]}"
         lines.append(
             f"| {row.replace('_', ' ')} | {cells[0]} | {cells[1]} | {validity} | {cells[4]} |"
@@ -264,9 +259,10 @@ def trained_base_main(args: argparse.Namespace, parser: argparse.ArgumentParser)
         write_json_atomic(out / f"seed_{args.seed}.json", result)
     if args.aggregate:
         runs = [json.loads(p.read_text()) for p in sorted(out.glob("seed_*.json"))]
-        text = trained_base_markdown(runs)
-        write_json_atomic(out / "report.json", trained_base_report(runs))
-        (out / "report.md").write_text(text)
+        report = trained_base_report(runs)
+        text = trained_base_markdown(report)
+        write_json_atomic(out / "report.json", report)
+        write_text_atomic(out / "report.md", text)
         print(text)
 
 

@@ -41,7 +41,7 @@ def test_the_trained_base_models_rows_and_table(bench):
     assert run["rows"]["independent"]["validity_audio"] >= 0.75
     report = bench.trained_base_report([json.loads(json.dumps(run))] * 2)
     assert report["rows"]["exact_ratio"]["semantic"]["std"] == 0.0
-    text = bench.trained_base_markdown([json.loads(json.dumps(run))])
+    text = bench.trained_base_markdown(bench.trained_base_report([json.loads(json.dumps(run))]))
     for row in bench.TRAINED_ROWS:
         assert f"| {row.replace('_', ' ')} |" in text
 

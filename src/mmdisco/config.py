@@ -169,13 +169,13 @@ class ExperimentConfig:
         self, a_shape: tuple[int, ...], v_shape: tuple[int, ...]
     ) -> Any:
         """:meth:`discriminator_config_for` given the latent shapes (audio, video) alone."""
-        dcfg = self.discriminator_config()
         if self.discriminator.get("preset") == SHARED_LATENT:
             spec = {k: v for k, v in self.discriminator.items() if k != "preset"}
             try:
                 return _shared_latent_config(spec, a_shape, v_shape)
             except (TypeError, ValueError) as err:
                 raise _in_section("discriminator", err) from err
+        dcfg = self.discriminator_config()
         takes_text = dcfg.text_dim_audio or dcfg.text_dim_video
         if "text_drop_prob" not in self.discriminator and takes_text:
             dcfg = dcfg.replace(text_drop_prob=self.data.caption_dropout)

@@ -191,13 +191,13 @@ def train_cmd(
         raise typer.BadParameter("--dry-run needs --config EXPERIMENT.yaml", param_hint="--dry-run")
     _require(fakes=fakes, out=out)
     # Everything the options say is checked before the models and data are loaded.
+    check_choice("recipe", recipe, RECIPES)
     if config is not None:
         try:
             cfg = TrainConfig.from_dict(read_json(config))
         except InputError as err:
             raise InputError(str(err), str(config)) from None
     else:
-        check_choice("recipe", recipe, RECIPES)
         common = {"steps": steps, "batch_size": batch_size, "seed": seed}
         if lr is not None:
             common["lr"] = lr
@@ -205,7 +205,6 @@ def train_cmd(
             cfg = TrainConfig.contrastive(group_size=min(batch_size, 32), **common)
         else:
             cfg = TrainConfig(dlsm_weight=dlsm_weight, **common)
-    check_choice("recipe", recipe, RECIPES)
     check_choice("head", head, FUSIONS)
     if real is None:
         check_int("n_real", n_real, 1)

@@ -186,8 +186,8 @@ def contrastive_term(
 ) -> tuple[Tensor, Tensor]:
     """The mean of :func:`info_nce_generated` over consecutive groups of ``group_size`` noised
     real pairs and fake clips (the log-SNRs ``(n,)`` are constant within a group), and every
-    row's :func:`top1_margins` (detached)."""
-    check_groups(len(real[0]), group_size, "a micro-batch")
+    row's :func:`top1_margins` (detached). The batch must split into whole groups
+    (:func:`check_groups`, which :func:`~mmdisco.training.losses.mmdisco_loss` runs first)."""
     losses, margins = [], []
     for lo in range(0, len(real[0]), group_size):
         part = slice(lo, lo + group_size)

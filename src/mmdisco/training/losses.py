@@ -292,16 +292,18 @@ def _check_inputs(
     config: LossConfig,
     bank: BankRows | None,
     eps: tuple[EpsFn | None, EpsFn | None],
-    pairs: tuple[Tensor, Tensor],
-    name: str,
+    real: tuple[Tensor, Tensor],
+    fake: tuple[Tensor, Tensor],
 ) -> None:
     if bank is not None and config.clean_prob > 0:
         raise ValueError("clean_prob > 0 needs L_DLSM computed live, not from a bank")
     if config.use_dlsm and bank is None and None in eps:
         raise ValueError("L_DLSM needs the base models: pass eps_audio and eps_video")
-    a, v = pairs
-    if a.shape[0] != v.shape[0]:
-        raise ValueError(f"{name} audio and video batch sizes differ: {a.shape[0]} vs {v.shape[0]}")
+    for name, (a, v) in (("real", real), ("fake", fake)):
+        if a.shape[0] != v.shape[0]:
+            raise ValueError(
+                f"{name} audio and video batch sizes differ: {a.shape[0]} vs {v.shape[0]}"
+            )
 
 
 def _group_fractions(
@@ -374,8 +376,8 @@ def mmdisco_loss(
     while L_D's real pairs get fresh noise (a discriminator shown the bank's few fixed
     noisings as its real class memorises them).
     """
-    _check_inputs(config, bank, (eps_audio, eps_video), (real_audio, real_video), "real")
-    _check_inputs(config, bank, (eps_audio, eps_video), (fake_audio, fake_video), "fake")
+    pairs = ((real_audio, real_video), (fake_audio, fake_video))
+    _check_inputs(config, bank, (eps_audio, eps_video), *pairs)
     schedules = (schedule_audio, schedule_video)
     cond_real = dict(cond_real or {})
     fractions = _group_fractions(config, real_audio, fake_audio, generator)
