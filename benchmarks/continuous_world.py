@@ -19,6 +19,10 @@ ratio on held-out real and fake pairs. ``--network`` picks the network (``NETWOR
 seed and recipe, trained against the world's own clips as fakes) guides them, next to them
 unguided and guided by the world's exact ratio, into ``results/continuous/trained_base/``.
 
+Each seed's trained network is kept in ``results/continuous/networks/seed_S/`` (with the
+settings that trained it) and reused by the other base-model row when they match, so a change
+of base models re-samples without retraining (``--quick`` runs neither read nor write it).
+
 Evaluation seeds are 10, 11, 12; the recipe was tuned on seeds 0 and 1 only.
 """
 
@@ -72,6 +76,7 @@ def run_seed(
     network: str = DEFAULT_NETWORK,
     scale: float = SCALE,
     codes: int = CODEBOOK_CODES,
+    cache: Path | None = None,
 ) -> dict:
     torch.set_num_threads(1)
     config = ContinuousWorldConfig()
@@ -79,7 +84,7 @@ def run_seed(
     recipe = RECIPES[network].to_dict()
     cfg = ContinuousTrainConfig(**{**recipe, "seed": seed, "steps": train_steps})
     real, fake = training_data(config, cfg)
-    model, train_seconds = train_network(terms, real, fake, cfg, network)
+    model, train_seconds = train_network(terms, real, fake, cfg, network, cache)
     training = training_detections(real, terms)
     codebook = codebook_discriminator(config, real, fake, codes, seed)
     rows = {}
@@ -106,9 +111,16 @@ TRAINED_ROWS = ("independent", "network", "exact_ratio")
 
 
 def run_trained_base_seed(
-    seed: int, pairs: int, steps: int, train_steps: int, network: str, scale: float
+    seed: int,
+    pairs: int,
+    steps: int,
+    train_steps: int,
+    network: str,
+    scale: float,
+    cache: Path | None = None,
 ) -> dict:
-    """The network of :func:`run_seed` guiding the shipped trained base models."""
+    """The network of :func:`run_seed` (from ``cache`` when it was saved there) guiding the
+    shipped trained base models."""
     from mmdisco.world.continuous_models import load_continuous_base_models
 
     torch.set_num_threads(1)
@@ -118,7 +130,7 @@ def run_trained_base_seed(
         **{**RECIPES[network].to_dict(), "seed": seed, "steps": train_steps}
     )
     real, fake = training_data(config, cfg)
-    model, train_seconds = train_network(terms, real, fake, cfg, network)
+    model, train_seconds = train_network(terms, real, fake, cfg, network, cache)
     training = training_detections(real, terms)
     audio_model, video_model = load_continuous_base_models()
     base = (audio_model.score, video_model.score)
@@ -217,6 +229,11 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def network_cache(out: Path, seed: int) -> Path:
+    """Where a seed's trained network is kept (both base-model rows use the same one)."""
+    return out / "networks" / f"seed_{seed}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int)
@@ -237,7 +254,8 @@ def main() -> None:
         pairs, steps, train, codes = quick if args.quick else full
         if not 0.5 <= args.scale <= 2.0:
             parser.error(f"--scale must lie in [0.5, 2], got {args.scale}")
-        result = run_seed(args.seed, pairs, steps, train, args.network, args.scale, codes)
+        cache = None if args.quick else network_cache(args.out, args.seed)
+        result = run_seed(args.seed, pairs, steps, train, args.network, args.scale, codes, cache)
         write_json_atomic(args.out / f"seed_{args.seed}.json", result)
     if args.aggregate:
         runs = [json.loads(p.read_text()) for p in sorted(args.out.glob("seed_*.json"))]
@@ -255,7 +273,10 @@ def trained_base_main(args: argparse.Namespace, parser: argparse.ArgumentParser)
         pairs, steps, train = (
             (16, 5, 20) if args.quick else (args.pairs, 25, RECIPES[args.network].steps)
         )
-        result = run_trained_base_seed(args.seed, pairs, steps, train, args.network, args.scale)
+        cache = None if args.quick else network_cache(args.out, args.seed)
+        result = run_trained_base_seed(
+            args.seed, pairs, steps, train, args.network, args.scale, cache
+        )
         write_json_atomic(out / f"seed_{args.seed}.json", result)
     if args.aggregate:
         runs = [json.loads(p.read_text()) for p in sorted(out.glob("seed_*.json"))]

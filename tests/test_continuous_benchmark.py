@@ -46,6 +46,33 @@ def test_the_trained_base_models_rows_and_table(bench):
         assert f"| {row.replace('_', ' ')} |" in text
 
 
+def test_a_seeds_network_is_saved_and_reused_only_with_the_same_settings(tmp_path):
+    import torch
+
+    from mmdisco.world.continuous import ContinuousWorldConfig
+    from mmdisco.world.continuous_eval import RECIPES, TRAINING_RECORD, train_network
+    from mmdisco.world.continuous_ratio import ContinuousWorldTerms
+    from mmdisco.world.continuous_training import ContinuousTrainConfig, training_data
+
+    terms = ContinuousWorldTerms(ContinuousWorldConfig())
+    recipe = RECIPES["conv"].to_dict()
+    cfg = ContinuousTrainConfig(**{**recipe, "seed": 3, "steps": 2, "batch_size": 16})
+    data = training_data(terms.config, cfg)
+    cache = tmp_path / "seed_3"
+    trained, seconds = train_network(terms, *data, cfg, "conv", cache)
+    assert json.loads((cache / TRAINING_RECORD).read_text())["train_seconds"] == seconds
+    loaded, loaded_seconds = train_network(terms, *data, cfg, "conv", cache)
+    assert loaded is not trained and loaded_seconds == seconds
+    a, v = data[0][0][:4], data[0][1][:4]
+    log_snr = torch.full((4,), 1.0)
+    torch.testing.assert_close(
+        loaded(a, v, log_snr, log_snr), trained(a, v, log_snr, log_snr), atol=1e-6, rtol=0
+    )
+    changed = ContinuousTrainConfig(**{**cfg.to_dict(), "steps": 3})
+    train_network(terms, *data, changed, "conv", cache)  # retrained, and the record replaced
+    assert json.loads((cache / TRAINING_RECORD).read_text())["training"]["steps"] == 3
+
+
 def test_guidance_window_benchmark_rows_and_table():
     window = load_benchmark("guidance_window")
     report = window.run(pairs=2, steps=3, windows=((0.0, 0.5),), modalities=("video",))

@@ -108,6 +108,26 @@ def test_captions_the_groups_cannot_use_are_refused(real, fake, message) -> None
         CaptionGroups.of(real, fake)
 
 
+def test_groups_that_lack_fakes_are_named() -> None:
+    classes = ["dog", "cat"] * 4  # class labels: every caption has many fakes
+    assert CaptionGroups.of(classes, classes).coverage_warning() is None
+    unique = [f"clip {i}" for i in range(8)]  # free-form captions, one fake each
+    message = CaptionGroups.of(unique, unique).coverage_warning()
+    assert message is not None and message.startswith("8 of 8 fakes are the only fake")
+    few = CaptionGroups.of(unique, unique[:2] * 3)  # 6 fakes of 2 captions: 6 real pairs unused
+    assert few.coverage_warning().startswith("6 of 8 real pairs have a caption no fake has")
+
+
+def test_training_on_one_fake_per_caption_warns() -> None:
+    real, fake = toy_data(32)
+    names = [f"clip {i}" for i in range(32)]
+    real = PairData(real.audio, real.video, captions=names)
+    fake = PairData(fake.audio, fake.video, captions=names)
+    cfg = TrainConfig(steps=1, batch_size=16, objective="infonce", group_size=4, use_dlsm=False)
+    with pytest.warns(UserWarning, match="32 of 32 fakes are the only fake of their caption"):
+        train_discriminator(TinyDisc(), *models(), real, fake, cfg, progress=False)
+
+
 class Recorder(TinyDisc):
     """TinyDisc that records the log-SNRs of every call."""
 
@@ -265,3 +285,22 @@ def test_mmdisco_train_runs_the_contrastive_recipe_by_default(tmp_path) -> None:
     assert isinstance(getattr(paper, "disc", paper), Discriminator)  # maybe behind pooling
     saved = json.loads((tmp_path / "paper" / "train_config.json").read_text())
     assert (saved["objective"], saved["use_dlsm"], saved["optimizer"]) == ("bce", True, "adam")
+
+
+def test_fakes_per_caption_repeats_each_distinct_caption() -> None:
+    from mmdisco.config import ConfigError, experiment_from_dict
+    from mmdisco.experiment import fake_prompts
+
+    captions = ["a dog", "a cat", "a dog", "rain"]
+    assert fake_prompts(captions, None) == captions  # the real pairs' own, cycled
+    assert fake_prompts(captions, 2) == ["a dog", "a dog", "a cat", "a cat", "rain", "rain"]
+    data = {
+        "name": "x",
+        "audio": {"adapter": "audioldm", "path": "a"},
+        "video": {"adapter": "animatediff", "path": "v"},
+        "data": {"source": "clips.jsonl", "cache_dir": "cache"},
+        "fakes": {"per_caption": 4},
+    }
+    assert experiment_from_dict(data).fakes.per_caption == 4
+    with pytest.raises(ConfigError, match="per_caption"):
+        experiment_from_dict({**data, "fakes": {"per_caption": 0}})

@@ -93,8 +93,14 @@ class FakesConfig:
     out_dir: str = "fakes"
     batch_size: int = 8
     seed: int = 0
+    # None: the real pairs' captions in their order, cycled (a class label gets fakes in
+    # proportion to its clips); k: each distinct caption k times in a row, cycled, so that
+    # free-form captions (one per clip) still give the contrastive objective k fakes each
+    per_caption: int | None = None
 
     def __post_init__(self) -> None:
+        if self.per_caption is not None:
+            check_int("per_caption", self.per_caption, 1)
         check_int("num_samples", self.num_samples, 1)
         check_int("batch_size", self.batch_size, 1)
         check_int("seed", self.seed, 0)

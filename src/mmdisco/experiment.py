@@ -112,11 +112,20 @@ def real_captions(cfg: ExperimentConfig) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
+def fake_prompts(captions: list[str], per_caption: int | None) -> list[str]:
+    """The captions the fakes are sampled from, in order (``generate_fakes`` cycles them):
+    the real pairs' own, or each distinct caption ``per_caption`` times in a row."""
+    if per_caption is None:
+        return captions
+    return [caption for caption in dict.fromkeys(captions) for _ in range(per_caption)]
+
+
 def generate_fakes_from_config(
     cfg: ExperimentConfig, device: str | torch.device = "cpu", progress: bool = True
 ) -> dict[str, Any]:
     """``fakes.num_samples`` independent pairs into ``fakes.out_dir``, captions cycled from
-    the real cache, each model with its own CFG scale and the configured sampler."""
+    the real cache (:func:`fake_prompts`), each model with its own CFG scale and the
+    configured sampler."""
     from mmdisco.training.fakes import generate_fakes
 
     audio, video = configured(cfg, *load_models(cfg, device))
@@ -129,7 +138,7 @@ def generate_fakes_from_config(
         shard_size=cfg.data.shard_size,
         num_inference_steps=cfg.sampling.num_inference_steps,
         scheduler="default",  # ConfiguredModel.make_scheduler(): the configured sampler
-        prompts=real_captions(cfg),
+        prompts=fake_prompts(real_captions(cfg), cfg.fakes.per_caption),
         batch_size=cfg.fakes.batch_size,
         progress=progress,
         extra_config={

@@ -122,6 +122,34 @@ class CaptionGroups:
             )
         return cls(real_rows, fake_rows, tuple(fake_captions))
 
+    def coverage_warning(self) -> str | None:
+        """What the groups will lack, or None: fakes that are the only fake of their caption
+        (a group they anchor repeats that clip as every negative) and real pairs whose caption
+        has no fake (never in a group), when either is more than a quarter of its side."""
+        n_fake = len(self.fake_captions)
+        n_real = sum(len(rows) for rows in self.real_rows.values())
+        lone = sum(1 for rows in self.fake_rows.values() if len(rows) == 1)
+        unused = sum(len(r) for c, r in self.real_rows.items() if c not in self.fake_rows)
+        problems = []
+        if 4 * lone > n_fake:
+            problems.append(
+                f"{lone} of {n_fake} fakes are the only fake of their caption, so each group "
+                "they anchor repeats one clip as all its negatives"
+            )
+        if 4 * unused > n_real:
+            problems.append(
+                f"{unused} of {n_real} real pairs have a caption no fake has, so they are "
+                "never trained on"
+            )
+        if not problems:
+            return None
+        return (
+            "; ".join(problems)
+            + ". The contrastive objective groups pairs by caption: generate several fakes per "
+            "caption (fakes of each distinct caption; captions repeat in class-labelled data), "
+            "or train the paper's loss (objective 'bce'), which needs no caption groups"
+        )
+
     def regroup(
         self, fake_index: Tensor, group_size: int, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:

@@ -274,7 +274,8 @@ class Trainer:
         return load_checkpoint(latest, self.discriminator, self.optimizer, self.config)
 
     def check(self, fake_cfg_scales: tuple[float, float] | None) -> None:
-        """Refuse settings this run cannot honour; warn about mismatched CFG scales."""
+        """Refuse settings this run cannot honour; warn about mismatched CFG scales and about
+        caption groups that lack fakes."""
         config = self.config
         local = config.batch_size // self.world
         if local % config.grad_accum:
@@ -288,6 +289,8 @@ class Trainer:
                 f" / grad_accum {config.grad_accum})"
             )
             check_groups(local // config.grad_accum, config.group_size, micro)
+        if self.captions is not None and (problem := self.captions.coverage_warning()):
+            warnings.warn(problem, stacklevel=3)
         if config.gradient_checkpointing:
             enable_gradient_checkpointing(self.discriminator)
         if self.real.captions is not None and config.use_dlsm and fake_cfg_scales is not None:

@@ -12,6 +12,7 @@ that :func:`tables` and :func:`figure` draw.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Sequence
@@ -81,6 +82,7 @@ SCALE = 2.0  # the network's guidance scale on both modalities (best of 0.5 / 1 
 SCALE_RANGE = (0.5, 2.0)  # one scale near the theory's 1: what a learnt ratio must reach
 # Seeds of the held-out clips that calibrate a network: real pairs, fake audio, fake video
 CALIBRATION_SEED_OFFSETS = (400_000, 500_000, 600_000)
+TRAINING_RECORD = "training.json"  # next to a cached network: the settings that trained it
 
 
 def score(
@@ -131,17 +133,34 @@ def train_network(
     fake: tuple[Tensor, Tensor],
     cfg: ContinuousTrainConfig,
     network: str,
+    cache: Path | None = None,
 ) -> tuple[SharedLatentDiscriminator, float]:
     """The network ``NETWORKS[network]``, initialised from ``cfg.seed`` and trained with
     :func:`train_continuous_discriminator` (with an exact L_DLSM bank when
-    ``cfg.dlsm_weight > 0``); returns it frozen, and the seconds it took."""
+    ``cfg.dlsm_weight > 0``); returns it frozen, and the seconds its training took.
+
+    With ``cache`` (a folder), a network saved there by the same settings (world, network,
+    recipe: the training data derive from them) is loaded instead of trained again, and a
+    newly trained one is saved there (``config.json``, ``model.safetensors`` and
+    ``training.json``, each written atomically)."""
     config = terms.config
+    key = {"world_config": config.to_dict(), "network": network, "training": cfg.to_dict()}
+    record = cache / TRAINING_RECORD if cache is not None else None
+    if record is not None and record.is_file():
+        saved = json.loads(record.read_text())
+        if {name: saved.get(name) for name in key} == json.loads(json.dumps(key)):
+            model = SharedLatentDiscriminator.from_pretrained(cache)
+            return model.eval().requires_grad_(False), float(saved["train_seconds"])
     start = time.perf_counter()
     bank = dlsm_bank(terms, *real, cfg) if cfg.dlsm_weight > 0 else None
     model = new_network(network, config.audio_shape, config.video_shape, cfg.seed)
     train_continuous_discriminator(model, real, fake, bank, cfg)
     model.eval().requires_grad_(False)
-    return model, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if cache is not None:
+        model.save_pretrained(cache)
+        write_json_atomic(cache / TRAINING_RECORD, {**key, "train_seconds": seconds})
+    return model, seconds
 
 
 def calibrate_network(

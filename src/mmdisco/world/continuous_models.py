@@ -177,7 +177,7 @@ def load_continuous_base_models(
     directory: str | Path | None = None,
 ) -> tuple[ContinuousBaseModel, ContinuousBaseModel]:
     """The shipped base models (``src/mmdisco/assets/continuous/{audio,video}``, written by
-    ``benchmarks/continuous_base_models.py --train``), frozen."""
+    ``benchmarks/continuous_base_models.py``), or those in ``directory``, frozen."""
     root = Path(directory) if directory is not None else ASSETS_DIR
     audio, video = (
         ContinuousBaseModel.from_pretrained(root / m).eval().requires_grad_(False)
