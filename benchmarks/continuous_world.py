@@ -14,10 +14,11 @@ ratio on held-out real and fake pairs. ``--network`` picks the network (``NETWOR
     python benchmarks/continuous_world.py --aggregate   # report.json / report.md / report.png
     python benchmarks/continuous_world.py --seed 0 --quick   # smoke run
 
-``--base trained`` samples with the shipped trained base models
-(:mod:`mmdisco.world.continuous_models`) instead of the ideal ones: the same network (same
-seed and recipe, trained against the world's own clips as fakes) guides them, next to them
-unguided and guided by the world's exact ratio, into ``results/continuous/trained_base/``.
+``--base trained`` samples the same four rows with the shipped trained base models
+(:mod:`mmdisco.world.continuous_models`) instead of the ideal ones, into
+``results/continuous/trained_base/``: the same network (same seed and recipe, trained against
+the world's own clips as fakes) and codebook, and the world's exact ratio
+``p(a, v) / (p(a) p(v))``.
 
 Each seed's trained network is kept in ``results/continuous/networks/seed_S/`` (with the
 settings that trained it) and reused by the other base-model row when they match, so a change
@@ -35,7 +36,7 @@ from pathlib import Path
 import torch
 
 from mmdisco.discriminator.codebook import CodebookConfig, CodebookDiscriminator
-from mmdisco.io import write_json_atomic, write_text_atomic
+from mmdisco.io import write_json_atomic
 from mmdisco.world import continuous_eval
 from mmdisco.world.continuous import ContinuousWorldConfig
 from mmdisco.world.continuous_eval import (
@@ -68,6 +69,12 @@ CODEBOOK_CODES = 1024
 __all__ = ["METRICS", "NETWORKS", "NOISE_LEVELS", "ROWS", "SCALE", "figure"]
 
 
+BASE_MODELS = {
+    "ideal": "exact marginal scores of the world (ideal base models)",
+    "trained": "the shipped trained base models (mmdisco.world.continuous_models)",
+}
+
+
 def run_seed(
     seed: int,
     pairs: int,
@@ -77,7 +84,11 @@ def run_seed(
     scale: float = SCALE,
     codes: int = CODEBOOK_CODES,
     cache: Path | None = None,
+    base: str = "ideal",
 ) -> dict:
+    """One seed's rows, calibration and settings; ``base`` picks the base models the four
+    rows sample with (the network, its training data and its calibration do not depend on
+    them: a network in ``cache`` trained with the same settings is reused)."""
     torch.set_num_threads(1)
     config = ContinuousWorldConfig()
     terms, exact = ContinuousWorldTerms(config), ContinuousLogRatio(config)
@@ -87,6 +98,12 @@ def run_seed(
     model, train_seconds = train_network(terms, real, fake, cfg, network, cache)
     training = training_detections(real, terms)
     codebook = codebook_discriminator(config, real, fake, codes, seed)
+    scores = None
+    if base == "trained":
+        from mmdisco.world.continuous_models import load_continuous_base_models
+
+        audio_model, video_model = load_continuous_base_models()
+        scores = (audio_model.score, video_model.score)
     rows = {}
     guides = (
         ("independent", None, 1.0),
@@ -95,104 +112,17 @@ def run_seed(
         ("exact_ratio", exact, 1.0),
     )
     for name, disc, disc_scale in guides:
-        audio, video = sample_continuous(terms, pairs, seed, disc, disc_scale, steps)
+        audio, video = sample_continuous(terms, pairs, seed, disc, disc_scale, steps, base=scores)
         rows[name] = score(audio, video, terms, training)
-    codebook_settings = {"codes": CODEBOOK_CODES, "guidance_scale": 1.0, "trained": False}
+    codebook_settings = {"codes": codes, "guidance_scale": 1.0, "trained": False}
+    settings = run_settings(pairs, steps, cfg, network, scale, codebook=codebook_settings)
     return {
         "seed": seed,
         "rows": rows,
         "calibration": calibrate_network(model, exact, config, pairs, seed),
         "train_seconds": train_seconds,
-        "settings": run_settings(pairs, steps, cfg, network, scale, codebook=codebook_settings),
+        "settings": {**settings, "base_models": BASE_MODELS[base]},
     }
-
-
-TRAINED_ROWS = ("independent", "network", "exact_ratio")
-
-
-def run_trained_base_seed(
-    seed: int,
-    pairs: int,
-    steps: int,
-    train_steps: int,
-    network: str,
-    scale: float,
-    cache: Path | None = None,
-) -> dict:
-    """The network of :func:`run_seed` (from ``cache`` when it was saved there) guiding the
-    shipped trained base models."""
-    from mmdisco.world.continuous_models import load_continuous_base_models
-
-    torch.set_num_threads(1)
-    config = ContinuousWorldConfig()
-    terms, exact = ContinuousWorldTerms(config), ContinuousLogRatio(config)
-    cfg = ContinuousTrainConfig(
-        **{**RECIPES[network].to_dict(), "seed": seed, "steps": train_steps}
-    )
-    real, fake = training_data(config, cfg)
-    model, train_seconds = train_network(terms, real, fake, cfg, network, cache)
-    training = training_detections(real, terms)
-    audio_model, video_model = load_continuous_base_models()
-    base = (audio_model.score, video_model.score)
-    rows = {}
-    for name, disc, disc_scale in (
-        ("independent", None, 1.0),
-        ("network", model, scale),
-        ("exact_ratio", exact, 1.0),
-    ):
-        audio, video = sample_continuous(terms, pairs, seed, disc, disc_scale, steps, base=base)
-        rows[name] = score(audio, video, terms, training)
-    settings = run_settings(pairs, steps, cfg, network, scale, codebook=None)
-    return {
-        "seed": seed,
-        "rows": rows,
-        "train_seconds": train_seconds,
-        "settings": {**settings, "base_models": "trained"},
-    }
-
-
-def trained_base_report(runs: list[dict]) -> dict:
-    """Mean and std over seeds of every row and metric, with the first run's settings."""
-    import statistics
-
-    rows = {}
-    for row in TRAINED_ROWS:
-        rows[row] = {}
-        for metric in METRICS:
-            values = [r["rows"][row][metric] for r in runs]
-            std = statistics.pstdev(values) if len(values) > 1 else 0.0
-            rows[row][metric] = {"mean": statistics.fmean(values), "std": std, "per_seed": values}
-    seconds = [r["train_seconds"] for r in runs]
-    return {
-        "seeds": [r["seed"] for r in runs],
-        "settings": runs[0]["settings"],
-        "rows": rows,
-        "train_seconds": {"mean": statistics.fmean(seconds), "per_seed": seconds},
-    }
-
-
-def trained_base_markdown(report: dict) -> str:
-    """The table of :func:`trained_base_report`."""
-    seeds = ", ".join(map(str, report["seeds"]))
-    settings = report["settings"]
-    lines = [
-        f"# Continuous world with the shipped trained base models (seeds {seeds})",
-        "",
-        f"{settings['pairs']} pairs per seed, {settings['sampling_steps']} DDPM steps; the "
-        "network is the ideal-base benchmark's (same seed and recipe), guided at scale "
-        f"{settings['guidance_scale_audio']:g}; the exact ratio is the world's, at scale 1. "
-        "Mean ± std over seeds.",
-        "",
-        "| row | semantic | temporal | validity (audio / video) | copy rate |",
-        "|---|---|---|---|---|",
-    ]
-    for row, stats in report["rows"].items():
-        cells = [f"{stats[m]['mean']:.3f} ± {stats[m]['std']:.3f}" for m in METRICS]
-        validity = f"{cells[2]} / {cells[3]}"
-        lines.append(
-            f"| {row.replace('_', ' ')} | {cells[0]} | {cells[1]} | {validity} | {cells[4]} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 def codebook_discriminator(
@@ -220,7 +150,8 @@ def markdown(report: dict) -> str:
         "",
         f"{report['settings']['pairs']} pairs per seed, network guidance scale "
         f"{report['settings']['guidance_scale_audio']:g} on both modalities (exact ratio: 1), "
-        f"{report['settings']['sampling_steps']} DDPM steps, ideal base models. "
+        f"{report['settings']['sampling_steps']} DDPM steps, base models: "
+        f"{report['settings']['base_models']}. "
         f"Chance: semantic {report['settings']['chance']['semantic']:.3f}, "
         f"temporal {report['settings']['chance']['temporal']:.3f}.",
         "",
@@ -230,7 +161,7 @@ def markdown(report: dict) -> str:
 
 
 def network_cache(out: Path, seed: int) -> Path:
-    """Where a seed's trained network is kept (both base-model rows use the same one)."""
+    """Where a seed's trained network is kept (both base models' runs use the same one)."""
     return out / "networks" / f"seed_{seed}"
 
 
@@ -243,11 +174,10 @@ def main() -> None:
     parser.add_argument("--network", choices=sorted(NETWORKS), default=DEFAULT_NETWORK)
     parser.add_argument("--scale", type=float, default=SCALE, help="network guidance scale")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--base", choices=("ideal", "trained"), default="ideal")
+    parser.add_argument("--base", choices=sorted(BASE_MODELS), default="ideal")
     args = parser.parse_args()
-    if args.base == "trained":
-        return trained_base_main(args, parser)
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / "trained_base" if args.base == "trained" else args.out
+    out.mkdir(parents=True, exist_ok=True)
     if args.seed is not None:
         quick = (16, 5, 20, 16)
         full = (args.pairs, 25, RECIPES[args.network].steps, CODEBOOK_CODES)
@@ -255,36 +185,15 @@ def main() -> None:
         if not 0.5 <= args.scale <= 2.0:
             parser.error(f"--scale must lie in [0.5, 2], got {args.scale}")
         cache = None if args.quick else network_cache(args.out, args.seed)
-        result = run_seed(args.seed, pairs, steps, train, args.network, args.scale, codes, cache)
-        write_json_atomic(args.out / f"seed_{args.seed}.json", result)
-    if args.aggregate:
-        runs = [json.loads(p.read_text()) for p in sorted(args.out.glob("seed_*.json"))]
-        report = aggregate(runs)
-        write_report(args.out, report, markdown(report))
-        print(markdown(report))
-
-
-def trained_base_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    out = args.out / "trained_base"
-    out.mkdir(parents=True, exist_ok=True)
-    if args.seed is not None:
-        if not 0.5 <= args.scale <= 2.0:
-            parser.error(f"--scale must lie in [0.5, 2], got {args.scale}")
-        pairs, steps, train = (
-            (16, 5, 20) if args.quick else (args.pairs, 25, RECIPES[args.network].steps)
-        )
-        cache = None if args.quick else network_cache(args.out, args.seed)
-        result = run_trained_base_seed(
-            args.seed, pairs, steps, train, args.network, args.scale, cache
+        result = run_seed(
+            args.seed, pairs, steps, train, args.network, args.scale, codes, cache, args.base
         )
         write_json_atomic(out / f"seed_{args.seed}.json", result)
     if args.aggregate:
         runs = [json.loads(p.read_text()) for p in sorted(out.glob("seed_*.json"))]
-        report = trained_base_report(runs)
-        text = trained_base_markdown(report)
-        write_json_atomic(out / "report.json", report)
-        write_text_atomic(out / "report.md", text)
-        print(text)
+        report = aggregate(runs)
+        write_report(out, report, markdown(report))
+        print(markdown(report))
 
 
 if __name__ == "__main__":
