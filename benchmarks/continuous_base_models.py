@@ -1,7 +1,7 @@
 """Train the continuous world's base models, one per modality, and ship them.
 
 :func:`~mmdisco.world.continuous_models.train_continuous_base` on fresh clips of the world
-(6000 steps of 64 clips, one thread; about 440 CPU-seconds each on the 2-core machine),
+(18000 steps of 64 clips, one thread; about 1300 CPU-seconds each on the 2-core machine),
 saved to ``src/mmdisco/assets/continuous/{audio,video}`` (``config.json`` records the
 settings and the CPU-seconds). What they generate, unguided and guided, is measured by
 ``benchmarks/continuous_world.py --base trained``.
