@@ -128,6 +128,27 @@ def test_resume_refuses_changed_settings_and_other_inputs(tmp_path):
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step-00000004"
 
 
+def test_a_run_recorded_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    """An older version recorded no ``objective`` or ``group_size`` (nor the checkpoint's
+    config): those fields count as their defaults, so the run resumes; another value of
+    such a field is still refused."""
+    cfg = TrainConfig(steps=2, batch_size=8, checkpoint_every=2)
+    run(tmp_path, cfg)
+    inputs_file = tmp_path / "inputs.json"
+    inputs = json.loads(inputs_file.read_text())
+    for field in ("objective", "group_size"):
+        del inputs["settings"][field]
+    inputs_file.write_text(json.dumps(inputs))
+    state_file = tmp_path / "checkpoints" / "step-00000002" / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["config"]["objective"], state["config"]["group_size"]
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"settings\.objective: was \"bce\", now \"infonce\""):
+        run(tmp_path, TrainConfig(steps=4, batch_size=8, objective="infonce", group_size=4))
+    run(tmp_path, TrainConfig(steps=4, batch_size=8, checkpoint_every=2))
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step-00000004"
+
+
 def test_half_written_checkpoints_are_ignored_then_removed(tmp_path):
     run(tmp_path, TrainConfig(steps=2, batch_size=8, checkpoint_every=2))
     ckpts = tmp_path / "checkpoints"

@@ -13,6 +13,7 @@ A run resumes only from checkpoints of a run made from the same inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -201,14 +202,58 @@ def run_inputs(
     }
 
 
-def open_run(out: Path, inputs: dict[str, Any], *, resume: bool) -> None:
+def run_input_defaults(discriminator: nn.Module, config: RunConfig) -> dict[str, Any]:
+    """The defaults of the settings and of the discriminator's config fields, in the shape of
+    :func:`run_inputs`: what a run recorded before a field existed ran with."""
+    return {
+        "settings": {
+            k: v for k, v in _field_defaults(config).items() if k not in RESUMABLE_CHANGES
+        },
+        "discriminator": {"config": _field_defaults(getattr(discriminator, "config", None))},
+    }
+
+
+def _field_defaults(config: Any) -> dict[str, Any]:
+    if not dataclasses.is_dataclass(config):
+        return {}
+    defaults = {}
+    for f in dataclasses.fields(config):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()
+    return jsonable(defaults)
+
+
+def _fill_missing(recorded: Any, defaults: dict[str, Any]) -> Any:
+    """``recorded`` with the keys it lacks taken from ``defaults`` (nested dicts merged)."""
+    if not isinstance(recorded, dict):
+        return recorded
+    filled = dict(recorded)
+    for key, value in defaults.items():
+        if key not in filled:
+            filled[key] = value
+        elif isinstance(value, dict):
+            filled[key] = _fill_missing(filled[key], value)
+    return filled
+
+
+def open_run(
+    out: Path,
+    inputs: dict[str, Any],
+    *,
+    resume: bool,
+    defaults: dict[str, Any] | None = None,
+) -> None:
     """Rank 0, holding the run's lock: remove what killed runs left, and refuse to resume a
-    run that was made from other inputs."""
+    run that was made from other inputs. A field the recorded inputs lack (a run started by a
+    version without it) counts as its value in ``defaults`` (:func:`run_input_defaults`)."""
     for directory in (out, out / CHECKPOINT_DIR):
         remove_orphans(directory)
     path = out / INPUTS_FILE
     if resume and latest_checkpoint(out / CHECKPOINT_DIR) is not None and path.exists():
-        differences = fingerprint_differences(read_json(path), inputs)
+        recorded = _fill_missing(read_json(path), defaults or {})
+        differences = fingerprint_differences(recorded, inputs)
         if differences:
             raise InputError(
                 "holds a run made from other inputs ("

@@ -51,6 +51,7 @@ from mmdisco.training.checkpoints import (
     load_checkpoint,
     open_run,
     prune_checkpoints,
+    run_input_defaults,
     run_inputs,
     save_checkpoint,
     with_resume_advice,
@@ -481,11 +482,12 @@ def train_discriminator(
     if out is None:
         return fit()
     lock, inputs = DirectoryLock(out), trainer.run_inputs()
+    defaults = run_input_defaults(discriminator, config)
 
     def lock_and_open() -> None:
         lock.acquire()
         try:
-            open_run(out, inputs, resume=resume)
+            open_run(out, inputs, resume=resume, defaults=defaults)
         except BaseException:
             lock.release()
             raise
