@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -272,10 +273,14 @@ def test_the_contrastive_recipe_trains_and_samples_through_the_config(tmp_path):
         },
     )
     data["sampling"] = {**data["sampling"], "batch_size": 1}
+    data["fakes"] = {**data["fakes"], "num_samples": 6, "per_caption": 2}
     config = write_config(tmp_path / "experiment.yaml", data)
     invoke("cache-latents", "--config", config)
     invoke("generate-fakes", "--config", config)
-    invoke("train", "--config", config)
+    assert load_fakes(root / "fakes").captions == [c for c in CAPTIONS for _ in range(2)]
+    with warnings.catch_warnings():  # every caption has two fakes: no group lacks negatives
+        warnings.filterwarnings("error", message=".*fake of their caption|.*no fake has")
+        invoke("train", "--config", config)
     disc = load_discriminator(root / "discriminator")
     assert type(disc).__name__ == "SharedLatentDiscriminator"
     assert disc.config.audio_shape == (4, 1000, 4) and disc.config.video_shape == (4, 4, 8, 8)

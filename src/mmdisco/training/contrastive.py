@@ -145,9 +145,9 @@ class CaptionGroups:
             return None
         return (
             "; ".join(problems)
-            + ". The contrastive objective groups pairs by caption: generate several fakes per "
-            "caption (fakes of each distinct caption; captions repeat in class-labelled data), "
-            "or train the paper's loss (objective 'bce'), which needs no caption groups"
+            + ". The contrastive objective groups pairs by caption: generate several fakes of "
+            "each caption (experiment config: fakes.per_caption), or train the paper's loss "
+            "(objective 'bce'), which needs no caption groups"
         )
 
     def regroup(
