@@ -268,6 +268,10 @@ class Trainer:
             inputs["bank"] = self.bank.manifest.get("fingerprint")
         return inputs
 
+    def input_defaults(self) -> dict[str, Any]:
+        """What a run recorded before a setting existed ran with (:func:`run_input_defaults`)."""
+        return run_input_defaults(self.discriminator, self.config)
+
     def resume(self) -> int:
         """Load the latest checkpoint, if any; the step to continue from."""
         if self.checkpoints is None or (latest := latest_checkpoint(self.checkpoints)) is None:
@@ -482,12 +486,11 @@ def train_discriminator(
     if out is None:
         return fit()
     lock, inputs = DirectoryLock(out), trainer.run_inputs()
-    defaults = run_input_defaults(discriminator, config)
 
     def lock_and_open() -> None:
         lock.acquire()
         try:
-            open_run(out, inputs, resume=resume, defaults=defaults)
+            open_run(out, inputs, resume=resume, defaults=trainer.input_defaults())
         except BaseException:
             lock.release()
             raise
