@@ -40,6 +40,7 @@ from mmdisco.io import write_json_atomic
 from mmdisco.world import continuous_eval
 from mmdisco.world.continuous import ContinuousWorldConfig
 from mmdisco.world.continuous_eval import (
+    IDEAL_BASE_MODELS,
     METRICS,
     NETWORKS,
     NOISE_LEVELS,
@@ -70,7 +71,7 @@ __all__ = ["METRICS", "NETWORKS", "NOISE_LEVELS", "ROWS", "SCALE", "figure"]
 
 
 BASE_MODELS = {
-    "ideal": "exact marginal scores of the world (ideal base models)",
+    "ideal": IDEAL_BASE_MODELS,
     "trained": "the shipped trained base models (mmdisco.world.continuous_models)",
 }
 
@@ -115,13 +116,15 @@ def run_seed(
         audio, video = sample_continuous(terms, pairs, seed, disc, disc_scale, steps, base=scores)
         rows[name] = score(audio, video, terms, training)
     codebook_settings = {"codes": codes, "guidance_scale": 1.0, "trained": False}
-    settings = run_settings(pairs, steps, cfg, network, scale, codebook=codebook_settings)
+    settings = run_settings(
+        pairs, steps, cfg, network, scale, BASE_MODELS[base], codebook=codebook_settings
+    )
     return {
         "seed": seed,
         "rows": rows,
         "calibration": calibrate_network(model, exact, config, pairs, seed),
         "train_seconds": train_seconds,
-        "settings": {**settings, "base_models": BASE_MODELS[base]},
+        "settings": settings,
     }
 
 

@@ -149,10 +149,10 @@ def run_seed(
 
 def finite_settings(pairs: int, steps: int, train: ContinuousTrainConfig, scale: float) -> dict:
     """The continuous benchmark's settings, with the finite world's base models and chance."""
-    settings = run_settings(pairs, steps, train, NETWORK, scale)
-    del settings["world_config"]
     base_models = "the shipped world base models (trained, imperfect)"
-    return {**settings, "world": "finite", "base_models": base_models, "chance": chance_levels()}
+    settings = run_settings(pairs, steps, train, NETWORK, scale, base_models)
+    del settings["world_config"]
+    return {**settings, "world": "finite", "chance": chance_levels()}
 
 
 def markdown(report: dict) -> str:

@@ -12,7 +12,6 @@ that :func:`tables` and :func:`figure` draw.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Sequence
@@ -28,7 +27,8 @@ from mmdisco.discriminator.shared_latent import (
     SharedLatentConfig,
     SharedLatentDiscriminator,
 )
-from mmdisco.io import atomic_path, write_json_atomic, write_text_atomic
+from mmdisco.io import atomic_path, read_json, write_json_atomic, write_text_atomic
+from mmdisco.shards import jsonable
 from mmdisco.world.calibration import calibrate
 from mmdisco.world.continuous import ContinuousWorldConfig, generate_continuous_clips
 from mmdisco.world.continuous_detectors import (
@@ -83,6 +83,7 @@ SCALE_RANGE = (0.5, 2.0)  # one scale near the theory's 1: what a learnt ratio m
 # Seeds of the held-out clips that calibrate a network: real pairs, fake audio, fake video
 CALIBRATION_SEED_OFFSETS = (400_000, 500_000, 600_000)
 TRAINING_RECORD = "training.json"  # next to a cached network: the settings that trained it
+IDEAL_BASE_MODELS = "exact marginal scores of the world (ideal base models)"
 
 
 def score(
@@ -147,8 +148,8 @@ def train_network(
     key = {"world_config": config.to_dict(), "network": network, "training": cfg.to_dict()}
     record = cache / TRAINING_RECORD if cache is not None else None
     if record is not None and record.is_file():
-        saved = json.loads(record.read_text())
-        if {name: saved.get(name) for name in key} == json.loads(json.dumps(key)):
+        saved = read_json(record)
+        if {name: saved.get(name) for name in key} == jsonable(key):
             model = SharedLatentDiscriminator.from_pretrained(cache)
             return model.eval().requires_grad_(False), float(saved["train_seconds"])
     start = time.perf_counter()
@@ -195,14 +196,15 @@ def run_settings(
     cfg: ContinuousTrainConfig,
     network: str,
     scale: float,
+    base_models: str = IDEAL_BASE_MODELS,
     **extra: Any,
 ) -> dict[str, Any]:
-    """A run's ``settings``: the world, the sampler, the network and its recipe; ``extra``
-    (what only one caller has) goes after the discriminator's name."""
+    """A run's ``settings``: the world, the base models, the sampler, the network and its
+    recipe; ``extra`` (what only one caller has) goes after the discriminator's name."""
     return {
         "world": "continuous",
         "world_config": ContinuousWorldConfig().to_dict(),
-        "base_models": "exact marginal scores of the world (ideal base models)",
+        "base_models": base_models,
         "pairs": pairs,
         "sampling_steps": steps,
         "guidance_scale_audio": scale,
