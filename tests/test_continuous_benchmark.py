@@ -89,3 +89,28 @@ def test_guidance_window_benchmark_rows_and_table():
     text = window.markdown(report)
     assert "| none (independent) |" in text and "| [0, 0.5] | both |" in text
     assert "| [0, 1] | video |" in text
+
+
+def test_guidance_scale_benchmark_reuses_the_saved_networks(bench, tmp_path):
+    """The scale sweep samples a seed's saved network with the report's seeds, so its
+    scale-2 row with the ideal base models is the report's ``network`` row; without a saved
+    network it says which command trains one."""
+    sweep = load_benchmark("guidance_scale")
+    networks = tmp_path / "networks"
+    run = bench.run_seed(0, pairs=4, steps=3, train_steps=2, codes=4, cache=networks / "seed_0")
+    swept = sweep.run_seed(networks, 0, pairs=4, steps=3, scales=(0.5, bench.SCALE))
+    assert set(swept["rows"]) == {"ideal", "trained"}
+    assert list(swept["rows"]["ideal"]) == ["0.5", f"{bench.SCALE:g}"]
+    assert swept["rows"]["ideal"][f"{bench.SCALE:g}"] == pytest.approx(run["rows"]["network"])
+    (tmp_path / "report.json").write_text(json.dumps(bench.aggregate([run])))
+    reports = {"ideal": tmp_path / "report.json", "trained": tmp_path / "absent.json"}
+    report = sweep.aggregate([swept, swept], reports)
+    assert report["rows"]["trained"]["0.5"]["semantic"]["std"] == 0.0
+    assert report["exact_ratio"] == {"ideal": pytest.approx(run["rows"]["exact_ratio"])}
+    text = sweep.markdown(report)
+    assert "| ideal | 0.5 |" in text and "| trained | 2 |" in text
+    assert "| ideal | exact ratio, 1 |" in text and "| trained | exact ratio" not in text
+    sweep.figure(report, tmp_path / "scale.png")
+    assert (tmp_path / "scale.png").stat().st_size > 1000
+    with pytest.raises(SystemExit, match=r"continuous_world.py --seed 1"):
+        sweep.run_seed(networks, 1, pairs=4, steps=3, scales=(1.0,))
