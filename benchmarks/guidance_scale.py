@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from mmdisco.world.continuous import ContinuousWorldConfig
 from mmdisco.world.continuous_eval import (
     METRICS,
     TRAINING_RECORD,
+    mean_std,
     score,
     training_detections,
 )
@@ -86,7 +86,7 @@ def aggregate(runs: list[dict], reports: dict[str, Path] | None = None) -> dict:
     stats = {
         base: {
             scale: {
-                metric: _mean_std([r["rows"][base][scale][metric] for r in runs])
+                metric: mean_std([r["rows"][base][scale][metric] for r in runs])
                 for metric in first[base][scale]
             }
             for scale in first[base]
@@ -104,11 +104,6 @@ def aggregate(runs: list[dict], reports: dict[str, Path] | None = None) -> dict:
             if path.is_file()
         },
     }
-
-
-def _mean_std(values: list[float]) -> dict[str, float]:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "std": std}
 
 
 def markdown(report: dict) -> str:

@@ -218,7 +218,8 @@ def run_settings(
     }
 
 
-def _mean_std(values: list[float | None]) -> dict[str, Any]:
+def mean_std(values: list[float | None]) -> dict[str, Any]:
+    """Mean, sample std and count of the values that are not None (None where none is)."""
     present = [float(v) for v in values if v is not None]
     if not present:
         return {"mean": None, "std": None, "n": 0}
@@ -231,12 +232,10 @@ def aggregate(
 ) -> dict[str, Any]:
     """Means and stds over the runs (seeds) of each of ``rows``' ``metrics`` (the report's
     rows, in this order) and of every calibration measure, at the first run's noise levels."""
-    stats = {
-        row: {m: _mean_std([r["rows"][row][m] for r in runs]) for m in metrics} for row in rows
-    }
+    stats = {row: {m: mean_std([r["rows"][row][m] for r in runs]) for m in metrics} for row in rows}
     by_level = [{c["noise_level"]: c for c in r["calibration"]} for r in runs]
     calibration = {
-        str(level): {key: _mean_std([c[level][key] for c in by_level]) for key in CALIBRATION_KEYS}
+        str(level): {key: mean_std([c[level][key] for c in by_level]) for key in CALIBRATION_KEYS}
         for level in by_level[0]
     }
     return {
@@ -245,7 +244,7 @@ def aggregate(
         "rows": {k: {m: v["mean"] for m, v in row.items()} for k, row in stats.items()},
         "rows_std": {k: {m: v["std"] for m, v in row.items()} for k, row in stats.items()},
         "calibration": calibration,
-        "train_seconds": _mean_std([r["train_seconds"] for r in runs]),
+        "train_seconds": mean_std([r["train_seconds"] for r in runs]),
     }
 
 
