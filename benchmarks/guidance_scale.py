@@ -14,13 +14,12 @@ run ``continuous_world.py --seed S`` first.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from mmdisco.discriminator.shared_latent import SharedLatentDiscriminator
-from mmdisco.io import atomic_path, write_json_atomic, write_text_atomic
+from mmdisco.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 from mmdisco.world.continuous import ContinuousWorldConfig
 from mmdisco.world.continuous_eval import (
     METRICS,
@@ -50,7 +49,7 @@ def saved_network(networks: Path, seed: int) -> tuple[SharedLatentDiscriminator,
             f"no saved network in {folder}: run "
             f"`python benchmarks/continuous_world.py --seed {seed}` first"
         )
-    record = json.loads((folder / TRAINING_RECORD).read_text())
+    record = read_json(folder / TRAINING_RECORD)
     model = SharedLatentDiscriminator.from_pretrained(folder)
     return model.eval().requires_grad_(False), record
 
@@ -99,7 +98,7 @@ def aggregate(runs: list[dict], reports: dict[str, Path] | None = None) -> dict:
         "sampling_steps": runs[0]["sampling_steps"],
         "rows": stats,
         "exact_ratio": {
-            base: {m: json.loads(path.read_text())["rows"]["exact_ratio"][m] for m in METRICS}
+            base: {m: read_json(path)["rows"]["exact_ratio"][m] for m in METRICS}
             for base, path in (reports or {}).items()
             if path.is_file()
         },
