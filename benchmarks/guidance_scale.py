@@ -18,13 +18,12 @@ from pathlib import Path
 
 import torch
 
-from mmdisco.discriminator.shared_latent import SharedLatentDiscriminator
 from mmdisco.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 from mmdisco.world.continuous import ContinuousWorldConfig
 from mmdisco.world.continuous_eval import (
     METRICS,
-    TRAINING_RECORD,
     mean_std,
+    saved_network,
     score,
     training_detections,
 )
@@ -38,20 +37,6 @@ SEEDS = (10, 11, 12)
 BASES = ("ideal", "trained")
 # Where continuous_world.py's reports are, whose exact-ratio rows the figure marks
 REPORTS = {"ideal": RESULTS / "report.json", "trained": RESULTS / "trained_base" / "report.json"}
-
-
-def saved_network(networks: Path, seed: int) -> tuple[SharedLatentDiscriminator, dict]:
-    """A seed's network and the record of how it was trained, or an error saying how to get
-    them."""
-    folder = networks / f"seed_{seed}"
-    if not (folder / TRAINING_RECORD).is_file():
-        raise SystemExit(
-            f"no saved network in {folder}: run "
-            f"`python benchmarks/continuous_world.py --seed {seed}` first"
-        )
-    record = read_json(folder / TRAINING_RECORD)
-    model = SharedLatentDiscriminator.from_pretrained(folder)
-    return model.eval().requires_grad_(False), record
 
 
 def run_seed(networks: Path, seed: int, pairs: int, steps: int, scales: tuple[float, ...]) -> dict:

@@ -114,3 +114,27 @@ def test_guidance_scale_benchmark_reuses_the_saved_networks(bench, tmp_path):
     assert (tmp_path / "scale.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match=r"continuous_world.py --seed 1"):
         sweep.run_seed(networks, 1, pairs=4, steps=3, scales=(1.0,))
+
+
+def test_memorisation_benchmark_compares_training_and_held_out_clips(bench, tmp_path):
+    """The copy-rate check samples a seed's saved network with the report's seeds and the
+    trained base models, so its ``training`` column is the trained-base report's copy rate;
+    the held-out column uses other clips, and without a saved network it says which command
+    trains one."""
+    mem = load_benchmark("memorisation")
+    networks = tmp_path / "networks"
+    cache = networks / "seed_0"
+    run = bench.run_seed(0, pairs=4, steps=3, train_steps=2, codes=4, cache=cache, base="trained")
+    out = mem.run_seed(networks, 0, pairs=4, steps=3)
+    assert list(out["rows"]) == ["independent", "network", "exact_ratio"]
+    for name, row in out["rows"].items():
+        assert row["training"] == pytest.approx(run["rows"][name]["copy_rate"]), name
+        assert row["difference"] == pytest.approx(row["training"] - row["held_out"])
+    report = mem.aggregate([out, out])
+    assert report["rows"]["network"]["held_out"]["std"] == 0.0
+    assert report["rows"]["network"]["training"]["mean"] == pytest.approx(
+        out["rows"]["network"]["training"]
+    )
+    assert "| network |" in mem.markdown(report) and "| exact_ratio |" in mem.markdown(report)
+    with pytest.raises(SystemExit, match=r"continuous_world.py --seed 1"):
+        mem.run_seed(networks, 1, pairs=4, steps=3)

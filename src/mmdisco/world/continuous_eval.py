@@ -165,6 +165,20 @@ def train_network(
     return model, seconds
 
 
+def saved_network(networks: Path, seed: int) -> tuple[SharedLatentDiscriminator, dict]:
+    """A seed's network saved by ``benchmarks/continuous_world.py`` (in ``networks/seed_S/``)
+    and the record of how it was trained, or an error saying how to get them."""
+    folder = networks / f"seed_{seed}"
+    if not (folder / TRAINING_RECORD).is_file():
+        raise SystemExit(
+            f"no saved network in {folder}: run "
+            f"`python benchmarks/continuous_world.py --seed {seed}` first"
+        )
+    record = read_json(folder / TRAINING_RECORD)
+    model = SharedLatentDiscriminator.from_pretrained(folder)
+    return model.eval().requires_grad_(False), record
+
+
 def calibrate_network(
     model: SharedLatentDiscriminator,
     exact: torch.nn.Module,
