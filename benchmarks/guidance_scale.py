@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from mmdisco.io import atomic_path, read_json, write_json_atomic, write_text_atomic
-from mmdisco.world.continuous import ContinuousWorldConfig
 from mmdisco.world.continuous_eval import (
     METRICS,
     mean_std,
@@ -27,9 +26,7 @@ from mmdisco.world.continuous_eval import (
     score,
     training_detections,
 )
-from mmdisco.world.continuous_ratio import ContinuousWorldTerms
 from mmdisco.world.continuous_sampling import sample_continuous
-from mmdisco.world.continuous_training import ContinuousTrainConfig, training_data
 
 RESULTS = Path(__file__).parent / "results" / "continuous"
 SCALES = (0.5, 1.0, 1.5, 2.0)
@@ -44,12 +41,7 @@ def run_seed(networks: Path, seed: int, pairs: int, steps: int, scales: tuple[fl
     from mmdisco.world.continuous_models import load_continuous_base_models
 
     torch.set_num_threads(1)
-    model, record = saved_network(networks, seed)
-    config = ContinuousWorldConfig.from_dict(record["world_config"])
-    terms = ContinuousWorldTerms(config)
-    trained = record["training"]
-    data = ContinuousTrainConfig(num_real=trained["num_real"], seed=trained["seed"])
-    real, _ = training_data(config, data)  # the copy rate compares against these
+    model, terms, real = saved_network(networks, seed)
     training = training_detections(real, terms)
     audio_model, video_model = load_continuous_base_models()
     bases = {"ideal": None, "trained": (audio_model.score, video_model.score)}

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from mmdisco.io import write_json_atomic, write_text_atomic
-from mmdisco.world.continuous import ContinuousWorldConfig, generate_continuous_clips
+from mmdisco.world.continuous import generate_continuous_clips
 from mmdisco.world.continuous_eval import (
     SCALE,
     mean_std,
@@ -29,9 +29,8 @@ from mmdisco.world.continuous_eval import (
     score,
     training_detections,
 )
-from mmdisco.world.continuous_ratio import ContinuousLogRatio, ContinuousWorldTerms
+from mmdisco.world.continuous_ratio import ContinuousLogRatio
 from mmdisco.world.continuous_sampling import sample_continuous
-from mmdisco.world.continuous_training import ContinuousTrainConfig, training_data
 
 RESULTS = Path(__file__).parent / "results" / "continuous"
 SEEDS = (10, 11, 12)
@@ -44,13 +43,8 @@ def run_seed(networks: Path, seed: int, pairs: int, steps: int) -> dict:
     from mmdisco.world.continuous_models import load_continuous_base_models
 
     torch.set_num_threads(1)
-    model, record = saved_network(networks, seed)
-    config = ContinuousWorldConfig.from_dict(record["world_config"])
-    terms = ContinuousWorldTerms(config)
-    trained = record["training"]
-    data = ContinuousTrainConfig(num_real=trained["num_real"], seed=trained["seed"])
-    real, _ = training_data(config, data)  # the clips the network trained on
-    held = generate_continuous_clips(len(real[0]), HELD_OUT_SEED_OFFSET + seed, config)
+    model, terms, real = saved_network(networks, seed)
+    held = generate_continuous_clips(len(real[0]), HELD_OUT_SEED_OFFSET + seed, terms.config)
     against = {
         "training": training_detections(real, terms),
         "held_out": training_detections((held.audio, held.video), terms),
@@ -60,7 +54,7 @@ def run_seed(networks: Path, seed: int, pairs: int, steps: int) -> dict:
     guides = {
         "independent": (None, 1.0),
         "network": (model, SCALE),
-        "exact_ratio": (ContinuousLogRatio(config), 1.0),
+        "exact_ratio": (ContinuousLogRatio(terms.config), 1.0),
     }
     rows = {}
     for name, (disc, scale) in guides.items():

@@ -44,6 +44,7 @@ from mmdisco.world.continuous_training import (
     cosine_time,
     dlsm_bank,
     train_continuous_discriminator,
+    training_data,
 )
 from mmdisco.world.models import SCHEDULER_CONFIG
 
@@ -165,9 +166,12 @@ def train_network(
     return model, seconds
 
 
-def saved_network(networks: Path, seed: int) -> tuple[SharedLatentDiscriminator, dict]:
-    """A seed's network saved by ``benchmarks/continuous_world.py`` (in ``networks/seed_S/``)
-    and the record of how it was trained, or an error saying how to get them."""
+def saved_network(
+    networks: Path, seed: int
+) -> tuple[SharedLatentDiscriminator, ContinuousWorldTerms, tuple[Tensor, Tensor]]:
+    """A seed's network saved by ``benchmarks/continuous_world.py`` (in ``networks/seed_S/``),
+    its world's terms and the real pairs it trained on (what the copy rate compares against),
+    or an error saying how to get them."""
     folder = networks / f"seed_{seed}"
     if not (folder / TRAINING_RECORD).is_file():
         raise SystemExit(
@@ -175,8 +179,12 @@ def saved_network(networks: Path, seed: int) -> tuple[SharedLatentDiscriminator,
             f"`python benchmarks/continuous_world.py --seed {seed}` first"
         )
     record = read_json(folder / TRAINING_RECORD)
-    model = SharedLatentDiscriminator.from_pretrained(folder)
-    return model.eval().requires_grad_(False), record
+    model = SharedLatentDiscriminator.from_pretrained(folder).eval().requires_grad_(False)
+    config = ContinuousWorldConfig.from_dict(record["world_config"])
+    trained = record["training"]
+    data = ContinuousTrainConfig(num_real=trained["num_real"], seed=trained["seed"])
+    real, _ = training_data(config, data)
+    return model, ContinuousWorldTerms(config), real
 
 
 def calibrate_network(
