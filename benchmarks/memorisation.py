@@ -34,7 +34,6 @@ from mmdisco.world.continuous_sampling import sample_continuous
 
 RESULTS = Path(__file__).parent / "results" / "continuous"
 SEEDS = (10, 11, 12)
-ROWS = ("independent", "network", "exact_ratio")
 HELD_OUT_SEED_OFFSET = 700_000  # clips no training or calibration set of a seed contains
 
 
