@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from _scripts import load_benchmark
 
@@ -138,3 +139,30 @@ def test_memorisation_benchmark_compares_training_and_held_out_clips(bench, tmp_
     assert "| network |" in mem.markdown(report) and "| exact_ratio |" in mem.markdown(report)
     with pytest.raises(SystemExit, match=r"continuous_world.py --seed 1"):
         mem.run_seed(networks, 1, pairs=4, steps=3)
+
+
+def test_sliding_window_benchmark_scores_the_parts_of_long_clips(bench, tmp_path):
+    """Long clips cut back into their parts exactly; windows on the parts (overlap 0) guide as
+    each part alone; the report tabulates every row against ``alone``."""
+    from mmdisco.world.continuous_sampling import join_clips, split_clips
+
+    x = torch.arange(2 * 3 * 12, dtype=torch.float64).view(2, 3, 12)
+    parts = split_clips(x, 3)
+    assert parts.shape == (6, 3, 4) and torch.equal(parts[1], x[1, :, :4])
+    assert torch.equal(parts[2], x[0, :, 4:8]) and torch.equal(join_clips(parts, 3), x)
+
+    sliding = load_benchmark("sliding_window")
+    networks = tmp_path / "networks"
+    bench.run_seed(0, pairs=4, steps=3, train_steps=2, codes=4, cache=networks / "seed_0")
+    run = sliding.run_seed(networks, 0, clips=2, steps=3, overlaps=(0.0, 0.5), bases=("trained",))
+    rows = run["rows"]["trained"]
+    assert list(rows) == ["independent", "alone", "overlap 0", "overlap 0.5"]
+    assert rows["overlap 0"] == pytest.approx(rows["alone"])
+    report = sliding.aggregate([run, run])
+    assert report["rows"]["trained"]["alone"]["semantic"]["std"] == 0.0
+    text = sliding.markdown(report)
+    assert "| trained | overlap 0 |" in text and "+0.000 / +0.000" in text
+    sliding.figure(report, tmp_path / "sliding.png")
+    assert (tmp_path / "sliding.png").stat().st_size > 1000
+    with pytest.raises(SystemExit, match=r"continuous_world.py --seed 1"):
+        sliding.run_seed(networks, 1, clips=2, steps=3)

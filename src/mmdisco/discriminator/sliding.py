@@ -2,12 +2,17 @@
 
 A discriminator sees clips of one length, its training window: ``window = (audio, video)``
 latent frames. :class:`SlidingWindow` cuts a longer clip, in both modalities at once, into
-overlapping windows whose starts are evenly spaced from the clip's first frame to its last
-(window ``k`` of ``K`` starts at ``round(k * (length - window) / (K - 1))`` in each modality,
-so the audio and video windows cover the same stretch of time), runs the discriminator on all
-of them as one batch, and adds each window's input-gradient back where the window lies,
-divided by the number of windows that cover each frame: a frame seen by one window gets that
-window's gradient unchanged, a frame seen by two the mean of theirs.
+overlapping windows whose starts are evenly spaced from the clip's first frame to its last,
+runs the discriminator on all of them as one batch, and adds each window's input-gradient back
+where the window lies, divided by the number of windows that cover each frame: a frame seen by
+one window gets that window's gradient unchanged, a frame seen by two the mean of theirs.
+
+The starts are placed in the modality with the fewer frames per window (window ``k`` of ``K``
+at ``round(k * (length - window) / (K - 1))``) and carried to the other by the ratio of the two
+clips' travel ``length - window``, so each audio window covers its video window's stretch of
+time to within half a frame of the finer modality. (Rounding each modality's starts on its own
+can shift an audio window against its video window by half a video frame, and a discriminator
+that reads timing then guides the events by that shift.)
 
 The wrapper is itself a discriminator (same call, one logit per sample), so guidance and the
 sampler use it as they use any other. Its logit is the sum of the windows' logits; its
@@ -50,6 +55,24 @@ def window_starts(length: int, window: int, count: int) -> list[int]:
     if count == 1:
         return [0]
     return [round(k * (length - window) / (count - 1)) for k in range(count)]
+
+
+def paired_starts(
+    lengths: tuple[int, int], window: tuple[int, int], count: int
+) -> tuple[list[int], list[int]]:
+    """``count`` window starts in each of two modalities covering the same time: evenly spaced
+    in the one with fewer frames per window, carried to the other by the ratio of their travel
+    ``length - window`` (exact when the clips' frame rates are whole multiples)."""
+    coarse = 0 if window[0] <= window[1] else 1
+    fine = 1 - coarse
+    starts = window_starts(lengths[coarse], window[coarse], count)
+    travel = (lengths[coarse] - window[coarse], lengths[fine] - window[fine])
+    if travel[0] == 0:  # one window in the coarse modality: nothing to carry
+        carried = window_starts(lengths[fine], window[fine], count)
+    else:
+        carried = [round(s * travel[1] / travel[0]) for s in starts]
+    pair = (starts, carried) if coarse == 0 else (carried, starts)
+    return pair[0], pair[1]
 
 
 def window_count(length: int, window: int, overlap: float) -> int:
@@ -113,7 +136,7 @@ class SlidingWindow(nn.Module):
         count = max(
             window_count(n, w, self.overlap) for n, w in zip(lengths, self.window, strict=True)
         )
-        return window_starts(audio_len, wa, count), window_starts(video_len, wv, count)
+        return paired_starts(lengths, self.window, count)
 
     def _windows(self, x: Tensor, dim: int, window: int, starts: list[int]) -> Tensor:
         """``x``'s windows along ``dim``, stacked along the batch (window-major), each
