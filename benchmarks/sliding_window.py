@@ -113,6 +113,18 @@ def aggregate(runs: list[dict]) -> dict:
     }
 
 
+def ordered(report: dict) -> list[tuple[str, list[str]]]:
+    """The report's base models and rows in table order (its JSON keys come back sorted):
+    ``BASES`` order, then independent, alone and the overlaps from small to large."""
+
+    def rank(row: str) -> tuple[int, float]:
+        fixed = {"independent": (0, 0.0), "alone": (1, 0.0)}
+        return fixed.get(row) or (2, float(row.removeprefix("overlap ")))
+
+    bases = sorted(report["rows"], key=lambda b: BASES.index(b) if b in BASES else len(BASES))
+    return [(base, sorted(report["rows"][base], key=rank)) for base in bases]
+
+
 def _fmt(stat: dict) -> str:
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
@@ -132,9 +144,11 @@ def markdown(report: dict) -> str:
         "| base models | row | semantic | temporal | difference | validity audio / video |",
         "|---|---|---|---|---|---|",
     ]
-    for base, by_row in report["rows"].items():
+    for base, rows in ordered(report):
+        by_row = report["rows"][base]
         ref = by_row["alone"]
-        for row, m in by_row.items():
+        for row in rows:
+            m = by_row[row]
             diff = "" if row in ("alone", "independent") else " / ".join(
                 f"{m[k]['mean'] - ref[k]['mean']:+.3f}" for k in ("semantic", "temporal")
             )  # fmt: skip
@@ -153,10 +167,9 @@ def figure(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bases = list(report["rows"])
-    fig, axes = plt.subplots(1, len(bases), figsize=(4.5 * len(bases), 3.6), squeeze=False)
-    for ax, base in zip(axes[0], bases, strict=True):
-        rows = list(report["rows"][base])
+    layout = ordered(report)
+    fig, axes = plt.subplots(1, len(layout), figsize=(4.5 * len(layout), 3.6), squeeze=False)
+    for ax, (base, rows) in zip(axes[0], layout, strict=True):
         for k, metric in enumerate(("semantic", "temporal")):
             stats = [report["rows"][base][r][metric] for r in rows]
             ax.bar(
@@ -170,7 +183,7 @@ def figure(report: dict, path: Path) -> None:
         ax.set_ylim(0, 1.05)
         ax.set_title(f"{base} base models")
     axes[0][0].set_ylabel("agreement of the parts")
-    axes[0][0].legend()
+    axes[0][0].legend(loc="lower right")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")

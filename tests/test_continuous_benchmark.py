@@ -162,6 +162,9 @@ def test_sliding_window_benchmark_scores_the_parts_of_long_clips(bench, tmp_path
     assert report["rows"]["trained"]["alone"]["semantic"]["std"] == 0.0
     text = sliding.markdown(report)
     assert "| trained | overlap 0 |" in text and "+0.000 / +0.000" in text
+    assert text.index("| trained | independent |") < text.index("| trained | alone |")
+    # report.json is written with sorted keys; the table keeps its order read back
+    assert sliding.markdown(json.loads(json.dumps(report, sort_keys=True))) == text
     sliding.figure(report, tmp_path / "sliding.png")
     assert (tmp_path / "sliding.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match=r"continuous_world.py --seed 1"):

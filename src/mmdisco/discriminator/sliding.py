@@ -21,7 +21,8 @@ window's input passes through a gradient scale of ``1 / coverage`` (identity for
 
 tests/test_sliding_window.py checks the gradient against finite differences window by window,
 and guides clips of the synthetic world three windows long, built by concatenating world clips
-in time (each third denoised by the shipped world base model on its own).
+in time (each third denoised by the shipped world base model on its own);
+benchmarks/sliding_window.py measures overlapping windows on such clips of the continuous world.
 """
 
 from __future__ import annotations
