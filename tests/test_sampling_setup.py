@@ -93,6 +93,41 @@ def test_sample_batches_is_joint_sample_per_batch(disc) -> None:
         assert not torch.allclose(a, plain_a)
 
 
+def test_sliding_window_setting_guides_through_windows() -> None:
+    """``sampling.sliding_window`` wraps the discriminator in SlidingWindow: the same samples
+    as that wrapper passed by hand, and not those of the discriminator on the whole clip."""
+    from mmdisco.discriminator.sliding import SlidingWindow
+
+    long = ShrinkModel("audio", (2, 8), 1.0), ShrinkModel("video", (3, 4, 2), -1.0)
+    common = dict(num_inference_steps=3, scheduler="ddim", guidance_scale_audio=4.0, seed=2)
+    windowed = SamplingConfig(**common, sliding_window=[4, 2], sliding_overlap=0.5)
+    assert windowed.sliding_window == (4, 2)
+    plain = SamplingConfig(**common)
+    a, v = sample_batches(*long, 3, windowed, discriminator=product_disc)
+    by_hand_disc = SlidingWindow(product_disc, (4, 2), overlap=0.5)
+    ref_a, ref_v = sample_batches(*long, 3, plain, discriminator=by_hand_disc)
+    torch.testing.assert_close(a, ref_a)
+    torch.testing.assert_close(v, ref_v)
+    whole_a, _ = sample_batches(*long, 3, plain, discriminator=product_disc)
+    assert not torch.allclose(a, whole_a)
+    unguided_a, _ = sample_batches(*long, 3, windowed)  # no discriminator: nothing to wrap
+    torch.testing.assert_close(unguided_a, sample_batches(*long, 3, plain)[0])
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("sliding_window", [4], r"sliding_window: must be \[audio, video\] latent frames"),
+        ("sliding_window", [4, 0], r"sliding_window\[1\]: must be >= 1, got 0"),
+        ("sliding_window", "64", r"sliding_window: must be a non-empty list of integers"),
+        ("sliding_overlap", 1.0, "sliding_overlap: must be >= 0.0 and < 1.0, got 1.0"),
+    ],
+)
+def test_bad_sliding_window_settings_are_named(field, value, message) -> None:
+    with pytest.raises(InputError, match=message):
+        SamplingConfig(**{field: value})
+
+
 def test_sample_batches_keeps_given_clips_and_checks_them() -> None:
     sampling = SamplingConfig(num_inference_steps=3, scheduler="ddpm", batch_size=2)
     given = torch.randn(3, 3, 2)

@@ -230,6 +230,8 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["sampling"]["window"] = list(self.sampling.window)
+        if self.sampling.sliding_window is not None:
+            d["sampling"]["sliding_window"] = list(self.sampling.sliding_window)
         return d
 
 

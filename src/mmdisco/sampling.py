@@ -53,6 +53,7 @@ from mmdisco.errors import (
     check_float,
     check_fraction_range,
     check_int,
+    check_ints,
 )
 from mmdisco.guidance import DiscriminatorFn, guidance_correction
 from mmdisco.seeding import derive_seed
@@ -425,6 +426,10 @@ class SamplingConfig:
     ``scheduler`` is a short name of :data:`~mmdisco.base_models.loading.SCHEDULERS`, a
     diffusers scheduler class ("DPMSolverMultistepScheduler") or "default" (each base model's
     own). Joint guidance scales are the weights lambda of the discriminator term.
+    ``sliding_window``: the discriminator's training window ``[audio, video]`` in latent
+    frames, for clips longer than it: the discriminator then guides them through
+    :class:`~mmdisco.discriminator.sliding.SlidingWindow`, windows overlapping by at least
+    ``sliding_overlap`` (None: the discriminator sees the whole clip).
     """
 
     num_inference_steps: int = 50
@@ -437,6 +442,8 @@ class SamplingConfig:
     cfg_on_discriminator: bool = False
     batch_size: int = 4
     seed: int = 0
+    sliding_window: tuple[int, int] | None = None
+    sliding_overlap: float = 0.5
 
     def __post_init__(self) -> None:
         check_int("num_inference_steps", self.num_inference_steps, 1)
@@ -453,6 +460,15 @@ class SamplingConfig:
         check_bool("cfg_on_discriminator", self.cfg_on_discriminator)
         check_int("batch_size", self.batch_size, 1)
         check_int("seed", self.seed, 0)
+        if self.sliding_window is not None:
+            window = check_ints("sliding_window", self.sliding_window, 1)
+            if len(window) != 2:
+                message = f"must be [audio, video] latent frames, got {list(window)}"
+                raise InputError(message, "sliding_window")
+            self.sliding_window = (window[0], window[1])
+        self.sliding_overlap = check_float(
+            "sliding_overlap", self.sliding_overlap, 0.0, 1.0, open_max=True
+        )
 
     def make_scheduler(self, model: BaseModel) -> Any:
         """A fresh sampler for ``model`` (:func:`~mmdisco.base_models.loading.make_scheduler`)."""
@@ -472,6 +488,15 @@ class SamplingConfig:
 
     def guidance_scale(self, modality: str) -> float:
         return getattr(self, f"guidance_scale_{modality}")
+
+    def windowed(self, discriminator: DiscriminatorFn | None) -> DiscriminatorFn | None:
+        """``discriminator`` as sampling calls it: through a sliding window when
+        ``sliding_window`` is set."""
+        if discriminator is None or self.sliding_window is None:
+            return discriminator
+        from mmdisco.discriminator.sliding import SlidingWindow
+
+        return SlidingWindow(discriminator, self.sliding_window, overlap=self.sliding_overlap)
 
 
 def disc_config_of(disc: Any) -> Any:
@@ -574,6 +599,7 @@ def sample_batches(
     if given is not None and given[1].shape[0] != n:
         raise InputError(f"{n} pairs requested but {given[1].shape[0]} given {given[0]} clips")
     options = sampling.guidance_options(extra=dict(disc_kwargs or {}))
+    windowed = sampling.windowed(discriminator)
     out_a, out_v = [], []
     for b, start in enumerate(range(0, n, batch_size)):
         rows = slice(start, min(start + batch_size, n))
@@ -597,7 +623,7 @@ def sample_batches(
             held.latents, held.given = given[1][rows].to(held.model.device), given_mode
         a, v = joint_sample(
             *streams,
-            discriminator,
+            windowed,
             batch_size=rows.stop - rows.start,
             num_inference_steps=sampling.num_inference_steps,
             options=options,

@@ -95,8 +95,9 @@ class SlidingWindow(nn.Module):
     """``discriminator`` applied over a long clip in overlapping windows, gradients averaged.
 
     ``window``: the discriminator's training length ``(audio, video)`` in latent frames along
-    ``time_dims`` (batched dims; default: the audio's last axis, as in ``(C, L)`` latents, and
-    the video's frame axis of ``(C, F, H, W)``). ``overlap``: the least fraction of a window
+    ``time_dims`` (batched dims; default: axis 1 of each clip, the audio's time as the
+    adapters lay it out, ``(C, T)`` and ``(C, T, F)``, and the video's frames of
+    ``(C, F, H, W)``). ``overlap``: the least fraction of a window
     that neighbouring windows share, in ``[0, 1)``. A clip exactly one window long is passed
     to the discriminator whole; a shorter one is refused.
     """
@@ -107,7 +108,7 @@ class SlidingWindow(nn.Module):
         window: tuple[int, int],
         *,
         overlap: float = 0.5,
-        time_dims: tuple[int, int] = (-1, 2),
+        time_dims: tuple[int, int] = (2, 2),
     ) -> None:
         super().__init__()
         if not 0.0 <= overlap < 1.0:
