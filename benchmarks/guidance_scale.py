@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mmdisco.io import atomic_path, read_json, write_json_atomic, write_text_atomic
+from mmdisco.io import read_json, save_figure, write_json_atomic, write_text_atomic
 from mmdisco.world.continuous_eval import (
     METRICS,
     mean_std,
@@ -140,9 +140,7 @@ def figure(report: dict, path: Path) -> None:
     axes[0].set_ylabel("agreement")
     axes[0].legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ import torch
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
-from mmdisco.io import atomic_path, write_json_atomic, write_text_atomic
+from mmdisco.io import save_figure, write_json_atomic, write_text_atomic
 from mmdisco.media import to_uint8_frames
 from mmdisco.metrics.av_align import (
     AVAlignConfig,
@@ -284,9 +284,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_title(f"Sync metrics on the world, {result['clips']} real pairs")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def _factory(spec: str):

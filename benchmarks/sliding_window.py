@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from mmdisco.discriminator.sliding import SlidingWindow
-from mmdisco.io import atomic_path, write_json_atomic, write_text_atomic
+from mmdisco.io import save_figure, write_json_atomic, write_text_atomic
 from mmdisco.world.continuous_eval import SCALE, mean_std, saved_network, score, training_detections
 from mmdisco.world.continuous_sampling import sample_continuous, split_clips
 
@@ -185,9 +185,7 @@ def figure(report: dict, path: Path) -> None:
     axes[0][0].set_ylabel("agreement of the parts")
     axes[0][0].legend(loc="lower right")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from mmdisco.discriminator.composite import SummedDiscriminators
 from mmdisco.errors import InputError, check_float, check_fraction_range, check_int
-from mmdisco.io import write_json_atomic
+from mmdisco.io import save_figure, write_json_atomic
 from mmdisco.sampling import SamplingConfig, sample_batches
 from mmdisco.training.data import PairData, encode_pairs, fake_pairs
 from mmdisco.training.fakes import generate_fakes
@@ -567,8 +567,4 @@ def _figure(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=80)

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from torch import Tensor
 
-from mmdisco.io import atomic_path
+from mmdisco.io import save_figure
 
 TITLES = {
     "gt": "target (GT)",
@@ -46,6 +46,4 @@ def scatter_grid(
             ax.set_title(title, fontsize=9)
         axes[i][0].set_ylabel(setting.upper())
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

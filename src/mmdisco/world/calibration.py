@@ -139,7 +139,7 @@ def plot_calibration(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mmdisco.io import atomic_path
+    from mmdisco.io import save_figure
 
     panels = (
         ("logit_corr", "logit correlation with log r"),
@@ -183,8 +183,4 @@ def plot_calibration(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)

@@ -27,7 +27,7 @@ from mmdisco.discriminator.shared_latent import (
     SharedLatentConfig,
     SharedLatentDiscriminator,
 )
-from mmdisco.io import atomic_path, read_json, write_json_atomic, write_text_atomic
+from mmdisco.io import read_json, save_figure, write_json_atomic, write_text_atomic
 from mmdisco.shards import jsonable
 from mmdisco.world.calibration import calibrate
 from mmdisco.world.continuous import ContinuousWorldConfig, generate_continuous_clips
@@ -331,9 +331,7 @@ def figure(report: dict[str, Any], path: Path) -> None:
     right.legend()
     right.set_title("input-gradient cosine to the exact ratio")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_report(out: Path, report: dict[str, Any], markdown: str) -> None:

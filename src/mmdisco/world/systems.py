@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from mmdisco.base_models.loading import SCHEDULERS
 from mmdisco.errors import check_bool, check_choice, check_float, check_int, check_ints
-from mmdisco.io import write_json_atomic, write_text_atomic
+from mmdisco.io import save_figure, write_json_atomic, write_text_atomic
 from mmdisco.resampling import score_pairs, select, t0_log_snr
 from mmdisco.sampling import SamplingConfig, sample_batches
 from mmdisco.seeding import derive_seed
@@ -699,8 +699,4 @@ def figure(report: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("training CPU-seconds on top of the frozen base models")
     ax.set_ylabel("(semantic + temporal) / 2, joint generation")
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=90)
