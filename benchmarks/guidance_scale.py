@@ -18,13 +18,14 @@ from pathlib import Path
 
 import torch
 
-from mmdisco.io import read_json, save_figure, write_json_atomic, write_text_atomic
+from mmdisco.io import read_json, save_figure
 from mmdisco.world.continuous_eval import (
     METRICS,
     mean_std,
     saved_network,
     score,
     training_detections,
+    write_report,
 )
 from mmdisco.world.continuous_sampling import sample_continuous
 
@@ -153,10 +154,7 @@ def main() -> None:
     seeds, pairs, steps = (SEEDS[:1], 8, 5) if args.quick else (SEEDS, args.pairs, 25)
     runs = [run_seed(args.networks, seed, pairs, steps, SCALES) for seed in seeds]
     report = aggregate(runs, REPORTS)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "report.json", report)
-    write_text_atomic(args.out / "report.md", markdown(report))
-    figure(report, args.out / "report.png")
+    write_report(args.out, report, markdown(report), figure)
     print(markdown(report))
 
 

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 
-from mmdisco.io import write_json_atomic, write_text_atomic
 from mmdisco.world.continuous import generate_continuous_clips
 from mmdisco.world.continuous_eval import (
     SCALE,
@@ -31,6 +30,7 @@ from mmdisco.world.continuous_eval import (
     saved_network,
     score,
     training_detections,
+    write_report,
 )
 from mmdisco.world.continuous_ratio import ContinuousLogRatio
 from mmdisco.world.continuous_sampling import sample_continuous
@@ -111,9 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     seeds, pairs, steps = (SEEDS[:1], 8, 5) if args.quick else (SEEDS, args.pairs, 25)
     report = aggregate([run_seed(args.networks, seed, pairs, steps) for seed in seeds])
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "report.json", report)
-    write_text_atomic(args.out / "report.md", markdown(report))
+    write_report(args.out, report, markdown(report), draw=None)
     print(markdown(report))
 
 

@@ -31,8 +31,15 @@ import torch
 from torch import Tensor
 
 from mmdisco.discriminator.sliding import SlidingWindow
-from mmdisco.io import save_figure, write_json_atomic, write_text_atomic
-from mmdisco.world.continuous_eval import SCALE, mean_std, saved_network, score, training_detections
+from mmdisco.io import save_figure
+from mmdisco.world.continuous_eval import (
+    SCALE,
+    mean_std,
+    saved_network,
+    score,
+    training_detections,
+    write_report,
+)
 from mmdisco.world.continuous_sampling import sample_continuous, split_clips
 
 RESULTS = Path(__file__).parent / "results" / "continuous"
@@ -198,10 +205,7 @@ def main() -> None:
     seeds, clips, steps = (SEEDS[:1], 4, 5) if args.quick else (SEEDS, args.clips, 25)
     runs = [run_seed(args.networks, seed, clips, steps) for seed in seeds]
     report = aggregate(runs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "report.json", report)
-    write_text_atomic(args.out / "report.md", markdown(report))
-    figure(report, args.out / "report.png")
+    write_report(args.out, report, markdown(report), figure)
     print(markdown(report))
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -334,8 +334,17 @@ def figure(report: dict[str, Any], path: Path) -> None:
     save_figure(fig, path)
 
 
-def write_report(out: Path, report: dict[str, Any], markdown: str) -> None:
-    """An aggregated report's ``report.json``, ``report.md`` and ``report.png`` in ``out``."""
+def write_report(
+    out: Path,
+    report: dict[str, Any],
+    markdown: str,
+    draw: Callable[[dict[str, Any], Path], None] | None = figure,
+) -> None:
+    """An aggregated report's ``report.json``, ``report.md`` and, drawn by ``draw`` (this
+    module's :func:`figure` unless a benchmark has its own; None: no figure), ``report.png``
+    in ``out`` (created if missing)."""
+    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "report.json", report)
     write_text_atomic(out / "report.md", markdown)
-    figure(report, out / "report.png")
+    if draw is not None:
+        draw(report, out / "report.png")
