@@ -20,7 +20,9 @@ import torch
 
 from mmdisco.io import read_json, save_figure
 from mmdisco.world.continuous_eval import (
+    EVALUATION_SEEDS,
     METRICS,
+    mean_pm_std,
     mean_std,
     saved_network,
     score,
@@ -31,7 +33,7 @@ from mmdisco.world.continuous_sampling import sample_continuous
 
 RESULTS = Path(__file__).parent / "results" / "continuous"
 SCALES = (0.5, 1.0, 1.5, 2.0)
-SEEDS = (10, 11, 12)
+SEEDS = EVALUATION_SEEDS
 BASES = ("ideal", "trained")
 # Where continuous_world.py's reports are, whose exact-ratio rows the figure marks
 REPORTS = {"ideal": RESULTS / "report.json", "trained": RESULTS / "trained_base" / "report.json"}
@@ -98,11 +100,9 @@ def markdown(report: dict) -> str:
     ]
     for base, by_scale in report["rows"].items():
         for scale, m in by_scale.items():
-            cells = [_fmt(m[k]) for k in ("semantic", "temporal")]
+            cells = [mean_pm_std(m[k]) for k in ("semantic", "temporal", "copy_rate")]
             valid = f"{m['validity_audio']['mean']:.3f} / {m['validity_video']['mean']:.3f}"
-            lines.append(
-                f"| {base} | {scale} | {cells[0]} | {cells[1]} | {valid} | {_fmt(m['copy_rate'])} |"
-            )
+            lines.append(f"| {base} | {scale} | {cells[0]} | {cells[1]} | {valid} | {cells[2]} |")
         exact = report.get("exact_ratio", {}).get(base)
         if exact is not None:
             valid = f"{exact['validity_audio']:.3f} / {exact['validity_video']:.3f}"
@@ -111,10 +111,6 @@ def markdown(report: dict) -> str:
                 f"| {valid} | {exact['copy_rate']:.3f} |"
             )
     return "\n".join(lines) + "\n"
-
-
-def _fmt(stat: dict[str, float]) -> str:
-    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
 def figure(report: dict, path: Path) -> None:

@@ -25,7 +25,9 @@ import torch
 
 from mmdisco.world.continuous import generate_continuous_clips
 from mmdisco.world.continuous_eval import (
+    EVALUATION_SEEDS,
     SCALE,
+    mean_pm_std,
     mean_std,
     saved_network,
     score,
@@ -36,7 +38,7 @@ from mmdisco.world.continuous_ratio import ContinuousLogRatio
 from mmdisco.world.continuous_sampling import sample_continuous
 
 RESULTS = Path(__file__).parent / "results" / "continuous"
-SEEDS = (10, 11, 12)
+SEEDS = EVALUATION_SEEDS
 HELD_OUT_SEED_OFFSET = 700_000  # clips no training or calibration set of a seed contains
 PAIRS = 1024
 
@@ -96,7 +98,7 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|",
     ]
     for name, row in report["rows"].items():
-        cells = [f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in ("training", "held_out")]
+        cells = [mean_pm_std(row[k]) for k in ("training", "held_out")]
         diff = row["difference"]
         lines.append(f"| {name} | {' | '.join(cells)} | {diff['mean']:+.3f} ± {diff['std']:.3f} |")
     return "\n".join(lines) + "\n"

@@ -33,7 +33,9 @@ from torch import Tensor
 from mmdisco.discriminator.sliding import SlidingWindow
 from mmdisco.io import save_figure
 from mmdisco.world.continuous_eval import (
+    EVALUATION_SEEDS,
     SCALE,
+    mean_pm_std,
     mean_std,
     saved_network,
     score,
@@ -43,7 +45,7 @@ from mmdisco.world.continuous_eval import (
 from mmdisco.world.continuous_sampling import sample_continuous, split_clips
 
 RESULTS = Path(__file__).parent / "results" / "continuous"
-SEEDS = (10, 11, 12)
+SEEDS = EVALUATION_SEEDS
 CLIPS = 3
 OVERLAPS = (0.25, 0.5, 0.75)
 BASES = ("trained", "ideal")
@@ -132,10 +134,6 @@ def ordered(report: dict) -> list[tuple[str, list[str]]]:
     return [(base, sorted(report["rows"][base], key=rank)) for base in bases]
 
 
-def _fmt(stat: dict) -> str:
-    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
-
-
 def markdown(report: dict) -> str:
     seeds = ", ".join(map(str, report["seeds"]))
     lines = [
@@ -161,8 +159,8 @@ def markdown(report: dict) -> str:
             )  # fmt: skip
             valid = f"{m['validity_audio']['mean']:.3f} / {m['validity_video']['mean']:.3f}"
             lines.append(
-                f"| {base} | {row} | {_fmt(m['semantic'])} | {_fmt(m['temporal'])} | {diff} "
-                f"| {valid} |"
+                f"| {base} | {row} | {mean_pm_std(m['semantic'])} "
+                f"| {mean_pm_std(m['temporal'])} | {diff} | {valid} |"
             )
     return "\n".join(lines) + "\n"
 

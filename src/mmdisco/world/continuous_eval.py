@@ -86,6 +86,8 @@ SCALE_RANGE = (0.5, 2.0)  # one scale near the theory's 1: what a learnt ratio m
 CALIBRATION_SEED_OFFSETS = (400_000, 500_000, 600_000)
 TRAINING_RECORD = "training.json"  # next to a cached network: the settings that trained it
 IDEAL_BASE_MODELS = "exact marginal scores of the world (ideal base models)"
+# The benchmarks' evaluation seeds (data, fakes, network and sampling); tuning used 0 and 1
+EVALUATION_SEEDS = (10, 11, 12)
 
 
 def score(
@@ -271,10 +273,15 @@ def aggregate(
     }
 
 
+def mean_pm_std(stat: dict[str, Any]) -> str:
+    """A :func:`mean_std` as ``mean ± std`` (three decimals), as the reports' tables print it."""
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
 def _fmt(stat: dict[str, Any]) -> str:
     if stat["mean"] is None:
         return "n/a"
-    return f"{stat['mean']:.3f} ± {stat['std']:.3f}" if stat["n"] > 1 else f"{stat['mean']:.3f}"
+    return mean_pm_std(stat) if stat["n"] > 1 else f"{stat['mean']:.3f}"
 
 
 def tables(report: dict[str, Any]) -> list[str]:
