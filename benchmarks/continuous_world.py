@@ -86,6 +86,7 @@ def run_seed(
     codes: int = CODEBOOK_CODES,
     cache: Path | None = None,
     base: str = "ideal",
+    refine_steps: int | None = None,
 ) -> dict:
     """One seed's rows, calibration and settings; ``base`` picks the base models the four
     rows sample with (the network, its training data and its calibration do not depend on
@@ -94,6 +95,8 @@ def run_seed(
     config = ContinuousWorldConfig()
     terms, exact = ContinuousWorldTerms(config), ContinuousLogRatio(config)
     recipe = RECIPES[network].to_dict()
+    if refine_steps is not None:
+        recipe["refine_steps"] = refine_steps
     cfg = ContinuousTrainConfig(**{**recipe, "seed": seed, "steps": train_steps})
     real, fake = training_data(config, cfg)
     model, train_seconds = train_network(terms, real, fake, cfg, network, cache)
@@ -182,14 +185,16 @@ def main() -> None:
     out = args.out / "trained_base" if args.base == "trained" else args.out
     out.mkdir(parents=True, exist_ok=True)
     if args.seed is not None:
-        quick = (16, 5, 20, 16)
-        full = (args.pairs, 25, RECIPES[args.network].steps, CODEBOOK_CODES)
-        pairs, steps, train, codes = quick if args.quick else full
+        recipe = RECIPES[args.network]
+        quick = (16, 5, 20, 16, min(recipe.refine_steps, 2))
+        full = (args.pairs, 25, recipe.steps, CODEBOOK_CODES, recipe.refine_steps)
+        pairs, steps, train, codes, refine = quick if args.quick else full
         if not 0.5 <= args.scale <= 2.0:
             parser.error(f"--scale must lie in [0.5, 2], got {args.scale}")
         cache = None if args.quick else network_cache(args.out, args.seed)
         result = run_seed(
-            args.seed, pairs, steps, train, args.network, args.scale, codes, cache, args.base
+            args.seed,
+            *(pairs, steps, train, args.network, args.scale, codes, cache, args.base, refine),
         )
         write_json_atomic(out / f"seed_{args.seed}.json", result)
     if args.aggregate:

@@ -14,7 +14,7 @@ def bench():
 
 
 def test_one_tiny_seed_gives_every_row_and_the_report(bench, tmp_path):
-    run = bench.run_seed(0, pairs=4, steps=3, train_steps=2, codes=4)
+    run = bench.run_seed(0, pairs=4, steps=3, train_steps=2, codes=4, refine_steps=2)
     assert set(run["rows"]) == {"independent", "network", "codebook", "exact_ratio"}
     for row in run["rows"].values():
         assert set(row) == set(bench.METRICS)
@@ -37,8 +37,8 @@ def test_the_trained_base_models_rows_and_table(bench, tmp_path):
     (the world's) aligns them nearly as it aligns the ideal ones, even in 5 steps; the
     network comes from the ideal run's cache."""
     cache = tmp_path / "networks" / "seed_0"
-    ideal = bench.run_seed(0, pairs=4, steps=3, train_steps=2, codes=4, cache=cache)
-    run = bench.run_seed(0, 8, 5, 2, codes=4, cache=cache, base="trained")
+    ideal = bench.run_seed(0, pairs=4, steps=3, train_steps=2, codes=4, refine_steps=2, cache=cache)
+    run = bench.run_seed(0, 8, 5, 2, codes=4, cache=cache, base="trained", refine_steps=2)
     assert set(run["rows"]) == set(bench.ROWS)
     assert run["settings"]["base_models"] == bench.BASE_MODELS["trained"]
     assert run["train_seconds"] == ideal["train_seconds"]  # read back, not trained again
@@ -98,7 +98,9 @@ def test_guidance_scale_benchmark_reuses_the_saved_networks(bench, tmp_path):
     network it says which command trains one."""
     sweep = load_benchmark("guidance_scale")
     networks = tmp_path / "networks"
-    run = bench.run_seed(0, pairs=4, steps=3, train_steps=2, codes=4, cache=networks / "seed_0")
+    run = bench.run_seed(
+        0, pairs=4, steps=3, train_steps=2, codes=4, refine_steps=2, cache=networks / "seed_0"
+    )
     swept = sweep.run_seed(networks, 0, pairs=4, steps=3, scales=(0.5, bench.SCALE))
     assert set(swept["rows"]) == {"ideal", "trained"}
     assert list(swept["rows"]["ideal"]) == ["0.5", f"{bench.SCALE:g}"]
@@ -125,7 +127,9 @@ def test_memorisation_benchmark_compares_training_and_held_out_clips(bench, tmp_
     mem = load_benchmark("memorisation")
     networks = tmp_path / "networks"
     cache = networks / "seed_0"
-    run = bench.run_seed(0, pairs=4, steps=3, train_steps=2, codes=4, cache=cache, base="trained")
+    run = bench.run_seed(
+        0, pairs=4, steps=3, train_steps=2, codes=4, refine_steps=2, cache=cache, base="trained"
+    )
     out = mem.run_seed(networks, 0, pairs=4, steps=3)
     assert list(out["rows"]) == ["independent", "network", "exact_ratio"]
     for name, row in out["rows"].items():
@@ -153,7 +157,9 @@ def test_sliding_window_benchmark_scores_the_parts_of_long_clips(bench, tmp_path
 
     sliding = load_benchmark("sliding_window")
     networks = tmp_path / "networks"
-    bench.run_seed(0, pairs=4, steps=3, train_steps=2, codes=4, cache=networks / "seed_0")
+    bench.run_seed(
+        0, pairs=4, steps=3, train_steps=2, codes=4, refine_steps=2, cache=networks / "seed_0"
+    )
     run = sliding.run_seed(networks, 0, clips=2, steps=3, overlaps=(0.0, 0.5), bases=("trained",))
     rows = run["rows"]["trained"]
     assert list(rows) == ["independent", "alone", "overlap 0", "overlap 0.5"]
@@ -169,3 +175,34 @@ def test_sliding_window_benchmark_scores_the_parts_of_long_clips(bench, tmp_path
     assert (tmp_path / "sliding.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match=r"continuous_world.py --seed 1"):
         sliding.run_seed(networks, 1, clips=2, steps=3)
+
+
+def test_a_refined_network_is_cached_next_to_the_one_it_refined(tmp_path):
+    import torch
+
+    from mmdisco.world.continuous import ContinuousWorldConfig
+    from mmdisco.world.continuous_eval import RECIPES, REFINED, TRAINING_RECORD, train_network
+    from mmdisco.world.continuous_ratio import ContinuousWorldTerms
+    from mmdisco.world.continuous_training import ContinuousTrainConfig, training_data
+
+    terms = ContinuousWorldTerms(ContinuousWorldConfig())
+    recipe = {**RECIPES["conv"].to_dict(), "seed": 3, "steps": 2, "batch_size": 16}
+    fields = {"refine_steps": 2, "refine_anchors": 4, "refine_pool": 8, "refine_draws": 3}
+    cfg = ContinuousTrainConfig(**{**recipe, **fields})
+    data = training_data(terms.config, cfg)
+    cache = tmp_path / "seed_3"
+    refined, seconds = train_network(terms, *data, cfg, "conv", cache)
+    before = json.loads((cache / TRAINING_RECORD).read_text())
+    assert before["training"]["refine_steps"] == 0
+    after = json.loads((cache / REFINED / TRAINING_RECORD).read_text())
+    assert after["training"]["refine_steps"] == 2
+    # a record from before the refinement existed (no refine_* fields) still names its network
+    before["training"] = {k: v for k, v in before["training"].items() if not k.startswith("refine")}
+    (cache / TRAINING_RECORD).write_text(json.dumps(before))
+    loaded, loaded_seconds = train_network(terms, *data, cfg, "conv", cache)
+    assert loaded_seconds == pytest.approx(seconds)  # both loaded, neither trained again
+    a, v = data[0][0][:4], data[0][1][:4]
+    lam = torch.full((4,), 1.0)
+    torch.testing.assert_close(loaded(a, v, lam, lam), refined(a, v, lam, lam), atol=1e-6, rtol=0)
+    unrefined, _ = train_network(terms, *data, ContinuousTrainConfig(**recipe), "conv", cache)
+    assert (unrefined(a, v, lam, lam) - refined(a, v, lam, lam)).abs().max() > 1e-4

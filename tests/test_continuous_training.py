@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from mmdisco.discriminator.shared_latent import SharedLatentConfig, SharedLatentDiscriminator
-from mmdisco.training.contrastive import cross_blocks, info_nce_generated
+from mmdisco.training.contrastive import (
+    cross_blocks,
+    hard_negative_info_nce,
+    info_nce_generated,
+)
 from mmdisco.training.optim import weight_decay_groups
 from mmdisco.world.continuous import ContinuousWorldConfig
 from mmdisco.world.continuous_ratio import ContinuousWorldTerms
@@ -17,6 +21,7 @@ from mmdisco.world.continuous_training import (
     ema_update,
     exact_eps,
     info_nce,
+    refine_with_hard_negatives,
     sample_log_snr,
     train_continuous_discriminator,
     training_data,
@@ -102,9 +107,16 @@ def test_info_nce_generated_matches_a_hand_computed_value() -> None:
     assert info_nce_generated(*cross_blocks(logits, 1)).item() == pytest.approx(expected, rel=1e-6)
 
 
-def _learnt_table(negatives: str, joint: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+def _learnt_table(
+    negatives: str,
+    joint: torch.Tensor,
+    fake: torch.Tensor,
+    reference: torch.Tensor | None = None,
+) -> torch.Tensor:
     """A free table ``h[a, v]`` trained by symmetric InfoNCE on a discrete world: real pairs
-    from ``joint``, fake audio and video from the rows of ``fake`` (imperfect base models)."""
+    from ``joint``, fake audio and video from the rows of ``fake`` (imperfect base models).
+    With a ``reference`` table: :func:`hard_negative_info_nce` against it, 31 negatives per
+    real clip resampled from the 256 candidates (the other real pairs' clips, or the fakes)."""
     gen = torch.Generator().manual_seed(0)
     table = torch.zeros(joint.shape, requires_grad=True)
     opt = torch.optim.Adam([table], lr=0.05)
@@ -115,7 +127,14 @@ def _learnt_table(negatives: str, joint: torch.Tensor, fake: torch.Tensor) -> to
         a, v = pair // k, pair % k
         fa = torch.multinomial(fake[0], 256, replacement=True, generator=gen)
         fv = torch.multinomial(fake[1], 256, replacement=True, generator=gen)
-        if negatives == "real":
+        if reference is not None:
+            if negatives == "real":  # other real pairs' clips
+                other = torch.multinomial(joint.flatten(), 256, replacement=True, generator=gen)
+                fa, fv = other // k, other % k
+            audio, video = torch.cat([a, fa]), torch.cat([v, fv])
+            rows, cols = audio[:, None], video[None]
+            loss = hard_negative_info_nce(table[rows, cols], reference[rows, cols], 256, 31, gen)
+        elif negatives == "real":
             loss = info_nce(table[a][:, v])
         else:
             logits = table[torch.cat([a, fa])][:, torch.cat([v, fv])]
@@ -187,6 +206,24 @@ def test_fresh_data_is_deterministic_for_a_seed_and_reads_no_training_set() -> N
         train_continuous_discriminator(_tiny_model(), empty, empty, None, cfg)
 
 
+def test_hard_negatives_from_a_wrong_reference_still_learn_the_ratio() -> None:
+    """Negatives drawn where a reference table confuses them (here a wrong one: the ratio
+    reversed) teach ``h`` the same optimum as InfoNCE's: MMDisCo's ratio with fake
+    candidates, the data's with real ones."""
+    joint = torch.tensor([[0.30, 0.05, 0.05], [0.02, 0.20, 0.03], [0.05, 0.05, 0.25]])
+    fake = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+    mmdisco = joint.log() - fake[0].log()[:, None] - fake[1].log()[None]
+    data = joint.log() - joint.sum(1).log()[:, None] - joint.sum(0).log()[None]
+
+    def centred(h: torch.Tensor) -> torch.Tensor:
+        return h - h.mean()
+
+    for negatives, target in (("fake", mmdisco), ("real", data)):
+        reference = -target  # draws the negatives the true ratio finds least likely
+        learnt = _learnt_table(negatives, joint, fake, reference)
+        assert torch.allclose(centred(learnt), centred(target), atol=0.15), negatives
+
+
 def test_info_nce_training_learns_the_pairing() -> None:
     cfg = ContinuousTrainConfig(
         num_real=256,
@@ -204,6 +241,51 @@ def test_info_nce_training_learns_the_pairing() -> None:
     log = train_continuous_discriminator(_tiny_model(32), real, fake, None, cfg)
     # log 16 = 2.77 is the loss of a discriminator that learnt nothing (16 pairs per group)
     assert sum(row["l_d"] for row in log[-2:]) / 2 < 2.0
+
+
+@pytest.mark.parametrize("negatives", ["real", "fake"])
+def test_refinement_starts_at_log_of_the_group_size_and_learns(negatives: str) -> None:
+    """The refinement's first loss is ``log(draws + 1)`` whatever the network (it scores the
+    difference from its own frozen copy), and after training it is below that."""
+    cfg = ContinuousTrainConfig(
+        num_real=256,
+        num_fake=256,
+        steps=150,
+        batch_size=32,
+        lr=5e-3,
+        all_pairs_groups=2,
+        log_snr_range=(1.0, 4.0),
+        weight_decay=0.0,
+        negatives=negatives,
+        refine_steps=150,
+        refine_lr=2e-3,
+        refine_anchors=16,
+        refine_pool=64,
+        refine_draws=15,
+    )
+    real, fake = training_data(SMALL, cfg)
+    model = _tiny_model(32)
+    log = train_continuous_discriminator(model, real, fake, None, cfg)
+    refine = [row["l_refine"] for row in log if "refine_step" in row]
+    assert refine[0] == pytest.approx(math.log(16), rel=1e-6)
+    assert sum(refine[1:]) / len(refine[1:]) < math.log(16) - 0.15  # steps 50, 100, 149
+    assert len([row for row in log if "step" in row]) == 4  # the first phase ran in full
+
+
+@pytest.mark.parametrize(
+    ("negatives", "message"),
+    [
+        ("real", "refine_pool = 32 \\+ 224 real pairs, but there are 16"),
+        ("fake", "refine_pool 224 need as many real pairs and fake clips; there are 16 and 16"),
+    ],
+)
+def test_refinement_refuses_a_pool_larger_than_the_data(negatives: str, message: str) -> None:
+    cfg = ContinuousTrainConfig(
+        num_real=16, num_fake=16, negatives=negatives, refine_steps=1, refine_pool=224
+    )
+    real, fake = training_data(SMALL, cfg)
+    with pytest.raises(ValueError, match=message):
+        refine_with_hard_negatives(_tiny_model(), real, fake, cfg)
 
 
 def test_dlsm_switches_on_at_dlsm_start() -> None:
@@ -238,6 +320,10 @@ def test_dlsm_switches_on_at_dlsm_start() -> None:
             {"grad_penalty": 1.0, "all_pairs_groups": 0, "objective": "bce"},
             "grad_penalty needs all_pairs_groups",
         ),
+        ({"objective": "bce", "refine_steps": 10}, "refine_steps needs objective 'infonce'"),
+        ({"refine_pool": 0}, "refine_pool must be a positive count"),
+        ({"refine_draws": 0}, "refine_draws must be a positive count"),
+        ({"refine_steps": -1}, "refine_steps must be >= 0"),
     ],
 )
 def test_config_rejects_bad_fields(fields: dict, message: str) -> None:

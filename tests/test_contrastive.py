@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -304,3 +305,31 @@ def test_fakes_per_caption_repeats_each_distinct_caption() -> None:
     assert experiment_from_dict(data).fakes.per_caption == 4
     with pytest.raises(ConfigError, match="per_caption"):
         experiment_from_dict({**data, "fakes": {"per_caption": 0}})
+
+
+def test_hard_negative_info_nce_against_itself_is_log_of_the_group_size() -> None:
+    from mmdisco.training.contrastive import hard_negative_info_nce
+
+    logits = torch.randn(6, 6, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    loss = hard_negative_info_nce(logits, logits, n_real=2, negatives=7, generator=gen)
+    assert loss.item() == pytest.approx(math.log(8), rel=1e-6)  # h - h_ref = 0 everywhere
+
+
+def test_hard_negatives_are_drawn_where_the_reference_confuses_them() -> None:
+    """A reference that puts all its mass on one candidate draws only that one: the loss is
+    then the two-way cross-entropy against it, computed by hand."""
+    from mmdisco.training.contrastive import hard_negative_info_nce
+
+    # rows: real audio 0, candidate audios 1, 2; columns: real video 0, candidate videos 1, 2
+    logits = torch.tensor([[1.0, 3.0, -2.0], [0.5, 9.0, 9.0], [2.0, 9.0, 9.0]])
+    reference = torch.tensor([[0.0, -50.0, 50.0], [50.0, 0.0, 0.0], [-50.0, 0.0, 0.0]])
+    residual = logits - reference  # h - h_ref: own 1.0, video 2: -52.0, audio 1: 0.5 - 50
+    k = 3
+
+    def two_way(own: float, negative: float) -> float:
+        return -own + math.log(math.exp(own) + k * math.exp(negative))
+
+    expected = 0.5 * two_way(1.0, residual[0, 2].item()) + 0.5 * two_way(1.0, residual[1, 0].item())
+    loss = hard_negative_info_nce(logits, reference, 1, k, torch.Generator().manual_seed(0))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)

@@ -262,6 +262,14 @@ class SharedLatentDiscriminator(PretrainedMixin, nn.Module):
         snr_v = per_sample(log_snr_video, len(video), "log_snr_video", video.device)
         codes_a, time_a = self.audio_encoder(audio.float(), snr_a)
         codes_v, time_v = self.video_encoder(video.float(), snr_v)
+        if self.config.head in ("bilinear", "aligned"):
+            # the head's products as matrix products: broadcasting them would hold a
+            # (Ba, Bv, width, steps) tensor
+            h = torch.einsum("agk,vgk->av", codes_a, codes_v) / math.sqrt(codes_a[0].numel())
+            h = h + self.bias
+            if self.config.head == "aligned" and time_a is not None and time_v is not None:
+                h = h + torch.einsum("awt,vwt->av", time_a, time_v) / math.sqrt(time_a[0].numel())
+            return h
         if time_a is not None and time_v is not None:
             time_a, time_v = time_a[:, None], time_v[None]
         return self.head(codes_a[:, None], codes_v[None], time_a, time_v)

@@ -50,6 +50,45 @@ def cross_blocks(logits: Tensor, n_real: int) -> tuple[Tensor, Tensor, Tensor]:
     return logits[:n, :n].diagonal(), logits[:n, n:], logits[n:, :n].T
 
 
+def hard_negative_info_nce(
+    logits: Tensor,
+    reference: Tensor,
+    n_real: int,
+    negatives: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Symmetric InfoNCE of ``h - h_ref`` whose negatives are the candidates the reference
+    discriminator ``h_ref`` confuses with each real pair.
+
+    ``logits`` and ``reference`` (no gradient) hold ``h`` and ``h_ref`` of every pair of
+    ``n_real`` real clips followed by ``m`` candidate clips (audio along the rows, video along
+    the columns, as :func:`cross_blocks` reads them). Each real audio ``a_i`` draws
+    ``negatives`` videos from the candidates with probabilities ``softmax_j h_ref(a_i, v_j)``
+    (with replacement), each real video its audios likewise, and the real pair is scored
+    against them with the logit ``h - h_ref``.
+
+    Negatives drawn from ``p(v) exp(h_ref(a, v)) / Z(a)`` make the first direction's optimum
+    ``h - h_ref = log p(v | a) / p(v) - h_ref + c(a)``, the second's the same with ``c'(v)``,
+    so the one ``h`` that is both is ``log r + const``: the ratio of :func:`info_nce` /
+    :func:`info_nce_generated` (candidates from ``p(v)`` or the base model). What changes is
+    which negatives teach it. Where the clean ratio is very sharp, random negatives are all
+    told apart at once and the loss stops asking for the steep ``h`` the ratio has; negatives
+    drawn where ``h_ref`` cannot tell them from the real pair are exactly those near it, and
+    the loss measures ``h``'s error there. The draws are importance resampling among the
+    ``m`` candidates: the proposal is exact as ``m`` grows; with few candidates or a very
+    peaked ``h_ref`` the same few are drawn many times."""
+    n = n_real
+    target = torch.zeros(n, dtype=torch.long, device=logits.device)
+    loss = logits.new_zeros(())
+    residual = logits - reference
+    for ref, res in ((reference[:n], residual[:n]), (reference[:, :n].T, residual[:, :n].T)):
+        weights = torch.softmax(ref[:, n:], dim=1)
+        drawn = n + torch.multinomial(weights, negatives, replacement=True, generator=generator)
+        columns = torch.cat([torch.arange(n, device=logits.device)[:, None], drawn], dim=1)
+        loss = loss + 0.5 * F.cross_entropy(res.gather(1, columns), target)
+    return loss
+
+
 def top1_margins(own: Tensor, audio_vs_fakes: Tensor, fakes_vs_video: Tensor) -> Tensor:
     """Each direction's own logit minus its best negative, ``(2n,)``: positive where the real
     pair wins (the contrastive objective's accuracy)."""

@@ -15,19 +15,29 @@ the data's ``p(a, v) / (p(a) p(v))``, the same ratio only for ideal base models)
 an input-gradient penalty, L_DLSM from a given fraction of the steps, AdamW weight decay (on
 layer weights only, :func:`weight_decay_groups`), an EMA of the weights, and fresh clips of
 the world at every step instead of a fixed training set.
+
+A second phase (``refine_steps``, :func:`refine_with_hard_negatives`) goes on from the trained
+network with :func:`~mmdisco.training.contrastive.hard_negative_info_nce`: the negatives of
+each real pair are drawn from a larger pool of candidates where a frozen copy of the network
+confuses them with it, and the copy's logit is subtracted from the one being trained.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmdisco.training.contrastive import cross_blocks, info_nce_generated
+from mmdisco.training.contrastive import (
+    cross_blocks,
+    hard_negative_info_nce,
+    info_nce_generated,
+)
 from mmdisco.training.losses import discriminator_loss
 from mmdisco.training.optim import weight_decay_groups
 from mmdisco.world.continuous import ContinuousWorldConfig, generate_continuous_clips
@@ -73,6 +83,16 @@ class ContinuousTrainConfig:
     # schedule's time t/T between the same ends (the sampler's steps are uniform in time)
     noise_sampling: str = "time"
     grad_penalty: float = 0.0  # times sigma^2 |grad h|^2 of the real pairs (all-pairs groups)
+    # > 0: after ``steps``, this many steps of hard_negative_info_nce against a frozen copy
+    # (refine_with_hard_negatives): ``refine_groups`` noise levels per step, each with
+    # ``refine_anchors`` real pairs whose ``refine_draws`` negatives are resampled from
+    # ``refine_pool`` candidates (``negatives``: other real pairs, or fake clips)
+    refine_steps: int = 0
+    refine_lr: float = 3e-4
+    refine_groups: int = 2
+    refine_anchors: int = 32
+    refine_pool: int = 224
+    refine_draws: int = 31
 
     def __post_init__(self) -> None:
         if self.objective not in ("bce", "infonce"):
@@ -87,6 +107,13 @@ class ContinuousTrainConfig:
             raise ValueError("objective 'infonce' needs all_pairs_groups >= 1")
         if self.grad_penalty > 0 and self.all_pairs_groups < 1:
             raise ValueError("grad_penalty needs all_pairs_groups >= 1")
+        if self.refine_steps and self.objective != "infonce":
+            raise ValueError("refine_steps needs objective 'infonce' (it refines its ratio)")
+        if self.refine_steps < 0:
+            raise ValueError(f"refine_steps must be >= 0, got {self.refine_steps}")
+        for name in ("refine_groups", "refine_anchors", "refine_pool", "refine_draws"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive count, got {getattr(self, name)}")
         if self.all_pairs_groups > 0 and self.batch_size < 2 * self.all_pairs_groups:
             raise ValueError(
                 f"batch_size {self.batch_size} leaves fewer than 2 pairs in each of "
@@ -95,6 +122,11 @@ class ContinuousTrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def before_refinement(self) -> ContinuousTrainConfig:
+        """The settings of the first phase alone: every ``refine_*`` field at its default."""
+        unset = {f.name: f.default for f in fields(self) if f.name.startswith("refine_")}
+        return replace(self, **unset)
 
 
 @dataclass
@@ -296,14 +328,11 @@ def train_continuous_discriminator(
 ) -> list[dict[str, float]]:
     """AdamW with a cosine decay on ``L_D + dlsm_weight * L_DLSM`` (L_DLSM from step
     ``dlsm_start * steps``); the model ends with the EMA of its weights when
-    ``cfg.ema_decay > 0``. Returns a loss log."""
+    ``cfg.ema_decay > 0``, then ``cfg.refine_steps`` of :func:`refine_with_hard_negatives`.
+    Returns a loss log."""
     gen = torch.Generator().manual_seed(cfg.seed * 104729 + 3)
     params = list(model.parameters())
-    groups = weight_decay_groups(model, cfg.weight_decay, cfg.decay_all_parameters)
-    opt = torch.optim.AdamW(groups, lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.steps))
-    )
+    opt, sched = _cosine_adamw(model, cfg, cfg.lr, cfg.steps)
     average = [p.detach().clone() for p in params] if cfg.ema_decay > 0 else None
     log: list[dict[str, float]] = []
     for step in range(cfg.steps):
@@ -325,4 +354,71 @@ def train_continuous_discriminator(
         with torch.no_grad():
             for p, avg in zip(params, average, strict=True):
                 p.copy_(avg)
+    if cfg.refine_steps:
+        log += refine_with_hard_negatives(model, real, fake, cfg)
+    return log
+
+
+def _cosine_adamw(
+    model: nn.Module, cfg: ContinuousTrainConfig, lr: float, steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    groups = weight_decay_groups(model, cfg.weight_decay, cfg.decay_all_parameters)
+    opt = torch.optim.AdamW(groups, lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))
+    )
+    return opt, sched
+
+
+def refine_with_hard_negatives(
+    model: nn.Module,
+    real: tuple[Tensor, Tensor],
+    fake: tuple[Tensor, Tensor],
+    cfg: ContinuousTrainConfig,
+) -> list[dict[str, float]]:
+    """``cfg.refine_steps`` steps of :func:`hard_negative_info_nce` with a frozen copy of
+    ``model`` as the reference (AdamW at ``cfg.refine_lr`` with a cosine decay). Each step
+    draws ``cfg.refine_groups`` noise levels; each group noises ``refine_anchors`` real pairs
+    and ``refine_pool`` candidates (the other real pairs' clips, or fake clips when
+    ``cfg.negatives == "fake"``) and scores every pair with ``model.cross_logits``. The copy
+    stays frozen, so the optimum is still ``log r + const`` (see the loss). Returns a loss log."""
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(cfg.seed * 7907 + 11)
+    opt, sched = _cosine_adamw(model, cfg, cfg.refine_lr, cfg.refine_steps)
+    (real_a, real_v), (fake_a, fake_v) = real, fake
+    n, pool = cfg.refine_anchors, cfg.refine_pool
+    if cfg.negatives == "real" and n + pool > len(real_a):
+        raise ValueError(
+            f"refine_anchors + refine_pool = {n} + {pool} real pairs, but there are {len(real_a)}"
+        )
+    if cfg.negatives == "fake" and (n > len(real_a) or pool > len(fake_a)):
+        raise ValueError(
+            f"refine_anchors {n} and refine_pool {pool} need as many real pairs and fake "
+            f"clips; there are {len(real_a)} and {len(fake_a)}"
+        )
+    log: list[dict[str, float]] = []
+    for step in range(cfg.refine_steps):
+        losses = []
+        for lam in sample_log_snr(cfg.refine_groups, cfg, gen):
+            if cfg.negatives == "real":
+                rows = torch.randperm(len(real_a), generator=gen)[: n + pool]
+                clean_a, clean_v = real_a[rows], real_v[rows]
+            else:
+                rows = torch.randperm(len(real_a), generator=gen)[:n]
+                pa, pv = (torch.randperm(len(fake_a), generator=gen)[:pool] for _ in range(2))
+                clean_a = torch.cat([real_a[rows], fake_a[pa]])
+                clean_v = torch.cat([real_v[rows], fake_v[pv]])
+            lam_b = lam.expand(len(clean_a))
+            a, v = _noise(clean_a, lam_b, gen), _noise(clean_v, lam_b, gen)
+            with torch.no_grad():
+                ref = reference.cross_logits(a, v, lam)
+            logits = model.cross_logits(a, v, lam)
+            losses.append(hard_negative_info_nce(logits, ref, n, cfg.refine_draws, gen))
+        loss = torch.stack(losses).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == cfg.refine_steps - 1:
+            log.append({"refine_step": step, "l_refine": loss.item()})
     return log
