@@ -62,7 +62,9 @@ def test_a_seeds_network_is_saved_and_reused_only_with_the_same_settings(tmp_pat
 
     terms = ContinuousWorldTerms(ContinuousWorldConfig())
     recipe = RECIPES["conv"].to_dict()
-    cfg = ContinuousTrainConfig(**{**recipe, "seed": 3, "steps": 2, "batch_size": 16})
+    cfg = ContinuousTrainConfig(
+        **{**recipe, "seed": 3, "steps": 2, "batch_size": 16, "refine_steps": 0}
+    )
     data = training_data(terms.config, cfg)
     cache = tmp_path / "seed_3"
     trained, seconds = train_network(terms, *data, cfg, "conv", cache)
@@ -187,6 +189,7 @@ def test_a_refined_network_is_cached_next_to_the_one_it_refined(tmp_path):
 
     terms = ContinuousWorldTerms(ContinuousWorldConfig())
     recipe = {**RECIPES["conv"].to_dict(), "seed": 3, "steps": 2, "batch_size": 16}
+    recipe["refine_steps"] = 0  # the first phase alone
     fields = {"refine_steps": 2, "refine_anchors": 4, "refine_pool": 8, "refine_draws": 3}
     cfg = ContinuousTrainConfig(**{**recipe, **fields})
     data = training_data(terms.config, cfg)
