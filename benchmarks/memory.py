@@ -119,7 +119,8 @@ GPU_BYTES = 80e9  # "80 GB": an A100/H100 80GB holds 80e9 bytes (74.5 GiB)
 def preset_peaks(name: str) -> dict[str, Any]:
     """Peak memory of one training step of preset ``name`` at two micro-batches (1 and 2
     pairs, or 1 and 2 contrastive groups), on the meta device, and the largest micro-batch
-    under :data:`GPU_BYTES`."""
+    under :data:`GPU_BYTES`; for a preset that ends with the hard-negative refinement, also
+    its step's (each group with its pool of candidates), and the micro-batch both fit."""
     from mmdisco.config import load_experiment
     from mmdisco.discriminator import build_discriminator, text_dims
     from real_shapes_presets import CONFIGS, base_models, flash_attention_memory, meta_counting
@@ -139,30 +140,49 @@ def preset_peaks(name: str) -> dict[str, Any]:
     train = cfg.train_config()
     unit = train.group_size if train.objective == "infonce" else 1
     micros = (unit, 2 * unit)
+    phases = (False, True) if train.refine_steps else (False,)
     peaks = {}
     with meta_counting(), flash_attention_memory():
-        for m in micros:
-            step = TrainConfig(
-                batch_size=m,
-                use_dlsm=train.use_dlsm,
-                dlsm_weight=train.dlsm_weight,
-                objective=train.objective,
-                group_size=train.group_size,
-            )
-            peaks[m] = estimate_step_memory(disc, *wrapped, step, text, conds)
-    slope = (peaks[micros[-1]].peak - peaks[micros[0]].peak) / (micros[-1] - micros[0])
-    fixed = peaks[micros[0]].peak - micros[0] * slope
-    fits = int((GPU_BYTES - fixed) // slope)
+        for refine in phases:
+            for m in micros:
+                step = TrainConfig(
+                    batch_size=m,
+                    use_dlsm=train.use_dlsm,
+                    dlsm_weight=train.dlsm_weight,
+                    objective=train.objective,
+                    group_size=train.group_size,
+                    refine_steps=train.refine_steps,
+                    refine_pool=train.refine_pool,
+                )
+                peaks[refine, m] = estimate_step_memory(
+                    disc, *wrapped, step, text, conds, refine=refine
+                )
+    lines = {}
+    for refine in phases:
+        low, high = peaks[refine, micros[0]].peak, peaks[refine, micros[-1]].peak
+        slope = (high - low) / (micros[-1] - micros[0])
+        lines[refine] = (slope, low - micros[0] * slope)
+    fits = min(int((GPU_BYTES - fixed) // slope) for slope, fixed in lines.values())
+    slope, fixed = lines[False]
+    refinement = {}
+    if train.refine_steps:
+        refine_slope, refine_fixed = lines[True]
+        refinement = {
+            "refine_per_pair_gib": refine_slope / GIB,
+            "refine_fixed_gib": refine_fixed / GIB,
+            "refine_pool": train.refine_pool,
+        }
     return {
         "per_pair_gib": slope / GIB,
         "fixed_gib": fixed / GIB,
-        "base_models_gib": peaks[micros[0]].base_models / GIB,
+        "base_models_gib": peaks[False, micros[0]].base_models / GIB,
         "discriminator_parameters": sum(p.numel() for p in disc.parameters()),
         "use_dlsm": train.use_dlsm,
         "objective": train.objective,
-        "measured_gib": {m: peaks[m].peak / GIB for m in micros},
-        "micro_batch_80gb": fits // unit * unit,  # whole groups
+        "measured_gib": {m: peaks[False, m].peak / GIB for m in micros},
+        "micro_batch_80gb": fits // unit * unit,  # whole groups, both phases
         "preset_micro_batch": train.batch_size // train.grad_accum,
+        **refinement,
     }
 
 
@@ -183,11 +203,16 @@ def render_presets(r: dict[str, Any]) -> str:
         "encoders that L_DLSM runs on the captions add their weights to the fixed cost (Wan's "
         "UMT5-XXL encoder 10.6 GiB in bfloat16; Stable Audio 3's T5Gemma and HunyuanVideo "
         "1.5's Qwen2.5-VL likewise, not measured here), so the fitting micro-batch is an "
-        "upper bound. A preset without L_DLSM runs no base model while training.",
+        "upper bound. A preset without L_DLSM runs no base model while training. A preset "
+        "that ends with the hard-negative refinement has a second step to fit: each group of "
+        "real pairs with its pool of candidate fakes (`train.refine_pool`) and a frozen copy "
+        "of the discriminator; its cost per real pair is the refinement column, and the "
+        "micro-batch that fits is the one both steps fit.",
         "",
-        "| preset | base weights | discriminator | objective | L_DLSM | per pair | fixed "
-        "| peak, smallest micro-batch | micro-batch that fits 80 GB | preset's micro-batch |",
-        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|",
+        "| preset | base weights | discriminator | objective | L_DLSM | per pair | per pair, "
+        "refinement | fixed | peak, smallest micro-batch | micro-batch that fits 80 GB "
+        "| preset's micro-batch |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in r["presets"].items():
         smallest, peak = next(iter(row["measured_gib"].items()))
@@ -195,7 +220,13 @@ def render_presets(r: dict[str, Any]) -> str:
             f"| {name} | {row['base_models_gib']:.1f} GiB "
             f"| {row['discriminator_parameters'] / 1e6:.1f}M "
             f"| {row.get('objective', 'bce')} | {'yes' if row['use_dlsm'] else 'no'} "
-            f"| {row['per_pair_gib']:.2f} GiB | {row['fixed_gib']:.1f} GiB "
+            f"| {row['per_pair_gib']:.2f} GiB "
+            + (
+                f"| {row['refine_per_pair_gib']:.2f} GiB (pool {row['refine_pool']}) "
+                if "refine_per_pair_gib" in row
+                else "| - "
+            )
+            + f"| {row['fixed_gib']:.1f} GiB "
             f"| {peak:.1f} GiB ({smallest}) | {row['micro_batch_80gb']} "
             f"| {row['preset_micro_batch']} |"
         )

@@ -133,7 +133,8 @@ def _learnt_table(
                 fa, fv = other // k, other % k
             audio, video = torch.cat([a, fa]), torch.cat([v, fv])
             rows, cols = audio[:, None], video[None]
-            loss = hard_negative_info_nce(table[rows, cols], reference[rows, cols], 256, 31, gen)
+            blocks = cross_blocks(table[rows, cols], 256)
+            loss = hard_negative_info_nce(blocks, cross_blocks(reference[rows, cols], 256), 31, gen)
         elif negatives == "real":
             loss = info_nce(table[a][:, v])
         else:

@@ -308,18 +308,18 @@ def test_fakes_per_caption_repeats_each_distinct_caption() -> None:
 
 
 def test_hard_negative_info_nce_against_itself_is_log_of_the_group_size() -> None:
-    from mmdisco.training.contrastive import hard_negative_info_nce
+    from mmdisco.training.contrastive import cross_blocks, hard_negative_info_nce
 
-    logits = torch.randn(6, 6, generator=torch.Generator().manual_seed(0))
+    blocks = cross_blocks(torch.randn(6, 6, generator=torch.Generator().manual_seed(0)), 2)
     gen = torch.Generator().manual_seed(1)
-    loss = hard_negative_info_nce(logits, logits, n_real=2, negatives=7, generator=gen)
+    loss = hard_negative_info_nce(blocks, blocks, negatives=7, generator=gen)
     assert loss.item() == pytest.approx(math.log(8), rel=1e-6)  # h - h_ref = 0 everywhere
 
 
 def test_hard_negatives_are_drawn_where_the_reference_confuses_them() -> None:
     """A reference that puts all its mass on one candidate draws only that one: the loss is
     then the two-way cross-entropy against it, computed by hand."""
-    from mmdisco.training.contrastive import hard_negative_info_nce
+    from mmdisco.training.contrastive import cross_blocks, hard_negative_info_nce
 
     # rows: real audio 0, candidate audios 1, 2; columns: real video 0, candidate videos 1, 2
     logits = torch.tensor([[1.0, 3.0, -2.0], [0.5, 9.0, 9.0], [2.0, 9.0, 9.0]])
@@ -331,5 +331,139 @@ def test_hard_negatives_are_drawn_where_the_reference_confuses_them() -> None:
         return -own + math.log(math.exp(own) + k * math.exp(negative))
 
     expected = 0.5 * two_way(1.0, residual[0, 2].item()) + 0.5 * two_way(1.0, residual[1, 0].item())
-    loss = hard_negative_info_nce(logits, reference, 1, k, torch.Generator().manual_seed(0))
+    blocks, ref_blocks = cross_blocks(logits, 1), cross_blocks(reference, 1)
+    loss = hard_negative_info_nce(blocks, ref_blocks, k, torch.Generator().manual_seed(0))
     assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def _refining(**changes: object) -> TrainConfig:
+    settings = {
+        "steps": 4,
+        "refine_steps": 4,
+        "refine_pool": 6,
+        "refine_negatives": 5,
+        "batch_size": 16,
+        "objective": "infonce",
+        "group_size": 8,
+        "optimizer": "adamw",
+        "use_dlsm": False,
+        "checkpoint_every": 3,
+        "log_every": 1,
+    }
+    return TrainConfig(**{**settings, **changes})
+
+
+def test_refinement_groups_hold_a_pool_of_candidates_of_their_caption() -> None:
+    real, fake = _captioned()
+    cfg = _refining(grad_accum=2, group_size=4)
+    orders = tuple(BatchOrder(len(real), 16, derive_seed(0, k)) for k in (1, 2, 3))
+    groups = CaptionGroups.of(real.captions, fake.captions)
+    parts = micro_batches(
+        real, fake, orders, cfg, 5, 0, 1, torch.device("cpu"), None, groups, refining=True
+    )
+    for r, f, _ in parts:
+        assert (len(r), len(f)) == (8, 12)  # 2 groups of 4 real pairs and 6 candidates
+        for g in range(2):
+            captions = {*r.captions[4 * g : 4 * g + 4], *f.captions[6 * g : 6 * g + 6]}
+            assert captions == {r.captions[4 * g]}
+    uncaptioned = PairData(fake.audio, fake.video)
+    (r, f, _), *_ = micro_batches(
+        real, uncaptioned, orders, cfg, 5, 0, 1, torch.device("cpu"), refining=True
+    )
+    assert (len(r), len(f)) == (8, 12)
+
+
+def test_refinement_starts_from_its_own_reference(tmp_path) -> None:
+    """At the refinement's first step the frozen reference is the network itself, so
+    ``h - h_ref`` is zero for every pair and the loss is exactly log(negatives + 1); the
+    reference is written next to the checkpoints, equal to the last first-phase weights."""
+    real, fake = _captioned()
+    torch.manual_seed(0)
+    disc = TinyDisc()
+    disc.net[2].p = 0.0  # no dropout: the network in training equals its frozen copy
+    cfg = _refining(keep_checkpoints=8)
+    result = train_discriminator(disc, *models(), real, fake, cfg, tmp_path, progress=False)
+    losses = [record["loss_d"] for record in result.history]
+    assert len(losses) == 8
+    assert losses[4] == pytest.approx(math.log(6), rel=1e-5)
+    assert all(abs(x - math.log(6)) > 1e-3 for x in losses[:4])  # the first phase's loss
+    assert [r["lr"] for r in result.history[4:6]] == pytest.approx(
+        [3e-4, 3e-4 * 0.5 * (1 + 0.5**0.5)]
+    )
+    reference = load_file(tmp_path / "refine_reference.safetensors")
+    step4 = load_file(tmp_path / "checkpoints" / "step-00000004" / "model.safetensors")
+    for key, value in step4.items():
+        assert torch.equal(reference[key], value), key
+    moved = [not torch.allclose(reference[k], v) for k, v in disc.state_dict().items()]
+    assert all(moved)  # the refinement trained the network, not its frozen copy
+    adam = load_file(tmp_path / "checkpoints" / "step-00000006" / "optimizer.safetensors")
+    assert adam["state.0.step"].item() == 2  # the moments restarted with the refinement
+
+
+@pytest.mark.parametrize("stop_after", [4, 6])
+def test_refinement_resumes_exactly(tmp_path, stop_after: int) -> None:
+    """Stopped at the switch (step 4) or within the refinement (6), a resumed run ends with
+    the weights of an uninterrupted one (the reference read back from its file)."""
+    real, fake = _captioned()
+
+    def run(out: Path, stop: int | None = None, seed: int = 0) -> TinyDisc:
+        torch.manual_seed(seed)
+        disc = TinyDisc()
+        train_discriminator(
+            disc, *models(), real, fake, _refining(), out, progress=False, stop_after=stop
+        )
+        return disc
+
+    straight = run(tmp_path / "a")
+    run(tmp_path / "b", stop=stop_after)
+    resumed = run(tmp_path / "b", seed=7)
+    for (k, x), y in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(x, y, atol=1e-6), k
+
+
+def test_a_finished_run_can_be_refined_later(tmp_path) -> None:
+    """``refine_steps`` may grow on resume: a run trained without the refinement goes on
+    into it from its last checkpoint, as if it had been asked for from the start."""
+    real, fake = _captioned()
+
+    def run(out: Path, cfg: TrainConfig) -> TinyDisc:
+        torch.manual_seed(0)
+        disc = TinyDisc()
+        train_discriminator(disc, *models(), real, fake, cfg, out, progress=False)
+        return disc
+
+    straight = run(tmp_path / "a", _refining())
+    run(tmp_path / "b", _refining(refine_steps=0))
+    later = run(tmp_path / "b", _refining())
+    for x, y in zip(straight.parameters(), later.parameters(), strict=True):
+        assert torch.allclose(x, y, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"objective": "bce"}, "refine_steps: refines the contrastive objective"),
+        ({"use_dlsm": True}, "refine_steps: the refinement trains the contrastive term alone"),
+        ({"refine_pool": 0}, "refine_pool"),
+        ({"refine_negatives": 0}, "refine_negatives"),
+        ({"refine_lr": 0.0}, "refine_lr"),
+        ({"refine_steps": -1}, "refine_steps"),
+    ],
+)
+def test_refinement_settings_are_checked(changes: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        _refining(**changes)
+
+
+def test_captions_with_fewer_fakes_than_the_pool_warn() -> None:
+    real, fake = _captioned()  # 32 fakes per caption
+    with pytest.warns(UserWarning, match="3 of 3 captions have fewer fakes than refine_pool=64"):
+        train_discriminator(
+            TinyDisc(),
+            *models(),
+            real,
+            fake,
+            _refining(refine_pool=64),
+            progress=False,
+            stop_after=1,
+        )

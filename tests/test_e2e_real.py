@@ -22,6 +22,7 @@ import pytest
 import torch
 import yaml
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from _tiny import (
@@ -268,6 +269,9 @@ def test_the_contrastive_recipe_trains_and_samples_through_the_config(tmp_path):
             "optimizer": "adamw",
             "weight_decay": 1.0,
             "use_dlsm": False,
+            "refine_steps": 1,
+            "refine_pool": 2,
+            "refine_negatives": 3,
             "checkpoint_every": 2,
             "log_every": 1,
         },
@@ -283,6 +287,10 @@ def test_the_contrastive_recipe_trains_and_samples_through_the_config(tmp_path):
         invoke("train", "--config", config)
     disc = load_discriminator(root / "discriminator")
     assert type(disc).__name__ == "SharedLatentDiscriminator"
+    refined = load_file(root / "checkpoints" / "step-00000003" / "model.safetensors")
+    assert (root / "refine_reference.safetensors").is_file()  # the refinement's frozen copy
+    for key, value in disc.state_dict().items():  # the saved network is the refined one
+        assert torch.equal(value, refined[key]), key
     assert disc.config.audio_shape == (4, 1000, 4) and disc.config.video_shape == (4, 4, 8, 8)
     cfg = load_experiment(config)
     runs = sample_from_config(cfg, ["a dog barks"], tmp_path / "samples", progress=False)

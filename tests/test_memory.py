@@ -119,6 +119,34 @@ def test_estimate_matches_the_peak_rss_of_a_real_step(tmp_path):
     assert 0.97 < measured / predicted < 2.0, (measured / 2**20, predicted / 2**20)
 
 
+def estimate_refinement(config: TrainConfig, device: str = "meta"):
+    models = Shrink("audio", A_SHAPE), Shrink("video", V_SHAPE)
+    disc = discriminator(device, channel_mult=(1,))
+    return estimate_step_memory(disc, *models, config, TEXT, device=device, refine=True)
+
+
+def test_the_refinement_step_is_estimated_with_its_candidates_and_frozen_copy():
+    """The refinement's step (a pool of candidates per group, the frozen reference's weights)
+    is counted on the meta device as a real CPU step holds it, and costs more than the first
+    phase's step once its pool is larger than the group."""
+    config = TrainConfig(
+        batch_size=2,
+        objective="infonce",
+        group_size=2,
+        use_dlsm=False,
+        refine_steps=1,
+        refine_pool=3,
+        refine_negatives=4,
+    )
+    meta, cpu = estimate_refinement(config), estimate_refinement(config, "cpu")
+    assert abs(meta.peak - cpu.peak) < 1e-3 * cpu.peak
+    first = estimate(config, channel_mult=(1,))
+    assert meta.fakes == 3 and first.fakes is None
+    assert meta.discriminator == 2 * first.discriminator  # the network and its frozen copy
+    assert meta.activations > first.activations
+    assert "2 real + 3 fake candidates, refinement" in meta.table()
+
+
 def test_each_option_saves_memory():
     small = {"channel_mult": (1,)}
     one, two, four = (estimate(TrainConfig(batch_size=b), **small) for b in (1, 2, 4))
@@ -165,3 +193,29 @@ def test_dry_run_prints_the_memory_per_device(tmp_path):
     assert "| peak per device |" in result.output
     assert "Within 0.05 GiB: micro-batches of" in result.output
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+def test_dry_run_reports_the_refinement_when_it_needs_more(tmp_path):
+    """A contrastive run that ends with the hard-negative refinement is sized by the larger of
+    its two steps: with pools of 6 candidates per group of 2, the refinement's."""
+    from _tiny import audioldm_animatediff_experiment
+    from mmdisco.cli import app
+
+    data = audioldm_animatediff_experiment(
+        tmp_path,
+        0.05,
+        discriminator={"preset": "shared_latent", "encoder": "conv", "width": 8, "num_codes": 4},
+        train={
+            "batch_size": 4,
+            "objective": "infonce",
+            "group_size": 2,
+            "use_dlsm": False,
+            "refine_steps": 10,
+            "refine_pool": 6,
+        },
+    )
+    config = tmp_path / "experiment.yaml"
+    config.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["train", "--config", str(config), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "(4 real + 12 fake candidates, refinement)" in result.output

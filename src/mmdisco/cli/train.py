@@ -163,6 +163,13 @@ def train_cmd(
         int, typer.Option(help="world clips used as real pairs (when no --real)")
     ] = 4096,
     steps: Annotated[int, typer.Option(help="optimisation steps")] = 2000,
+    refine_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="with --recipe contrastive: hard-negative refinement steps after --steps "
+            "(default: a tenth of --steps; 0: none)"
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="real and fake pairs per step")] = 64,
     lr: Annotated[
         float | None, typer.Option(help="learning rate (default: the recipe's, 2e-3 or 1e-3)")
@@ -202,6 +209,8 @@ def train_cmd(
         if lr is not None:
             common["lr"] = lr
         if recipe == "contrastive":
+            if refine_steps is not None:
+                common["refine_steps"] = refine_steps
             cfg = TrainConfig.contrastive(group_size=min(batch_size, 32), **common)
         else:
             cfg = TrainConfig(dlsm_weight=dlsm_weight, **common)

@@ -51,6 +51,7 @@ RESUMABLE_CHANGES = {
     "log_every",
     "keep_checkpoints",
     "gradient_checkpointing",
+    "refine_steps",
 }
 
 

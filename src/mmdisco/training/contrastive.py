@@ -15,6 +15,10 @@ together, not in what the caption asked for. Without captions the groups are the
 pairs in order. Discriminators with a ``cross_logits`` method (the shared-latent
 discriminator) encode each clip of a group once; any other is called on every pair it needs,
 ``group_size * (2 * group_size + 1)`` calls per group.
+
+The refinement (:func:`refinement_term`) keeps the groups but gives each a larger pool of
+candidate fakes and scores each real pair against the few of them that a frozen copy of the
+network confuses with it (:func:`hard_negative_info_nce`).
 """
 
 from __future__ import annotations
@@ -51,41 +55,43 @@ def cross_blocks(logits: Tensor, n_real: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def hard_negative_info_nce(
-    logits: Tensor,
-    reference: Tensor,
-    n_real: int,
+    blocks: tuple[Tensor, Tensor, Tensor],
+    reference: tuple[Tensor, Tensor, Tensor],
     negatives: int,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Symmetric InfoNCE of ``h - h_ref`` whose negatives are the candidates the reference
     discriminator ``h_ref`` confuses with each real pair.
 
-    ``logits`` and ``reference`` (no gradient) hold ``h`` and ``h_ref`` of every pair of
-    ``n_real`` real clips followed by ``m`` candidate clips (audio along the rows, video along
-    the columns, as :func:`cross_blocks` reads them). Each real audio ``a_i`` draws
-    ``negatives`` videos from the candidates with probabilities ``softmax_j h_ref(a_i, v_j)``
-    (with replacement), each real video its audios likewise, and the real pair is scored
-    against them with the logit ``h - h_ref``.
+    ``blocks`` are ``h``'s ``(own, audio_vs_candidates, candidates_vs_video)`` of ``n`` real
+    pairs and ``m`` candidate clips, shaped as :func:`group_logits` / :func:`cross_blocks`
+    give them (``(n,)``, ``(n, m)``, ``(n, m)``); ``reference`` the same of ``h_ref`` (no
+    gradient). Each real audio ``a_i`` draws ``negatives`` videos from the candidates with
+    probabilities ``softmax_j h_ref(a_i, v_j)`` (with replacement), each real video its audios
+    likewise, and the real pair is scored against them with the logit ``h - h_ref``.
 
     Negatives drawn from ``p(v) exp(h_ref(a, v)) / Z(a)`` make the first direction's optimum
     ``h - h_ref = log p(v | a) / p(v) - h_ref + c(a)``, the second's the same with ``c'(v)``,
-    so the one ``h`` that is both is ``log r + const``: the ratio of :func:`info_nce` /
-    :func:`info_nce_generated` (candidates from ``p(v)`` or the base model). What changes is
-    which negatives teach it. Where the clean ratio is very sharp, random negatives are all
-    told apart at once and the loss stops asking for the steep ``h`` the ratio has; negatives
-    drawn where ``h_ref`` cannot tell them from the real pair are exactly those near it, and
-    the loss measures ``h``'s error there. The draws are importance resampling among the
-    ``m`` candidates: the proposal is exact as ``m`` grows; with few candidates or a very
+    so the one ``h`` that is both is ``log r + const``: the ratio of :func:`info_nce_generated`
+    (candidates from the base models) or of the data (candidates from other real pairs). What
+    changes is which negatives teach it. Where the clean ratio is very sharp, random negatives
+    are all told apart at once and the loss stops asking for the steep ``h`` the ratio has;
+    negatives drawn where ``h_ref`` cannot tell them from the real pair are exactly those near
+    it, and the loss measures ``h``'s error there. The draws are importance resampling among
+    the ``m`` candidates: the proposal is exact as ``m`` grows; with few candidates or a very
     peaked ``h_ref`` the same few are drawn many times."""
-    n = n_real
-    target = torch.zeros(n, dtype=torch.long, device=logits.device)
-    loss = logits.new_zeros(())
-    residual = logits - reference
-    for ref, res in ((reference[:n], residual[:n]), (reference[:, :n].T, residual[:, :n].T)):
-        weights = torch.softmax(ref[:, n:], dim=1)
-        drawn = n + torch.multinomial(weights, negatives, replacement=True, generator=generator)
-        columns = torch.cat([torch.arange(n, device=logits.device)[:, None], drawn], dim=1)
-        loss = loss + 0.5 * F.cross_entropy(res.gather(1, columns), target)
+    own, *crossed = blocks
+    ref_own, *ref_crossed = reference
+    n = len(own)
+    target = torch.zeros(n, dtype=torch.long, device=own.device)
+    loss = own.new_zeros(())
+    for h, h_ref in zip(crossed, ref_crossed, strict=True):
+        drawn = torch.multinomial(
+            torch.softmax(h_ref, dim=1), negatives, replacement=True, generator=generator
+        )
+        residual = (h - h_ref).gather(1, drawn)
+        scores = torch.cat([(own - ref_own)[:, None], residual], dim=1)
+        loss = loss + 0.5 * F.cross_entropy(scores, target)
     return loss
 
 
@@ -190,17 +196,22 @@ class CaptionGroups:
         )
 
     def regroup(
-        self, fake_index: Tensor, group_size: int, generator: torch.Generator
+        self,
+        fake_index: Tensor,
+        group_size: int,
+        generator: torch.Generator,
+        fakes_per_group: int | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Real and fake rows for ``len(fake_index) // group_size`` groups: group ``g`` takes
         the caption of fake ``fake_index[g * group_size]`` (its anchor), the anchor and
-        ``group_size - 1`` more fakes of that caption, and ``group_size`` real pairs of it,
-        drawn with replacement."""
+        ``fakes_per_group - 1`` (default ``group_size - 1``) more fakes of that caption, and
+        ``group_size`` real pairs of it, drawn with replacement."""
         reals, fakes = [], []
+        more_fakes = (fakes_per_group or group_size) - 1
         for anchor in fake_index[::group_size].tolist():
             caption = self.fake_captions[anchor]
             pool_real, pool_fake = self.real_rows[caption], self.fake_rows[caption]
-            pick = torch.randint(len(pool_fake), (group_size - 1,), generator=generator)
+            pick = torch.randint(len(pool_fake), (more_fakes,), generator=generator)
             fakes.append(torch.cat([torch.tensor([anchor]), pool_fake[pick]]))
             pick = torch.randint(len(pool_real), (group_size,), generator=generator)
             reals.append(pool_real[pick])
@@ -266,5 +277,40 @@ def contrastive_term(
             {key: value[part] for key, value in cond.items()},
         )
         losses.append(info_nce_generated(*blocks))
+        margins.append(top1_margins(*blocks).detach())
+    return torch.stack(losses).mean(), torch.cat(margins)
+
+
+def refinement_term(
+    disc: DiscriminatorFn,
+    reference: DiscriminatorFn,
+    real: tuple[Tensor, Tensor],
+    candidates: tuple[Tensor, Tensor],
+    log_snr: tuple[Tensor, Tensor],
+    group_size: int,
+    negatives: int,
+    cond: Mapping[str, Tensor],
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """The mean of :func:`hard_negative_info_nce` over consecutive groups: ``group_size``
+    noised real pairs and as many groups' worth of candidate clips (``len(candidates) /
+    groups`` each, at the group's log-SNRs, constant within it), the frozen ``reference``
+    choosing each real clip's ``negatives``. Also every row's :func:`top1_margins` of ``h``
+    against all of its group's candidates (detached)."""
+    groups = len(real[0]) // group_size
+    pool = len(candidates[0]) // groups
+    losses, margins = [], []
+    for g in range(groups):
+        rows, cands = slice(g * group_size, (g + 1) * group_size), slice(g * pool, (g + 1) * pool)
+        inputs = (
+            (real[0][rows], real[1][rows]),
+            (candidates[0][cands], candidates[1][cands]),
+            (log_snr[0][g * group_size], log_snr[1][g * group_size]),
+            {key: value[rows] for key, value in cond.items()},
+        )
+        blocks = group_logits(disc, *inputs)
+        with torch.no_grad():
+            reference_blocks = group_logits(reference, *inputs)
+        losses.append(hard_negative_info_nce(blocks, reference_blocks, negatives, generator))
         margins.append(top1_margins(*blocks).detach())
     return torch.stack(losses).mean(), torch.cat(margins)

@@ -23,7 +23,12 @@ from torch import Tensor
 from mmdisco.diffusion import LOG_SNR_LIMIT, NoiseSchedule, _broadcast, to_epsilon
 from mmdisco.errors import check_float
 from mmdisco.guidance import DiscriminatorFn, discriminator_gradients
-from mmdisco.training.contrastive import check_groups, contrastive_term, group_fractions
+from mmdisco.training.contrastive import (
+    check_groups,
+    contrastive_term,
+    group_fractions,
+    refinement_term,
+)
 
 if TYPE_CHECKING:
     from mmdisco.base_models.base import BaseModel
@@ -408,3 +413,62 @@ def mmdisco_loss(
     return LossOutput(
         total, l_d.detach(), l_dlsm.detach(), logits_real.detach(), logits_fake.detach()
     )
+
+
+def refinement_loss(
+    disc: DiscriminatorFn,
+    reference: DiscriminatorFn,
+    real_audio: Tensor,
+    real_video: Tensor,
+    candidate_audio: Tensor,
+    candidate_video: Tensor,
+    schedule_audio: NoiseSchedule,
+    schedule_video: NoiseSchedule,
+    config: LossConfig,
+    negatives: int,
+    *,
+    cond_real: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+) -> LossOutput:
+    """The refinement phase's objective (:func:`~mmdisco.training.contrastive.refinement_term`):
+    groups of ``config.group_size`` real pairs, each with an equal share of the candidate
+    clips, noised alike at one level per group (drawn as :func:`mmdisco_loss` draws them);
+    each real clip's ``negatives`` are resampled among its group's candidates where the frozen
+    ``reference`` confuses them with it. ``logits_real`` holds every row's top-1 margin
+    against all its group's candidates, as for the contrastive objective."""
+    n = real_audio.shape[0]
+    check_groups(n, config.group_size, "a micro-batch")
+    groups = n // config.group_size
+    if candidate_audio.shape[0] % groups or candidate_audio.shape[0] != candidate_video.shape[0]:
+        raise ValueError(
+            f"{candidate_audio.shape[0]} candidate audio and {candidate_video.shape[0]} video "
+            f"clips do not split evenly over {groups} groups"
+        )
+    pool = candidate_audio.shape[0] // groups
+    schedules = (schedule_audio, schedule_video)
+    per_real = group_fractions(
+        n,
+        config.group_size,
+        config.noise_range,
+        config.shared_timesteps,
+        generator,
+        real_audio.device,
+    )
+    per_candidate = tuple(u[:: config.group_size].repeat_interleave(pool) for u in per_real)
+    real = noise_pairs(real_audio, real_video, *schedules, config, generator, per_real)
+    cands = noise_pairs(
+        candidate_audio, candidate_video, *schedules, config, generator, per_candidate
+    )
+    l_d, margins = refinement_term(
+        disc,
+        reference,
+        (real.audio, real.video),
+        (cands.audio, cands.video),
+        (real.log_snr_audio, real.log_snr_video),
+        config.group_size,
+        negatives,
+        dict(cond_real or {}),
+        generator,
+    )
+    zero = l_d.new_zeros(())
+    return LossOutput(l_d, l_d.detach(), zero, margins, margins.new_zeros(0))

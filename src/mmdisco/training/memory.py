@@ -101,6 +101,7 @@ class MemoryEstimate:
     activations: int  # the rest at the peak: one micro-batch's graph, gradients, temporaries
     peak: int
     exact: bool = True  # False when the configured precision could not be run
+    fakes: int | None = None  # fake clips of a micro-batch, when not ``batch`` (refinement)
 
     def table(self) -> str:
         rows = [
@@ -109,7 +110,8 @@ class MemoryEstimate:
             ("Adam state", self.optimizer),
             ("batch (latents, text)", self.data),
             (
-                f"activations + gradients ({self.batch} real + {self.batch} fake pairs)",
+                f"activations + gradients ({self.batch} real + {self.fakes or self.batch} fake"
+                f"{' candidates, refinement' if self.fakes else ' pairs'})",
                 self.activations,
             ),
             ("peak per device", self.peak),
@@ -168,8 +170,11 @@ def estimate_step_memory(
     prompt_conds: tuple[Any, Any] | None = None,
     device: str = "meta",
     steps: int = 2,
+    refine: bool = False,
 ) -> MemoryEstimate:
-    """Peak bytes of ``steps`` optimiser steps of ``config`` on one device.
+    """Peak bytes of ``steps`` optimiser steps of ``config`` on one device (with ``refine``,
+    of its refinement: ``config.refine_pool`` candidates per group and a frozen copy of the
+    discriminator).
 
     ``discriminator`` is deep-copied to ``device`` and the base models are moved there
     (``meta``: nothing is computed or allocated); the micro-batch is ``config.batch_size //
@@ -194,16 +199,22 @@ def estimate_step_memory(
     disc = copy.deepcopy(discriminator).to(device).train()
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(disc)
+    reference, fakes = None, micro
+    if refine:
+        reference = copy.deepcopy(disc).requires_grad_(False)
+        fakes = micro // config.group_size * config.refine_pool
     tracker = MemoryTracker()
     with tracker:
         base = tracker.track(_weights(audio_model)) + tracker.track(_weights(video_model))
         weights = tracker.track(disc.parameters())
+        if reference is not None:
+            weights += tracker.track(reference.parameters())
         adam = torch.optim.Adam if device != "meta" else MetaAdam
         optimizer = adam(disc.parameters(), lr=config.lr)
         batches = [
             (
                 _pairs(models, micro, text_dims, device, 2 * k, captions=captions),
-                _pairs(models, micro, text_dims, device, 2 * k + 1, captions=False),
+                _pairs(models, fakes, text_dims, device, 2 * k + 1, captions=False),
             )
             for k in range(config.grad_accum)
         ]
@@ -211,7 +222,7 @@ def estimate_step_memory(
         for step in range(steps):
             if step == steps - 1:
                 tracker.reset_peak()
-            train_step(disc, optimizer, *models, batches, config, step)
+            train_step(disc, optimizer, *models, batches, config, step, reference=reference)
         moments = sum(
             t.untyped_storage().nbytes()
             for state in optimizer.state.values()
@@ -220,7 +231,15 @@ def estimate_step_memory(
         )
     activations = tracker.peak - base - weights - moments - data
     return MemoryEstimate(
-        micro, config.grad_accum, base, weights, moments, data, activations, tracker.peak
+        micro,
+        config.grad_accum,
+        base,
+        weights,
+        moments,
+        data,
+        activations,
+        tracker.peak,
+        fakes=fakes if refine else None,
     )
 
 
@@ -292,7 +311,8 @@ def estimate_training_memory(
     ``models`` reuses what :func:`memory_models` returned (for several estimates).
 
     bfloat16 autocast cannot run on the meta device; its steps are estimated in float32,
-    which bounds them from above (``MemoryEstimate.exact`` is then False).
+    which bounds them from above (``MemoryEstimate.exact`` is then False). A run that ends with
+    the refinement (``train.refine_steps``) gets the larger of its two steps' peaks.
     """
     from mmdisco.discriminator import build_discriminator, text_dims
 
@@ -312,6 +332,9 @@ def estimate_training_memory(
     text_dims = {k: d for k, d in zip(TEXT_KEYS, dims, strict=True) if d}
     step_cfg = dataclasses.replace(train_cfg, batch_size=micro, grad_accum=1, mixed_precision="no")
     estimate = estimate_step_memory(disc, audio, video, step_cfg, text_dims, conds)
+    if train_cfg.refine_steps:
+        refine = estimate_step_memory(disc, audio, video, step_cfg, text_dims, conds, refine=True)
+        estimate = max(estimate, refine, key=lambda e: e.peak)
     estimate.grad_accum = local // micro
     estimate.exact = train_cfg.mixed_precision == "no"
     return estimate

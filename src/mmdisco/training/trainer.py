@@ -8,6 +8,12 @@ processes share gradients and statistics through :mod:`mmdisco.training.distribu
 Every random number of a step is derived from ``(seed, step, rank)``, so a run resumes
 exactly from its last checkpoint (:mod:`mmdisco.training.checkpoints`).
 
+With ``refine_steps`` the contrastive objective's ``steps`` are followed by a refinement
+(:func:`~mmdisco.training.losses.refinement_loss`): the network as trained so far is frozen
+as a reference, written to ``refine_reference.safetensors`` in the run directory so that a
+resumed run reads the same one, and training goes on against the fakes that reference
+confuses with each real pair, with a fresh optimiser at ``refine_lr``.
+
 Memory: each process's share of a step runs as ``grad_accum`` equal micro-batches whose
 gradients add up to the whole batch's (both loss terms are means, so the micro-batch losses
 are averaged); ``gradient_checkpointing`` recomputes the discriminator's residual blocks in
@@ -18,6 +24,7 @@ step needs (:mod:`mmdisco.training.memory`).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -41,7 +48,7 @@ from mmdisco.errors import (
     check_int,
     check_memory,
 )
-from mmdisco.io import DirectoryLock, write_json_atomic
+from mmdisco.io import DirectoryLock, load_tensors, save_tensors_atomic, write_json_atomic
 from mmdisco.seeding import derive_seed
 from mmdisco.shards import on_rank0
 from mmdisco.training.bank import NoiseBank
@@ -59,7 +66,14 @@ from mmdisco.training.checkpoints import (
 from mmdisco.training.contrastive import CaptionGroups, check_groups
 from mmdisco.training.data import BatchOrder, PairData
 from mmdisco.training.distributed import all_reduce_mean, broadcast_parameters, sync_gradients
-from mmdisco.training.losses import BankRows, LossConfig, LossOutput, epsilon_fn, mmdisco_loss
+from mmdisco.training.losses import (
+    BankRows,
+    LossConfig,
+    LossOutput,
+    epsilon_fn,
+    mmdisco_loss,
+    refinement_loss,
+)
 from mmdisco.training.optim import OPTIMIZERS, build_optimizer
 
 MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16}
@@ -76,6 +90,10 @@ CONTRASTIVE: dict[str, Any] = {
     "use_dlsm": False,
     "grad_clip": None,
 }
+# The recipe's second phase, in tenths of its first (the world's network: 1500 steps of
+# hard-negative refinement after 16000; docs/training_the_discriminator.md, eighth round).
+REFINE_FRACTION = 0.1
+REFERENCE_NAME = "refine_reference.safetensors"  # the frozen network the refinement reads
 
 
 @dataclass
@@ -131,6 +149,15 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
+    # > 0: after ``steps``, this many steps of hard-negative refinement (objective "infonce"
+    # only; mmdisco.training.contrastive.hard_negative_info_nce): a frozen copy of the network
+    # as trained so far picks each real pair's ``refine_negatives`` negatives among
+    # ``refine_pool`` fake clips of its group's caption, where it confuses them with the real
+    # pair; the optimiser restarts at ``refine_lr`` with a cosine decay to 0.
+    refine_steps: int = 0
+    refine_lr: float = 3e-4
+    refine_pool: int = 32
+    refine_negatives: int = 31
 
     def __post_init__(self) -> None:
         """Every number checked (type, finiteness, range) before any work is done."""
@@ -170,13 +197,36 @@ class TrainConfig:
         check_int("keep_checkpoints", self.keep_checkpoints, 1)
         check_int("log_every", self.log_every, 1)
         check_int("seed", self.seed, 0)
+        check_int("refine_steps", self.refine_steps, 0)
+        self.refine_lr = check_float("refine_lr", self.refine_lr, 0.0, open_min=True)
+        check_int("refine_pool", self.refine_pool, 1)
+        check_int("refine_negatives", self.refine_negatives, 1)
+        if self.refine_steps and not (self.objective == "infonce" and self.use_d):
+            message = "refines the contrastive objective: it needs objective 'infonce'"
+            raise InputError(message, "refine_steps")
+        if self.refine_steps and self.use_dlsm:
+            message = "the refinement trains the contrastive term alone: set use_dlsm false"
+            raise InputError(message, "refine_steps")
 
     @classmethod
     def contrastive(cls, **changes: Any) -> TrainConfig:
         """The contrastive recipe (:data:`CONTRASTIVE`): symmetric InfoNCE against fakes of
         the same caption in groups of 32 that share a noise level, AdamW 2e-3 with a cosine
-        decay and decay 1.0 on layer weights, no L_DLSM, no clipping."""
-        return cls(**{**CONTRASTIVE, **changes})
+        decay and decay 1.0 on layer weights, no L_DLSM, no clipping; then hard-negative
+        refinement for a tenth as many steps (unless ``refine_steps`` is given)."""
+        settings = {**CONTRASTIVE, **changes}
+        steps = settings.get("steps", cls.steps)
+        settings.setdefault("refine_steps", max(1, round(REFINE_FRACTION * steps)))
+        return cls(**settings)
+
+    @property
+    def total_steps(self) -> int:
+        """Training's steps and the refinement's after them."""
+        return self.steps + self.refine_steps
+
+    def refining(self, step: int) -> bool:
+        """Whether step ``step`` (from 0) is one of the refinement's."""
+        return self.refine_steps > 0 and step >= self.steps
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -194,6 +244,9 @@ class TrainConfig:
         return cls(**d)
 
     def lr_at(self, step: int) -> float:
+        if self.refining(step):
+            done = (step - self.steps) / self.refine_steps
+            return self.refine_lr * 0.5 * (1 + math.cos(math.pi * done))
         warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
         if self.lr_schedule == "constant" or self.steps <= 1:
             return self.lr * warm
@@ -236,6 +289,7 @@ class Trainer:
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.device, self.main = accelerator.device, accelerator.is_main_process
         self.checkpoints = out / CHECKPOINT_DIR if out is not None else None
+        self.reference: nn.Module | None = None  # the refinement's frozen network
         discriminator.to(self.device).train()
         broadcast_parameters(discriminator, self.world)
         self.optimizer = build_optimizer(
@@ -278,6 +332,31 @@ class Trainer:
             return 0
         return load_checkpoint(latest, self.discriminator, self.optimizer, self.config)
 
+    def start_refinement(self, step: int) -> None:
+        """Freeze the reference the refinement reads. At its first step that is the network
+        as trained so far (written next to the checkpoints, so that a resumed run reads the
+        same one) and the optimiser's moments restart; later, the one written then."""
+        reference = copy.deepcopy(self.discriminator).eval().requires_grad_(False)
+        path = self.out / REFERENCE_NAME if self.out is not None else None
+        if step == self.config.steps:
+            if path is not None and self.main:
+                save_tensors_atomic(path, reference.state_dict())
+            self.accelerator.wait_for_everyone()
+            config = self.config
+            self.optimizer = build_optimizer(
+                self.discriminator,
+                config.optimizer,
+                config.refine_lr,
+                config.betas,
+                config.weight_decay,
+            )
+        elif path is None:
+            raise ValueError("resuming a refinement needs the run directory that began it")
+        else:
+            state, _ = load_tensors(path, self.device)
+            reference.load_state_dict(state)
+        self.reference = reference
+
     def check(self, fake_cfg_scales: tuple[float, float] | None) -> None:
         """Refuse settings this run cannot honour; warn about mismatched CFG scales and about
         caption groups that lack fakes."""
@@ -296,6 +375,16 @@ class Trainer:
             check_groups(local // config.grad_accum, config.group_size, micro)
         if self.captions is not None and (problem := self.captions.coverage_warning()):
             warnings.warn(problem, stacklevel=3)
+        if self.captions is not None and config.refine_steps:
+            counts = [len(rows) for rows in self.captions.fake_rows.values()]
+            if 4 * sum(c < config.refine_pool for c in counts) > len(counts):
+                warnings.warn(
+                    f"{sum(c < config.refine_pool for c in counts)} of {len(counts)} captions "
+                    f"have fewer fakes than refine_pool={config.refine_pool}, so the "
+                    "refinement's candidates repeat the same clips; generate more fakes per "
+                    "caption (fakes.per_caption) or lower train.refine_pool",
+                    stacklevel=3,
+                )
         if config.gradient_checkpointing:
             enable_gradient_checkpointing(self.discriminator)
         if self.real.captions is not None and config.use_dlsm and fake_cfg_scales is not None:
@@ -310,6 +399,9 @@ class Trainer:
     def step(self, step: int) -> tuple[Tensor, Tensor]:
         """Optimiser step ``step``: the mean ``(total, L_D, L_DLSM, accuracy)`` and the
         gradient norm (:func:`train_step`)."""
+        refining = self.config.refining(step)
+        if refining and self.reference is None:
+            self.start_refinement(step)
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr_at(step)
         batches = micro_batches(
@@ -323,6 +415,7 @@ class Trainer:
             self.device,
             self.bank,
             self.captions,
+            refining=refining,
         )
         try:
             return train_step(
@@ -335,6 +428,7 @@ class Trainer:
                 step,
                 self.rank,
                 self.world,
+                reference=self.reference if refining else None,
             )
         except NonFiniteError as err:
             raise with_resume_advice(err, self.checkpoints) from None
@@ -370,18 +464,22 @@ class Trainer:
         stop_after: int | None = None,
         fake_cfg_scales: tuple[float, float] | None = None,
     ) -> TrainResult:
-        """Train until ``config.steps`` (or ``stop_after``) steps are done."""
+        """Train until ``config.total_steps`` (or ``stop_after``) steps are done: ``steps``
+        of the objective, then ``refine_steps`` of the refinement."""
         config = self.config
         step = start_step = self.resume() if resume else 0
         self.check(fake_cfg_scales)
         writer = self._open_log(step)
-        end = config.steps if stop_after is None else min(config.steps, stop_after)
+        total = config.total_steps
+        end = total if stop_after is None else min(total, stop_after)
         show = progress and self.main
-        bar = tqdm(total=config.steps, initial=step, disable=not show, desc="train", unit="step")
+        bar = tqdm(total=total, initial=step, disable=not show, desc="train", unit="step")
         history: list[dict[str, float]] = []
         start_time = time.perf_counter()
         running, n_running = torch.zeros(4, dtype=torch.float64), 0
         while step < end:
+            if config.refining(step) and step in (start_step, config.steps):
+                bar.set_description("refine")
             stats, grad_norm = self.step(step)
             step += 1
             running += stats.double().cpu()
@@ -395,7 +493,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
                     _log_scalars(writer, record)
             bar.update(1)
-            if step % config.checkpoint_every == 0 or step == end:
+            if step % config.checkpoint_every == 0 or step in (end, config.steps):
                 self.save(step)
         bar.close()
         if writer is not None:
@@ -547,11 +645,15 @@ def micro_batches(
     device: torch.device,
     bank: NoiseBank | None = None,
     captions: CaptionGroups | None = None,
+    *,
+    refining: bool = False,
 ) -> list[tuple[PairData, PairData, BankRows | None]]:
     """This process's real and fake pairs of ``step``, as ``grad_accum`` equal parts. With
     ``captions`` (the contrastive objective on captioned pairs) each part's groups are
     redrawn so that a group's real pairs and fakes share one caption
-    (:meth:`CaptionGroups.regroup`, seeded by ``(seed, step, rank, part)``)."""
+    (:meth:`CaptionGroups.regroup`, seeded by ``(seed, step, rank, part)``). ``refining``:
+    each group's fakes are ``config.refine_pool`` candidates (of its caption; without
+    captions, drawn from all fakes), so a part holds more fakes than real pairs."""
     real_order, fake_order, fake_video_order, *bank_order = orders
     parts = []
     indices = (
@@ -563,9 +665,13 @@ def micro_batches(
     if bank is not None:
         rows = bank_order[0].local_batch(step, rank, world).chunk(config.grad_accum)
     for micro, (i_real, i_fake, i_video, i_bank) in enumerate(zip(*indices, rows, strict=True)):
+        g = torch.Generator().manual_seed(derive_seed(config.seed, step, rank, micro, 5))
+        pool = config.refine_pool if refining else None
         if captions is not None:
-            g = torch.Generator().manual_seed(derive_seed(config.seed, step, rank, micro, 5))
-            i_real, i_fake = captions.regroup(i_fake, config.group_size, g)
+            i_real, i_fake = captions.regroup(i_fake, config.group_size, g, pool)
+        elif refining:
+            groups = len(i_real) // config.group_size
+            i_fake = torch.randint(len(fake), (groups * config.refine_pool,), generator=g)
         f = fake.take(i_fake, device)
         if config.fake_pairing == "shuffle" and captions is None:
             f.video = fake.video[i_video].to(device)
@@ -584,11 +690,15 @@ def train_step(
     step: int,
     rank: int = 0,
     world: int = 1,
+    *,
+    reference: nn.Module | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One optimiser step on ``batches`` (micro-batches of equal size, each ``(real, fake)``
     or ``(real, fake, bank rows)``): gradients of the mean
     loss accumulated, averaged over processes, clipped, applied. Returns the mean
-    ``(total, L_D, L_DLSM, accuracy)`` and the gradient norm before clipping.
+    ``(total, L_D, L_DLSM, accuracy)`` and the gradient norm before clipping. With a frozen
+    ``reference`` the loss is the refinement's (:func:`refinement_loss`; the fakes are each
+    group's candidates).
 
     Every random number is a function of ``(config.seed, step, rank)`` (and the micro-batch
     index when there is more than one).
@@ -605,6 +715,7 @@ def train_step(
             MicroBatch(real, fake, bank_rows[0] if bank_rows else None),
             config,
             seed_key=seed_key,
+            reference=reference,
         )
         (loss.total / len(batches)).backward()
         correct = (loss.logits_real > 0).sum() + (loss.logits_fake <= 0).sum()
@@ -666,9 +777,11 @@ def _micro_batch_loss(
     config: TrainConfig,
     *,
     seed_key: tuple[int, ...],
+    reference: nn.Module | None = None,
 ) -> LossOutput:
-    """The objective on one micro-batch. ``seed_key`` is ``(step, rank[, micro-batch])``:
-    the noise, dropout and caption drops are drawn from seeds derived from it."""
+    """The objective on one micro-batch (with ``reference``, the refinement's). ``seed_key``
+    is ``(step, rank[, micro-batch])``: the noise, dropout and caption drops are drawn from
+    seeds derived from it."""
     device = next(discriminator.parameters()).device
     cond_real, captions = _drop_captions(discriminator, batch.real, config, seed_key)
     eps_a = eps_v = None
@@ -688,8 +801,7 @@ def _micro_batch_loss(
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices), precision:
         torch.manual_seed(derive_seed(config.seed, *step_rank, 1, *micro))  # dropout, if any
-        return mmdisco_loss(
-            discriminator,
+        inputs = (
             batch.real.audio,
             batch.real.video,
             batch.fake.audio,
@@ -697,6 +809,19 @@ def _micro_batch_loss(
             audio_model.schedule,
             video_model.schedule,
             LossConfig.of(config),
+        )
+        if reference is not None:
+            return refinement_loss(
+                discriminator,
+                reference,
+                *inputs,
+                config.refine_negatives,
+                cond_real=cond_real,
+                generator=generator,
+            )
+        return mmdisco_loss(
+            discriminator,
+            *inputs,
             eps_audio=eps_a,
             eps_video=eps_v,
             cond_real=cond_real,

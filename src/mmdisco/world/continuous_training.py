@@ -413,7 +413,8 @@ def refine_with_hard_negatives(
             with torch.no_grad():
                 ref = reference.cross_logits(a, v, lam)
             logits = model.cross_logits(a, v, lam)
-            losses.append(hard_negative_info_nce(logits, ref, n, cfg.refine_draws, gen))
+            blocks, ref_blocks = cross_blocks(logits, n), cross_blocks(ref, n)
+            losses.append(hard_negative_info_nce(blocks, ref_blocks, cfg.refine_draws, gen))
         loss = torch.stack(losses).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
