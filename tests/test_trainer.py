@@ -283,7 +283,7 @@ WORKER = textwrap.dedent(
     torch.manual_seed(acc.process_index)  # different inits: rank 0's must be broadcast
     disc = TinyDisc()
     real, fake = toy_data()
-    cfg = TrainConfig(steps=6, batch_size=16, checkpoint_every=3, log_every=3)
+    cfg = TrainConfig(batch_size=16, checkpoint_every=3, log_every=3, **{settings!r})
     train_discriminator(disc, *models(), real, fake, cfg, {out!r}, accelerator=acc,
                         progress=False)
     order = BatchOrder(len(real), cfg.batch_size, derive_seed(cfg.seed, 1))
@@ -305,12 +305,27 @@ def test_finish_processes_closes_the_group(tmp_path):
     finish_processes()  # nothing to close: does nothing
 
 
+REFINING = {
+    "steps": 3,
+    "refine_steps": 3,
+    "objective": "infonce",
+    "group_size": 4,
+    "use_dlsm": False,
+    "refine_pool": 6,
+    "refine_negatives": 5,
+}
+
+
 @pytest.mark.slow
-def test_two_cpu_processes(tmp_path):
+@pytest.mark.parametrize("settings", [{"steps": 6}, REFINING], ids=["bce", "refinement"])
+def test_two_cpu_processes(tmp_path, settings):
+    """Two gloo processes train as one: disjoint data, synced weights, one set of checkpoints
+    and logs; with the refinement, one reference written by rank 0 and read by both."""
     out = tmp_path / "run"
     out.mkdir()
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(tests=str(Path(__file__).parent), out=str(out)))
+    tests = str(Path(__file__).parent)
+    script.write_text(WORKER.format(tests=tests, out=str(out), settings=settings))
     # `accelerate launch --cpu` alone expects mpirun for several processes; the torchrun-based
     # launcher (--multi_gpu) spawns them, and Accelerator(cpu=True) makes them gloo CPU ranks.
     with socket.socket() as s:
@@ -331,6 +346,7 @@ def test_two_cpu_processes(tmp_path):
         "step-00000006",
     ]
     assert len(list((out / "logs").glob("events.out.tfevents.*"))) == 1  # main process only
+    assert (out / "refine_reference.safetensors").is_file() == ("refine_steps" in settings)
 
 
 def test_shuffled_fake_pairing_makes_fakes_independent():
