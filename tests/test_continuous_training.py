@@ -39,6 +39,18 @@ SMALL = ContinuousWorldConfig(
     decays=(1.0, 2.0),
 )
 
+# A small training set, batch and learning rate with which a tiny network learns the pairing
+# in a few hundred steps (the tests below add their objective and length).
+LEARNS = {
+    "num_real": 256,
+    "num_fake": 256,
+    "batch_size": 32,
+    "lr": 5e-3,
+    "all_pairs_groups": 2,
+    "log_snr_range": (1.0, 4.0),
+    "weight_decay": 0.0,
+}
+
 
 def test_exact_eps_is_the_noise_at_pure_noise() -> None:
     terms = ContinuousWorldTerms(SMALL)
@@ -50,18 +62,12 @@ def test_exact_eps_is_the_noise_at_pure_noise() -> None:
 def test_bank_and_all_pairs_training_learn_the_pairing() -> None:
     terms = ContinuousWorldTerms(SMALL)
     cfg = ContinuousTrainConfig(
-        num_real=256,
-        num_fake=256,
+        **LEARNS,
         steps=300,
-        batch_size=32,
-        lr=5e-3,
         dlsm_rows=16,
         bank_noisings=1,
-        all_pairs_groups=2,
-        log_snr_range=(1.0, 4.0),
         dlsm_weight=0.1,
         objective="bce",
-        weight_decay=0.0,
     )
     real, fake = training_data(SMALL, cfg)
     bank = dlsm_bank(terms, *real, cfg)
@@ -226,18 +232,7 @@ def test_hard_negatives_from_a_wrong_reference_still_learn_the_ratio() -> None:
 
 
 def test_info_nce_training_learns_the_pairing() -> None:
-    cfg = ContinuousTrainConfig(
-        num_real=256,
-        num_fake=256,
-        steps=150,
-        batch_size=32,
-        lr=5e-3,
-        all_pairs_groups=2,
-        objective="infonce",
-        log_snr_range=(1.0, 4.0),
-        weight_decay=0.0,
-        noise_sampling="log_snr",
-    )
+    cfg = ContinuousTrainConfig(**LEARNS, steps=150, objective="infonce", noise_sampling="log_snr")
     real, fake = training_data(SMALL, cfg)
     log = train_continuous_discriminator(_tiny_model(32), real, fake, None, cfg)
     # log 16 = 2.77 is the loss of a discriminator that learnt nothing (16 pairs per group)
@@ -249,14 +244,8 @@ def test_refinement_starts_at_log_of_the_group_size_and_learns(negatives: str) -
     """The refinement's first loss is ``log(draws + 1)`` whatever the network (it scores the
     difference from its own frozen copy), and after training it is below that."""
     cfg = ContinuousTrainConfig(
-        num_real=256,
-        num_fake=256,
+        **LEARNS,
         steps=150,
-        batch_size=32,
-        lr=5e-3,
-        all_pairs_groups=2,
-        log_snr_range=(1.0, 4.0),
-        weight_decay=0.0,
         negatives=negatives,
         refine_steps=150,
         refine_lr=2e-3,

@@ -201,6 +201,17 @@ def build_encoders(config: SharedLatentConfig) -> tuple[nn.Module, nn.Module]:
     return ConvCodeEncoder(audio, config), ConvCodeEncoder(video, config)
 
 
+def _row_dot(x: Tensor, y: Tensor) -> Tensor:
+    """``(B, i, j), (B, i, j) -> (B,)``: the inner product of each row with its own."""
+    return (x * y).sum((-1, -2))
+
+
+def _every_pair_dot(x: Tensor, y: Tensor) -> Tensor:
+    """``(Ba, i, j), (Bv, i, j) -> (Ba, Bv)``, as a matrix product (broadcasting would hold a
+    ``(Ba, Bv, i, j)`` tensor)."""
+    return torch.einsum("aij,vij->av", x, y)
+
+
 class SharedLatentDiscriminator(PretrainedMixin, nn.Module):
     """``h(a_t, v_t) = sum_g log sum_k q_g(k | a_t) q_g(k | v_t) / pi_{g,k}`` (module doc)."""
 
@@ -232,16 +243,25 @@ class SharedLatentDiscriminator(PretrainedMixin, nn.Module):
         return self.head(codes_a, codes_v, time_a, time_v)
 
     def head(
-        self, out_a: Tensor, out_v: Tensor, time_a: Tensor | None, time_v: Tensor | None
+        self,
+        out_a: Tensor,
+        out_v: Tensor,
+        time_a: Tensor | None,
+        time_v: Tensor | None,
+        *,
+        every_pair: bool = False,
     ) -> Tensor:
-        """Logits of every pair of encoder outputs broadcast against each other: codes
-        ``(..., groups, codes)`` and per-time features ``(..., width, steps)`` -> ``(...)``."""
+        """Logits of pairs of encoder outputs, codes ``(B, groups, codes)`` and per-time
+        features ``(B, width, steps)``: row ``i`` of the audio with row ``i`` of the video,
+        ``(B,)``, or with ``every_pair`` every audio row with every video row, ``(Ba, Bv)``."""
         if self.config.head in ("bilinear", "aligned"):
-            dim = out_a.shape[-1] * out_a.shape[-2]
-            h = (out_a * out_v).sum((-1, -2)) / math.sqrt(dim) + self.bias
+            dot = _every_pair_dot if every_pair else _row_dot
+            h = dot(out_a, out_v) / math.sqrt(out_a[0].numel()) + self.bias
             if self.config.head == "aligned" and time_a is not None and time_v is not None:
-                h = h + (time_a * time_v).sum((-1, -2)) / math.sqrt(time_a[0].numel())
+                h = h + dot(time_a, time_v) / math.sqrt(time_a[0].numel())
             return h
+        if every_pair:
+            out_a, out_v = out_a[:, None], out_v[None]
         log_qa, log_qv = torch.log_softmax(out_a, -1), torch.log_softmax(out_v, -1)
         log_prior = torch.log_softmax(self.prior_logits, dim=-1)
         return torch.logsumexp(log_qa + log_qv - log_prior, dim=-1).sum(-1)
@@ -262,14 +282,4 @@ class SharedLatentDiscriminator(PretrainedMixin, nn.Module):
         snr_v = per_sample(log_snr_video, len(video), "log_snr_video", video.device)
         codes_a, time_a = self.audio_encoder(audio.float(), snr_a)
         codes_v, time_v = self.video_encoder(video.float(), snr_v)
-        if self.config.head in ("bilinear", "aligned"):
-            # the head's products as matrix products: broadcasting them would hold a
-            # (Ba, Bv, width, steps) tensor
-            h = torch.einsum("agk,vgk->av", codes_a, codes_v) / math.sqrt(codes_a[0].numel())
-            h = h + self.bias
-            if self.config.head == "aligned" and time_a is not None and time_v is not None:
-                h = h + torch.einsum("awt,vwt->av", time_a, time_v) / math.sqrt(time_a[0].numel())
-            return h
-        if time_a is not None and time_v is not None:
-            time_a, time_v = time_a[:, None], time_v[None]
-        return self.head(codes_a[:, None], codes_v[None], time_a, time_v)
+        return self.head(codes_a, codes_v, time_a, time_v, every_pair=True)

@@ -23,7 +23,7 @@ network confuses with it (:func:`hard_negative_info_nce`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -267,18 +267,36 @@ def contrastive_term(
     row's :func:`top1_margins` (detached). The batch must split into whole groups
     (:func:`check_groups`, which :func:`~mmdisco.training.losses.mmdisco_loss` runs first)."""
     losses, margins = [], []
-    for lo in range(0, len(real[0]), group_size):
-        part = slice(lo, lo + group_size)
-        blocks = group_logits(
-            disc,
-            (real[0][part], real[1][part]),
-            (fake[0][part], fake[1][part]),
-            (log_snr[0][lo], log_snr[1][lo]),
-            {key: value[part] for key, value in cond.items()},
-        )
+    for group in _groups(real, fake, log_snr, group_size, cond):
+        blocks = group_logits(disc, *group)
         losses.append(info_nce_generated(*blocks))
         margins.append(top1_margins(*blocks).detach())
     return torch.stack(losses).mean(), torch.cat(margins)
+
+
+Group = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[Tensor, Tensor], dict]
+
+
+def _groups(
+    real: tuple[Tensor, Tensor],
+    fake: tuple[Tensor, Tensor],
+    log_snr: tuple[Tensor, Tensor],
+    group_size: int,
+    cond: Mapping[str, Tensor],
+) -> Iterator[Group]:
+    """:func:`group_logits`' inputs for each group: ``group_size`` consecutive real pairs
+    with their per-pair inputs, an equal share of the fake clips, the group's log-SNRs."""
+    groups = len(real[0]) // group_size
+    share = len(fake[0]) // groups
+    for g in range(groups):
+        rows = slice(g * group_size, (g + 1) * group_size)
+        fakes = slice(g * share, (g + 1) * share)
+        yield (
+            (real[0][rows], real[1][rows]),
+            (fake[0][fakes], fake[1][fakes]),
+            (log_snr[0][g * group_size], log_snr[1][g * group_size]),
+            {key: value[rows] for key, value in cond.items()},
+        )
 
 
 def refinement_term(
@@ -297,20 +315,11 @@ def refinement_term(
     groups`` each, at the group's log-SNRs, constant within it), the frozen ``reference``
     choosing each real clip's ``negatives``. Also every row's :func:`top1_margins` of ``h``
     against all of its group's candidates (detached)."""
-    groups = len(real[0]) // group_size
-    pool = len(candidates[0]) // groups
     losses, margins = [], []
-    for g in range(groups):
-        rows, cands = slice(g * group_size, (g + 1) * group_size), slice(g * pool, (g + 1) * pool)
-        inputs = (
-            (real[0][rows], real[1][rows]),
-            (candidates[0][cands], candidates[1][cands]),
-            (log_snr[0][g * group_size], log_snr[1][g * group_size]),
-            {key: value[rows] for key, value in cond.items()},
-        )
-        blocks = group_logits(disc, *inputs)
+    for group in _groups(real, candidates, log_snr, group_size, cond):
+        blocks = group_logits(disc, *group)
         with torch.no_grad():
-            reference_blocks = group_logits(reference, *inputs)
+            reference_blocks = group_logits(reference, *group)
         losses.append(hard_negative_info_nce(blocks, reference_blocks, negatives, generator))
         margins.append(top1_margins(*blocks).detach())
     return torch.stack(losses).mean(), torch.cat(margins)
