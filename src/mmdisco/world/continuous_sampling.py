@@ -28,7 +28,12 @@ from torch import Tensor
 
 from mmdisco.diffusion import schedule_from_scheduler_config
 from mmdisco.errors import check_fraction_range
-from mmdisco.world.continuous_ratio import ContinuousWorldTerms, log_marginal
+from mmdisco.world.continuous_ratio import (
+    ContinuousLogRatio,
+    ContinuousWorldTerms,
+    exact_guided_scores,
+    log_marginal,
+)
 from mmdisco.world.models import SCHEDULER_CONFIG
 
 Discriminator = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
@@ -69,7 +74,16 @@ def guided_scores(
     video)`` (float64). The base models are the ideal ones (the world's exact marginal
     scores) unless ``base`` gives trained ones (``.score`` of
     :class:`mmdisco.world.continuous_models.ContinuousBaseModel`); they score each of the
-    ``clips`` world clips of a long clip on its own."""
+    ``clips`` world clips of a long clip on its own. The world's own ratio on its ideal base
+    models takes :func:`~mmdisco.world.continuous_ratio.exact_guided_scores` (the same
+    scores, each modality's likelihood terms computed once)."""
+    if (
+        isinstance(discriminator, ContinuousLogRatio)
+        and discriminator.config == terms.config
+        and base is None
+        and clips == 1
+    ):
+        return exact_guided_scores(terms, audio, video, log_snr, scale)
     a = audio.detach().double().requires_grad_()
     v = video.detach().double().requires_grad_()
     grads = base_scores(terms, split_clips(a, clips), split_clips(v, clips), log_snr, base)
