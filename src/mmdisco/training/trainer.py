@@ -377,9 +377,10 @@ class Trainer:
             warnings.warn(problem, stacklevel=3)
         if self.captions is not None and config.refine_steps:
             counts = [len(rows) for rows in self.captions.fake_rows.values()]
-            if 4 * sum(c < config.refine_pool for c in counts) > len(counts):
+            short = sum(c < config.refine_pool for c in counts)
+            if 4 * short > len(counts):
                 warnings.warn(
-                    f"{sum(c < config.refine_pool for c in counts)} of {len(counts)} captions "
+                    f"{short} of {len(counts)} captions "
                     f"have fewer fakes than refine_pool={config.refine_pool}, so the "
                     "refinement's candidates repeat the same clips; generate more fakes per "
                     "caption (fakes.per_caption) or lower train.refine_pool",
