@@ -13,6 +13,12 @@ when), the priors ``pi`` are learnt, and
 
     h = sum_g log sum_k q_g(k | a_t) q_g(k | v_t) / pi_{g,k}.
 
+Groups assume that a clip's posteriors over the aspects are independent. Where a noisy clip
+ties them together (in the continuous world, what a blurred video says about the colour
+depends on where and when it places the square), the product of groups misses part of the
+ratio's input-gradient even with exact posteriors; ``benchmarks/shared_codes.py`` measures
+how much, and how many codes one group needs instead.
+
 No training example is stored and its size does not depend on the training set. The
 log-sum-exp gives mismatched pairs very negative logits (their codes disagree) without any
 one network producing them, and the video gradient depends on the audio through the audio's

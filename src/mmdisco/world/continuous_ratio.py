@@ -177,10 +177,8 @@ class ContinuousLogRatio(nn.Module):
             )
 
     def _log_ratio(self, audio: Tensor, video: Tensor, snr_a: Tensor, snr_v: Tensor) -> Tensor:
-        alpha_a, var_a = _alpha_var(snr_a, len(audio), audio.device)
-        alpha_v, var_v = _alpha_var(snr_v, len(video), video.device)
-        la = self.terms.log_likelihoods(audio, alpha_a, var_a, "audio").flatten(1)
-        lv = self.terms.log_likelihoods(video, alpha_v, var_v, "video").flatten(1)
+        la = state_log_likelihoods(self.terms, audio, snr_a, "audio")
+        lv = state_log_likelihoods(self.terms, video, snr_v, "video")
         return (
             torch.logsumexp(la + lv, dim=1)
             - torch.logsumexp(la, dim=1)
@@ -207,6 +205,17 @@ class ContinuousLogRatio(nn.Module):
             for sl in (slice(i, i + self.chunk) for i in range(0, batch, self.chunk))
         ]
         return torch.cat(out).to(audio.dtype)
+
+
+def state_log_likelihoods(
+    terms: ContinuousWorldTerms, x: Tensor, log_snr: Tensor, modality: str
+) -> Tensor:
+    """``l_m(s)`` of one modality at log-SNR ``log_snr`` for every shared state: ``(N,
+    states)`` float64, shade major (the order of ``terms.log_likelihoods(...).flatten(1)``);
+    up to a term that depends on neither the state nor the clip's other modality, the log
+    posterior over the states plus a constant per clip."""
+    alpha, var = _alpha_var(log_snr, x.shape[0], x.device)
+    return terms.log_likelihoods(x, alpha, var, modality).flatten(1)
 
 
 def log_marginal(terms: ContinuousWorldTerms, x: Tensor, log_snr: Tensor, modality: str) -> Tensor:
