@@ -210,10 +210,9 @@ class ContinuousLogRatio(nn.Module):
 def state_log_likelihoods(
     terms: ContinuousWorldTerms, x: Tensor, log_snr: Tensor, modality: str
 ) -> Tensor:
-    """``l_m(s)`` of one modality at log-SNR ``log_snr`` for every shared state: ``(N,
-    states)`` float64, shade major (the order of ``terms.log_likelihoods(...).flatten(1)``);
-    up to a term that depends on neither the state nor the clip's other modality, the log
-    posterior over the states plus a constant per clip."""
+    """``l_m(s)`` of one modality at log-SNR ``log_snr`` for every shared state, ``(N,
+    states)`` float64, shade major: the log posterior over the states up to a constant per
+    clip (``softmax`` of it is the posterior)."""
     alpha, var = _alpha_var(log_snr, x.shape[0], x.device)
     return terms.log_likelihoods(x, alpha, var, modality).flatten(1)
 
